@@ -1,0 +1,52 @@
+"""trainkit: declarative, Keras-style training on real TensorFlow.
+
+Importing trainkit does not import TensorFlow; it is loaded when something is
+built. The public API::
+
+    trainkit.load_recipe(name_or_path, configs=[...], overrides={...}) -> Recipe
+    trainkit.train(recipe, run_dir=...) -> Run
+    trainkit.evaluate(run_dir, split="test", checkpoint="last") -> dict
+    trainkit.dataset(recipe, split) -> tf.data.Dataset
+    trainkit.validate(recipe) -> dict
+    trainkit.register_model / register_dataset / register_layer / register_loss / register_metric
+"""
+
+from trainkit.errors import ConfigError, RunDirError, TrainkitError
+from trainkit.loader import load_recipe
+from trainkit.recipe import Recipe
+from trainkit.registry import (
+    register_dataset,
+    register_layer,
+    register_loss,
+    register_metric,
+    register_model,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "Recipe",
+    "RunDirError",
+    "TrainkitError",
+    "dataset",
+    "evaluate",
+    "load_recipe",
+    "register_dataset",
+    "register_layer",
+    "register_loss",
+    "register_metric",
+    "register_model",
+    "train",
+    "validate",
+]
+
+
+def __getattr__(name: str):
+    # The functions that build things live in trainkit.api; importing it is
+    # still cheap (TensorFlow loads inside the calls).
+    if name in ("train", "evaluate", "dataset", "validate", "Run"):
+        from trainkit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'trainkit' has no attribute {name!r}")

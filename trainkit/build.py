@@ -1,0 +1,188 @@
+"""A resolved recipe made real: strategy, data, model, loss, metrics, optimizer.
+
+:func:`check_components` resolves every name in a recipe and checks each
+component's arguments before anything is built or loaded. :func:`build` then
+creates the pieces in order (the strategy first: it must precede every other
+TensorFlow op), and :func:`check_model_fits_data` runs one batch through the
+model and the loss so that shape and label mistakes surface as one clear line
+before training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trainkit import registry, runtime
+from trainkit.components import check_arguments, instantiate
+from trainkit.errors import ConfigError
+from trainkit.recipe import Component, Recipe
+
+# "accuracy" means the accuracy that fits the loss, as in Keras's compile().
+_ACCURACY_FOR_LOSS = {
+    "SparseCategoricalCrossentropy": "SparseCategoricalAccuracy",
+    "CategoricalCrossentropy": "CategoricalAccuracy",
+    "CategoricalFocalCrossentropy": "CategoricalAccuracy",
+    "BinaryCrossentropy": "BinaryAccuracy",
+    "BinaryFocalCrossentropy": "BinaryAccuracy",
+}
+
+
+def check_components(recipe: Recipe) -> None:
+    """Every registered name and argument in the recipe, checked without building."""
+    from trainkit.models.build import check_builder_arguments
+
+    loss_cls = registry.losses.get(recipe.loss.type, field="loss.type")
+    check_arguments(loss_cls, recipe.loss.kwargs, field="loss", label=loss_cls.__name__)
+    for i, spec in enumerate(recipe.metrics):
+        cls = _metric_class(spec, loss_cls, field=f"metrics.{i}")
+        check_arguments(cls, spec.kwargs, field=f"metrics.{i}", label=cls.__name__)
+    optimizer_cls = registry.optimizers.get(recipe.optimizer.type, field="optimizer.type")
+    check_arguments(optimizer_cls, recipe.optimizer.kwargs, field="optimizer", label=optimizer_cls.__name__)
+    for i, spec in enumerate(recipe.trainer.callbacks):
+        cls = registry.callbacks.get(spec.type, field=f"trainer.callbacks.{i}.type")
+        check_arguments(cls, spec.kwargs, field=f"trainer.callbacks.{i}", label=cls.__name__)
+    check_builder_arguments(recipe.model)
+
+
+def _metric_class(spec: Component, loss_cls: type, *, field: str) -> type:
+    if spec.type in ("accuracy", "acc"):
+        name = _ACCURACY_FOR_LOSS.get(loss_cls.__name__)
+        if name is None:
+            raise ConfigError(
+                f"{field}: 'accuracy' cannot be matched to the loss {loss_cls.__name__}; "
+                "name the metric (SparseCategoricalAccuracy, CategoricalAccuracy, BinaryAccuracy)"
+            )
+        return registry.metrics.get(name)
+    return registry.metrics.get(spec.type, field=f"{field}.type")
+
+
+def make_loss(recipe: Recipe, *, per_example: bool):
+    """The recipe's loss; ``per_example=True`` returns unreduced losses (for the loop)."""
+    cls = registry.losses.get(recipe.loss.type, field="loss.type")
+    kwargs = dict(recipe.loss.kwargs)
+    if per_example:
+        kwargs["reduction"] = None
+    return instantiate(cls, kwargs, field="loss", label=cls.__name__)
+
+
+def make_metrics(recipe: Recipe) -> list:
+    loss_cls = registry.losses.get(recipe.loss.type)
+    out = []
+    for i, spec in enumerate(recipe.metrics):
+        cls = _metric_class(spec, loss_cls, field=f"metrics.{i}")
+        kwargs = dict(spec.kwargs)
+        if spec.type in ("accuracy", "acc"):
+            kwargs.setdefault("name", "accuracy")
+        out.append(instantiate(cls, kwargs, field=f"metrics.{i}", label=cls.__name__))
+    return out
+
+
+def make_callbacks(recipe: Recipe, *, tensorboard_dir: str | None = None) -> list:
+    out = []
+    for i, spec in enumerate(recipe.trainer.callbacks):
+        cls = registry.callbacks.get(spec.type, field=f"trainer.callbacks.{i}.type")
+        kwargs = dict(spec.kwargs)
+        if cls.__name__ == "TensorBoard" and tensorboard_dir and "log_dir" not in kwargs:
+            kwargs["log_dir"] = tensorboard_dir  # keep everything inside the run directory
+        out.append(instantiate(cls, kwargs, field=f"trainer.callbacks.{i}", label=cls.__name__))
+    return out
+
+
+def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
+    budgets = []
+    if recipe.trainer.epochs:
+        budgets.append(recipe.trainer.epochs * steps_per_epoch)
+    if recipe.trainer.steps:
+        budgets.append(recipe.trainer.steps)
+    return min(budgets)
+
+
+@dataclass
+class Built:
+    """Everything a run needs, created under the recipe's strategy."""
+
+    recipe: Recipe
+    strategy: Any
+    data: Any
+    model: Any
+    trainer: Any
+    steps_per_epoch: int
+    total_steps: int
+
+
+def build(recipe: Recipe, *, trainer_class: type | None = None) -> Built:
+    """Strategy, data, model and trainer for ``recipe``, checked to fit together."""
+    check_components(recipe)
+    strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
+    from trainkit.data.pipeline import prepare
+    from trainkit.models import build_model
+    from trainkit.optim import make_optimizer
+    from trainkit.train.loop import Trainer
+
+    data = prepare(recipe.data, seed=recipe.seed)
+    if data.steps_per_epoch() == 0:
+        raise ConfigError(
+            f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
+            f"({data.info.sizes['train']} examples) with drop_remainder on"
+        )
+    steps_per_epoch = data.steps_per_epoch()
+    steps = total_steps(recipe, steps_per_epoch)
+    with strategy.scope():
+        model = build_model(recipe.model, data.info)
+        check_model_fits_data(recipe, model, data)
+        optimizer = make_optimizer(recipe.optimizer, total_steps=steps)
+        # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
+        # then loads ready for model.evaluate); trainkit's loop does the training.
+        model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))
+        trainer = (trainer_class or Trainer)(
+            strategy=strategy,
+            model=model,
+            loss=make_loss(recipe, per_example=True),
+            optimizer=optimizer,
+            metrics=make_metrics(recipe),
+            eval_metrics=make_metrics(recipe),
+            jit_compile=recipe.runtime.jit_compile,
+        )
+    return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps)
+
+
+def check_model_fits_data(recipe: Recipe, model, data) -> None:
+    """One batch through the model and the loss; mistakes become one ConfigError line."""
+    import numpy as np
+
+    info = data.info
+    x, y = (a[: min(4, len(a))] for a in data.arrays["train"])
+    try:
+        y_pred = model(x, training=False)
+    except (ValueError, TypeError) as err:
+        expected = [tuple(t.shape[1:]) for t in model.inputs]
+        raise ConfigError(
+            f"model: the model expects inputs of shape {expected[0] if len(expected) == 1 else expected} "
+            f"but the data gives {tuple(x.shape[1:])} (check data.feature_shape and the model's first layers): "
+            f"{str(err).strip().splitlines()[0]}"
+        ) from None
+    if isinstance(y_pred, list | tuple | dict):
+        return  # several outputs: the loss check below is for single-output models
+    outputs = int(y_pred.shape[-1]) if len(y_pred.shape) > 1 else 1
+    loss_name = type(make_loss(recipe, per_example=False)).__name__
+    all_labels = np.concatenate([data.arrays[k][1] for k in data.arrays])
+    if info.task == "classification":
+        top = int(all_labels.max())
+        if loss_name.startswith("SparseCategorical") and top >= outputs:
+            raise ConfigError(
+                f"model: labels go up to {top} ({info.num_classes} classes) but the model outputs "
+                f"{outputs} value(s) per example; the last layer needs {info.num_classes} units"
+            )
+        if loss_name.startswith("Binary") and top > 1:
+            raise ConfigError(
+                f"loss: {loss_name} needs labels 0 or 1, but the data has {info.num_classes} classes "
+                "(use SparseCategoricalCrossentropy with one output per class)"
+            )
+    try:
+        make_loss(recipe, per_example=False)(y, y_pred)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(
+            f"loss: {loss_name} cannot compare labels of shape {tuple(y.shape[1:]) or 'scalar'} with model "
+            f"outputs of shape {tuple(y_pred.shape[1:])}: {str(err).strip().splitlines()[0]}"
+        ) from None

@@ -1,0 +1,146 @@
+"""``trainkit``: a thin command line over :mod:`trainkit.api`.
+
+TensorFlow is imported only by commands that build something, so ``--help``,
+``show`` and ``ls`` answer at once. Mistakes in recipes, configs and overrides
+print one line (``error: ...``) and exit with code 2; nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from trainkit.errors import TrainkitError
+
+EXAMPLES = """\
+examples:
+  trainkit ls
+  trainkit show digits_cnn trainer.epochs=3
+  trainkit validate digits_cnn -c digits_cnn_smoke
+  trainkit train digits_cnn                         # into runs/digits_cnn (resumes if it exists)
+  trainkit train digits_mlp -c digits_mlp_smoke optimizer.learning_rate=0.01 --run-dir runs/try
+  trainkit eval runs/digits_cnn --split test --checkpoint last
+"""
+
+
+def _recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", metavar="RECIPE", help="a name in recipes/ or configs/, a .py recipe, or a YAML config")
+    parser.add_argument("-c", "--config", action="append", default=[], metavar="CONFIG", help="a YAML config layered on the recipe (repeatable)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override a field by dotted path, e.g. trainer.epochs=3")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="trainkit",
+        description="Train, evaluate and export tf.keras models from declarative recipes.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = commands.add_parser("train", help="train a recipe into a run directory, then evaluate and export it")
+    _recipe_arguments(p)
+    p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>)")
+    p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
+
+    p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", help="train, validation or test (default: test)")
+    p.add_argument("--checkpoint", default="last", help="last (default), final (model.keras) or a checkpoint path")
+
+    p = commands.add_parser("show", help="print the resolved recipe as YAML")
+    _recipe_arguments(p)
+
+    p = commands.add_parser("validate", help="check a recipe, build its model and run one batch, without training")
+    _recipe_arguments(p)
+
+    commands.add_parser("ls", help="list recipes and configs with their descriptions")
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    from trainkit.loader import load_recipe
+
+    return load_recipe(args.recipe, configs=args.config, overrides=args.overrides)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    recipe = _load(args)
+    print(f"# {recipe.name}  (hash {recipe.hash})")
+    print(recipe.to_yaml(), end="")
+    return 0
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from trainkit.loader import available, describe
+
+    entries = available()
+    if not entries:
+        print("no recipes found (looked for recipes/*.py and configs/*.yaml)")
+        return 0
+    width = max(len(name) for name in entries)
+    for kind, suffixes in (("recipes", (".py",)), ("configs", (".yaml", ".yml"))):
+        names = [n for n, p in entries.items() if p.suffix in suffixes]
+        if names:
+            print(f"{kind}:")
+            for name in names:
+                print(f"  {name:<{width}}  {describe(entries[name])}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from trainkit import api
+
+    summary = api.validate(_load(args))
+    for key, value in summary.items():
+        print(f"{key:>16}: {value}")
+    print("ok: the recipe builds and a batch runs through the model and the loss")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainkit import api
+
+    recipe = _load(args)
+    run = api.train(recipe, run_dir=args.run_dir, restart=args.restart)
+    print(f"run directory: {run.run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from trainkit import api
+
+    results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
+    print(json.dumps({args.split: results}, indent=2))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from trainkit import __version__
+
+        print(f"trainkit {__version__}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except TrainkitError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return getattr(err, "exit_code", 2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Instantiate registered components with their arguments checked first.
+
+Every component a recipe names (a layer, loss, metric, optimizer, callback or
+model builder) is built through :func:`instantiate`, so a misspelt or
+mistyped argument gets the same one-line error everywhere::
+
+    model.layers.2: Dense has no argument 'unit'; did you mean 'units'?
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from trainkit.errors import ConfigError, did_you_mean
+
+# Keyword arguments every Keras layer accepts through ``**kwargs``.
+LAYER_BASE_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim", "batch_size", "activity_regularizer")
+
+
+def accepted_arguments(target: Callable) -> tuple[set[str], bool]:
+    """Names ``target`` accepts, and whether it takes arbitrary ``**kwargs``."""
+    fn = target.__init__ if inspect.isclass(target) else target
+    params = inspect.signature(fn).parameters.values()
+    names = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name != "self"}
+    return names, any(p.kind == p.VAR_KEYWORD for p in params)
+
+
+def check_arguments(
+    target: Callable,
+    kwargs: dict[str, Any],
+    *,
+    field: str,
+    label: str,
+    also_accepted: Iterable[str] = (),
+    provided: Iterable[str] = (),
+) -> None:
+    """Raise a ConfigError for an argument ``target`` would not accept.
+
+    ``provided`` are arguments trainkit fills in itself (a recipe may not set them).
+    """
+    names, _ = accepted_arguments(target)
+    names |= set(also_accepted)
+    provided = set(provided)
+    for key in kwargs:
+        if key in provided:
+            raise ConfigError(f"{field}: '{key}' is set by trainkit from the data; remove it")
+        if key not in names:
+            raise ConfigError(f"{field}: {label} has no argument '{key}'; {did_you_mean(key, names - provided)}")
+
+
+def instantiate(target: Callable, kwargs: dict[str, Any], *, field: str, label: str, also_accepted: Iterable[str] = ()) -> Any:
+    """``target(**kwargs)`` after checking the names; errors become one ConfigError line."""
+    check_arguments(target, kwargs, field=field, label=label, also_accepted=also_accepted)
+    try:
+        return target(**kwargs)
+    except (TypeError, ValueError) as err:
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"{field}: {label}: {message}") from None

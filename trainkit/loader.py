@@ -1,0 +1,459 @@
+"""From names and files to a validated :class:`~trainkit.recipe.Recipe`.
+
+A recipe is resolved from layers, later layers winning:
+
+1. the recipe itself: ``recipes/NAME.py`` whose ``recipe()`` returns a Recipe or a
+   dict (the module may register its own components), or a YAML file holding a
+   whole recipe;
+2. YAML configs (``-c FILE``), each a partial recipe; a config may say which
+   recipe it is for with ``base: NAME``;
+3. overrides ``key=value`` by dotted path (``trainer.epochs=3``,
+   ``model.layers.0.units=64``), the value read as a YAML scalar or flow list.
+
+Dicts merge key by key; lists and scalars are replaced; a dict whose ``type``
+changes is replaced whole (its old arguments belong to another component).
+Every leaf remembers the layer that set it, so an error names the file.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import traceback
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from trainkit.errors import ConfigError, did_you_mean
+from trainkit.recipe import Recipe
+
+Path_ = tuple[str | int, ...]
+
+
+# ------------------------------------------------------------------ where recipes live
+
+
+def search_roots() -> list[Path]:
+    """Directories holding ``recipes/`` and ``configs/``: ``$TRAINKIT_HOME`` (if set),
+    the working directory, and the checkout trainkit was installed from."""
+    roots = []
+    if os.environ.get("TRAINKIT_HOME"):
+        roots.append(Path(os.environ["TRAINKIT_HOME"]))
+    roots.append(Path.cwd())
+    roots.append(Path(__file__).resolve().parent.parent)
+    unique: list[Path] = []
+    for root in roots:
+        if root.resolve() not in [u.resolve() for u in unique]:
+            unique.append(root)
+    return unique
+
+
+def available() -> dict[str, Path]:
+    """Every recipe (``recipes/*.py``) and config (``configs/*.yaml``) by name."""
+    found: dict[str, Path] = {}
+    for root in search_roots():
+        for sub, pattern in (("recipes", "*.py"), ("configs", "*.yaml"), ("configs", "*.yml")):
+            for path in sorted((root / sub).glob(pattern)):
+                if not path.name.startswith("_"):
+                    found.setdefault(path.stem, path)
+    return found
+
+
+def find(name_or_path: str | os.PathLike) -> Path:
+    """The file a RECIPE argument names: a path, a recipe name or a config name."""
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".py", ".yaml", ".yml") or os.sep in text:
+        if path.is_file():
+            return path
+        raise ConfigError(f"recipe file not found: {text}")
+    known = available()
+    if text in known:
+        return known[text]
+    raise ConfigError(
+        f"no recipe or config named '{text}' in {', '.join(str(r / 'recipes') for r in search_roots()[:2])}; "
+        f"{did_you_mean(text, known)}"
+    )
+
+
+def describe(path: Path) -> str:
+    """A recipe's or config's one-line description, read without running it."""
+    if path.suffix == ".py":
+        import ast
+
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    else:
+        try:
+            data = _read_yaml(path)
+        except ConfigError as err:
+            return f"(unreadable: {err})"
+        doc = str(data.get("description", "")) if isinstance(data, dict) else ""
+    return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """SafeLoader that also refuses duplicate keys (a silent last-one-wins is a trap)."""
+
+
+def _mapping_without_duplicates(loader: _StrictSafeLoader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key '{key}'", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_StrictSafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def _read_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    return parse_yaml(text, source=str(path))
+
+
+def parse_yaml(text: str, *, source: str) -> Any:
+    """Safe YAML: plain data only; a tag that would build a Python object is an error."""
+    try:
+        return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"{source}, line {mark.line + 1}" if mark else source
+        problem = err.problem or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem = f"{problem} (YAML here is plain data: tags that build Python objects are refused)"
+        raise ConfigError(f"YAML error in {where}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"YAML error in {source}: {err}") from None
+
+
+def _import_recipe_module(path: Path) -> Any:
+    module_name = f"trainkit_recipe_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # a user's recipe file: report where, in one line
+        raise ConfigError(f"{path}: failed to load: {_where_in(path, err)}") from err
+    return module
+
+
+def _where_in(path: Path, err: BaseException) -> str:
+    line = getattr(err, "lineno", None) if isinstance(err, SyntaxError) else None
+    if line is None:
+        for frame in reversed(traceback.extract_tb(err.__traceback__)):
+            if Path(frame.filename).resolve() == path.resolve():
+                line = frame.lineno
+                break
+    at = f"line {line}: " if line else ""
+    return f"{at}{type(err).__name__}: {err}"
+
+
+def _recipe_from_python(path: Path) -> dict:
+    module = _import_recipe_module(path)
+    build = getattr(module, "recipe", None)
+    if not callable(build):
+        raise ConfigError(f"{path}: a recipe file must define a function recipe() returning a Recipe")
+    try:
+        value = build()
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(f"{path}: recipe() failed: {_where_in(path, err)}") from err
+    if isinstance(value, Recipe):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        data = dict(value)
+        if not data.get("description") and module.__doc__:
+            data["description"] = module.__doc__.strip().splitlines()[0]
+        return data
+    raise ConfigError(f"{path}: recipe() must return a Recipe or a dict, got {type(value).__name__}")
+
+
+# --------------------------------------------------------------------------- layering
+
+
+@dataclass
+class Layered:
+    """A recipe's raw data with, for each path, the source that set it."""
+
+    data: dict = field(default_factory=dict)
+    origin: dict[Path_, str] = field(default_factory=dict)
+    files: list[str] = field(default_factory=list)
+    recipe_path: Path | None = None
+    """The Python recipe at the bottom of the layers, if any."""
+
+    @property
+    def recipe_name(self) -> str | None:
+        return self.recipe_path.stem if self.recipe_path else None
+
+    def merge(self, new: Mapping, source: str) -> None:
+        self.data = self._merge(self.data, new, (), source)
+
+    def _merge(self, base: Any, new: Any, path: Path_, source: str) -> Any:
+        if isinstance(base, dict) and isinstance(new, Mapping):
+            replaces_type = "type" in new and "type" in base and new["type"] != base["type"]
+            if not replaces_type:
+                out = dict(base)
+                for key, value in new.items():
+                    out[key] = self._merge(base.get(key), value, (*path, key), source)
+                return out
+        self._mark(path, new, source)
+        return _plain(new)
+
+    def _mark(self, path: Path_, value: Any, source: str) -> None:
+        for known in [p for p in self.origin if p[: len(path)] == path]:
+            del self.origin[known]
+        self.origin[path] = source
+        if isinstance(value, Mapping):
+            for key, sub in value.items():
+                self._mark((*path, key), sub, source)
+
+    def set_path(self, dotted: str, value: Any, source: str) -> None:
+        """Apply one override ``a.b.0.c=value``."""
+        keys = [int(k) if k.isdigit() else k for k in dotted.split(".")]
+        if not dotted or any(k == "" for k in keys):
+            raise ConfigError(f"override '{dotted}={value}' ({source}): the key is empty")
+        node = self.data
+        for depth, key in enumerate(keys[:-1]):
+            here = ".".join(map(str, keys[: depth + 1]))
+            if isinstance(node, list):
+                if not isinstance(key, int) or key >= len(node):
+                    raise ConfigError(f"{here} ({source}): index out of range (the list has {len(node)} items)")
+                node = node[key]
+            elif isinstance(node, dict):
+                node = node.setdefault(key, {})
+                if node is None:
+                    node = self._set_child(keys[: depth + 1], {})
+            else:
+                raise ConfigError(f"{here} ({source}): cannot set a key inside a {type(node).__name__}")
+        last = keys[-1]
+        if isinstance(node, list):
+            if not isinstance(last, int) or last >= len(node):
+                raise ConfigError(f"{dotted} ({source}): index out of range (the list has {len(node)} items)")
+        node[last] = _plain(value)
+        self._mark(tuple(keys), value, source)
+
+    def _set_child(self, keys: list, value: Any) -> Any:
+        node = self.data
+        for key in keys[:-1]:
+            node = node[key]
+        node[keys[-1]] = value
+        return value
+
+    def source_of(self, loc: Sequence[str | int]) -> str:
+        for n in range(len(loc), -1, -1):
+            if tuple(loc[:n]) in self.origin:
+                return self.origin[tuple(loc[:n])]
+        return self.files[0] if self.files else "the recipe"
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"trainer.epochs=3"`` -> ``("trainer.epochs", 3)``; values are YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key=value (for example trainer.epochs=3)")
+    key, raw = text.split("=", 1)
+    value = parse_yaml(raw, source=f"override '{text}'") if raw.strip() else ""
+    return key.strip(), value
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_recipe(
+    name_or_path: str | os.PathLike | Recipe | Mapping,
+    *,
+    configs: Sequence[str | os.PathLike] = (),
+    overrides: Mapping[str, Any] | Sequence[str] | None = None,
+) -> Recipe:
+    """Resolve a recipe from its name or file, YAML configs and overrides.
+
+    >>> import trainkit
+    >>> r = trainkit.load_recipe("digits_mlp", overrides={"trainer.epochs": 1})
+    >>> r.trainer.epochs
+    1
+
+    Raises :class:`~trainkit.errors.ConfigError` with one line naming the field
+    and the file for anything invalid.
+    """
+    layered = Layered()
+    if isinstance(name_or_path, Recipe):
+        layered.files.append("the Recipe object")
+        layered.merge(name_or_path.to_dict(), "the Recipe object")
+    elif isinstance(name_or_path, Mapping):
+        layered.files.append("the recipe dict")
+        layered.merge(name_or_path, "the recipe dict")
+    else:
+        _load_file(layered, find(name_or_path))
+    for config in configs:
+        path = find(config)
+        if path.suffix == ".py":
+            raise ConfigError(f"-c {config}: a config must be a YAML file, not a Python recipe")
+        _apply_config(layered, path, base_expected=layered.recipe_name)
+    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides or ())
+    for key, value in items:
+        source = f"override {key}={value}"
+        layered.set_path(key, value, source)
+    return validate(layered)
+
+
+def _load_file(layered: Layered, path: Path) -> None:
+    if path.suffix == ".py":
+        layered.files.append(str(path))
+        layered.merge(_recipe_from_python(path), str(path))
+        layered.recipe_path = path.resolve()
+        return
+    data = _read_yaml(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {type(data).__name__}")
+    base = data.get("base")
+    if base is None:  # a whole recipe in YAML
+        layered.files.append(str(path))
+        layered.merge(data, str(path))
+        return
+    if not isinstance(base, str):
+        raise ConfigError(f"base ({path}): must be a recipe name or path, got {base!r}")
+    base_path = path.parent / base if base.endswith((".py", ".yaml", ".yml")) else find(base)
+    if base_path.resolve() == path.resolve():
+        raise ConfigError(f"base ({path}): a config cannot be its own base")
+    _load_file(layered, base_path)
+    _apply_config(layered, path, base_expected=None, data=data)
+
+
+def _apply_config(layered: Layered, path: Path, *, base_expected: str | None, data: dict | None = None) -> None:
+    data = _read_yaml(path) if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {type(data).__name__}")
+    data = dict(data)
+    base = data.pop("base", None)
+    if base_expected and base and Path(str(base)).stem != base_expected:
+        raise ConfigError(
+            f"base ({path}): this config is for recipe '{base}', not '{base_expected}'"
+        )
+    layered.files.append(str(path))
+    layered.merge(data, str(path))
+
+
+def validate(layered: Layered) -> Recipe:
+    try:
+        recipe = Recipe.model_validate(layered.data)
+    except ValidationError as err:
+        raise ConfigError(explain(err, layered)) from None
+    recipe._source = str(layered.recipe_path) if layered.recipe_path else None
+    return recipe
+
+
+# ------------------------------------------------------------------ error messages
+
+
+def explain(err: ValidationError, layered: Layered | None = None) -> str:
+    """The first error of a pydantic ValidationError as one actionable line."""
+    first = err.errors(include_url=False)[0]
+    loc, shown = _display_loc(first["loc"])
+    where = f" (in {layered.source_of(loc)})" if layered else ""
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        parent, key = shown[:-1], shown[-1]
+        valid = _fields_at(loc[:-1])
+        hint = did_you_mean(str(key), valid) if valid else ""
+        at = f" in {_dotted(parent)}" if parent else ""
+        return f"unknown key '{key}'{at}{where}; {hint}".rstrip("; ")
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = first.get("ctx", {})
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
+        got = ctx.get("tag", first.get("input"))
+        return f"{_dotted(shown)}.type{where}: unknown type {got!r}; {did_you_mean(str(got), tags)}"
+    if kind == "missing":
+        return f"{_dotted(shown)}{where}: required field is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    got = first.get("input")
+    got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {got!r}"
+    return f"{_dotted(shown)}{where}: {message}{got_text}"
+
+
+def _dotted(parts: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in parts) or "recipe"
+
+
+def _display_loc(loc: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """Drop the discriminator tags pydantic puts in union locations."""
+    real, shown = [], []
+    annotation: Any = Recipe
+    for part in loc:
+        member = _union_member(annotation, part)
+        if member is not None:
+            annotation = member
+            continue
+        real.append(part)
+        shown.append(part)
+        annotation = _child(annotation, part)
+    return real, shown
+
+
+def _fields_at(loc: Sequence[Any]) -> list[str]:
+    annotation: Any = Recipe
+    for part in loc:
+        annotation = _child(annotation, part)
+    model = _as_model(annotation)
+    return list(model.model_fields) if model else []
+
+
+def _child(annotation: Any, part: Any) -> Any:
+    model = _as_model(annotation)
+    if model is not None and isinstance(part, str) and part in model.model_fields:
+        return model.model_fields[part].annotation
+    origin = get_origin(annotation)
+    if origin in (list, Sequence) and isinstance(part, int):
+        return get_args(annotation)[0]
+    return None
+
+
+def _union_member(annotation: Any, tag: Any) -> Any:
+    for arg in _flatten(annotation):
+        model = arg if isinstance(arg, type) and issubclass(arg, BaseModel) else None
+        if model and "type" in model.model_fields and model.model_fields["type"].default == tag:
+            if len([a for a in _flatten(annotation) if isinstance(a, type)]) > 1:
+                return model
+    return None
+
+
+def _flatten(annotation: Any) -> list[Any]:
+    args = get_args(annotation)
+    if not args:
+        return [annotation]
+    out = []
+    for arg in args:
+        out.extend(_flatten(arg))
+    return out
+
+
+def _as_model(annotation: Any) -> type[BaseModel] | None:
+    for arg in _flatten(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

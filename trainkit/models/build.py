@@ -1,0 +1,77 @@
+"""Calling a registered model builder with its arguments checked."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from pydantic import ConfigDict, ValidationError, create_model
+
+from trainkit import registry
+from trainkit.components import check_arguments
+from trainkit.data.pipeline import DataInfo
+from trainkit.errors import ConfigError
+from trainkit.recipe import ModelSection
+
+# Filled in by trainkit from the data, never written in a recipe.
+CONTEXT_ARGUMENTS = ("input_shape", "num_outputs", "num_classes", "task")
+
+
+def _context(info: DataInfo) -> dict[str, Any]:
+    return {
+        "input_shape": tuple(info.feature_shape),
+        "num_outputs": info.num_outputs,
+        "num_classes": info.num_classes,
+        "task": info.task,
+    }
+
+
+def check_builder_arguments(section: ModelSection) -> None:
+    """Names and types of a builder's arguments, checked against its signature."""
+    import trainkit.models.builders  # noqa: F401  (registers the built-in builders)
+
+    builder = registry.models.get(section.type, field="model.type")
+    kwargs = section.kwargs
+    check_arguments(builder, kwargs, field="model", label=f"builder '{section.type}'", provided=CONTEXT_ARGUMENTS)
+    fields = {}
+    for param in inspect.signature(builder).parameters.values():
+        if param.name in CONTEXT_ARGUMENTS or param.kind in (param.VAR_KEYWORD, param.VAR_POSITIONAL):
+            continue
+        annotation = Any if param.annotation is inspect.Parameter.empty else param.annotation
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (annotation, default)
+    schema = create_model(
+        f"{section.type}_arguments",
+        __config__=ConfigDict(arbitrary_types_allowed=True),
+        __module__=builder.__module__,
+        **fields,
+    )
+    try:
+        schema.model_validate(kwargs)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "missing":
+            raise ConfigError(f"model.{where}: builder '{section.type}' needs this argument") from None
+        raise ConfigError(f"model.{where}: {first['msg']}, got {first.get('input')!r}") from None
+    except (NameError, TypeError):  # annotations pydantic cannot use: skip type checks
+        pass
+
+
+def build_model(section: ModelSection, info: DataInfo):
+    """The ``keras.Model`` a recipe's ``model`` section describes, for this data."""
+    check_builder_arguments(section)
+    builder = registry.models.get(section.type, field="model.type")
+    wanted = inspect.signature(builder).parameters
+    context = {k: v for k, v in _context(info).items() if k in wanted}
+    try:
+        model = builder(**context, **section.kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"model: builder '{section.type}' failed: {str(err).strip().splitlines()[0]}") from None
+    import keras
+
+    if not isinstance(model, keras.Model):
+        raise ConfigError(f"model: builder '{section.type}' must return a keras.Model, got {type(model).__name__}")
+    return model

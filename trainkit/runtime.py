@@ -1,0 +1,80 @@
+"""The runtime section made real: devices, seeds, determinism, precision, strategy.
+
+:func:`configure` must run before any other TensorFlow op of a run (datasets
+included): logical CPU devices can only be set before TensorFlow initialises
+its devices, and the global seed must be set before a dataset is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from trainkit.errors import ConfigError
+from trainkit.recipe import RuntimeSection
+
+log = logging.getLogger(__name__)
+
+
+def quiet_tensorflow() -> None:
+    """Keep TensorFlow's C++ start-up chatter off the user's terminal."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def split_cpu(count: int) -> None:
+    """Expose ``count`` logical CPU devices (MirroredStrategy on a CPU-only machine)."""
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    current = tf.config.get_logical_device_configuration(cpus[0])
+    have = len(current) if current else 1
+    if have >= count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)]
+        )
+    except RuntimeError:
+        raise ConfigError(
+            f"runtime.cpu_devices: {count} logical CPUs were asked for, but TensorFlow "
+            f"already started with {len(tf.config.list_logical_devices('CPU'))} in this "
+            "process; set it before any TensorFlow op runs (in a notebook: restart the kernel)"
+        ) from None
+
+
+def configure(runtime: RuntimeSection, *, seed: int):
+    """Apply the runtime section and return the ``tf.distribute.Strategy`` to use."""
+    quiet_tensorflow()
+    import keras
+    import tensorflow as tf
+
+    if runtime.cpu_devices:
+        split_cpu(runtime.cpu_devices)
+    keras.utils.set_random_seed(seed)
+    if runtime.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    keras.mixed_precision.set_global_policy(runtime.precision)
+    return make_strategy(runtime)
+
+
+def make_strategy(runtime: RuntimeSection):
+    import tensorflow as tf
+
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
+    if runtime.strategy == "one_device":
+        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else cpus[0])
+    if runtime.strategy == "mirrored":
+        devices = gpus or cpus[: runtime.cpu_devices or len(cpus)]
+        return tf.distribute.MirroredStrategy(
+            devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice()
+        )
+    # auto: several GPUs mirrored, else one device.
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy(gpus)
+    return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else cpus[0])
+
+
+def describe(strategy) -> str:
+    replicas = strategy.num_replicas_in_sync
+    return f"{type(strategy).__name__} ({replicas} replica{'s' if replicas != 1 else ''})"
