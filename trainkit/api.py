@@ -150,8 +150,10 @@ def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
 def _export(built, directory: RunDir) -> None:
     formats = built.recipe.export.formats
     if "keras" in formats:
+        from trainkit.export import portable_copy
+
         tmp = directory.path / ".model.tmp.keras"
-        built.model.save(tmp)
+        portable_copy(built.model, built.trainer.optimizer).save(tmp)
         os.replace(tmp, directory.model_file)
     if "saved_model" in formats:
         built.model.export(str(directory.path / "saved_model"), verbose=False)

@@ -160,13 +160,19 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
         raise ConfigError(
             f"model: the model expects inputs of shape {expected[0] if len(expected) == 1 else expected} "
             f"but the data gives {tuple(x.shape[1:])} (check data.feature_shape and the model's first layers): "
-            f"{str(err).strip().splitlines()[0]}"
+            f"{_first_line(err)}"
         ) from None
     if isinstance(y_pred, list | tuple | dict):
         return  # several outputs: the loss check below is for single-output models
     outputs = int(y_pred.shape[-1]) if len(y_pred.shape) > 1 else 1
     loss_name = type(make_loss(recipe, per_example=False)).__name__
     all_labels = np.concatenate([data.arrays[k][1] for k in data.arrays])
+    class_losses = ("SparseCategorical", "Categorical", "Binary")
+    if info.task == "regression" and loss_name.startswith(class_losses):
+        raise ConfigError(
+            f"loss: {loss_name} needs class labels, but the data's targets are real numbers "
+            "(a regression: use mse, mae or huber)"
+        )
     if info.task == "classification":
         top = int(all_labels.max())
         if loss_name.startswith("SparseCategorical") and top >= outputs:
@@ -179,10 +185,17 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
                 f"loss: {loss_name} needs labels 0 or 1, but the data has {info.num_classes} classes "
                 "(use SparseCategoricalCrossentropy with one output per class)"
             )
+    import tensorflow as tf
+
     try:
         make_loss(recipe, per_example=False)(y, y_pred)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
         raise ConfigError(
             f"loss: {loss_name} cannot compare labels of shape {tuple(y.shape[1:]) or 'scalar'} with model "
-            f"outputs of shape {tuple(y_pred.shape[1:])}: {str(err).strip().splitlines()[0]}"
+            f"outputs of shape {tuple(y_pred.shape[1:])}: {_first_line(err)}"
         ) from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__

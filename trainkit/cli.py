@@ -123,7 +123,13 @@ COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "validate": 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = make_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after options too (``--run-dir D trainer.epochs=3``),
+    # which argparse's subcommands cannot express: collect them from the leftovers.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.version:
         from trainkit import __version__
 

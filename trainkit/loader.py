@@ -195,7 +195,8 @@ class Layered:
     """A recipe's raw data with, for each path, the source that set it."""
 
     data: dict = field(default_factory=dict)
-    origin: dict[Path_, str] = field(default_factory=dict)
+    origin: dict[Path_, tuple[int, str]] = field(default_factory=dict)
+    """For each path set, (when it was set, the source that set it)."""
     files: list[str] = field(default_factory=list)
     recipe_path: Path | None = None
     """The Python recipe at the bottom of the layers, if any."""
@@ -221,7 +222,7 @@ class Layered:
     def _mark(self, path: Path_, value: Any, source: str) -> None:
         for known in [p for p in self.origin if p[: len(path)] == path]:
             del self.origin[known]
-        self.origin[path] = source
+        self.origin[path] = (len(self.origin) and max(o for o, _ in self.origin.values()) + 1, source)
         if isinstance(value, Mapping):
             for key, sub in value.items():
                 self._mark((*path, key), sub, source)
@@ -245,6 +246,11 @@ class Layered:
             else:
                 raise ConfigError(f"{here} ({source}): cannot set a key inside a {type(node).__name__}")
         last = keys[-1]
+        if last == "type" and isinstance(node, dict) and node.get("type") not in (None, value) and len(keys) > 1:
+            # A new component type: the old one's arguments do not apply to it.
+            for key in [k for k in node if k != "type"]:
+                del node[key]
+                self.origin.pop((*keys[:-1], key), None)
         if isinstance(node, list):
             if not isinstance(last, int) or last >= len(node):
                 raise ConfigError(f"{dotted} ({source}): index out of range (the list has {len(node)} items)")
@@ -259,9 +265,17 @@ class Layered:
         return value
 
     def source_of(self, loc: Sequence[str | int]) -> str:
+        """The source that most likely caused an error at ``loc``: the latest layer
+        that set ``loc``, an enclosing section, or (for a section-level error)
+        anything inside it."""
+        loc = tuple(loc)
+        candidates = [v for p, v in self.origin.items() if p[: len(loc)] == loc]
         for n in range(len(loc), -1, -1):
-            if tuple(loc[:n]) in self.origin:
-                return self.origin[tuple(loc[:n])]
+            if loc[:n] in self.origin:
+                candidates.append(self.origin[loc[:n]])
+                break
+        if candidates:
+            return max(candidates)[1]
         return self.files[0] if self.files else "the recipe"
 
 
@@ -315,9 +329,11 @@ def load_recipe(
         if path.suffix == ".py":
             raise ConfigError(f"-c {config}: a config must be a YAML file, not a Python recipe")
         _apply_config(layered, path, base_expected=layered.recipe_name)
-    items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides or ())
-    for key, value in items:
-        source = f"override {key}={value}"
+    if isinstance(overrides, Mapping):
+        items = [(key, value, f"override {key}={value!r}") for key, value in overrides.items()]
+    else:
+        items = [(*parse_override(text), f"override {text}") for text in overrides or ()]
+    for key, value, source in items:
         layered.set_path(key, value, source)
     return validate(layered)
 
@@ -384,6 +400,7 @@ def explain(err: ValidationError, layered: Layered | None = None) -> str:
         at = f" in {_dotted(parent)}" if parent else ""
         return f"unknown key '{key}'{at}{where}; {hint}".rstrip("; ")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
+        where = f" (in {layered.source_of([*loc, 'type'])})" if layered else ""
         ctx = first.get("ctx", {})
         tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
         got = ctx.get("tag", first.get("input"))

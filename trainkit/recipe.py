@@ -120,7 +120,8 @@ class DataSection(Section):
     """The global batch size: split across replicas under a distribution strategy."""
     eval_batch_size: PositiveInt | None = None
     shuffle_buffer: NonNegativeInt = 10_000
-    """0 turns shuffling off; a buffer at least the split's size is a full shuffle."""
+    """0 turns shuffling off. In-memory sources are always shuffled fully (an
+    index permutation per epoch); streaming sources use a buffer of this size."""
     scale: Literal["none", "standard", "minmax"] = "none"
     """Feature scaling, fitted on the training split only."""
     feature_shape: list[PositiveInt] | None = None
@@ -230,9 +231,12 @@ class ValidationPolicy(Section):
 
 
 class CheckpointPolicy(Section):
+    """When to save; the final state is always saved. Saving at every epoch end
+    is off by default: for small epochs it can cost more than the training."""
+
     every_steps: PositiveInt | None = None
-    every_seconds: PositiveFloat | None = None
-    every_epoch: bool = True
+    every_seconds: PositiveFloat | None = 60.0
+    every_epoch: bool = False
     keep: PositiveInt = 3
     """How many of the most recent checkpoints to keep."""
 

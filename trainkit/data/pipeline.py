@@ -5,10 +5,13 @@ fits feature scaling on the training split alone, and describes the result
 (:class:`DataInfo`: feature shape, task, classes, sizes). :class:`PreparedData`
 then hands out the pipeline of any split.
 
-Training pipelines are built per epoch, shuffled with a seed derived from the
-recipe seed and the epoch number: each epoch sees a new order, the same recipe
-always sees the same orders, an epoch never bleeds into the next one inside a
-batch, and a run resumed mid-epoch rebuilds exactly the pipeline it left.
+Training reads one stream over all epochs (:meth:`PreparedData.training_stream`).
+Each epoch is shuffled with a seed derived from the recipe seed and the epoch
+number, so each epoch sees a new order, the same recipe always sees the same
+orders, and an epoch never bleeds into the next one inside a batch. The data
+position is therefore reproducible rather than saved: a run resumed at (epoch,
+batch) rebuilds the stream from that epoch and skips the batches already seen.
+(TensorFlow 2.21 cannot checkpoint the iterators of distributed datasets.)
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class PreparedData:
         self.arrays = arrays
         self.seed = seed
         self.info = _describe(section, arrays)
+        self._bases: dict = {}
 
     # -- pipelines -------------------------------------------------------------
 
@@ -82,46 +86,92 @@ class PreparedData:
         return n // batch if self.section.drop_remainder else -(-n // batch)
 
     def dataset(self, split: str, *, training: bool = False, epoch: int = 0, batch_size: int | None = None):
-        """The batched ``tf.data.Dataset`` of ``split``.
+        """One epoch of ``split`` as a batched ``tf.data.Dataset``.
 
-        ``training=True`` shuffles (a new order each ``epoch``); evaluation
-        pipelines keep the split's order. ``batch_size`` defaults to the global
-        batch size (``data.eval_batch_size`` for evaluation).
+        ``training=True`` shuffles with the order of epoch ``epoch``; evaluation
+        keeps the split's order. ``batch_size`` defaults to the global batch size
+        (``data.eval_batch_size`` for evaluation).
         """
         import tensorflow as tf
 
-        self._check_split(split)
-        x, y = self.arrays[split]
+        return self._finish(self._epoch(split, tf.constant(epoch, tf.int64), training=training, batch_size=batch_size))
+
+    def training_stream(self, *, start_epoch: int = 0, skip_batches: int = 0):
+        """Every training epoch from ``start_epoch`` on, back to back, batched.
+
+        Batching happens inside each epoch, so a short last batch stays in its epoch.
+        """
+        import tensorflow as tf
+
+        self._check_split("train")
+        epochs = tf.data.Dataset.range(start_epoch, 2**62)  # as good as endless
+        stream = epochs.flat_map(lambda e: self._epoch("train", e, training=True, batch_size=None))
+        if skip_batches:
+            stream = stream.skip(skip_batches)
+        return self._finish(stream)
+
+    def distributed(self, strategy, split: str, *, take: int | None = None):
+        """One epoch of an evaluation split, spread over the strategy's replicas.
+
+        Each global batch is divided among the replicas (a short last batch too),
+        so every example is counted once whatever the replica count.
+        """
+        ds = self.dataset(split)
+        if take is not None:
+            ds = ds.take(take)
+        return strategy.experimental_distribute_dataset(ds)
+
+    def distributed_training(self, strategy, *, start_epoch: int = 0, skip_batches: int = 0):
+        stream = self.training_stream(start_epoch=start_epoch, skip_batches=skip_batches)
+        return strategy.experimental_distribute_dataset(stream)
+
+    def _base(self, split: str):
+        import tensorflow as tf
+
+        if split not in self._bases:
+            self._check_split(split)
+            ds = tf.data.Dataset.from_tensor_slices(self.arrays[split])
+            self._bases[split] = ds.cache() if self.section.cache else ds
+        return self._bases[split]
+
+    def _epoch(self, split: str, epoch, *, training: bool, batch_size: int | None):
+        """One epoch of ``split``; ``epoch`` may be a tensor (inside ``flat_map``).
+
+        In-memory data is shuffled fully by a stateless permutation of the
+        indices seeded with (recipe seed, epoch): no buffer, no hidden state.
+        """
+        import tensorflow as tf
+
         section = self.section
-        ds = tf.data.Dataset.from_tensor_slices((x, y))
-        if section.cache:
-            ds = ds.cache()
-        if training and section.shuffle_buffer:
-            ds = ds.shuffle(
-                min(section.shuffle_buffer, len(x)),
-                seed=_epoch_seed(self.seed, epoch),
-                reshuffle_each_iteration=False,
-            )
         if batch_size is None:
             batch_size = section.batch_size if training else (section.eval_batch_size or section.batch_size)
-        ds = ds.batch(batch_size, drop_remainder=section.drop_remainder and training)
-        if section.prefetch:
+        drop = section.drop_remainder and training
+        if not (training and section.shuffle_buffer):
+            return self._base(split).batch(batch_size, drop_remainder=drop)
+        x, y = self._tensors(split)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
+        order = tf.random.experimental.stateless_shuffle(tf.range(self.info.sizes[split], dtype=tf.int64), seed=seed)
+        indices = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop)
+        return indices.map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+
+    def _tensors(self, split: str):
+        import tensorflow as tf
+
+        key = f"{split}/tensors"
+        if key not in self._bases:
+            x, y = self.arrays[split]
+            self._bases[key] = (tf.constant(x), tf.constant(y))
+        return self._bases[key]
+
+    def _finish(self, ds):
+        import tensorflow as tf
+
+        if self.section.prefetch:
             ds = ds.prefetch(tf.data.AUTOTUNE)
         options = tf.data.Options()
         options.deterministic = True
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         return ds.with_options(options)
-
-    def distributed(self, strategy, split: str, *, training: bool = False, epoch: int = 0, take: int | None = None):
-        """The split's pipeline spread over the strategy's replicas.
-
-        Each global batch is divided among the replicas (a short last batch too),
-        so every example is seen once per epoch whatever the replica count.
-        """
-        ds = self.dataset(split, training=training, epoch=epoch)
-        if take is not None:
-            ds = ds.take(take)
-        return strategy.experimental_distribute_dataset(ds)
 
     def _check_split(self, split: str) -> None:
         if split not in self.arrays:
@@ -129,10 +179,6 @@ class PreparedData:
                 f"split '{split}' does not exist; this data has: {', '.join(self.arrays)}"
                 + (" (set data.splits.validation/test above 0 to make one)" if split in SPLITS else "")
             )
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + 12345) % (2**31 - 1)
 
 
 def prepare(section: DataSection, *, seed: int) -> PreparedData:

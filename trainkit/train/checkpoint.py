@@ -1,15 +1,14 @@
 """Checkpoints that make a resumed run the same run.
 
 A checkpoint holds the model, the optimizer (built first: DESIGN.md), the step
-and epoch counters, the position of the training data iterator inside its
-epoch, and the state of every Keras ``SeedGenerator`` in the model (Dropout,
+and epoch counters with the position inside the epoch, the running training
+metrics, and the state of every Keras ``SeedGenerator`` in the model (Dropout,
 random augmentation) -- which neither ``.weights.h5`` nor ``tf.train.Checkpoint``
-track by themselves. Resuming restores all of it, so the continued run draws
-the same batches and the same random numbers as an uninterrupted one.
-
-The data iterator belongs to one epoch (pipelines are rebuilt per epoch with
-that epoch's shuffle seed), so a restore reads the counters first, rebuilds that
-epoch's iterator, then restores everything into it.
+track by themselves. The data position needs no saved iterator: the training
+stream is a pure function of (seed, epoch), so it is rebuilt at the saved epoch
+and the batches already seen are skipped. Resuming restores all of it, so the
+continued run draws the same batches and the same random numbers as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -57,11 +56,10 @@ class Checkpointer:
     def latest(self) -> str | None:
         return self._manager.latest_checkpoint
 
-    def save(self, iterator, *, step: int, epoch: int, step_in_epoch: int) -> str:
+    def save(self, *, step: int, epoch: int, step_in_epoch: int) -> str:
         self.step.assign(step)
         self.epoch.assign(epoch)
         self.step_in_epoch.assign(step_in_epoch)
-        self._checkpoint.data = iterator
         return self._manager.save(checkpoint_number=step)
 
     @staticmethod
@@ -71,8 +69,7 @@ class Checkpointer:
         read = lambda name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))  # noqa: E731
         return read("step"), read("epoch"), read("step_in_epoch")
 
-    def restore(self, path: str, iterator) -> None:
-        self._checkpoint.data = iterator
+    def restore(self, path: str) -> None:
         self._checkpoint.restore(path).assert_existing_objects_matched()
 
 

@@ -116,10 +116,11 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     step, epoch, step_in_epoch = 0, 0, 0
     if resume_from:
         step, epoch, step_in_epoch = Checkpointer.counters(resume_from)
-    iterator = iter(data.distributed(strategy, "train", training=True, epoch=epoch))
+    iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
     if resume_from:
-        checkpointer.restore(resume_from, iterator)
-        reporter.say(f"resumed from {resume_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)")
+        checkpointer.restore(resume_from)
+        # Said even with progress off: a resumed run must never look like a fresh one.
+        print(f"resumed from {resume_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)", flush=True)
 
     spe = policy.steps_per_execution
     chunk = spe if isinstance(spe, int) else 1
@@ -136,7 +137,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     def save() -> str:
         nonlocal last_save_time
         last_save_time = time.monotonic()
-        return checkpointer.save(iterator, step=step, epoch=epoch, step_in_epoch=step_in_epoch)
+        return checkpointer.save(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
     callback_list.on_train_begin()
     with _SignalFlag() as flag:
@@ -189,9 +190,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
             callback_list.on_epoch_end(epoch, logs)
-            # The next epoch gets its own pipeline; a checkpoint taken now holds its start.
             epoch, step_in_epoch = epoch + 1, 0
-            iterator = iter(data.distributed(strategy, "train", training=True, epoch=epoch))
             if policy.checkpoint.every_epoch or model.stop_training or step >= total:
                 save()
     if checkpointer.latest is None or Checkpointer.counters(checkpointer.latest)[0] != step:

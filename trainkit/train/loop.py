@@ -20,11 +20,16 @@ pass your class to :func:`trainkit.train` to change them.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import keras
 import tensorflow as tf
+
+# Iterating a distributed dataset inside tf.function reads its options in graph
+# mode, which TensorFlow warns about on every trace; the options are set in eager.
+warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
 
 
 class Trainer:

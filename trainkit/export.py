@@ -1,0 +1,25 @@
+"""Exported models that load anywhere Keras does.
+
+``model.keras`` must load with plain ``keras.models.load_model`` -- no trainkit
+import, no custom objects. The trained model may hold trainkit's learning-rate
+schedule in its optimizer, so the export is a copy: the same architecture and
+weights, compiled with the same loss and metrics and an optimizer of the same
+kind whose learning rate is the schedule's current value.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    config = optimizer.get_config()
+    config["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    config.pop("loss_scale_factor", None) if config.get("loss_scale_factor") is None else None
+    compiled = getattr(model, "_compile_config", None)
+    loss = model.loss if compiled is None else compiled.config.get("loss")
+    metrics = None if compiled is None else compiled.config.get("metrics")
+    copy.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
+    return copy
