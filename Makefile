@@ -1,0 +1,39 @@
+# trainkit: `make train` and `make test` work on a fresh machine with only Python.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup train test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[examples,test,bench]"
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+## Train the default recipe (digits_cnn: sklearn's bundled digits, no download) into runs/digits_cnn.
+train: setup
+	$(BIN)/trainkit train digits_cnn
+
+## The whole test suite, slow end-to-end tests included (what CI runs).
+test: setup
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+## Only the fast tests.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+## Benchmarks: trainkit vs Keras fit vs a hand-written loop; writes BENCHMARKS.md.
+bench: setup
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,55 @@
+"""Test set-up: offline, quiet TensorFlow, two logical CPUs for MirroredStrategy.
+
+The CPU is split into two logical devices before any TensorFlow op runs, so
+in-process tests can compare ``mirrored`` (2 replicas) with ``one_device``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Nothing in the tests may reach the network.
+os.environ["NO_GCE_CHECK"] = "true"
+os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-data-dir")
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    import tensorflow as tf
+
+    cpus = tf.config.list_physical_devices("CPU")
+    tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """Each test runs in its own directory, so default run directories never collide."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRAINKIT_HOME", str(ROOT))
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``trainkit ARGS`` in a subprocess, as a user runs it."""
+    full_env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TRAINKIT_HOME": str(ROOT),
+        # The checkout under test, whatever is installed in the environment.
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        **(env or {}),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "trainkit.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
