@@ -20,7 +20,7 @@ from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runtime import quiet_tensorflow
-from trainkit.train.run_dir import RunDir, command_line
+from trainkit.training.run_dir import RunDir, command_line
 
 DEFAULT_RUNS = "runs"
 
@@ -71,7 +71,7 @@ def train(
     A run directory holding a run of the same recipe is resumed from its latest
     checkpoint; one holding a different recipe is refused unless ``restart``,
     which moves the old run aside (never deletes it). ``callbacks`` are extra
-    Keras callbacks; ``trainer_class`` a :class:`~trainkit.train.loop.Trainer`
+    Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
     """
     quiet_tensorflow()
@@ -83,7 +83,7 @@ def train(
     else:
         changes = []
     from trainkit.build import build, make_callbacks
-    from trainkit.train.fit import fit
+    from trainkit.training.fit import fit
 
     built = build(recipe, trainer_class=trainer_class)  # all validation happens here
     if restart and directory.path.exists():
@@ -91,7 +91,7 @@ def train(
     directory.acquire()
     try:
         resume_from = None
-        from trainkit.train.checkpoint import Checkpointer
+        from trainkit.training.checkpoint import Checkpointer
 
         latest = _latest_checkpoint(directory)
         if latest:
@@ -134,7 +134,7 @@ def _latest_checkpoint(directory: RunDir) -> str | None:
 
 
 def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
-    from trainkit.train.run_dir import write_json_atomic
+    from trainkit.training.run_dir import write_json_atomic
 
     results = {}
     for split in built.recipe.trainer.evaluate:
@@ -187,7 +187,7 @@ def evaluate(
     recipe = load_run_recipe(run_dir)
     directory = RunDir(run_dir)
     from trainkit.build import build
-    from trainkit.train.checkpoint import restore_model_weights
+    from trainkit.training.checkpoint import restore_model_weights
 
     built = build(recipe)
     built.data._check_split(split)

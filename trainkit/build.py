@@ -118,7 +118,7 @@ def build(recipe: Recipe, *, trainer_class: type | None = None) -> Built:
     from trainkit.data.pipeline import prepare
     from trainkit.models import build_model
     from trainkit.optim import make_optimizer
-    from trainkit.train.loop import Trainer
+    from trainkit.training.loop import Trainer
 
     data = prepare(recipe.data, seed=recipe.seed)
     if data.steps_per_epoch() == 0:

@@ -17,9 +17,10 @@ def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     copy.set_weights(model.get_weights())
     config = optimizer.get_config()
     config["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
-    config.pop("loss_scale_factor", None) if config.get("loss_scale_factor") is None else None
     compiled = getattr(model, "_compile_config", None)
     loss = model.loss if compiled is None else compiled.config.get("loss")
     metrics = None if compiled is None else compiled.config.get("metrics")
     copy.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
+    # Built (fresh slots), so loading the file does not warn about missing optimizer variables.
+    copy.optimizer.build(copy.trainable_variables)
     return copy

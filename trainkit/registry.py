@@ -32,9 +32,9 @@ class Registry:
 
     ``provider`` is an optional zero-argument function returning more entries
     (for example every class in ``keras.layers``); it runs on first lookup.
-    Lookups are case-sensitive first, then fall back to a snake_case alias, so
-    ``SparseCategoricalCrossentropy`` and ``sparse_categorical_crossentropy``
-    both work where Keras offers both.
+    Lookups are exact first, then fall back to snake_case and lowercase aliases,
+    so ``SparseCategoricalCrossentropy``, ``sparse_categorical_crossentropy``,
+    ``AdamW`` and ``adamw`` all work.
     """
 
     def __init__(self, kind: str, provider: Callable[[], dict[str, Any]] | None = None):
@@ -66,7 +66,13 @@ class Registry:
         return name in self._entries or name in self._aliases()
 
     def _aliases(self) -> dict[str, str]:
-        return {_snake(k): k for k in self._entries if _snake(k) not in self._entries}
+        """snake_case and lowercase spellings (``adam_w``, ``adamw``) of each entry."""
+        aliases: dict[str, str] = {}
+        for key in self._entries:
+            for alias in (key.lower(), _snake(key)):
+                if alias not in self._entries:
+                    aliases.setdefault(alias, key)
+        return aliases
 
     def get(self, name: str, *, field: str = "", where: str = "") -> Any:
         """The entry called ``name``; a :class:`ConfigError` with a suggestion if none."""

@@ -24,8 +24,8 @@ from typing import Any
 import keras
 
 from trainkit.errors import TrainkitError
-from trainkit.train.checkpoint import Checkpointer
-from trainkit.train.report import Reporter, format_metrics
+from trainkit.training.checkpoint import Checkpointer
+from trainkit.training.report import Reporter, format_metrics
 
 TARGET_CALL_SECONDS = 0.2
 MAX_STEPS_PER_CALL = 1000

@@ -1,0 +1,1 @@
+"""The training engine: the loop, the procedure around it, checkpoints, the run directory."""
