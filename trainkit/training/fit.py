@@ -119,6 +119,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
     if resume_from:
         checkpointer.restore(resume_from)
+    if resume_from and step < total:
         # Said even with progress off: a resumed run must never look like a fresh one.
         print(f"resumed from {resume_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)", flush=True)
 
