@@ -100,6 +100,8 @@ def train(
             if done_step >= built.total_steps and directory.read_status().get("status") == "completed":
                 print(f"{directory.path}: already trained to step {done_step}; evaluating the final model")
         directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(latest))
+        if recipe.trainer.progress:
+            print(_header(built, directory))
         if moved:
             print(f"the previous run in {directory.path} was moved to {moved}")
         if changes:
@@ -117,6 +119,19 @@ def train(
     finally:
         directory.release()
     return Run(recipe, directory.path, built.model, history, metrics, built)
+
+
+def _header(built, directory: RunDir) -> str:
+    from trainkit.runtime import describe
+
+    info, recipe = built.data.info, built.recipe
+    per_replica = recipe.data.batch_size / built.strategy.num_replicas_in_sync
+    return (
+        f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
+        f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
+        f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
+        f"global batch {recipe.data.batch_size} ({per_replica:g} per replica)"
+    )
 
 
 def _now() -> str:
