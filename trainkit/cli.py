@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from trainkit.errors import TrainkitError
+
+_STARTED = time.time()
 
 EXAMPLES = """\
 examples:
@@ -103,7 +106,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainkit import api
+    from trainkit.training import report
 
+    report.PROCESS_STARTED = _STARTED
     recipe = _load(args)
     run = api.train(recipe, run_dir=args.run_dir, restart=args.restart)
     print(f"run directory: {run.run_dir}")

@@ -15,6 +15,7 @@ into the same run directory continues exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -24,6 +25,7 @@ from typing import Any
 import keras
 
 from trainkit.errors import TrainkitError
+from trainkit.training import report
 from trainkit.training.checkpoint import Checkpointer
 from trainkit.training.report import Reporter, format_metrics
 
@@ -129,6 +131,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     last_save_time = time.monotonic()
     started = time.perf_counter()
     start_step = step
+    first_step_seconds = None
 
     def validate() -> dict[str, float]:
         results = trainer.evaluate(data.distributed(strategy, "validation", take=policy.validation.steps))
@@ -141,7 +144,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         return checkpointer.save(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
     callback_list.on_train_begin()
-    with _SignalFlag() as flag:
+    with _SignalFlag() as flag, contextlib.closing(reporter):
         while step < total and not model.stop_training:
             if step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
                 trainer.reset_train_metrics()
@@ -157,6 +160,8 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
                 )
                 call_start = time.perf_counter()
                 trainer.train(iterator, n)
+                if step == start_step and report.PROCESS_STARTED:
+                    first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
                 step, step_in_epoch = step + n, step_in_epoch + n
                 results = trainer.result()
                 if spe == "auto":
@@ -191,6 +196,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
             callback_list.on_epoch_end(epoch, logs)
+            reporter.flush()
             epoch, step_in_epoch = epoch + 1, 0
             if policy.checkpoint.every_epoch or model.stop_training or step >= total:
                 save()
@@ -204,8 +210,8 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         steps_per_second=round((step - start_step) / elapsed, 2) if elapsed > 0 else None,
         train_seconds=round(elapsed, 2),
         stopped_early=bool(model.stop_training),
+        seconds_to_first_step=first_step_seconds,
     )
-    reporter.close()
     return history
 
 

@@ -1,10 +1,19 @@
-"""Where a run's numbers go: the console, ``metrics.jsonl`` and TensorBoard."""
+"""Where a run's numbers go: the console, ``metrics.jsonl`` and TensorBoard.
+
+Logging sits on the training hot path (every ``log_every_steps``), so it keeps
+its files open and leaves flushing to TensorBoard's writer thread and to epoch
+ends: a log event costs microseconds, not a disk sync.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
+
+#: Set by the CLI when the process starts, to report the time to the first step.
+PROCESS_STARTED: float | None = None
 
 
 def format_metrics(values: dict[str, float], prefix: str = "") -> str:
@@ -27,6 +36,7 @@ class Reporter:
         }
         self._last_time = time.perf_counter()
         self._last_step = 0
+        self._events = open(run_dir.metrics_log, "a", buffering=1)  # one line, one write
 
     def say(self, text: str) -> None:
         if self.progress:
@@ -41,7 +51,8 @@ class Reporter:
     def log(self, *, split: str, step: int, epoch: int, values: dict[str, float], **extra: Any) -> None:
         import tensorflow as tf
 
-        self.run_dir.log(step=step, epoch=epoch, split=split, **values, **extra)
+        event = {"time": round(time.time(), 3), "step": step, "epoch": epoch, "split": split, **values, **extra}
+        self._events.write(json.dumps(event) + "\n")
         writer = self._writers.get(split)
         if writer is not None:
             with writer.as_default(step=step):
@@ -50,6 +61,9 @@ class Reporter:
                 for key, value in extra.items():
                     if isinstance(value, int | float):
                         tf.summary.scalar(key, value)
+
+    def flush(self) -> None:
+        for writer in self._writers.values():
             writer.flush()
 
     def train_progress(self, *, step: int, epoch: int, values: dict[str, float], rate: float) -> None:
@@ -62,3 +76,4 @@ class Reporter:
     def close(self) -> None:
         for writer in self._writers.values():
             writer.close()
+        self._events.close()

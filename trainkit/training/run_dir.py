@@ -173,11 +173,6 @@ class RunDir:
             ended=None,
         )
 
-    def log(self, **event: Any) -> None:
-        event = {"time": round(time.time(), 3), **event}
-        with open(self.metrics_log, "a") as f:
-            f.write(json.dumps(event) + "\n")
-
 
 def _alive(pid: Any) -> bool:
     if not isinstance(pid, int) or pid <= 0:
