@@ -179,3 +179,40 @@ def test_recipe_file_that_raises_is_reported_with_its_line(tmp_path):
     path = write(tmp_path / "oops.py", "def recipe():\n    return undefined_name\n")
     with pytest.raises(ConfigError, match=r"oops.py: recipe\(\) failed: line 2: NameError"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "a config must be a mapping of recipe keys, got an empty file"),
+        (b"- a\n- b\n", "got a list"),
+        (b"\xff\xfe not text", "it is not UTF-8 text"),
+        (b"base: digits_mlp\ntrainer: {steps_per_execution: 0}\n", "trainer.steps_per_execution (in "),
+        (b"base: digits_mlp\nbase: digits_cnn\n", "duplicate key 'base'"),
+        (b"base: 3\n", "base ("),
+    ],
+)
+def test_malformed_config_files(tmp_path, content, expected):
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert expected in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("def recipe(:\n    pass\n", "failed to load: line 1: SyntaxError"),
+        ("x = 1\n", "must define a function recipe()"),
+        ("def recipe():\n    return None\n", "recipe() must return a Recipe or a dict, got NoneType"),
+        ("def recipe():\n    return {'name': 'x'}\n", "data (in "),
+    ],
+)
+def test_malformed_python_recipes(tmp_path, source, expected):
+    path = tmp_path / "bad_recipe.py"
+    path.write_text(source)
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path)
+    assert expected in str(info.value)

@@ -86,7 +86,10 @@ def describe(path: Path) -> str:
     if path.suffix == ".py":
         import ast
 
-        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8"))) or ""
+        except (SyntaxError, UnicodeDecodeError, ValueError) as err:
+            return f"(unreadable: {type(err).__name__})"
     else:
         try:
             data = _read_yaml(path)
@@ -122,9 +125,11 @@ _StrictSafeLoader.add_constructor(
 
 def _read_yaml(path: Path) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"cannot read {path}: it is not UTF-8 text") from None
     return parse_yaml(text, source=str(path))
 
 
@@ -141,6 +146,10 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise ConfigError(f"YAML error in {where}: {problem}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"YAML error in {source}: {err}") from None
+
+
+def _kind(data: Any) -> str:
+    return "an empty file" if data is None else f"a {type(data).__name__}"
 
 
 def _import_recipe_module(path: Path) -> Any:
@@ -346,7 +355,7 @@ def _load_file(layered: Layered, path: Path) -> None:
         return
     data = _read_yaml(path)
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {_kind(data)}")
     base = data.get("base")
     if base is None:  # a whole recipe in YAML
         layered.files.append(str(path))
@@ -364,7 +373,7 @@ def _load_file(layered: Layered, path: Path) -> None:
 def _apply_config(layered: Layered, path: Path, *, base_expected: str | None, data: dict | None = None) -> None:
     data = _read_yaml(path) if data is None else data
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {type(data).__name__}")
+        raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {_kind(data)}")
     data = dict(data)
     base = data.pop("base", None)
     if base_expected and base and Path(str(base)).stem != base_expected:
@@ -426,6 +435,8 @@ def _display_loc(loc: Sequence[Any]) -> tuple[list[Any], list[Any]]:
         if member is not None:
             annotation = member
             continue
+        if isinstance(part, str) and _as_model(annotation) is None and len(get_args(annotation)) > 1:
+            continue  # pydantic's label for a union branch ('constrained-int', 'literal[...]')
         real.append(part)
         shown.append(part)
         annotation = _child(annotation, part)
