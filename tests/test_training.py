@@ -185,3 +185,29 @@ def test_learning_rate_schedule_with_warmup():
 def test_keras_optimizer_options_train(tmp_path, optimizer):
     run = trainkit.train(recipe(**{"trainer.epochs": None, "trainer.steps": 6, "optimizer": optimizer}), run_dir=tmp_path / "run")
     assert np.isfinite(run.metrics["test"]["loss"])
+
+
+def test_profile_steps_write_a_tensorboard_profile(tmp_path):
+    run = trainkit.train(
+        recipe(**{"trainer.epochs": None, "trainer.steps": 12, "trainer.profile_steps": [4, 8]}), run_dir=tmp_path / "run"
+    )
+    assert list((run.run_dir / "tensorboard" / "plugins" / "profile").rglob("*.xplane.pb"))
+
+
+def test_profile_steps_must_be_a_range():
+    with pytest.raises(trainkit.ConfigError, match="profile_steps must be"):
+        recipe(**{"trainer.profile_steps": [8, 4]})
+
+
+def test_saved_model_export_serves_with_a_named_signature(tmp_path):
+    import tensorflow as tf
+
+    run = trainkit.train(
+        recipe(**{"trainer.epochs": 1, "export.formats": ["keras", "saved_model"]}), run_dir=tmp_path / "run"
+    )
+    served = tf.saved_model.load(str(run.run_dir / "saved_model"))
+    signature = served.signatures["serving_default"]
+    assert list(signature.structured_input_signature[1]) == ["features"]
+    x, _ = next(iter(trainkit.dataset(run.recipe, "test")))
+    (output,) = signature(features=x).values()
+    np.testing.assert_allclose(output.numpy(), run.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)

@@ -255,11 +255,17 @@ class TrainerSection(Section):
     evaluate: list[Literal["train", "validation", "test"]] = ["validation", "test"]
     """Splits evaluated when training ends (written to ``eval.json``)."""
     progress: bool = True
+    profile_steps: list[NonNegativeInt] | None = None
+    """``[first, last]``: write a TensorBoard profile of these steps to ``tensorboard/plugins/profile``."""
 
     @model_validator(mode="after")
     def _has_budget(self) -> TrainerSection:
         if self.epochs is None and self.steps is None:
             raise ValueError("set a training budget: trainer.epochs and/or trainer.steps")
+        if self.profile_steps is not None and (
+            len(self.profile_steps) != 2 or self.profile_steps[0] >= self.profile_steps[1]
+        ):
+            raise ValueError(f"profile_steps must be [first, last] with first < last, got {self.profile_steps}")
         return self
 
 
@@ -335,6 +341,7 @@ RESUMABLE_KEYS = (
     "trainer.evaluate",
     "trainer.progress",
     "trainer.steps_per_execution",
+    "trainer.profile_steps",
     "data.eval_batch_size",
     "export",
 )

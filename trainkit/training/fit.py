@@ -113,6 +113,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     log_every = _Schedule(policy.log_every_steps)
     validate_steps = _Schedule(policy.validation.every_steps)
     checkpoint_steps = _Schedule(policy.checkpoint.every_steps)
+    profiler = _Profiler(policy.profile_steps, run_dir.tensorboard)
     has_validation = "validation" in data.arrays
 
     step, epoch, step_in_epoch = 0, 0, 0
@@ -144,7 +145,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         return checkpointer.save(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
     callback_list.on_train_begin()
-    with _SignalFlag() as flag, contextlib.closing(reporter):
+    with _SignalFlag() as flag, contextlib.closing(reporter), profiler:
         while step < total and not model.stop_training:
             if step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
                 trainer.reset_train_metrics()
@@ -157,12 +158,15 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
                     log_every.steps_to_next(step),
                     validate_steps.steps_to_next(step),
                     checkpoint_steps.steps_to_next(step),
+                    profiler.steps_to_next(step),
                 )
+                profiler.at(step)
                 call_start = time.perf_counter()
                 trainer.train(iterator, n)
                 if step == start_step and report.PROCESS_STARTED:
                     first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
                 step, step_in_epoch = step + n, step_in_epoch + n
+                profiler.at(step)
                 results = trainer.result()
                 if spe == "auto":
                     chunk = _next_chunk(chunk, n, time.perf_counter() - call_start)
@@ -213,6 +217,43 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         seconds_to_first_step=first_step_seconds,
     )
     return history
+
+
+class _Profiler:
+    """A TensorBoard profile of steps ``[first, last)``; chunks are cut at both ends."""
+
+    def __init__(self, steps: list[int] | None, directory):
+        self.first, self.last = steps if steps else (None, None)
+        self.directory = str(directory)
+        self.running = False
+
+    def steps_to_next(self, step: int) -> float:
+        for boundary in (self.first, self.last):
+            if boundary is not None and step < boundary:
+                return boundary - step
+        return math.inf
+
+    def at(self, step: int) -> None:
+        import tensorflow as tf
+
+        if step == self.first and not self.running:
+            tf.profiler.experimental.start(self.directory)
+            self.running = True
+        elif step == self.last and self.running:
+            self.stop()
+
+    def stop(self) -> None:
+        import tensorflow as tf
+
+        if self.running:
+            tf.profiler.experimental.stop()
+            self.running = False
+
+    def __enter__(self) -> _Profiler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
 
 
 def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
