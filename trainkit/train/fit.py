@@ -24,6 +24,7 @@ from typing import Any
 import keras
 
 from trainkit.errors import TrainkitError
+from trainkit.train import input_probe
 from trainkit.train.checkpoint import Checkpointer
 from trainkit.train.report import Reporter, format_metrics
 
@@ -111,11 +112,12 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     log_every = _Schedule(policy.log_every_steps)
     validate_steps = _Schedule(policy.validation.every_steps)
     checkpoint_steps = _Schedule(policy.checkpoint.every_steps)
-    has_validation = "validation" in data.arrays
+    has_validation = data.has_split("validation")
 
     step, epoch, step_in_epoch = 0, 0, 0
     if resume_from:
         step, epoch, step_in_epoch = Checkpointer.counters(resume_from)
+    input_wait = input_probe.measure(built) if policy.measure_input and step < total else None
     iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
     if resume_from:
         checkpointer.restore(resume_from)
@@ -203,7 +205,13 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         steps_per_second=round((step - start_step) / elapsed, 2) if elapsed > 0 else None,
         train_seconds=round(elapsed, 2),
         stopped_early=bool(model.stop_training),
+        **({"input_wait_fraction": round(input_wait.fraction, 4)} if input_wait else {}),
     )
+    if input_wait:
+        reporter.say(input_wait.summary())
+        hint = input_wait.hint(data)
+        if hint:
+            print(hint, flush=True)
     reporter.close()
     return history
 
