@@ -174,6 +174,7 @@ class TfrecordFeature(Section):
 
     dtype: Literal["float32", "int64", "string"] = "float32"
     shape: list[NonNegativeInt] = Field(default_factory=list)
+    """Shape of the value (``[]``: a scalar); for an image, its decoded ``[height, width, channels]``."""
     image: bool = False
     """A string holding an encoded image (PNG, JPEG, ...): decoded to uint8."""
     channels: Literal[0, 1, 3, 4] = 0

@@ -470,6 +470,8 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
             value = example[key]
             if specs[key].image:
                 value = tf.io.decode_image(value, channels=specs[key].channels, expand_animations=False)
+                if specs[key].shape:
+                    value = tf.ensure_shape(value, specs[key].shape)
             x[key] = value
         return (x[inputs[0]] if len(inputs) == 1 else x), example[source.label]
 
