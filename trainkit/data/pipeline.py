@@ -245,7 +245,7 @@ class PreparedData:
         import tensorflow as tf
 
         calls = tf.data.AUTOTUNE if self.section.parallel_calls == "auto" else self.section.parallel_calls
-        return ds.map(fn, num_parallel_calls=calls, deterministic=self.section.deterministic)
+        return ds.map(_plain(fn), num_parallel_calls=calls, deterministic=self.section.deterministic)
 
     def _cached(self) -> bool:
         cache = self.section.cache
@@ -278,7 +278,8 @@ class PreparedData:
         if key not in self._bases:
             s = self._splits[split]
             data = s.arrays if s.arrays is not None else s.table
-            self._bases[key] = tf.nest.map_structure(tf.constant, data)
+            with tf.init_scope():  # built once, eagerly, even when first asked for inside flat_map
+                self._bases[key] = tf.nest.map_structure(tf.constant, data)
         return self._bases[key]
 
     def _base(self, split: str, shard, *, training: bool):
@@ -287,20 +288,26 @@ class PreparedData:
 
         key = ("base", split, shard)
         if key not in self._bases:
-            s = self._splits[split]
-            if s.stream is not None:
-                ds = s.stream()
-            else:
-                ds = tf.data.Dataset.from_tensor_slices(self._columns(split))
-            if shard:
-                ds = ds.shard(*shard)
-            ds = self._map(ds, self._loader(split, training=training))
-            if self._ignore_errors:
-                ds = ds.ignore_errors()
-            if self._cached():
-                ds = ds.cache(self._cache_file(split, shard, training))
-            self._bases[key] = ds
+            with tf.init_scope():  # built once, eagerly, even when first asked for inside flat_map
+                self._bases[key] = self._make_base(split, shard, training=training)
         return self._bases[key]
+
+    def _make_base(self, split: str, shard, *, training: bool):
+        import tensorflow as tf
+
+        s = self._splits[split]
+        if s.stream is not None:
+            ds = s.stream()
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(self._columns(split))
+        if shard:
+            ds = ds.shard(*shard)
+        ds = self._map(ds, self._loader(split, training=training))
+        if self._ignore_errors:
+            ds = ds.ignore_errors()
+        if self._cached():
+            ds = ds.cache(self._cache_file(split, shard, training))
+        return ds
 
     def _cache_file(self, split: str, shard, training: bool) -> str:
         cache = self.section.cache
@@ -389,6 +396,14 @@ class PreparedData:
                 f"split '{split}' does not exist; this data has: {', '.join(self._splits)}"
                 + (" (set data.splits.validation/test above 0 to make one)" if split in SPLITS else "")
             )
+
+
+def _plain(fn: Callable) -> Callable:
+    """A map function traced as written (no AutoGraph): transforms are plain
+    TensorFlow ops, and a ConfigError raised while tracing then reaches the user as is."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def _seeded_shuffle(ds, buffer: int, seed):
@@ -531,7 +546,7 @@ def _apply_in_memory(arrays, fn, split: str):
     """Run the (deterministic) transforms over an in-memory split once."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(arrays).map(lambda x, y: fn(x, y), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(arrays).map(_plain(lambda x, y: fn(x, y)), num_parallel_calls=tf.data.AUTOTUNE)
     parts = list(ds.batch(4096).as_numpy_iterator())
     return tf.nest.map_structure(lambda *p: np.concatenate(p), *parts)
 
@@ -543,7 +558,7 @@ def _statistics(section: DataSection, splits: dict[str, Split], before, seed: in
     provisional = PreparedData(section, {"train": splits["train"]}, seed=seed, info=None, static=before, augment=None)
     s = splits["train"]
     if s.kind == "arrays":
-        ds = tf.data.Dataset.from_tensor_slices(s.arrays).map(lambda x, y: before(x, y))
+        ds = tf.data.Dataset.from_tensor_slices(s.arrays).map(_plain(lambda x, y: before(x, y)))
     else:
         ds = provisional._base("train", None, training=False)
         if provisional._cached():  # statistics are a one-off pass: do not fill a cache with it
