@@ -314,8 +314,11 @@ def inspect_data(
         if time.perf_counter() - start > seconds:
             complete = seen >= info.sizes[split]
             break
-    elapsed = time.perf_counter() - warm_time
-    rate = (seen - warm_examples) / elapsed if elapsed > 0 and seen > warm_examples else None
+    now = time.perf_counter()
+    if seen > warm_examples:
+        rate = (seen - warm_examples) / max(now - warm_time, 1e-9)
+    else:  # a single batch: start-up included
+        rate = seen / max(now - start, 1e-9) if seen else None
     if info.task == "classification":
         names = info.class_names or []
         labels = {(names[k] if k < len(names) else str(k)): counts.get(k, 0) for k in range(info.num_classes)}
