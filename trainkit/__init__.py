@@ -8,7 +8,8 @@ built. The public API::
     trainkit.evaluate(run_dir, split="test", checkpoint="last") -> dict
     trainkit.dataset(recipe, split) -> tf.data.Dataset
     trainkit.validate(recipe) -> dict
-    trainkit.register_model / register_dataset / register_layer / register_loss / register_metric
+    trainkit.inspect_data(recipe, split="train", n=5) -> dict
+    trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric
 """
 
 from trainkit.errors import ConfigError, RunDirError, TrainkitError
@@ -20,6 +21,7 @@ from trainkit.registry import (
     register_loss,
     register_metric,
     register_model,
+    register_transform,
 )
 
 __version__ = "0.1.0"
@@ -31,12 +33,14 @@ __all__ = [
     "TrainkitError",
     "dataset",
     "evaluate",
+    "inspect_data",
     "load_recipe",
     "register_dataset",
     "register_layer",
     "register_loss",
     "register_metric",
     "register_model",
+    "register_transform",
     "train",
     "validate",
 ]
@@ -45,7 +49,7 @@ __all__ = [
 def __getattr__(name: str):
     # The functions that build things live in trainkit.api; importing it is
     # still cheap (TensorFlow loads inside the calls).
-    if name in ("train", "evaluate", "dataset", "validate", "Run"):
+    if name in ("train", "evaluate", "dataset", "validate", "inspect_data", "Run"):
         from trainkit import api
 
         return getattr(api, name)

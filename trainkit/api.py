@@ -153,7 +153,7 @@ def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
 
     results = {}
     for split in built.recipe.trainer.evaluate:
-        if split in built.data.arrays:
+        if built.data.has_split(split):
             results[split] = built.trainer.evaluate(built.data.distributed(built.strategy, split))
             if built.recipe.trainer.progress:
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in results[split].items())
@@ -269,3 +269,91 @@ def _strategy_name(strategy) -> str:
     from trainkit.runtime import describe
 
     return describe(strategy)
+
+
+def inspect_data(
+    recipe: Recipe | str | os.PathLike,
+    split: str = "train",
+    *,
+    n: int = 5,
+    seconds: float = 5.0,
+) -> dict[str, Any]:
+    """A split as the model sees it, and how fast its pipeline runs alone.
+
+    Returns the element spec (per example), the number of examples, the label
+    distribution, the first ``n`` examples (evaluation order, NumPy), and the
+    throughput of the split's pipeline (the training pipeline for ``train``:
+    shuffled and augmented as epoch 0) over one epoch or ``seconds``, whichever
+    ends first. Writes nothing.
+    """
+    import time
+
+    import numpy as np
+
+    quiet_tensorflow()
+    recipe = _as_recipe(recipe)
+    from trainkit.data.pipeline import prepare
+
+    data = prepare(recipe.data, seed=recipe.seed)
+    data._check_split(split)
+    info = data.info
+    ds = data.dataset(split, training=split == "train")
+    x_spec, y_spec = ds.element_spec
+
+    def per_example(spec) -> str:
+        return f"{spec.dtype.name} {spec.shape.as_list()[1:]}"
+
+    spec = {
+        "features": {k: per_example(v) for k, v in x_spec.items()} if isinstance(x_spec, dict) else per_example(x_spec),
+        "label": per_example(y_spec),
+    }
+    counts: dict[int, int] = {}
+    values: list[np.ndarray] = []
+    seen, batches = 0, 0
+    iterator = iter(ds)
+    start = time.perf_counter()
+    warm_examples, warm_time = 0, start
+    complete = True
+    for _, y in iterator:
+        y = y.numpy()
+        batches += 1
+        seen += len(y)
+        if info.task == "classification":
+            labels = y.argmax(-1) if y.ndim > 1 else y
+            for label, count in zip(*np.unique(labels, return_counts=True), strict=True):
+                counts[int(label)] = counts.get(int(label), 0) + int(count)
+        else:
+            values.append(y.reshape(len(y), -1))
+        if batches == 1:  # the first batch pays for start-up: time from here on
+            warm_examples, warm_time = seen, time.perf_counter()
+        if time.perf_counter() - start > seconds:
+            complete = seen >= info.sizes[split]
+            break
+    now = time.perf_counter()
+    if seen > warm_examples:
+        rate = (seen - warm_examples) / max(now - warm_time, 1e-9)
+    else:  # a single batch: start-up included
+        rate = seen / max(now - start, 1e-9) if seen else None
+    if info.task == "classification":
+        names = info.class_names or []
+        labels = {(names[k] if k < len(names) else str(k)): counts.get(k, 0) for k in range(info.num_classes)}
+    else:
+        all_values = np.concatenate(values) if values else np.zeros((0, 1))
+        labels = {"min": float(all_values.min()), "mean": float(all_values.mean()), "max": float(all_values.max())}
+    return {
+        "recipe": recipe.name,
+        "split": split,
+        "source": recipe.data.source.type,
+        "held_as": data.kind(split),
+        "element_spec": spec,
+        "examples": info.sizes[split],
+        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),
+        "task": info.task,
+        "classes": info.num_classes,
+        "label_distribution": labels,
+        "label_distribution_complete": complete,
+        "label_distribution_examples": seen,
+        "first_examples": data.examples(split, n),
+        "examples_per_second": rate,
+        "skipped_files": list(info.skipped),
+    }

@@ -43,6 +43,11 @@ def check_components(recipe: Recipe) -> None:
         cls = registry.callbacks.get(spec.type, field=f"trainer.callbacks.{i}.type")
         check_arguments(cls, spec.kwargs, field=f"trainer.callbacks.{i}", label=cls.__name__)
     check_builder_arguments(recipe.model)
+    from trainkit.data import transforms
+
+    for group in ("transforms", "augment"):
+        for i, spec in enumerate(getattr(recipe.data, group)):
+            transforms.check(spec, field_name=f"data.{group}.{i}")
 
 
 def _metric_class(spec: Component, loss_cls: type, *, field: str) -> type:
@@ -111,8 +116,11 @@ class Built:
     total_steps: int
 
 
-def build(recipe: Recipe, *, trainer_class: type | None = None) -> Built:
-    """Strategy, data, model and trainer for ``recipe``, checked to fit together."""
+def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str | None = None) -> Built:
+    """Strategy, data, model and trainer for ``recipe``, checked to fit together.
+
+    ``cache_dir`` is where a relative ``data.cache`` path is kept (the run directory).
+    """
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
     from trainkit.data.pipeline import prepare
@@ -120,7 +128,7 @@ def build(recipe: Recipe, *, trainer_class: type | None = None) -> Built:
     from trainkit.optim import make_optimizer
     from trainkit.training.loop import Trainer
 
-    data = prepare(recipe.data, seed=recipe.seed)
+    data = prepare(recipe.data, seed=recipe.seed, cache_dir=cache_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
@@ -149,24 +157,22 @@ def build(recipe: Recipe, *, trainer_class: type | None = None) -> Built:
 
 def check_model_fits_data(recipe: Recipe, model, data) -> None:
     """One batch through the model and the loss; mistakes become one ConfigError line."""
-    import numpy as np
-
     info = data.info
-    x, y = (a[: min(4, len(a))] for a in data.arrays["train"])
+    x, y = data.sample_batch(4)
     try:
         y_pred = model(x, training=False)
     except (ValueError, TypeError) as err:
         expected = [tuple(t.shape[1:]) for t in model.inputs]
+        given = {k: tuple(v.shape[1:]) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape[1:])
         raise ConfigError(
             f"model: the model expects inputs of shape {expected[0] if len(expected) == 1 else expected} "
-            f"but the data gives {tuple(x.shape[1:])} (check data.feature_shape and the model's first layers): "
+            f"but the data gives {given} (check data.feature_shape, data.transforms and the model's first layers): "
             f"{_first_line(err)}"
         ) from None
     if isinstance(y_pred, list | tuple | dict):
         return  # several outputs: the loss check below is for single-output models
     outputs = int(y_pred.shape[-1]) if len(y_pred.shape) > 1 else 1
     loss_name = type(make_loss(recipe, per_example=False)).__name__
-    all_labels = np.concatenate([data.arrays[k][1] for k in data.arrays])
     class_losses = ("SparseCategorical", "Categorical", "Binary")
     if info.task == "regression" and loss_name.startswith(class_losses):
         raise ConfigError(
@@ -174,7 +180,7 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
             "(a regression: use mse, mae or huber)"
         )
     if info.task == "classification":
-        top = int(all_labels.max())
+        top = int(info.num_classes) - 1
         if loss_name.startswith("SparseCategorical") and top >= outputs:
             raise ConfigError(
                 f"model: labels go up to {top} ({info.num_classes} classes) but the model outputs "

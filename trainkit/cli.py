@@ -25,6 +25,7 @@ examples:
   trainkit train digits_cnn                         # into runs/digits_cnn (resumes if it exists)
   trainkit train digits_mlp -c digits_mlp_smoke optimizer.learning_rate=0.01 --run-dir runs/try
   trainkit eval runs/digits_cnn --split test --checkpoint last
+  trainkit data mnist_cnn --split test -n 3           # a split as the model sees it, and its speed
 """
 
 
@@ -59,6 +60,12 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("validate", help="check a recipe, build its model and run one batch, without training")
     _recipe_arguments(p)
+
+    p = commands.add_parser("data", help="show a split (spec, size, labels, first examples) and time its pipeline")
+    _recipe_arguments(p)
+    p.add_argument("--split", default="train", help="train (default), validation or test")
+    p.add_argument("-n", type=int, default=3, metavar="N", help="how many examples to show (default 3)")
+    p.add_argument("--seconds", type=float, default=5.0, help="time budget of the throughput pass (default 5)")
 
     commands.add_parser("ls", help="list recipes and configs with their descriptions")
     return parser
@@ -123,7 +130,48 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
+def cmd_data(args: argparse.Namespace) -> int:
+    from trainkit import api
+
+    report = api.inspect_data(_load(args), split=args.split, n=max(args.n, 0), seconds=args.seconds)
+    print(f"{report['recipe']}  split {report['split']}  ({report['source']} source, held as {report['held_as']})")
+    spec = report["element_spec"]
+    features = spec["features"]
+    if isinstance(features, dict):
+        features = ", ".join(f"{k}: {v}" for k, v in features.items())
+    print(f"  element spec: features {features}; label {spec['label']}")
+    print(f"  examples:     {report['examples']} ({report['batches']} batches)")
+    if report["task"] == "classification":
+        dist = report["label_distribution"]
+        total = sum(dist.values()) or 1
+        part = "" if report["label_distribution_complete"] else f" (first {report['label_distribution_examples']} examples)"
+        print(f"  labels:       {report['classes']} classes{part}")
+        for name, count in dist.items():
+            print(f"    {name:>12}  {count:>8}  {count / total:6.1%}")
+    else:
+        dist = report["label_distribution"]
+        print(f"  targets:      min {dist['min']:.4g}  mean {dist['mean']:.4g}  max {dist['max']:.4g}")
+    if report["skipped_files"]:
+        print(f"  skipped:      {len(report['skipped_files'])} unreadable file(s), e.g. {report['skipped_files'][0]}")
+    for i, (x, y) in enumerate(report["first_examples"]):
+        print(f"  example {i}: label {_show(y)}  features {_show(x)}")
+    rate = report["examples_per_second"]
+    print(f"  pipeline alone: {rate:,.0f} examples/s" if rate else "  pipeline alone: too few batches to time")
+    return 0
+
+
+def _show(value) -> str:
+    import numpy as np
+
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_show(v)}" for k, v in value.items()) + "}"
+    array = np.asarray(value)
+    if array.size <= 8:
+        return np.array2string(array, precision=3, separator=", ")
+    return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
+
+
+COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,16 +27,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     PositiveFloat,
     PositiveInt,
     PrivateAttr,
+    Tag,
     model_validator,
 )
 
@@ -75,6 +78,9 @@ class Component(BaseModel):
 # --------------------------------------------------------------------------- data
 
 
+SplitName = Literal["train", "validation", "test"]
+
+
 class SklearnSource(Section):
     """One of scikit-learn's bundled datasets (no download needed)."""
 
@@ -94,7 +100,306 @@ class ArraysSource(Section):
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
-Source = Annotated[SklearnSource | ArraysSource, Field(discriminator="type")]
+class TfdsSource(Section):
+    """A TensorFlow Datasets dataset that is already prepared on disk (never downloaded).
+
+    ``splits`` maps trainkit's splits to TFDS split expressions, slicing
+    included: ``{train: "train[:90%]", validation: "train[90%:]", test: test}``.
+    """
+
+    type: Literal["tfds"] = "tfds"
+    name: Annotated[str, Field(min_length=1)]
+    version: str | None = None
+    """A version such as ``3.0.1``; default: the version the installed TFDS defines."""
+    data_dir: str | None = None
+    """Where prepared datasets live; default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
+    splits: dict[SplitName, str] = Field(default_factory=lambda: {"train": "train", "test": "test"})
+    as_supervised: bool = True
+    """Read ``(features, label)`` from the dataset's supervised keys."""
+    features: str | list[str] | None = None
+    """Feature key(s) of each example (instead of the supervised keys); a list gives a dict."""
+    label: str | None = None
+    """Label key of each example (with ``features``)."""
+
+    @model_validator(mode="after")
+    def _keys(self) -> TfdsSource:
+        if (self.features is None) != (self.label is None):
+            raise ValueError("set both features and label (or neither, to use the supervised keys)")
+        if not self.splits:
+            raise ValueError("name at least the train split")
+        if "train" not in self.splits:
+            raise ValueError("splits needs a 'train' entry")
+        return self
+
+
+class CsvSource(Section):
+    """A CSV file with a header row, read into memory.
+
+    ``path`` is one file (split by ``data.splits``) or a file per split.
+    """
+
+    type: Literal["csv"] = "csv"
+    path: str | dict[SplitName, str]
+    label: str
+    """The label column: integers or text are classes, real numbers a regression target."""
+    features: list[str] | None = None
+    """Feature columns; default: every column but the label."""
+    column_types: dict[str, Literal["int", "float", "string"]] = Field(default_factory=dict)
+    """Declared column types; undeclared ones are inferred (int, then float, else string)."""
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+
+
+class ImageFolderSource(Section):
+    """Images in one subfolder per class (``path/cat/1.png``, ``path/dog/2.jpg``).
+
+    ``path`` is one folder (split by ``data.splits``) or a folder per split. Images
+    are decoded and resized in the pipeline (float32, values 0..255), never all
+    loaded at once.
+    """
+
+    type: Literal["image_folder"] = "image_folder"
+    path: str | dict[SplitName, str]
+    image_size: tuple[PositiveInt, PositiveInt] | None = None
+    """``[height, width]`` to resize to; default: the size of the first image."""
+    channels: Literal[1, 3, 4] = 3
+    extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif"])
+    class_names: list[str] | None = None
+    """Class folders in label order; default: every subfolder, sorted."""
+    skip_bad_images: bool = False
+    """Skip (and count) files that are not readable images instead of failing."""
+
+
+class TfrecordFeature(Section):
+    """How one feature of a ``tf.train.Example`` is parsed."""
+
+    dtype: Literal["float32", "int64", "string"] = "float32"
+    shape: list[NonNegativeInt] = Field(default_factory=list)
+    """Shape of the value (``[]``: a scalar); for an image, its decoded ``[height, width, channels]``."""
+    image: bool = False
+    """A string holding an encoded image (PNG, JPEG, ...): decoded to uint8."""
+    channels: Literal[0, 1, 3, 4] = 0
+    """Channels of a decoded image (0: as stored)."""
+
+
+class TfrecordSource(Section):
+    """TFRecord files of ``tf.train.Example`` protos, streamed.
+
+    ``files`` is a glob or a list of paths/globs (split by ``data.splits``), or
+    the same per split.
+    """
+
+    type: Literal["tfrecord"] = "tfrecord"
+    files: str | list[str] | dict[SplitName, str | list[str]]
+    features: dict[str, TfrecordFeature]
+    """The feature spec: every key to parse, with its type and shape."""
+    inputs: str | list[str]
+    """The feature key(s) fed to the model; a list gives a dict of features."""
+    label: str
+    compression: Literal["none", "GZIP", "ZLIB"] = "none"
+
+    @model_validator(mode="after")
+    def _keys_in_spec(self) -> TfrecordSource:
+        from trainkit.errors import did_you_mean
+
+        wanted = [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+        for key in [*wanted, self.label]:
+            if key not in self.features:
+                raise ValueError(f"'{key}' is not in features; {did_you_mean(key, self.features)}")
+        return self
+
+
+class GeneratorSource(Section):
+    """Examples from a Python generator function a recipe registers with
+    ``trainkit.register_dataset``; it is called anew for every pass.
+
+    The function yields ``(x, y)`` pairs. With ``splits`` it is called with
+    ``split=NAME`` for each split; without, its stream is split by ``data.splits``.
+    """
+
+    type: Literal["generator"] = "generator"
+    name: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    splits: list[SplitName] | None = None
+
+
+Source = Annotated[
+    SklearnSource | ArraysSource | TfdsSource | CsvSource | ImageFolderSource | TfrecordSource | GeneratorSource,
+    Field(discriminator="type"),
+]
+
+
+# ---------------------------------------------------------------------- transforms
+
+
+class _Transform(Section):
+    random: ClassVar[bool] = False
+
+
+class ScaleTransform(_Transform):
+    """``x * factor + offset`` as float32 (default: 0..255 pixels to 0..1)."""
+
+    type: Literal["scale"] = "scale"
+    factor: float = 1 / 255
+    offset: float = 0.0
+
+
+class NormalizeTransform(_Transform):
+    """``(x - mean) / std`` per channel (last axis); statistics from the training split."""
+
+    type: Literal["normalize"] = "normalize"
+    mean: float | list[float] | None = None
+    std: float | list[float] | None = None
+    """Given statistics; default: computed on the training split (one pass)."""
+
+    @model_validator(mode="after")
+    def _both(self) -> NormalizeTransform:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("give both mean and std, or neither (computed from the training split)")
+        return self
+
+
+class OneHotTransform(_Transform):
+    """Class labels to one-hot vectors (use CategoricalCrossentropy then)."""
+
+    type: Literal["one_hot"] = "one_hot"
+    num_classes: PositiveInt | None = None
+    """Default: the data's number of classes."""
+
+
+class CastTransform(_Transform):
+    type: Literal["cast"] = "cast"
+    dtype: Literal["float32", "float16", "bfloat16", "int32", "int64", "uint8"] = "float32"
+    target: Literal["features", "label"] = "features"
+
+
+class ResizeTransform(_Transform):
+    type: Literal["resize"] = "resize"
+    size: tuple[PositiveInt, PositiveInt]
+    method: Literal["bilinear", "nearest", "bicubic", "area", "lanczos3"] = "bilinear"
+
+
+class CenterCropTransform(_Transform):
+    type: Literal["center_crop"] = "center_crop"
+    size: tuple[PositiveInt, PositiveInt]
+
+
+class ReshapeTransform(_Transform):
+    """Reshape each example's features (``[8, 8, 1]`` for flat 64-value rows)."""
+
+    type: Literal["reshape"] = "reshape"
+    shape: list[Annotated[int, Field(ge=-1)]]
+
+
+class RenameTransform(_Transform):
+    """Rename keys of dict features."""
+
+    type: Literal["rename"] = "rename"
+    mapping: dict[str, str]
+
+
+class SelectTransform(_Transform):
+    """Keep some keys of dict features; one key (a string) makes the features that tensor."""
+
+    type: Literal["select"] = "select"
+    keys: str | list[str]
+
+
+class RandomCropTransform(_Transform):
+    """A random ``size`` crop, after zero-padding each side by ``padding`` pixels."""
+
+    random: ClassVar[bool] = True
+    type: Literal["random_crop"] = "random_crop"
+    size: tuple[PositiveInt, PositiveInt]
+    padding: NonNegativeInt = 0
+
+
+class RandomFlipTransform(_Transform):
+    random: ClassVar[bool] = True
+    type: Literal["random_flip"] = "random_flip"
+    mode: Literal["horizontal", "vertical", "horizontal_and_vertical"] = "horizontal"
+
+
+class RandomBrightnessTransform(_Transform):
+    random: ClassVar[bool] = True
+    type: Literal["random_brightness"] = "random_brightness"
+    max_delta: PositiveFloat
+
+
+class RandomContrastTransform(_Transform):
+    random: ClassVar[bool] = True
+    type: Literal["random_contrast"] = "random_contrast"
+    lower: PositiveFloat = 0.8
+    upper: PositiveFloat = 1.2
+
+    @model_validator(mode="after")
+    def _order(self) -> RandomContrastTransform:
+        if self.lower >= self.upper:
+            raise ValueError("lower must be below upper")
+        return self
+
+
+class RegisteredTransform(BaseModel):
+    """A transform function a recipe registers with ``trainkit.register_transform``;
+    the other keys are its keyword arguments."""
+
+    model_config = ConfigDict(extra="allow")
+    random: ClassVar[bool] = False
+    type: str
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+BUILTIN_TRANSFORMS: dict[str, type[_Transform]] = {
+    cls.model_fields["type"].default: cls
+    for cls in (
+        ScaleTransform,
+        NormalizeTransform,
+        OneHotTransform,
+        CastTransform,
+        ResizeTransform,
+        CenterCropTransform,
+        ReshapeTransform,
+        RenameTransform,
+        SelectTransform,
+        RandomCropTransform,
+        RandomFlipTransform,
+        RandomBrightnessTransform,
+        RandomContrastTransform,
+    )
+}
+
+
+def _transform_tag(value: Any) -> str:
+    name = value if isinstance(value, str) else (value.get("type") if isinstance(value, dict) else getattr(value, "type", None))
+    return name if name in BUILTIN_TRANSFORMS else "registered"
+
+
+def _transform_from_name(value: Any) -> Any:
+    return {"type": value} if isinstance(value, str) else value
+
+
+Transform = Annotated[
+    Annotated[
+        Annotated[ScaleTransform, Tag("scale")]
+        | Annotated[NormalizeTransform, Tag("normalize")]
+        | Annotated[OneHotTransform, Tag("one_hot")]
+        | Annotated[CastTransform, Tag("cast")]
+        | Annotated[ResizeTransform, Tag("resize")]
+        | Annotated[CenterCropTransform, Tag("center_crop")]
+        | Annotated[ReshapeTransform, Tag("reshape")]
+        | Annotated[RenameTransform, Tag("rename")]
+        | Annotated[SelectTransform, Tag("select")]
+        | Annotated[RandomCropTransform, Tag("random_crop")]
+        | Annotated[RandomFlipTransform, Tag("random_flip")]
+        | Annotated[RandomBrightnessTransform, Tag("random_brightness")]
+        | Annotated[RandomContrastTransform, Tag("random_contrast")]
+        | Annotated[RegisteredTransform, Tag("registered")],
+        Discriminator(_transform_tag),
+    ],
+    BeforeValidator(_transform_from_name),
+]
 
 
 class SplitFractions(Section):
@@ -115,20 +420,55 @@ class SplitFractions(Section):
 class DataSection(Section):
     source: Source
     splits: SplitFractions = Field(default_factory=SplitFractions)
+    """How a source without its own splits is divided (deterministically, by ``split_seed``)."""
     split_seed: int = 0
     batch_size: PositiveInt = 32
     """The global batch size: split across replicas under a distribution strategy."""
     eval_batch_size: PositiveInt | None = None
     shuffle_buffer: NonNegativeInt = 10_000
-    """0 turns shuffling off. In-memory sources are always shuffled fully (an
-    index permutation per epoch); streaming sources use a buffer of this size."""
+    """0 turns shuffling off. Sources held in memory or as a file list (arrays,
+    sklearn, csv, image_folder) are shuffled fully by an index permutation per
+    epoch; streamed ones (tfds, tfrecord, generator, or anything cached) through
+    a buffer of this size. Either way the order is a function of (seed, epoch)."""
+    num_classes: PositiveInt | None = None
+    """Declare the number of classes: every label must lie in ``0..num_classes-1``.
+    Default: from the source's metadata, else the largest label + 1."""
     scale: Literal["none", "standard", "minmax"] = "none"
-    """Feature scaling, fitted on the training split only."""
+    """Feature scaling of in-memory sources, fitted on the training split only
+    (for any source: the ``normalize`` transform)."""
     feature_shape: list[PositiveInt] | None = None
     """Reshape each example's features, e.g. ``[8, 8, 1]`` for the 8x8 digits."""
-    cache: bool = True
+    transforms: list[Transform] = Field(default_factory=list)
+    """Applied in order to every split (what evaluation and export see)."""
+    augment: list[Transform] = Field(default_factory=list)
+    """Applied in order after ``transforms``, to the training split only; random
+    transforms are seeded by (seed, epoch, example), so a resumed run is exact."""
+    cache: bool | str = False
+    """``true``/``memory``: keep decoded, transformed examples in memory after the
+    first epoch; a path: in files there (relative paths are inside the run
+    directory). In-memory sources need no cache."""
+    parallel_calls: PositiveInt | Literal["auto"] = "auto"
+    """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
+    deterministic: bool = True
+    """Keep the element order of parallel maps; ``false`` may be faster (the order
+    then varies, and so does a resumed run)."""
+    prefetch: bool | PositiveInt = True
+    """Prefetch batches (``true``: AUTOTUNE, a number: that many)."""
     drop_remainder: bool = False
-    prefetch: bool = True
+
+    @model_validator(mode="after")
+    def _transform_placement(self) -> DataSection:
+        for i, spec in enumerate(self.transforms):
+            if spec.random:
+                raise ValueError(
+                    f"transforms.{i}: '{spec.type}' is random, training-only augmentation: put it in data.augment"
+                )
+        for i, spec in enumerate(self.augment):
+            if spec.type == "normalize":
+                raise ValueError(f"augment.{i}: normalize belongs in data.transforms (every split needs it)")
+        if isinstance(self.cache, str) and not self.cache.strip():
+            raise ValueError("cache: give true, 'memory' or a path")
+        return self
 
 
 # -------------------------------------------------------------------------- model
@@ -257,6 +597,9 @@ class TrainerSection(Section):
     progress: bool = True
     profile_steps: list[NonNegativeInt] | None = None
     """``[first, last]``: write a TensorBoard profile of these steps to ``tensorboard/plugins/profile``."""
+    measure_input: bool = True
+    """Probe at the start how much of a training step waits for input (a few
+    gradient computations that change nothing); reported at the end and in run.json."""
 
     @model_validator(mode="after")
     def _has_budget(self) -> TrainerSection:
@@ -342,6 +685,7 @@ RESUMABLE_KEYS = (
     "trainer.progress",
     "trainer.steps_per_execution",
     "trainer.profile_steps",
+    "trainer.measure_input",
     "data.eval_batch_size",
     "export",
 )

@@ -164,9 +164,11 @@ optimizers = Registry("optimizer", _keras_optimizers)
 callbacks = Registry("callback", _keras_callbacks)
 models = Registry("model builder")
 datasets = Registry("dataset")
+transforms = Registry("transform")
 
 register_model = models.register
 register_dataset = datasets.register
+register_transform = transforms.register
 register_layer = layers.register
 register_loss = losses.register
 register_metric = metrics.register

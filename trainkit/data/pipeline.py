@@ -1,44 +1,70 @@
-"""Arrays per split to ``tf.data`` pipelines.
+"""Sources to ``tf.data`` pipelines.
 
-:func:`prepare` loads a source, splits it deterministically (``data.split_seed``),
-fits feature scaling on the training split alone, and describes the result
-(:class:`DataInfo`: feature shape, task, classes, sizes). :class:`PreparedData`
-then hands out the pipeline of any split.
+:func:`prepare` loads a source (:mod:`trainkit.data.sources`), splits it
+deterministically (``data.split_seed``), fits what needs the training split
+(feature scaling, ``normalize`` statistics) and describes the result
+(:class:`DataInfo`: feature shape, task, classes, sizes), all before training.
+:class:`PreparedData` then hands out the pipeline of any split::
+
+    source -> [shard] -> load/decode -> transforms -> [cache] -> shuffle(seed, epoch)
+           -> augment(seed, epoch, example) -> batch -> prefetch
 
 Training reads one stream over all epochs (:meth:`PreparedData.training_stream`).
 Each epoch is shuffled with a seed derived from the recipe seed and the epoch
 number, so each epoch sees a new order, the same recipe always sees the same
-orders, and an epoch never bleeds into the next one inside a batch. The data
-position is therefore reproducible rather than saved: a run resumed at (epoch,
-batch) rebuilds the stream from that epoch and skips the batches already seen.
-(TensorFlow 2.21 cannot checkpoint the iterators of distributed datasets.)
+orders, and an epoch never bleeds into the next one inside a batch. Random
+augmentation is seeded by (seed, epoch, example index) with stateless ops. The
+data position is therefore reproducible rather than saved: a run resumed at
+(epoch, batch) rebuilds the stream from that epoch and skips the batches already
+seen. (TensorFlow 2.21 cannot checkpoint the iterators of distributed datasets.)
+
+Sources held in memory or as a file list are shuffled fully by a stateless
+permutation of the example indices; streamed (and cached) ones through a buffer
+of ``data.shuffle_buffer`` elements whose seed is again a function of (seed, epoch).
+
+Evaluation pipelines are never shuffled or augmented.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
-from trainkit.data import sources
+from trainkit.data import sources, transforms
+from trainkit.data.sources import Split
 from trainkit.errors import ConfigError
-from trainkit.recipe import DataSection
+from trainkit.recipe import DataSection, ReshapeTransform
 
 SPLITS = ("train", "validation", "test")
 Task = Literal["classification", "regression"]
+
+# The graph-level seed used while building a streamed epoch's shuffle. Dataset.shuffle
+# combines the graph seed with its own; pinning it makes the order a function of
+# (recipe seed, epoch) alone, and it avoids TF's get_seed comparing a tensor seed
+# with 0 (which fails inside flat_map when the global seed is 0).
+_SHUFFLE_GRAPH_SEED = 0x7A1C
+_AUGMENT_SALT = 0x0A06
+_SHUFFLE_SALT = 0x5F1E
 
 
 @dataclass(frozen=True)
 class DataInfo:
     """What the model and the loss need to know about the data."""
 
-    feature_shape: tuple[int, ...]
+    feature_shape: tuple[int, ...] | dict[str, tuple[int, ...]]
     task: Task
     num_classes: int | None
     """Number of classes for classification (labels are ``0..num_classes-1``)."""
     target_shape: tuple[int, ...]
     sizes: dict[str, int] = field(default_factory=dict)
+    class_names: list[str] | None = None
+    skipped: tuple[str, ...] = ()
+    """Files skipped as unreadable (``skip_bad_images``)."""
 
     @property
     def num_outputs(self) -> int:
@@ -70,33 +96,86 @@ class Scaler:
 
 
 class PreparedData:
-    """The splits of one recipe's data, ready to become ``tf.data`` pipelines."""
+    """The splits of one recipe's data, ready to become ``tf.data`` pipelines.
 
-    def __init__(self, section: DataSection, arrays: dict[str, tuple[np.ndarray, np.ndarray]], *, seed: int):
+    Build it with :func:`prepare`. ``arrays`` holds the splits of in-memory sources
+    (``(x, y)`` NumPy arrays after the transforms); streamed sources have none.
+    """
+
+    def __init__(
+        self,
+        section: DataSection,
+        splits: dict[str, Split],
+        *,
+        seed: int,
+        info: DataInfo,
+        static: transforms.TransformFn,
+        augment: transforms.TransformFn | None,
+        ignore_errors: bool = False,
+        cache_dir: str | os.PathLike | None = None,
+    ):
         self.section = section
-        self.arrays = arrays
         self.seed = seed
-        self.info = _describe(section, arrays)
+        self.info = info
+        self._splits = splits
+        self._static = static
+        self._augment = augment
+        self._ignore_errors = ignore_errors
+        self._cache_dir = Path(cache_dir) if cache_dir else None
         self._bases: dict = {}
 
-    # -- pipelines -------------------------------------------------------------
+    # -- what there is ----------------------------------------------------------
+
+    @property
+    def splits(self) -> list[str]:
+        """The names of the splits this data has."""
+        return list(self._splits)
+
+    def has_split(self, split: str) -> bool:
+        return split in self._splits
+
+    @property
+    def arrays(self) -> dict[str, tuple[Any, np.ndarray]]:
+        """``(x, y)`` per split of an in-memory source (empty for streamed sources)."""
+        return {k: s.arrays for k, s in self._splits.items() if s.arrays is not None}
+
+    def kind(self, split: str = "train") -> str:
+        """``arrays``, ``table`` (a file list) or ``stream``."""
+        self._check_split(split)
+        return self._splits[split].kind
 
     def steps_per_epoch(self, split: str = "train") -> int:
         n, batch = self.info.sizes[split], self.section.batch_size
         return n // batch if self.section.drop_remainder else -(-n // batch)
 
-    def dataset(self, split: str, *, training: bool = False, epoch: int = 0, batch_size: int | None = None):
+    # -- pipelines -------------------------------------------------------------
+
+    def dataset(
+        self,
+        split: str,
+        *,
+        training: bool = False,
+        epoch: int = 0,
+        batch_size: int | None = None,
+        input_context: Any = None,
+    ):
         """One epoch of ``split`` as a batched ``tf.data.Dataset``.
 
-        ``training=True`` shuffles with the order of epoch ``epoch``; evaluation
-        keeps the split's order. ``batch_size`` defaults to the global batch size
-        (``data.eval_batch_size`` for evaluation).
+        ``training=True`` shuffles and augments as epoch ``epoch`` of training does;
+        evaluation keeps the split's order. ``batch_size`` defaults to the global
+        batch size (``data.eval_batch_size`` for evaluation); with an
+        ``input_context`` (a ``tf.distribute.InputContext``) this pipeline reads its
+        own shard and batches per replica.
         """
         import tensorflow as tf
 
-        return self._finish(self._epoch(split, tf.constant(epoch, tf.int64), training=training, batch_size=batch_size))
+        self._check_split(split)
+        shard, batch_size = self._per_pipeline(input_context, batch_size, training)
+        epochs = tf.data.Dataset.from_tensors(tf.constant(epoch, tf.int64))
+        ds = epochs.flat_map(lambda e: self._epoch(split, e, training=training, batch_size=batch_size, shard=shard))
+        return self._finish(ds, sharded=shard is not None)
 
-    def training_stream(self, *, start_epoch: int = 0, skip_batches: int = 0):
+    def training_stream(self, *, start_epoch: int = 0, skip_batches: int = 0, input_context: Any = None):
         """Every training epoch from ``start_epoch`` on, back to back, batched.
 
         Batching happens inside each epoch, so a short last batch stays in its epoch.
@@ -104,11 +183,24 @@ class PreparedData:
         import tensorflow as tf
 
         self._check_split("train")
+        shard, batch_size = self._per_pipeline(input_context, None, True)
         epochs = tf.data.Dataset.range(start_epoch, 2**62)  # as good as endless
-        stream = epochs.flat_map(lambda e: self._epoch("train", e, training=True, batch_size=None))
+        stream = epochs.flat_map(
+            lambda e: self._epoch("train", e, training=True, batch_size=batch_size, shard=shard)
+        )
         if skip_batches:
             stream = stream.skip(skip_batches)
-        return self._finish(stream)
+        return self._finish(stream, sharded=shard is not None)
+
+    def dataset_fn(self, input_context: Any, *, start_epoch: int = 0, skip_batches: int = 0):
+        """The training stream of one input pipeline, for
+        ``strategy.distribute_datasets_from_function``: this pipeline's shard
+        (``input_context.input_pipeline_id`` of ``num_input_pipelines``; together
+        the shards cover every example once per epoch), in per-replica batches.
+
+        ``skip_batches`` counts this pipeline's batches.
+        """
+        return self.training_stream(start_epoch=start_epoch, skip_batches=skip_batches, input_context=input_context)
 
     def distributed(self, strategy, split: str, *, take: int | None = None):
         """One epoch of an evaluation split, spread over the strategy's replicas.
@@ -125,131 +217,446 @@ class PreparedData:
         stream = self.training_stream(start_epoch=start_epoch, skip_batches=skip_batches)
         return strategy.experimental_distribute_dataset(stream)
 
-    def _base(self, split: str):
-        import tensorflow as tf
+    def examples(self, split: str, n: int) -> list[tuple[Any, Any]]:
+        """The first ``n`` examples of ``split`` as evaluation sees them (NumPy), unbatched."""
+        ds = self.dataset(split, batch_size=1).take(n)
+        out = []
+        for x, y in ds.as_numpy_iterator():
+            out.append((({k: v[0] for k, v in x.items()} if isinstance(x, dict) else x[0]), y[0]))
+        return out
 
-        if split not in self._bases:
-            self._check_split(split)
-            ds = tf.data.Dataset.from_tensor_slices(self.arrays[split])
-            self._bases[split] = ds.cache() if self.section.cache else ds
-        return self._bases[split]
+    def sample_batch(self, n: int = 4):
+        """A small batch of the training split in evaluation order (for shape checks)."""
+        return next(iter(self.dataset("train", batch_size=n).take(1)))
 
-    def _epoch(self, split: str, epoch, *, training: bool, batch_size: int | None):
-        """One epoch of ``split``; ``epoch`` may be a tensor (inside ``flat_map``).
+    # -- building blocks ----------------------------------------------------------
 
-        In-memory data is shuffled fully by a stateless permutation of the
-        indices seeded with (recipe seed, epoch): no buffer, no hidden state.
-        """
-        import tensorflow as tf
-
+    def _per_pipeline(self, input_context: Any, batch_size: int | None, training: bool):
         section = self.section
         if batch_size is None:
             batch_size = section.batch_size if training else (section.eval_batch_size or section.batch_size)
-        drop = section.drop_remainder and training
-        if not (training and section.shuffle_buffer):
-            return self._base(split).batch(batch_size, drop_remainder=drop)
-        x, y = self._tensors(split)
-        seed = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
-        order = tf.random.experimental.stateless_shuffle(tf.range(self.info.sizes[split], dtype=tf.int64), seed=seed)
-        indices = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=drop)
-        return indices.map(lambda i: (tf.gather(x, i), tf.gather(y, i)))
+        if input_context is None:
+            return None, batch_size
+        shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)
+        per_replica = input_context.get_per_replica_batch_size(batch_size)
+        return (shard if shard[0] > 1 else None), per_replica
 
-    def _tensors(self, split: str):
+    def _map(self, ds, fn: Callable):
         import tensorflow as tf
 
-        key = f"{split}/tensors"
+        calls = tf.data.AUTOTUNE if self.section.parallel_calls == "auto" else self.section.parallel_calls
+        return ds.map(_plain(fn), num_parallel_calls=calls, deterministic=self.section.deterministic)
+
+    def _cached(self) -> bool:
+        cache = self.section.cache
+        return cache is not False and cache != "none"
+
+    def _indexed(self, split: str) -> bool:
+        """Shuffled by an index permutation (else through a buffer)."""
+        kind = self._splits[split].kind
+        return kind == "arrays" or (kind == "table" and not self._cached())
+
+    def _loader(self, split: str, *, training: bool) -> Callable:
+        """Raw record (or table row) to a transformed ``(x, y)``."""
+        s = self._splits[split]
+        static = self._static
+        load = s.load or (lambda x, y: (x, y))
+        in_memory = s.kind == "arrays"  # transforms were applied when the data was prepared
+
+        def fn(*raw):
+            x, y = load(*raw)
+            if not in_memory:
+                x, y = static(x, y)
+            return x, y
+
+        return fn
+
+    def _columns(self, split: str):
+        import tensorflow as tf
+
+        key = ("columns", split)
         if key not in self._bases:
-            x, y = self.arrays[split]
-            self._bases[key] = (tf.constant(x), tf.constant(y))
+            s = self._splits[split]
+            data = s.arrays if s.arrays is not None else s.table
+            with tf.init_scope():  # built once, eagerly, even when first asked for inside flat_map
+                self._bases[key] = tf.nest.map_structure(tf.constant, data)
         return self._bases[key]
 
-    def _finish(self, ds):
+    def _base(self, split: str, shard, *, training: bool):
+        """The transformed, unshuffled elements of a streamed or cached split (built once)."""
         import tensorflow as tf
 
-        if self.section.prefetch:
-            ds = ds.prefetch(tf.data.AUTOTUNE)
+        key = ("base", split, shard)
+        if key not in self._bases:
+            with tf.init_scope():  # built once, eagerly, even when first asked for inside flat_map
+                self._bases[key] = self._make_base(split, shard, training=training)
+        return self._bases[key]
+
+    def _make_base(self, split: str, shard, *, training: bool):
+        import tensorflow as tf
+
+        s = self._splits[split]
+        if s.stream is not None:
+            ds = s.stream()
+        else:
+            ds = tf.data.Dataset.from_tensor_slices(self._columns(split))
+        if shard:
+            ds = ds.shard(*shard)
+        ds = self._map(ds, self._loader(split, training=training))
+        if self._ignore_errors:
+            ds = ds.ignore_errors()
+        if self._cached():
+            ds = ds.cache(self._cache_file(split, shard, training))
+        return ds
+
+    def _cache_file(self, split: str, shard, training: bool) -> str:
+        cache = self.section.cache
+        if cache is True or cache == "memory":
+            return ""
+        path = Path(cache)
+        if not path.is_absolute():
+            if self._cache_dir is None:
+                return ""  # outside a run (trainkit data, the API): keep it in memory, write nothing
+            path = self._cache_dir / path
+        path.mkdir(parents=True, exist_ok=True)
+        name = split + (f"-shard{shard[1]}of{shard[0]}" if shard else "")
+        return str(path / name)
+
+    def _epoch_seed(self, epoch, salt: int):
+        """A stateless seed (shape [2]) for (recipe seed, epoch, salt)."""
+        import tensorflow as tf
+
+        base = tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)])
+        return tf.random.experimental.stateless_fold_in(tf.random.experimental.stateless_fold_in(base, salt), 0)
+
+    def _elements(self, split: str, epoch, *, training: bool, shard):
+        """One epoch of ``split``, unbatched; ``epoch`` is a tensor (inside ``flat_map``)."""
+        import tensorflow as tf
+
+        s = self._splits[split]
+        shuffle = training and self.section.shuffle_buffer > 0
+        if self._indexed(split):
+            order = tf.range(s.size, dtype=tf.int64)
+            if shuffle:
+                order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)]))
+            ds = tf.data.Dataset.from_tensor_slices(order)
+            if shard:
+                ds = ds.shard(*shard)
+            columns, load = self._columns(split), self._loader(split, training=training)
+            ds = self._map(ds, lambda i: load(*[tf.nest.map_structure(lambda c: tf.gather(c, i), col) for col in columns]))
+            if self._ignore_errors:
+                ds = ds.ignore_errors()
+        else:
+            ds = self._base(split, shard, training=training)
+            if shuffle:
+                ds = _seeded_shuffle(ds, self.section.shuffle_buffer, self._epoch_seed(epoch, _SHUFFLE_SALT))
+        if training and self._augment is not None:
+            augment, seed = self._augment, self._epoch_seed(epoch, _AUGMENT_SALT)
+            ds = self._map(
+                ds.enumerate(),
+                lambda i, element: augment(*element, tf.random.experimental.stateless_fold_in(seed, i)),
+            )
+        return ds
+
+    def _epoch(self, split: str, epoch, *, training: bool, batch_size: int, shard=None):
+        import tensorflow as tf
+
+        drop = self.section.drop_remainder and training
+        s = self._splits[split]
+        if s.kind == "arrays" and not (training and self._augment is not None):
+            # Fast path for in-memory arrays: gather whole batches.
+            order = tf.range(s.size, dtype=tf.int64)
+            if training and self.section.shuffle_buffer:
+                order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)]))
+            indices = tf.data.Dataset.from_tensor_slices(order)
+            if shard:
+                indices = indices.shard(*shard)
+            x, y = self._columns(split)
+            return indices.batch(batch_size, drop_remainder=drop).map(
+                lambda i: (tf.nest.map_structure(lambda c: tf.gather(c, i), x), tf.gather(y, i))
+            )
+        return self._elements(split, epoch, training=training, shard=shard).batch(batch_size, drop_remainder=drop)
+
+    def _finish(self, ds, *, sharded: bool = False):
+        import tensorflow as tf
+
+        prefetch = self.section.prefetch
+        if prefetch:
+            ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is True else int(prefetch))
         options = tf.data.Options()
-        options.deterministic = True
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.deterministic = self.section.deterministic
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.OFF if sharded else tf.data.experimental.AutoShardPolicy.DATA
+        )
         return ds.with_options(options)
 
     def _check_split(self, split: str) -> None:
-        if split not in self.arrays:
+        if split not in self._splits:
             raise ConfigError(
-                f"split '{split}' does not exist; this data has: {', '.join(self.arrays)}"
+                f"split '{split}' does not exist; this data has: {', '.join(self._splits)}"
                 + (" (set data.splits.validation/test above 0 to make one)" if split in SPLITS else "")
             )
 
 
-def prepare(section: DataSection, *, seed: int) -> PreparedData:
-    """Load, split and scale the data a recipe names."""
-    raw = sources.load(section.source)
-    arrays = raw if "all" not in raw else _split(raw["all"], section)
-    arrays = {k: _as_model_arrays(x, y, section, k) for k, (x, y) in arrays.items()}
-    scaler = Scaler.fit(section.scale, arrays["train"][0])
-    if scaler is not None:
-        arrays = {k: (scaler(x).astype(np.float32), y) for k, (x, y) in arrays.items()}
+def _plain(fn: Callable) -> Callable:
+    """A map function traced as written (no AutoGraph): transforms are plain
+    TensorFlow ops, and a ConfigError raised while tracing then reaches the user as is."""
+    import tensorflow as tf
+
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
+def _seeded_shuffle(ds, buffer: int, seed):
+    """``ds.shuffle`` with a seed that is a function of ``seed`` (a [2] tensor) alone."""
+    import tensorflow as tf
+
+    op_seed = tf.random.stateless_uniform([], seed=seed, minval=1, maxval=2**31 - 1, dtype=tf.int64)
+    graph = tf.compat.v1.get_default_graph()
+    previous = graph.seed
+    graph.seed = _SHUFFLE_GRAPH_SEED
+    try:
+        return ds.shuffle(buffer, seed=op_seed, reshuffle_each_iteration=False)
+    finally:
+        graph.seed = previous
+
+
+# ------------------------------------------------------------------------ prepare
+
+
+def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | None = None) -> PreparedData:
+    """Load, split and describe the data a recipe names; fit what needs the training split.
+
+    ``cache_dir`` is where a relative ``data.cache`` path goes (the run directory).
+    """
+    loaded = sources.load(section.source)
+    splits = loaded.splits if "all" not in loaded.splits else _split(loaded.splits["all"], section)
+    for name, s in splits.items():
+        if s.size == 0:
+            raise ConfigError(f"data: split '{name}' is empty")
+    in_memory = all(s.kind == "arrays" for s in splits.values())
+    if in_memory:
+        splits = {k: _as_model_arrays(s) for k, s in splits.items()}
+        scaler = Scaler.fit(section.scale, splits["train"].arrays[0]) if section.scale != "none" else None
+        if scaler is not None:
+            splits = {k: Split(s.size, arrays=(scaler(s.arrays[0]).astype(np.float32), s.arrays[1])) for k, s in splits.items()}
+    elif section.scale != "none":
+        raise ConfigError(
+            f"data.scale: '{section.scale}' scaling is for in-memory sources; for a "
+            f"'{section.source.type}' source use data.transforms: [{{type: normalize}}] (statistics from the training split)"
+        )
+
+    label_info = _labels(section, loaded, splits)
+    num_classes = label_info["num_classes"]
+    specs = list(section.transforms)
+    fields = [f"data.transforms.{i}" for i in range(len(specs))]
     if section.feature_shape:
-        arrays = {k: (_reshape(x, section.feature_shape), y) for k, (x, y) in arrays.items()}
-    return PreparedData(section, arrays, seed=seed)
+        specs.insert(0, ReshapeTransform(shape=list(section.feature_shape)))
+        fields.insert(0, "data.feature_shape")
+    for i, spec in enumerate(specs):
+        if transforms.is_random(spec):
+            raise ConfigError(f"{fields[i]}: transform '{spec.type}' is random: put it in data.augment (training only)")
+    context = transforms.Context(num_classes=num_classes)
+
+    # Transforms are resolved in order; a normalize without statistics gets them
+    # from the training split as transformed by the transforms before it.
+    fns: list[transforms.TransformFn] = []
+    for spec, field_name in zip(specs, fields, strict=True):
+        if spec.type == "normalize" and spec.mean is None:
+            context.statistics[field_name] = _statistics(section, splits, transforms.chain(fns), seed)
+        fns.append(transforms.make(spec, field_name=field_name, context=context))
+    static = transforms.chain(fns)
+    augment = transforms.chain([transforms.make(s, field_name=f"data.augment.{i}", context=context) for i, s in enumerate(section.augment)]) if section.augment else None
+
+    if in_memory and fns:
+        splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, static, k)) for k, s in splits.items()}
+
+    provisional = PreparedData(section, splits, seed=seed, info=None, static=static, augment=augment, ignore_errors=loaded.ignore_errors, cache_dir=cache_dir)
+    info = _describe(provisional, label_info, loaded)
+    provisional.info = info
+    return provisional
 
 
-def _split(xy: tuple[np.ndarray, np.ndarray], section: DataSection) -> dict:
-    x, y = xy
-    if len(x) != len(y):
-        raise ConfigError(f"data.source: features have {len(x)} rows but labels have {len(y)}")
-    if len(x) == 0:
+def _split(whole: Split, section: DataSection) -> dict[str, Split]:
+    """Divide one split into train/validation/test by ``data.splits`` (exact sizes).
+
+    Arrays and tables use a NumPy permutation (``split_seed``); streams keep the
+    records whose position in a stateless permutation of the record indices falls
+    in the split's range, so nothing is held in memory.
+    """
+    n = whole.size
+    if n == 0:
         raise ConfigError("data.source: the dataset is empty")
-    order = np.random.default_rng(section.split_seed).permutation(len(x))
     fractions = section.splits
-    n_val = int(round(fractions.validation * len(x)))
-    n_test = int(round(fractions.test * len(x)))
-    n_train = len(x) - n_val - n_test
+    n_val = int(round(fractions.validation * n))
+    n_test = int(round(fractions.test * n))
+    n_train = n - n_val - n_test
     if n_train <= 0:
-        raise ConfigError(f"data.splits: no examples left for training out of {len(x)}")
-    cuts = {"train": order[:n_train], "validation": order[n_train : n_train + n_val], "test": order[n_train + n_val :]}
-    return {k: (x[idx], y[idx]) for k, idx in cuts.items() if len(idx)}
+        raise ConfigError(f"data.splits: no examples left for training out of {n}")
+    ranges = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
+    ranges = {k: v for k, v in ranges.items() if v[1] > v[0]}
+    if whole.kind in ("arrays", "table"):
+        order = np.random.default_rng(section.split_seed).permutation(n)
+        out = {}
+        for name, (a, b) in ranges.items():
+            idx = order[a:b]
+            if whole.kind == "arrays":
+                x, y = whole.arrays
+                x = {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
+                out[name] = Split(len(idx), arrays=(x, y[idx]))
+            else:
+                out[name] = Split(len(idx), table=tuple(c[idx] for c in whole.table), load=whole.load)
+        return out
+    return {name: _stream_range(whole, a, b, section.split_seed) for name, (a, b) in ranges.items()}
 
 
-def _as_model_arrays(x: np.ndarray, y: np.ndarray, section: DataSection, split: str):
-    if len(x) == 0:
-        raise ConfigError(f"data: split '{split}' is empty")
-    x = np.asarray(x, dtype=np.float32)
+def _stream_range(whole: Split, a: int, b: int, split_seed: int) -> Split:
+    import tensorflow as tf
+
+    n, stream = whole.size, whole.stream
+
+    def part():
+        seed = tf.constant([split_seed, 0x5B17], tf.int64)
+
+        def keep(i, _):
+            position = tf.random.experimental.index_shuffle(i, seed, tf.constant(n - 1, tf.int64))
+            return (position >= a) & (position < b)
+
+        return stream().enumerate().filter(keep).map(lambda i, record: record)
+
+    return Split(b - a, stream=part, load=whole.load)
+
+
+def _as_model_arrays(s: Split) -> Split:
+    x, y = s.arrays
+    x = {k: _float(v) for k, v in x.items()} if isinstance(x, dict) else _float(x)
     y = np.asarray(y)
     if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
         y = y.astype(np.int32)
     else:
         y = y.astype(np.float32)
-    return x, y
+    return Split(s.size, arrays=(x, y))
 
 
-def _reshape(x: np.ndarray, shape: list[int]) -> np.ndarray:
-    per_example = int(np.prod(x.shape[1:]))
-    if per_example != int(np.prod(shape)):
-        raise ConfigError(
-            f"data.feature_shape: {shape} holds {int(np.prod(shape))} values but each example "
-            f"has {per_example} (shape {list(x.shape[1:])})"
-        )
-    return x.reshape((len(x), *shape))
+def _float(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    return x.astype(np.float32) if x.dtype != np.float32 and x.dtype.kind in "fiub" else x
 
 
-def _describe(section: DataSection, arrays: dict) -> DataInfo:
-    x, y = arrays["train"]
-    all_y = np.concatenate([arrays[k][1] for k in arrays])
-    if all_y.dtype == np.int32:
-        if all_y.min() < 0:
-            raise ConfigError(f"data: labels must be 0 or more for classification, found {int(all_y.min())}")
-        return DataInfo(
-            feature_shape=tuple(x.shape[1:]),
-            task="classification",
-            num_classes=int(all_y.max()) + 1,
-            target_shape=tuple(y.shape[1:]),
-            sizes={k: len(v[0]) for k, v in arrays.items()},
-        )
+def _apply_in_memory(arrays, fn, split: str):
+    """Run the (deterministic) transforms over an in-memory split once."""
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices(arrays).map(_plain(lambda x, y: fn(x, y)), num_parallel_calls=tf.data.AUTOTUNE)
+    parts = list(ds.batch(4096).as_numpy_iterator())
+    return tf.nest.map_structure(lambda *p: np.concatenate(p), *parts)
+
+
+def _statistics(section: DataSection, splits: dict[str, Split], before, seed: int) -> tuple[list[float], list[float]]:
+    """Per-channel (last axis) mean and std of the training features after ``before``."""
+    import tensorflow as tf
+
+    provisional = PreparedData(section, {"train": splits["train"]}, seed=seed, info=None, static=before, augment=None)
+    s = splits["train"]
+    if s.kind == "arrays":
+        ds = tf.data.Dataset.from_tensor_slices(s.arrays).map(_plain(lambda x, y: before(x, y)))
+    else:
+        ds = provisional._base("train", None, training=False)
+        if provisional._cached():  # statistics are a one-off pass: do not fill a cache with it
+            provisional = PreparedData(section.model_copy(update={"cache": False}), {"train": s}, seed=seed, info=None, static=before, augment=None)
+            ds = provisional._base("train", None, training=False)
+    total = total_sq = None
+    count = 0
+    for x, _ in ds.batch(256).as_numpy_iterator():
+        if isinstance(x, dict):
+            raise ConfigError("data.transforms: normalize of dict features needs explicit mean and std")
+        x = x.astype(np.float64).reshape(-1, x.shape[-1] if x.ndim > 1 else 1)
+        total = x.sum(0) if total is None else total + x.sum(0)
+        total_sq = (x**2).sum(0) if total_sq is None else total_sq + (x**2).sum(0)
+        count += len(x)
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0))
+    std = np.where(std > 0, std, 1.0)
+    return [float(v) for v in mean], [float(v) for v in std]
+
+
+def _labels(section: DataSection, loaded: sources.Loaded, splits: dict[str, Split]) -> dict[str, Any]:
+    """Task, number of classes and range checks, before any transform."""
+    declared = section.num_classes
+    kind, low, high = loaded.label_kind, None, None
+    arrays = [s.arrays[1] for s in splits.values() if s.arrays is not None]
+    if arrays:
+        all_y = np.concatenate([a.reshape(len(a), -1) if a.ndim > 1 else a for a in arrays])
+        if np.issubdtype(all_y.dtype, np.integer):
+            kind, low, high = "class", int(all_y.min()), int(all_y.max())
+        else:
+            kind = "real"
+    elif loaded.label_range is not None:
+        low, high = loaded.label_range
+    if kind == "class":
+        if low is not None and low < 0:
+            raise ConfigError(f"data: labels must be 0 or more for classification, found {low}")
+        num_classes = declared or loaded.num_classes or (high + 1 if high is not None else None)
+        if high is not None and num_classes is not None and high >= num_classes:
+            by = "data.num_classes" if declared else "the source's classes"
+            raise ConfigError(
+                f"data: label {high} is out of range for {num_classes} classes ({by}): labels must lie in 0..{num_classes - 1}"
+            )
+        if declared and loaded.num_classes and loaded.num_classes > declared:
+            raise ConfigError(f"data.num_classes: {declared}, but the source has {loaded.num_classes} classes")
+        return {"task": "classification", "num_classes": num_classes}
+    if declared:
+        raise ConfigError("data.num_classes: the labels are real numbers (a regression), not classes")
+    return {"task": "regression", "num_classes": None}
+
+
+def _shape(spec) -> tuple:
+    return tuple(spec.shape.as_list()) if spec.shape.rank is not None else None
+
+
+def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> DataInfo:
+    import tensorflow as tf
+
+    def spec_of(split: str, training: bool):
+        try:
+            return data._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
+        except ConfigError:
+            raise
+        except (ValueError, TypeError) as err:
+            raise ConfigError(f"data: the pipeline of split '{split}' cannot be built: {sources._first_line(err)}") from None
+
+    x_spec, y_spec = spec_of("train", True)
+    feature_shape = {k: _shape(v) for k, v in x_spec.items()} if isinstance(x_spec, dict) else _shape(x_spec)
+    for key, shape in (feature_shape.items() if isinstance(feature_shape, dict) else [("features", feature_shape)]):
+        if shape is None or None in shape:
+            raise ConfigError(
+                f"data: the training {key} have no fixed shape ({shape}); add a resize transform "
+                "(or set image_size) so that examples can be batched"
+            )
+    for split in data.splits:
+        if split == "train":
+            continue
+        other = spec_of(split, False)
+        if not _compatible((x_spec, y_spec), other):
+            raise ConfigError(
+                f"data: split '{split}' gives {other}, but training gives {(x_spec, y_spec)}; "
+                "training and evaluation examples must match (check data.augment and data.transforms)"
+            )
     return DataInfo(
-        feature_shape=tuple(x.shape[1:]),
-        task="regression",
-        num_classes=None,
-        target_shape=tuple(y.shape[1:]),
-        sizes={k: len(v[0]) for k, v in arrays.items()},
+        feature_shape=feature_shape,
+        task=label_info["task"],
+        num_classes=label_info["num_classes"],
+        target_shape=_shape(y_spec) or (),
+        sizes={k: s.size for k, s in data._splits.items()},
+        class_names=loaded.class_names,
+        skipped=tuple(loaded.skipped),
     )
+
+
+def _compatible(a, b) -> bool:
+    import tensorflow as tf
+
+    try:
+        tf.nest.assert_same_structure(a, b)
+    except (ValueError, TypeError):
+        return False
+    return all(x.shape == y.shape and x.dtype == y.dtype for x, y in zip(tf.nest.flatten(a), tf.nest.flatten(b), strict=True))

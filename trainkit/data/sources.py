@@ -1,22 +1,89 @@
-"""Data sources: each turns a ``data.source`` section into NumPy arrays per split.
+"""Data sources: each turns a ``data.source`` section into :class:`Split` objects.
 
-A loader returns either ``{"all": (x, y)}`` (to be split by ``data.splits``) or
-``{"train": (x, y), "validation": ..., "test": ...}`` when the source has its own
-splits.
+A split is held in one of three shapes, which decide how it is shuffled:
+
+- **arrays**: NumPy ``(x, y)`` in memory (``sklearn``, ``arrays``, ``csv``);
+- **table**: a small in-memory index of rows (file paths and labels for
+  ``image_folder``) plus a ``load`` function run in the pipeline (decoding);
+- **stream**: a function returning a fresh ``tf.data.Dataset`` of raw records
+  in a fixed order plus a ``load`` function (``tfds``, ``tfrecord``,
+  ``generator``): never held in memory.
+
+What the model needs to know before training (number of examples, classes) comes
+from metadata where there is some (TFDS ``DatasetInfo``, the class folders of an
+image folder, the rows of a CSV file) and otherwise from one cheap pass that
+counts records and reads only the labels (``tfrecord``, ``generator``).
+
+A loader returns ``{"all": split}`` (to be divided by ``data.splits``) or one
+split per name when the source has its own splits. Every problem with the data
+is a one-line :class:`~trainkit.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import csv
+import glob
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from trainkit import registry
-from trainkit.errors import ConfigError
-from trainkit.recipe import ArraysSource, SklearnSource
+from trainkit.errors import ConfigError, did_you_mean
+from trainkit.recipe import (
+    ArraysSource,
+    CsvSource,
+    GeneratorSource,
+    ImageFolderSource,
+    SklearnSource,
+    TfdsSource,
+    TfrecordSource,
+)
 
-Arrays = dict[str, tuple[np.ndarray, np.ndarray]]
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class Split:
+    """One split of a source; exactly one of ``arrays``, ``table`` and ``stream`` is set."""
+
+    size: int
+    arrays: tuple[Any, np.ndarray] | None = None
+    """``(x, y)`` in memory; ``x`` may be a dict of arrays."""
+    table: tuple[np.ndarray, ...] | None = None
+    """Columns of an index (one row per example), read by ``load(*row)``."""
+    stream: Callable[[], Any] | None = None
+    """A fresh ``tf.data.Dataset`` of raw records, always in the same order."""
+    load: Callable[..., Any] | None = None
+    """Raw record (or table row) to ``(x, y)``; traced inside ``Dataset.map``."""
+
+    @property
+    def kind(self) -> str:
+        return "arrays" if self.arrays is not None else "table" if self.table is not None else "stream"
+
+
+@dataclass
+class Loaded:
+    """What a loader found: splits, and what it knows about the labels."""
+
+    splits: dict[str, Split]
+    num_classes: int | None = None
+    """Known from metadata (TFDS ClassLabel, class folders) or the label pass."""
+    class_names: list[str] | None = None
+    label_kind: str | None = None
+    """``class`` or ``real`` when known without looking at arrays."""
+    label_range: tuple[int, int] | None = None
+    """(smallest, largest) class label seen by the label pass of a stream."""
+    skipped: list[str] = field(default_factory=list)
+    """Files skipped as unreadable (``image_folder`` with ``skip_bad_images``)."""
+    ignore_errors: bool = False
+    """Drop records whose ``load`` fails (bad images found only when decoded)."""
+
+
+# ---------------------------------------------------------------- in-memory sources
 
 _SKLEARN = {
     "digits": "load_digits",
@@ -27,7 +94,16 @@ _SKLEARN = {
 }
 
 
-def load_sklearn(source: SklearnSource) -> Arrays:
+def _arrays(x: Any, y: Any) -> Split:
+    x = {k: np.asarray(v) for k, v in x.items()} if isinstance(x, dict) else np.asarray(x)
+    y = np.asarray(y)
+    n_x = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    if n_x != len(y):
+        raise ConfigError(f"data.source: features have {n_x} rows but labels have {len(y)}")
+    return Split(size=len(y), arrays=(x, y))
+
+
+def load_sklearn(source: SklearnSource) -> Loaded:
     try:
         import sklearn.datasets
     except ImportError:
@@ -35,30 +111,493 @@ def load_sklearn(source: SklearnSource) -> Arrays:
             "data.source: type 'sklearn' needs scikit-learn: pip install 'trainkit[examples]'"
         ) from None
     x, y = getattr(sklearn.datasets, _SKLEARN[source.name])(return_X_y=True)
-    return {"all": (np.asarray(x), np.asarray(y))}
+    return Loaded({"all": _arrays(x, y)})
 
 
-def load_arrays(source: ArraysSource) -> Arrays:
+def load_arrays(source: ArraysSource) -> Loaded:
     fn = registry.datasets.get(source.name, field="data.source.name")
     value = fn(**source.kwargs)
     if isinstance(value, tuple) and len(value) == 2:
-        return {"all": (np.asarray(value[0]), np.asarray(value[1]))}
+        return Loaded({"all": _arrays(*value)})
     if isinstance(value, dict):
-        unknown = set(value) - {"train", "validation", "test"}
+        unknown = set(value) - set(SPLITS)
         if unknown or "train" not in value:
             raise ConfigError(
                 f"data.source.name: dataset '{source.name}' must return (x, y) or a dict with "
                 f"'train' and optionally 'validation'/'test', got keys {sorted(value)}"
             )
-        return {k: (np.asarray(x), np.asarray(y)) for k, (x, y) in value.items()}
+        return Loaded({k: _arrays(x, y) for k, (x, y) in value.items()})
     raise ConfigError(
         f"data.source.name: dataset '{source.name}' must return (x, y) or a dict of splits, "
         f"got {type(value).__name__}"
     )
 
 
-LOADERS: dict[str, Callable[[Any], Arrays]] = {"sklearn": load_sklearn, "arrays": load_arrays}
+def _per_split(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {"all": value}
 
 
-def load(source: Any) -> Arrays:
+def load_csv(source: CsvSource) -> Loaded:
+    """Each CSV file read into memory; text labels become classes (sorted)."""
+    tables = {split: _read_csv(path, source) for split, path in _per_split(source.path).items()}
+    first_file, header, _ = next(iter(tables.values()))
+    for path, cols, _rows in tables.values():
+        if cols != header:
+            raise ConfigError(f"data.source.path: {path} has columns {cols}, unlike the first file's {header}")
+    field_prefix = "data.source"
+    if source.label not in header:
+        raise ConfigError(
+            f"{field_prefix}.label: no column '{source.label}' in {first_file}; "
+            f"{did_you_mean(source.label, header)} (columns: {', '.join(header)})"
+        )
+    features = source.features or [c for c in header if c != source.label]
+    for i, name in enumerate(features):
+        if name not in header:
+            raise ConfigError(
+                f"{field_prefix}.features.{i}: no column '{name}'; {did_you_mean(name, header)} "
+                f"(columns: {', '.join(header)})"
+            )
+    for name in source.column_types:
+        if name not in header:
+            raise ConfigError(
+                f"{field_prefix}.column_types: no column '{name}'; {did_you_mean(name, header)}"
+            )
+    if not features:
+        raise ConfigError(f"{field_prefix}.features: no feature columns besides the label '{source.label}'")
+    all_rows = [row for _, _, rows in tables.values() for row in rows]
+    types = {c: source.column_types.get(c) or _infer_type([r[header.index(c)] for r in all_rows]) for c in header}
+    for name in features:
+        if types[name] == "string":
+            raise ConfigError(
+                f"{field_prefix}.features: column '{name}' holds text; feature columns must be numbers "
+                "(leave it out with data.source.features, or encode it)"
+            )
+    label_type = types[source.label]
+    classes = sorted({r[header.index(source.label)] for r in all_rows}) if label_type == "string" else None
+    splits = {}
+    for split, (path, _, rows) in tables.items():
+        x = np.empty((len(rows), len(features)), np.float32)
+        for j, name in enumerate(features):
+            x[:, j] = _column(rows, header.index(name), types[name], path, name)
+        if classes is not None:
+            index = {c: i for i, c in enumerate(classes)}
+            y = np.array([index[r[header.index(source.label)]] for r in rows], np.int64)
+        else:
+            y = _column(rows, header.index(source.label), label_type, path, source.label)
+            y = y.astype(np.int64) if label_type == "int" else y.astype(np.float32)
+        splits[split] = Split(size=len(rows), arrays=(x, y))
+    return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None)
+
+
+def _read_csv(path: str, source: CsvSource) -> tuple[str, list[str], list[list[str]]]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"data.source.path: no such file: {path}")
+    with open(file, newline="") as f:
+        reader = csv.reader(f, delimiter=source.delimiter)
+        header = next(reader, None)
+        if not header:
+            raise ConfigError(f"data.source.path: {path} is empty (a header row is needed)")
+        header = [h.strip() for h in header]
+        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise ConfigError(f"data.source.path: {path} has a header but no data rows: the dataset is empty")
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ConfigError(
+                f"data.source.path: {path}, row {number} has {len(row)} values but the header has {len(header)}"
+            )
+    return path, header, rows
+
+
+def _infer_type(values: list[str]) -> str:
+    def all_parse(kind: type) -> bool:
+        try:
+            for v in values:
+                kind(v)
+        except ValueError:
+            return False
+        return True
+
+    return "int" if all_parse(int) else "float" if all_parse(float) else "string"
+
+
+def _column(rows: list[list[str]], j: int, kind: str, path: str, name: str) -> np.ndarray:
+    out = np.empty(len(rows), np.float64)
+    for i, row in enumerate(rows):
+        try:
+            out[i] = float(row[j])
+        except ValueError:
+            raise ConfigError(
+                f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is not a number"
+            ) from None
+    return out
+
+
+# ------------------------------------------------------------------- image folders
+
+_MAGIC = {
+    b"\x89PNG\r\n\x1a\n": "png",
+    b"\xff\xd8\xff": "jpeg",
+    b"GIF87a": "gif",
+    b"GIF89a": "gif",
+    b"BM": "bmp",
+}
+
+
+def _looks_like_image(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    return any(head.startswith(magic) for magic in _MAGIC)
+
+
+def load_image_folder(source: ImageFolderSource) -> Loaded:
+    """A file list per split (cheap); images are decoded in the pipeline.
+
+    Every file's first bytes are checked for an image signature (PNG, JPEG, GIF,
+    BMP) so that a bad file is named before training starts.
+    """
+    roots = _per_split(source.path)
+    for root in roots.values():
+        if not Path(root).is_dir():
+            raise ConfigError(f"data.source.path: no such folder: {root}")
+    first_root = next(iter(roots.values()))
+    found = sorted(p.name for p in Path(first_root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = list(source.class_names or found)
+    if not classes:
+        raise ConfigError(
+            f"data.source.path: {first_root} has no class subfolders (expected one folder per class, "
+            "e.g. cat/ and dog/, holding the images): the dataset is empty"
+        )
+    extensions = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in source.extensions}
+    splits, skipped = {}, []
+    for split, root in roots.items():
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            folder = Path(root) / name
+            if not folder.is_dir():
+                present = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+                raise ConfigError(
+                    f"data.source.class_names: no folder '{name}' in {root}; {did_you_mean(name, present)}"
+                )
+            for file in sorted(folder.rglob("*")):
+                if file.is_file() and file.suffix.lower() in extensions:
+                    if not _looks_like_image(str(file)):
+                        if source.skip_bad_images:
+                            skipped.append(str(file))
+                            continue
+                        raise ConfigError(
+                            f"data.source: {file} is not a readable image (PNG, JPEG, GIF or BMP); "
+                            "remove it, or set data.source.skip_bad_images: true to skip and count such files"
+                        )
+                    paths.append(str(file))
+                    labels.append(label)
+        if not paths:
+            raise ConfigError(
+                f"data.source.path: no images ({', '.join(sorted(extensions))}) in the class folders of "
+                f"{root}: the dataset is empty"
+            )
+        splits[split] = Split(
+            size=len(paths),
+            table=(np.array(paths), np.array(labels, np.int64)),
+            load=_image_loader(source, paths[0]),
+        )
+    return Loaded(
+        splits,
+        num_classes=len(classes),
+        class_names=classes,
+        label_kind="class",
+        skipped=skipped,
+        ignore_errors=source.skip_bad_images,
+    )
+
+
+def _image_loader(source: ImageFolderSource, first: str) -> Callable:
+    import tensorflow as tf
+
+    size = source.image_size
+    if size is None:
+        try:
+            image = tf.io.decode_image(tf.io.read_file(first), channels=source.channels, expand_animations=False)
+        except tf.errors.OpError:
+            raise ConfigError(f"data.source: {first} could not be decoded as an image") from None
+        size = (int(image.shape[0]), int(image.shape[1]))
+    channels = source.channels
+
+    def load(path, label):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        image.set_shape([None, None, channels])
+        image = tf.image.resize(image, size)  # float32, values 0..255 (as Keras's image loaders)
+        return image, label
+
+    return load
+
+
+# -------------------------------------------------------------------------- TFDS
+
+
+def _tfds():
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ConfigError("data.source: type 'tfds' needs tensorflow-datasets: pip install tensorflow-datasets") from None
+    return tfds
+
+
+def load_tfds(source: TfdsSource) -> Loaded:
+    """Open a prepared TFDS dataset with ``download=False`` semantics: if it is not on
+    disk this fails at once (TFDS would otherwise retry downloads for minutes)."""
+    tfds = _tfds()
+    name = f"{source.name}:{source.version}" if source.version else source.name
+    try:
+        builder = tfds.builder(name, data_dir=source.data_dir)
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ConfigError(
+            f"data.source.name: TFDS has no dataset '{source.name}'; "
+            f"{did_you_mean(source.name, tfds.list_builders(with_community_datasets=False))}"
+        ) from None
+    except (ValueError, AssertionError) as err:  # e.g. an unknown version
+        raise ConfigError(f"data.source: TFDS dataset '{name}': {_first_line(err)}") from None
+    info = builder.info
+    if source.as_supervised and source.features is None and not info.supervised_keys:
+        raise ConfigError(
+            f"data.source: TFDS dataset '{source.name}' has no supervised keys; set data.source.features "
+            f"and data.source.label (its features: {', '.join(info.features.keys())})"
+        )
+    if source.features is not None:
+        keys = [source.features] if isinstance(source.features, str) else list(source.features)
+        for key in [*keys, source.label]:
+            if key not in info.features:
+                raise ConfigError(
+                    f"data.source: TFDS dataset '{source.name}' has no feature '{key}'; "
+                    f"{did_you_mean(key, info.features.keys())}"
+                )
+        label_key = source.label
+    else:
+        keys, label_key = None, info.supervised_keys[1] if info.supervised_keys else None
+
+    splits = {}
+    for split, expression in source.splits.items():
+        try:
+            ds = builder.as_dataset(split=expression, shuffle_files=False, as_supervised=keys is None)
+        except AssertionError:  # TFDS's "could not find data in ..." when not prepared
+            raise ConfigError(_not_prepared(source, builder)) from None
+        except (ValueError, KeyError) as err:
+            known = list(info.splits.keys())
+            base = expression.split("[")[0]
+            hint = f"{did_you_mean(base, known)}" if known else _first_line(err)
+            raise ConfigError(
+                f"data.source.splits.{split}: TFDS dataset '{source.name}' has no split '{expression}'; {hint}"
+            ) from None
+        size = int(ds.cardinality())
+        if size < 0:
+            size = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
+        if size == 0:
+            raise ConfigError(f"data.source.splits.{split}: TFDS split '{expression}' is empty")
+        splits[split] = Split(size=size, stream=_tfds_stream(builder, expression, keys), load=_tfds_load(keys, label_key))
+    num_classes = None
+    if label_key is not None:
+        label_feature = info.features[label_key]
+        num_classes = getattr(label_feature, "num_classes", None)
+    return Loaded(
+        splits,
+        num_classes=num_classes,
+        class_names=list(info.features[label_key].names) if num_classes else None,
+        label_kind="class" if num_classes else None,
+    )
+
+
+def _tfds_stream(builder: Any, expression: str, keys: list[str] | None) -> Callable:
+    def stream():
+        return builder.as_dataset(split=expression, shuffle_files=False, as_supervised=keys is None)
+
+    return stream
+
+
+def _tfds_load(keys: list[str] | None, label_key: str | None) -> Callable:
+    if keys is None:
+        return lambda x, y: (x, y)
+
+    def load(example):
+        x = {k: example[k] for k in keys}
+        return (x[keys[0]] if len(keys) == 1 else x), example[label_key]
+
+    return load
+
+
+def _not_prepared(source: TfdsSource, builder: Any) -> str:
+    data_dir = Path(builder.data_dir).parents[1] if builder.data_dir else source.data_dir
+    where = f"data_dir {data_dir}" + ("" if source.data_dir else " (data.source.data_dir unset: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    return (
+        f"data.source: TFDS dataset '{source.name}' is not prepared in {where} and trainkit never downloads; "
+        f"on a machine with network run `tfds build {source.name} --data_dir DIR`, then copy DIR/{source.name} "
+        f"to {data_dir}/ or point data.source.data_dir at DIR"
+    )
+
+
+# ---------------------------------------------------------------------- TFRecord
+
+
+def _expand(patterns: str | list[str], *, field_name: str) -> list[str]:
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    files: list[str] = []
+    for pattern in patterns:
+        matched = sorted(glob.glob(pattern))
+        if not matched:
+            raise ConfigError(f"{field_name}: no file matches {pattern}")
+        files.extend(matched)
+    return files
+
+
+def load_tfrecord(source: TfrecordSource) -> Loaded:
+    """Streams records; one pass counts them and reads the labels (cheaply, parsing
+    only the label) so that sizes and classes are known before training."""
+    import tensorflow as tf
+
+    specs = source.features
+    parse_spec = {k: tf.io.FixedLenFeature(s.shape if not s.image else [], tf.string if s.image else s.dtype) for k, s in specs.items()}
+    inputs = [source.inputs] if isinstance(source.inputs, str) else list(source.inputs)
+    compression = None if source.compression == "none" else source.compression
+    label_spec = specs[source.label]
+
+    def load(record):
+        example = tf.io.parse_single_example(record, parse_spec)
+        x = {}
+        for key in inputs:
+            value = example[key]
+            if specs[key].image:
+                value = tf.io.decode_image(value, channels=specs[key].channels, expand_animations=False)
+                if specs[key].shape:
+                    value = tf.ensure_shape(value, specs[key].shape)
+            x[key] = value
+        return (x[inputs[0]] if len(inputs) == 1 else x), example[source.label]
+
+    splits = {}
+    low, high, kind = None, None, None
+    for split, patterns in _per_split(source.files).items():
+        where = "data.source.files" + (f".{split}" if split != "all" else "")
+        files = _expand(patterns, field_name=where)
+
+        def stream(files=files):
+            return tf.data.TFRecordDataset(files, compression_type=compression)
+
+        try:
+            labels = stream().batch(1024).map(
+                lambda records: tf.io.parse_example(records, {source.label: parse_spec[source.label]})[source.label]
+            )
+            count, lo, hi = 0, None, None
+            for batch in labels.as_numpy_iterator():
+                count += len(batch)
+                if batch.size and label_spec.dtype == "int64":
+                    lo = batch.min() if lo is None else min(lo, batch.min())
+                    hi = batch.max() if hi is None else max(hi, batch.max())
+        except tf.errors.DataLossError as err:
+            raise ConfigError(f"{where}: not a readable TFRecord file ({_first_line(err)})") from None
+        except tf.errors.InvalidArgumentError as err:
+            raise ConfigError(f"data.source.features.{source.label}: the label cannot be parsed as given: {_first_line(err)}") from None
+        if count == 0:
+            raise ConfigError(f"{where}: the TFRecord files hold no records: the dataset is empty")
+        if lo is not None:
+            low = lo if low is None else min(low, lo)
+            high = hi if high is None else max(high, hi)
+        splits[split] = Split(size=count, stream=stream, load=load)
+    if label_spec.dtype == "int64":
+        kind = "class"
+    elif label_spec.dtype == "float32":
+        kind = "real"
+    else:
+        raise ConfigError(f"data.source.features.{source.label}: a label must be int64 (classes) or float32")
+    return Loaded(splits, label_kind=kind, label_range=(int(low), int(high)) if low is not None else None)
+
+
+# --------------------------------------------------------------------- generators
+
+
+def load_generator(source: GeneratorSource) -> Loaded:
+    """A registered generator function; one pass counts its examples and reads its
+    labels, and its first example gives the element spec."""
+    import tensorflow as tf
+
+    fn = registry.datasets.get(source.name, field="data.source.name")
+    takes_split = "split" in inspect.signature(fn).parameters
+    if source.splits and not takes_split:
+        raise ConfigError(f"data.source.splits: dataset '{source.name}' must accept a split= argument to be called per split")
+    names = list(source.splits) if source.splits else ["all"]
+    splits = {}
+    low = high = None
+    kinds = set()
+    signature = None
+    for split in names:
+        kwargs = dict(source.kwargs, **({"split": split} if source.splits else {}))
+        count = 0
+        for example in _call_generator(fn, source.name, kwargs):
+            if not (isinstance(example, tuple | list) and len(example) == 2):
+                raise ConfigError(f"data.source.name: dataset '{source.name}' must yield (x, y) pairs, got {type(example).__name__}")
+            x, y = example
+            if signature is None:
+                signature = (_spec_of(x), _spec_of(y))
+            y = np.asarray(y)
+            if np.issubdtype(y.dtype, np.integer) or y.dtype == bool:
+                kinds.add("class")
+                lo, hi = int(y.min()), int(y.max())
+                low = lo if low is None else min(low, lo)
+                high = hi if high is None else max(high, hi)
+            else:
+                kinds.add("real")
+            count += 1
+        if count == 0:
+            raise ConfigError(f"data.source.name: dataset '{source.name}' yielded no examples{'' if split == 'all' else f' for split {split}'}: the dataset is empty")
+
+        def stream(kwargs=kwargs, signature=signature):
+            return tf.data.Dataset.from_generator(lambda: _call_generator(fn, source.name, kwargs), output_signature=signature)
+
+        splits[split] = Split(size=count, stream=stream, load=lambda x, y: (x, y))
+    kind = "real" if "real" in kinds else "class"
+    return Loaded(splits, label_kind=kind, label_range=(low, high) if low is not None and kind == "class" else None)
+
+
+def _call_generator(fn: Callable, name: str, kwargs: dict) -> Iterable:
+    try:
+        return iter(fn(**kwargs))
+    except TypeError as err:
+        raise ConfigError(f"data.source: dataset '{name}' cannot be called with {kwargs}: {_first_line(err)}") from None
+
+
+def _spec_of(value: Any):
+    import tensorflow as tf
+
+    if isinstance(value, dict):
+        return {k: _spec_of(v) for k, v in value.items()}
+    array = np.asarray(value)
+    dtype = tf.float32 if array.dtype == np.float64 else tf.as_dtype(array.dtype)
+    return tf.TensorSpec(array.shape, dtype)
+
+
+# -------------------------------------------------------------------------------
+
+
+def _first_line(err: BaseException) -> str:
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
+LOADERS: dict[str, Callable[[Any], Loaded]] = {
+    "sklearn": load_sklearn,
+    "arrays": load_arrays,
+    "csv": load_csv,
+    "image_folder": load_image_folder,
+    "tfds": load_tfds,
+    "tfrecord": load_tfrecord,
+    "generator": load_generator,
+}
+
+
+def load(source: Any) -> Loaded:
+    """The splits a ``data.source`` section names."""
     return LOADERS[source.type](source)
+
+
+__all__ = ["LOADERS", "Loaded", "Split", "load"]

@@ -1,4 +1,4 @@
-"""The built-in model builders: ``sequential``, ``functional``, ``mlp`` and ``cnn``.
+"""The built-in model builders: ``sequential``, ``functional``, ``mlp``, ``cnn`` and ``resnet``.
 
 Layer lists name any ``keras.layers`` class (or one a recipe registers) by
 ``type``; the other keys are its arguments::
@@ -177,3 +177,57 @@ def cnn(
             x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
     outputs = _head(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
     return keras.Model(inputs, outputs, name="cnn")
+
+
+@registry.register_model("resnet")
+def resnet(
+    *,
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    task: str,
+    stages: list[int] = (16, 32, 64),
+    blocks_per_stage: int = 3,
+    weight_decay: float = 0.0,
+    output_activation: str | None = "auto",
+):
+    """A small ResNet for small images (CIFAR-style, He et al. 2015): a 3x3 stem, then
+    per stage ``blocks_per_stage`` basic residual blocks (two 3x3 convs with batch
+    norm) of ``stages[i]`` filters, halving the resolution at each new stage; global
+    average pooling and a dense head. ``[16, 32, 64]`` x 3 blocks is ResNet-20."""
+    import keras
+
+    if len(input_shape) != 3:
+        raise ConfigError(f"model: 'resnet' needs images (height, width, channels), the data has {list(input_shape)}")
+    regularizer = keras.regularizers.L2(weight_decay) if weight_decay else None
+
+    def conv(x, filters, stride, name):
+        return keras.layers.Conv2D(
+            filters, 3, strides=stride, padding="same", use_bias=False,
+            kernel_initializer="he_normal", kernel_regularizer=regularizer, name=name,
+        )(x)
+
+    inputs = keras.Input(shape=input_shape, name="features")
+    x = conv(inputs, stages[0], 1, "stem_conv")
+    x = keras.layers.BatchNormalization(name="stem_bn")(x)
+    x = keras.layers.Activation("relu", name="stem_relu")(x)
+    for s, filters in enumerate(stages):
+        for b in range(blocks_per_stage):
+            stride = 2 if (s > 0 and b == 0) else 1
+            name = f"stage{s}_block{b}"
+            shortcut = x
+            y = conv(x, filters, stride, f"{name}_conv1")
+            y = keras.layers.BatchNormalization(name=f"{name}_bn1")(y)
+            y = keras.layers.Activation("relu", name=f"{name}_relu1")(y)
+            y = conv(y, filters, 1, f"{name}_conv2")
+            y = keras.layers.BatchNormalization(name=f"{name}_bn2")(y)
+            if stride != 1 or shortcut.shape[-1] != filters:
+                shortcut = keras.layers.Conv2D(
+                    filters, 1, strides=stride, use_bias=False, kernel_regularizer=regularizer,
+                    name=f"{name}_proj",
+                )(shortcut)
+                shortcut = keras.layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+            x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
+            x = keras.layers.Activation("relu", name=f"{name}_out")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = _head(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
+    return keras.Model(inputs, outputs, name="resnet")

@@ -25,7 +25,7 @@ from typing import Any
 import keras
 
 from trainkit.errors import TrainkitError
-from trainkit.training import report
+from trainkit.training import input_probe, report
 from trainkit.training.checkpoint import Checkpointer
 from trainkit.training.report import Reporter, format_metrics
 
@@ -114,11 +114,12 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     validate_steps = _Schedule(policy.validation.every_steps)
     checkpoint_steps = _Schedule(policy.checkpoint.every_steps)
     profiler = _Profiler(policy.profile_steps, run_dir.tensorboard)
-    has_validation = "validation" in data.arrays
+    has_validation = data.has_split("validation")
 
     step, epoch, step_in_epoch = 0, 0, 0
     if resume_from:
         step, epoch, step_in_epoch = Checkpointer.counters(resume_from)
+    input_wait = input_probe.measure(built) if policy.measure_input and step < total else None
     iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
     if resume_from:
         checkpointer.restore(resume_from)
@@ -215,7 +216,13 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         train_seconds=round(elapsed, 2),
         stopped_early=bool(model.stop_training),
         seconds_to_first_step=first_step_seconds,
+        **({"input_wait_fraction": round(input_wait.fraction, 4)} if input_wait else {}),
     )
+    if input_wait:
+        reporter.say(input_wait.summary())
+        hint = input_wait.hint(data)
+        if hint:
+            print(hint, flush=True)
     return history
 
 

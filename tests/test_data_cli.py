@@ -1,0 +1,99 @@
+"""The TFDS recipes on mock data, `trainkit data`, bad input through the CLI, and
+the input-wait report."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+import yaml
+from conftest import run_cli
+
+import trainkit
+from trainkit import api
+
+
+@pytest.mark.parametrize("name", ["mnist_cnn", "cifar10_resnet"])
+def test_tfds_recipes_train_on_mock_data(name, tmp_path):
+    with tfds.testing.mock_data(num_examples=32):
+        recipe = trainkit.load_recipe(name, configs=[f"{name}_smoke"])
+        run = api.train(recipe, run_dir=tmp_path / "run")
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 2
+    assert 0.0 <= status["input_wait_fraction"] <= 1.0
+    assert set(run.metrics) == {"validation", "test"}
+
+
+def test_inspect_data_on_mock_mnist():
+    with tfds.testing.mock_data(num_examples=40):
+        report = api.inspect_data(trainkit.load_recipe("mnist_cnn"), split="test", n=2)
+    assert report["element_spec"] == {"features": "float32 [28, 28, 1]", "label": "int64 []"}
+    assert report["examples"] == 40 and report["classes"] == 10
+    assert sum(report["label_distribution"].values()) == 40 and report["label_distribution_complete"]
+    assert len(report["first_examples"]) == 2 and report["examples_per_second"] > 0
+
+
+def write_recipe(path, source: dict, **data) -> str:
+    recipe = {
+        "name": "bad",
+        "data": {"source": source, **data},
+        "model": {"type": "mlp", "hidden_units": [4]},
+        "loss": "sparse_categorical_crossentropy",
+        "trainer": {"epochs": 1, "progress": False},
+    }
+    path.write_text(yaml.safe_dump(recipe))
+    return str(path)
+
+
+def test_trainkit_data_command_shows_a_split(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
+    recipe = write_recipe(tmp_path / "r.yaml", {"type": "csv", "path": str(csv), "label": "label"})
+    result = run_cli("data", recipe, "--split", "train", "-n", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "element spec: features float32 [2]; label int32 []" in out
+    assert "examples:     16" in out and "2 classes" in out and "example 1:" in out and "examples/s" in out
+
+
+def test_bad_data_via_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    csv = tmp_path / "d.csv"
+    csv.write_text("width,height,label\n1,2,0\n3,4,1\n")
+    recipe = write_recipe(tmp_path / "r.yaml", {"type": "csv", "path": str(csv), "label": "label", "features": ["width", "hieght"]})
+    result = run_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in result.stderr
+    assert "no column 'hieght'; did you mean 'height'?" in result.stderr
+    assert not (tmp_path / "run").exists()
+    missing = write_recipe(tmp_path / "m.yaml", {"type": "image_folder", "path": str(tmp_path / "photos")})
+    result = run_cli("data", missing, cwd=tmp_path)
+    assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
+
+
+@trainkit.register_dataset("test_slow_stream", overwrite=True)
+def slow_stream(n: int = 256):
+    for i in range(n):
+        time.sleep(0.004)  # a deliberately slow source: 4 ms an example
+        yield np.full(8, i % 5, np.float32), i % 2
+
+
+def test_input_wait_report_flags_a_slow_pipeline(tmp_path, capsys):
+    recipe = trainkit.load_recipe(
+        {
+            "name": "slow",
+            "data": {"source": {"type": "generator", "name": "test_slow_stream"}, "batch_size": 16, "splits": {"train": 1.0, "validation": 0, "test": 0}},
+            "model": {"type": "mlp", "hidden_units": [8]},
+            "loss": "sparse_categorical_crossentropy",
+            "trainer": {"steps": 2, "progress": True, "evaluate": []},
+        }
+    )
+    api.train(recipe, run_dir=tmp_path / "run")
+    fraction = json.loads((tmp_path / "run" / "run.json").read_text())["input_wait_fraction"]
+    out = capsys.readouterr().out
+    print(f"slow pipeline: input_wait_fraction {fraction}")
+    assert fraction > 0.5
+    assert "input is the bottleneck" in out and "data.cache" in out
