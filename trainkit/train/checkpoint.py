@@ -321,19 +321,20 @@ class Checkpointer:
         warn = warn or _stderr
         self._managers.pop("last", None)
         path, skipped = latest_readable(self.directory, self.restore)
+        if path is None:
+            if skipped:  # left as they are, for a person to look at
+                shown = ", ".join(f"{Path(p).name} ({reason})" for p, reason in skipped[:3])
+                raise RunDirError(
+                    f"{self.directory}: none of its checkpoints can be read back: {shown}; "
+                    "train with --restart to start over (the old run is kept aside)"
+                )
+            return None
         for bad, reason in skipped:
             where = self._move_aside(bad)
             warn(
                 f"warning: checkpoint {Path(bad).name} in {self.directory} cannot be read back ({reason}); "
                 f"skipped it{' and moved it to ' + str(where) if where else ''}"
             )
-        if path is None:
-            if skipped:
-                raise RunDirError(
-                    f"{self.directory}: none of its checkpoints can be read back; "
-                    "train with --restart to start over (the old run is kept aside)"
-                )
-            return None
         self._load_bookkeeping()
         state = tf.train.get_checkpoint_state(str(self.directory))
         listed = [str(self.directory / Path(p).name) for p in (state.all_model_checkpoint_paths if state else [])]
