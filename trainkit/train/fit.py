@@ -140,7 +140,6 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
         monitor=policy.checkpoint.monitor,
         mode=policy.checkpoint.mode,
     )
-    reporter = Reporter(run_dir, progress=policy.progress, total_steps=total, epochs=policy.epochs)
     history: dict[str, list] = {}
     callback_list = keras.callbacks.CallbackList(
         callbacks, model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
@@ -158,6 +157,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
         print(f"resumed from {resumed_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)", flush=True)
         if step >= total:
             print(f"already trained to step {step} of {total}; evaluating the final model", flush=True)
+    reporter = Reporter(run_dir, progress=policy.progress, total_steps=total, epochs=policy.epochs)
     iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
 
     spe = policy.steps_per_execution
