@@ -236,6 +236,8 @@ class Checkpointer:
         self.stopped_early = False
         self.save_seconds = 0.0
         self.saves = 0
+        #: ``(step, epoch, step_in_epoch)`` of the newest checkpoint of each kind, as saved or restored.
+        self.saved_at: dict[str, tuple[int, int, int]] = {}
 
     # -- where ----------------------------------------------------------------
 
@@ -266,6 +268,7 @@ class Checkpointer:
         self._stopped_early.assign(int(self.stopped_early))
         self._callbacks.capture()
         path = self._manager(kind).save(checkpoint_number=step)
+        self.saved_at[kind] = (step, epoch, step_in_epoch)
         self.save_seconds += time.perf_counter() - started
         self.saves += 1
         return path
@@ -336,6 +339,7 @@ class Checkpointer:
                 f"skipped it{' and moved it to ' + str(where) if where else ''}"
             )
         self._load_bookkeeping()
+        self.saved_at["last"] = self.counters()
         state = tf.train.get_checkpoint_state(str(self.directory))
         listed = [str(self.directory / Path(p).name) for p in (state.all_model_checkpoint_paths if state else [])]
         if skipped or not state or Path(state.model_checkpoint_path).name != Path(path).name:

@@ -34,7 +34,7 @@ from typing import Any
 import keras
 
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean
-from trainkit.train.checkpoint import Checkpointer, read_counters, step_of
+from trainkit.train.checkpoint import Checkpointer, read_counters
 from trainkit.train.report import Reporter, format_metrics
 
 TARGET_CALL_SECONDS = 0.2
@@ -176,9 +176,8 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
         nonlocal last_save_time
         last_save_time = time.monotonic()
         checkpointer.stopped_early = bool(model.stop_training)
-        latest = checkpointer.latest
-        if latest and step_of(latest) == step and checkpointer.counters() == (step, epoch, step_in_epoch):
-            return latest  # this very state is saved already
+        if checkpointer.saved_at.get("last") == (step, epoch, step_in_epoch):
+            return checkpointer.latest  # this very state is saved already
         return checkpointer.save(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
     def consider_best(values: dict[str, float]) -> None:
