@@ -15,6 +15,7 @@ import time
 
 import pytest
 from _checkpoint_helpers import (
+    BASE,
     STEPS,
     assert_same_weights,
     kept_steps,
@@ -139,4 +140,16 @@ def test_signal_saves_exits_with_its_code_and_resumes_bit_identical(tmp_path, re
     resumed = train(run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {step} " in resumed.stdout
+    assert_same_weights(run, reference)
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_cpus_resumes_bit_identical(tmp_path):
+    mirrored = [*BASE[:2], "digits_cnn_mirrored", *BASE[3:]]  # same overrides, 2 replicas
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train(reference, base=mirrored).returncode == 0
+    assert train(run, base=mirrored, faults=("kill-after-train:33",)).returncode == -signal.SIGKILL
+    resumed = train(run, base=mirrored)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "at step 30 " in resumed.stdout
     assert_same_weights(run, reference)

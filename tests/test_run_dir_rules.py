@@ -109,3 +109,18 @@ def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_ove
     assert "resumed from" in third.stdout
     assert_same_weights(run, reference)  # and the run ends as if nothing had happened
     assert not (run / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_stays_stopped_when_trained_again(tmp_path):
+    run = tmp_path / "run"
+    # Never "improves" by 10: stops at the end of the second epoch (step 46 of 115).
+    stopper = "trainer.callbacks=[{type: EarlyStopping, monitor: loss, patience: 0, min_delta: 10}]"
+    first = train(run, "trainer.epochs=5", stopper)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((run / "run.json").read_text())["stopped_early"] is True
+    assert kept_steps(run / "checkpoints" / "final") == [46]
+    again = train(run, "trainer.epochs=5", stopper)
+    assert again.returncode == 0, again.stderr
+    assert "the run stopped early at step 46; not training further" in again.stdout
+    assert max(kept_steps(run / "checkpoints")) == 46  # no step trained after it
