@@ -146,7 +146,7 @@ def test_eval_best_without_a_monitor_says_how_to_get_one(tmp_path, reference):
 def test_callback_state_and_the_best_value_survive_a_save_and_a_restore(tmp_path):
     import keras
 
-    from trainkit.train.checkpoint import Checkpointer
+    from trainkit.train.checkpoint import Checkpointer, _read_best
 
     def make():
         model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
@@ -167,7 +167,8 @@ def test_callback_state_and_the_best_value_survive_a_save_and_a_restore(tmp_path
     stopper.wait, stopper.best, stopper.best_epoch = 3, 0.25, 4
     plateau.wait, plateau.best, plateau.cooldown_counter = 2, 0.5, 1
     assert ckpt.is_better(0.7)
-    ckpt.save_best(0.7, step=5, epoch=1, step_in_epoch=0)
+    best_path = ckpt.save_best(0.7, step=5, epoch=1, step_in_epoch=0)
+    assert _read_best(best_path) == ("val_loss", 0.7)
     assert ckpt.is_better(0.6) and not ckpt.is_better(0.8) and not ckpt.is_better(math.nan)
     ckpt.nan_rollbacks = 2
     ckpt.save(step=12, epoch=2, step_in_epoch=2)
