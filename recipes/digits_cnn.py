@@ -2,8 +2,8 @@
 
 Run:      trainkit train digits_cnn          (or: make train)
 Smoke:    trainkit train digits_cnn -c digits_cnn_smoke
-Reaches:  test accuracy 0.98+ in 30 epochs, well under 2 minutes on 2 CPU cores
-          (measured numbers: see the README's recipe table).
+Reaches:  test accuracy 0.99 (0.994 measured) in 30 epochs: about 6 s of training,
+          15 s end to end, on 2 CPU cores (see the README's recipe table).
 Data:     1797 images, split 80/10/10 by data.split_seed; pixels 0..16 scaled to 0..1.
 """
 

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,23 +84,18 @@ def train(
     else:
         changes = []
     from trainkit.build import build, make_callbacks
-    from trainkit.training.fit import fit
+    from trainkit.training.checkpoint import candidates
+    from trainkit.training.fit import check_policy, fit
 
     built = build(recipe, trainer_class=trainer_class)  # all validation happens here
+    check_policy(built)
     if restart and directory.path.exists():
+        directory.acquire()  # never move a run that a live process is training
         moved = directory.set_aside()
     directory.acquire()
     try:
-        resume_from = None
-        from trainkit.training.checkpoint import Checkpointer
-
-        latest = _latest_checkpoint(directory)
-        if latest:
-            done_step = Checkpointer.counters(latest)[0]
-            resume_from = latest
-            if done_step >= built.total_steps and directory.read_status().get("status") == "completed":
-                print(f"{directory.path}: already trained to step {done_step}; evaluating the final model")
-        directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(latest))
+        resumed = bool(candidates(directory.checkpoints))
+        directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=resumed)
         if recipe.trainer.progress:
             print(_header(built, directory))
         if moved:
@@ -107,14 +103,17 @@ def train(
         if changes:
             print(f"resuming with changed settings: {', '.join(changes)}")
         callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
-        history = fit(built, directory, callbacks=callback_objects + list(callbacks or []), resume_from=resume_from)
+        history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
         metrics = _final_evaluation(built, directory)
         _export(built, directory)
         directory.update_status(status="completed", ended=_now())
     except BaseException as err:
         status = directory.read_status().get("status")
         if status == "running":
-            directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
+            if isinstance(err, KeyboardInterrupt):
+                directory.update_status(status="interrupted", ended=_now())
+            else:
+                directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
         raise
     finally:
         directory.release()
@@ -138,14 +137,6 @@ def _now() -> str:
     import time
 
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _latest_checkpoint(directory: RunDir) -> str | None:
-    if not directory.checkpoints.is_dir():
-        return None
-    import tensorflow as tf
-
-    return tf.train.latest_checkpoint(str(directory.checkpoints))
 
 
 def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
@@ -193,36 +184,75 @@ def evaluate(
     split: str = "test",
     checkpoint: str = "last",
 ) -> dict[str, float]:
-    """Metrics of a run's checkpoint on a split.
+    """Metrics of one of a run's kept checkpoints on a split.
 
-    ``checkpoint`` is ``last`` (the latest checkpoint), ``final`` (``model.keras``)
-    or a checkpoint path (``runs/x/checkpoints/ckpt-120``).
+    ``checkpoint`` is ``last`` (the newest checkpoint that reads back), ``best``
+    (the best by ``trainer.checkpoint.monitor``), ``final`` (the state when
+    training ended), a step number (``120`` picks ``ckpt-120``) or a checkpoint
+    path (``runs/x/checkpoints/ckpt-120``).
     """
     quiet_tensorflow()
     recipe = load_run_recipe(run_dir)
     directory = RunDir(run_dir)
     from trainkit.build import build
-    from trainkit.training.checkpoint import restore_model_weights
 
     built = build(recipe)
     built.data._check_split(split)
-    if checkpoint == "final":
-        if not directory.model_file.is_file():
-            raise RunDirError(f"{directory.model_file} does not exist: the run has not finished")
-        built.model.load_weights(directory.model_file)
-    else:
-        path = _latest_checkpoint(directory) if checkpoint == "last" else checkpoint
-        if not path:
-            raise RunDirError(f"{directory.checkpoints} holds no checkpoint")
-        import tensorflow as tf
-
-        if not tf.io.gfile.exists(path + ".index"):
-            raise ConfigError(
-                f"--checkpoint: no checkpoint at {path}; use last, final or a path such as "
-                f"{directory.checkpoints / 'ckpt-N'}"
-            )
-        restore_model_weights(built.model, path)
+    load_checkpoint_weights(built.model, directory, checkpoint)
     return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+
+
+def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
+    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path."""
+    from trainkit.training.checkpoint import (
+        candidates,
+        latest_readable,
+        restore_model_weights,
+        step_of,
+    )
+
+    ckpts = directory.checkpoints
+    kept = [ckpts / "final", ckpts / "best", ckpts]
+    choices = "use last, best, final, a step number or a checkpoint path"
+
+    def restore(path: str) -> str:
+        try:
+            restore_model_weights(model, path)
+        except Exception as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise RunDirError(f"--checkpoint: {path} cannot be read back: {reason[:160]}") from None
+        return path
+
+    if which in ("last", "best", "final"):
+        where = ckpts if which == "last" else ckpts / which
+        path, skipped = latest_readable(where, lambda p: restore_model_weights(model, p))
+        for bad, reason in skipped:
+            print(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it", file=sys.stderr)
+        if path:
+            return path
+        if which == "final" and directory.model_file.is_file():
+            model.load_weights(directory.model_file)  # a run from before checkpoints/final/
+            return str(directory.model_file)
+        if which == "best" and not skipped:
+            raise RunDirError(
+                f"--checkpoint best: {where} holds no checkpoint; set trainer.checkpoint.monitor "
+                "(e.g. val_loss) to keep the best one"
+            )
+        if which == "final" and not skipped:
+            raise RunDirError(f"--checkpoint final: {directory.path} has not finished training; {choices}")
+        raise RunDirError(f"--checkpoint {which}: {where} holds no readable checkpoint")
+    if which.isdigit():
+        for folder in kept:
+            path = folder / f"ckpt-{int(which)}"
+            if Path(f"{path}.index").is_file():
+                return restore(str(path))
+        steps = sorted({step_of(p) for folder in kept for p in candidates(folder)})
+        shown = ", ".join(map(str, steps)) or "none"
+        raise ConfigError(f"--checkpoint: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
+    path = which[: -len(".index")] if which.endswith(".index") else which
+    if not Path(f"{path}.index").is_file():
+        raise ConfigError(f"--checkpoint: no checkpoint at {which}; {choices}")
+    return restore(path)
 
 
 def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):

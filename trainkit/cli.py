@@ -26,6 +26,10 @@ examples:
   trainkit train digits_mlp -c digits_mlp_smoke optimizer.learning_rate=0.01 --run-dir runs/try
   trainkit eval runs/digits_cnn --split test --checkpoint last
   trainkit data mnist_cnn --split test -n 3           # a split as the model sees it, and its speed
+  trainkit eval runs/digits_cnn --split test --checkpoint best
+
+exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
+  130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM; train again to resume.
 """
 
 
@@ -53,7 +57,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
-    p.add_argument("--checkpoint", default="last", help="last (default), final (model.keras) or a checkpoint path")
+    p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
 
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
@@ -194,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except TrainkitError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{getattr(err, 'label', 'error')}: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -571,14 +571,24 @@ class ValidationPolicy(Section):
 
 
 class CheckpointPolicy(Section):
-    """When to save; the final state is always saved. Saving at every epoch end
-    is off by default: for small epochs it can cost more than the training."""
+    """When to save and what to keep (see docs/checkpoints.md).
+
+    The final state is always saved (``checkpoints/final/``). Saving at every
+    epoch end is off by default: for small epochs it can cost more than the
+    training itself; a save every 60 seconds bounds the work a kill can lose.
+    """
 
     every_steps: PositiveInt | None = None
     every_seconds: PositiveFloat | None = 60.0
     every_epoch: bool = False
     keep: PositiveInt = 3
     """How many of the most recent checkpoints to keep."""
+    monitor: str | None = None
+    """Keep the best checkpoint by this metric (``val_loss``, ``val_accuracy``,
+    ``loss``, ...) in ``checkpoints/best/``, apart from the last ``keep``."""
+    mode: Literal["auto", "min", "max"] = "auto"
+    """Whether a smaller or a larger ``monitor`` is better; ``auto``: larger for
+    accuracy-like names (acc, auc, precision, recall, f1, iou), else smaller."""
 
 
 class TrainerSection(Section):
@@ -592,13 +602,18 @@ class TrainerSection(Section):
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     callbacks: list[Component] = Field(default_factory=list)
     """Keras callbacks by name, e.g. ``{type: EarlyStopping, monitor: val_loss, patience: 3}``."""
+    nan_policy: Literal["stop", "rollback"] = "stop"
+    """On a NaN or infinite training loss: ``stop`` (exit code 3, the last good
+    checkpoint kept), or ``rollback`` to the last good checkpoint, skipping the
+    batches read since it, at most ``nan_max_retries`` times in a run."""
+    nan_max_retries: NonNegativeInt = 3
     evaluate: list[Literal["train", "validation", "test"]] = ["validation", "test"]
     """Splits evaluated when training ends (written to ``eval.json``)."""
     progress: bool = True
     profile_steps: list[NonNegativeInt] | None = None
     """``[first, last]``: write a TensorBoard profile of these steps to ``tensorboard/plugins/profile``."""
     measure_input: bool = True
-    """Probe at the start how much of a training step waits for input (a few
+    """Probe after training how much of a training step waits for input (a few
     gradient computations that change nothing); reported at the end and in run.json."""
 
     @model_validator(mode="after")
@@ -686,6 +701,8 @@ RESUMABLE_KEYS = (
     "trainer.steps_per_execution",
     "trainer.profile_steps",
     "trainer.measure_input",
+    "trainer.nan_policy",
+    "trainer.nan_max_retries",
     "data.eval_batch_size",
     "export",
 )

@@ -9,8 +9,17 @@ of the budget), so running many steps per call never moves an event. With
 large ones still report often.
 
 SIGINT (Ctrl-C) and SIGTERM (preemption) are handled at the next chunk
-boundary: a checkpoint is saved and :class:`Interrupted` is raised; training
-into the same run directory continues exactly where it stopped.
+boundary: a checkpoint is saved and :class:`Interrupted` is raised (exit code
+128 + the signal number: 130 and 143); training into the same run directory
+continues exactly where it stopped.
+
+A NaN or infinite training loss is caught at the end of the chunk it appears
+in, before anything is saved, so no checkpoint ever holds a diverged state.
+``trainer.nan_policy: stop`` raises :class:`Diverged` (exit code 3);
+``rollback`` restores the last good checkpoint's model, optimizer, random and
+metric state but keeps the data position, so the batches read since that
+checkpoint (the offending ones among them) are skipped, up to
+``trainer.nan_max_retries`` times in a run.
 """
 
 from __future__ import annotations
@@ -18,15 +27,16 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from typing import Any
 
 import keras
 
-from trainkit.errors import TrainkitError
+from trainkit.errors import ConfigError, TrainkitError, did_you_mean
 from trainkit.training import input_probe, report
-from trainkit.training.checkpoint import Checkpointer
+from trainkit.training.checkpoint import Checkpointer, read_counters
 from trainkit.training.report import Reporter, format_metrics
 
 TARGET_CALL_SECONDS = 0.2
@@ -36,11 +46,14 @@ MAX_STEPS_PER_CALL = 1000
 class Interrupted(TrainkitError):
     """Training stopped by a signal after saving a checkpoint."""
 
-    def __init__(self, signum: int, checkpoint: str | None):
+    label = "interrupted"
+
+    def __init__(self, signum: int, checkpoint: str | None, step: int | None = None):
         self.signum = signum
         self.exit_code = 128 + signum
         name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name}; checkpoint saved at {checkpoint}; train again to resume")
+        at = f" at step {step}" if step is not None else ""
+        super().__init__(f"stopped by {name}{at}; checkpoint saved at {checkpoint}; train again to resume")
 
 
 class Diverged(TrainkitError):
@@ -85,9 +98,31 @@ class _Schedule:
         return self.every - step % self.every if self.every else math.inf
 
 
-def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> dict[str, list]:
+def metric_names(built) -> list[str]:
+    """The names a run reports (``loss``, ``accuracy``, ``val_loss``, ...), for monitors."""
+    names = list(built.trainer.result())
+    if "validation" in built.data.arrays:
+        names += [f"val_{name}" for name in names]
+    return names
+
+
+def check_policy(built) -> None:
+    """Checks of the trainer section that need the built run; raise before anything is written."""
+    monitor = built.recipe.trainer.checkpoint.monitor
+    if monitor is not None:
+        names = metric_names(built)
+        if monitor not in names:
+            hint = did_you_mean(monitor, names)
+            no_val = "" if "validation" in built.data.arrays else " (there is no validation split)"
+            raise ConfigError(
+                f"trainer.checkpoint.monitor: '{monitor}' is not a metric of this run{no_val}; {hint}"
+            )
+
+
+def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     """Train ``built`` (from :func:`trainkit.build.build`) into ``run_dir``.
 
+    Resumes from the newest readable checkpoint in ``run_dir`` if there is one.
     Returns the history: for each metric (``loss``, ``val_loss``, ...) its value
     at each epoch end, as Keras's ``History.history``.
     """
@@ -97,15 +132,16 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     epochs = policy.epochs or math.ceil(built.total_steps / built.steps_per_epoch)
     steps_per_epoch, total = built.steps_per_epoch, built.total_steps
 
-    with strategy.scope():
-        checkpointer = Checkpointer(
-            run_dir.checkpoints,
-            model=model,
-            optimizer=trainer.optimizer,
-            metrics=trainer.train_metrics,
-            keep=policy.checkpoint.keep,
-        )
-    reporter = Reporter(run_dir, progress=policy.progress, total_steps=total, epochs=policy.epochs)
+    checkpointer = Checkpointer(
+        run_dir.checkpoints,
+        model=model,
+        optimizer=trainer.optimizer,
+        metrics=trainer.train_metrics,
+        keep=policy.checkpoint.keep,
+        callbacks=callbacks,
+        monitor=policy.checkpoint.monitor,
+        mode=policy.checkpoint.mode,
+    )
     history: dict[str, list] = {}
     callback_list = keras.callbacks.CallbackList(
         callbacks, model=model, epochs=epochs, steps=steps_per_epoch, verbose=0
@@ -117,15 +153,15 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     has_validation = data.has_split("validation")
 
     step, epoch, step_in_epoch = 0, 0, 0
-    if resume_from:
-        step, epoch, step_in_epoch = Checkpointer.counters(resume_from)
-    input_wait = input_probe.measure(built) if policy.measure_input and step < total else None
-    iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
-    if resume_from:
-        checkpointer.restore(resume_from)
-    if resume_from and step < total:
+    resumed_from = checkpointer.restore_latest()
+    if resumed_from:
+        step, epoch, step_in_epoch = checkpointer.counters()
         # Said even with progress off: a resumed run must never look like a fresh one.
-        print(f"resumed from {resume_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)", flush=True)
+        print(f"resumed from {resumed_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)", flush=True)
+        if step >= total:
+            print(f"already trained to step {step} of {total}; evaluating the final model", flush=True)
+    reporter = Reporter(run_dir, progress=policy.progress, total_steps=total, epochs=policy.epochs)
+    iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
 
     spe = policy.steps_per_execution
     chunk = spe if isinstance(spe, int) else 1
@@ -143,9 +179,50 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
     def save() -> str:
         nonlocal last_save_time
         last_save_time = time.monotonic()
+        checkpointer.stopped_early = bool(model.stop_training)
+        if checkpointer.saved_at.get("last") == (step, epoch, step_in_epoch):
+            return checkpointer.latest  # this very state is saved already
         return checkpointer.save(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
+    def consider_best(values: dict[str, float]) -> None:
+        monitor = checkpointer.monitor
+        if monitor in values and checkpointer.is_better(values[monitor]):
+            checkpointer.stopped_early = bool(model.stop_training)
+            checkpointer.save_best(values[monitor], step=step, epoch=epoch, step_in_epoch=step_in_epoch)
+            reporter.say(f"  best {monitor} so far: {values[monitor]:.4g} at step {step} (checkpoints/best)")
+
+    def roll_back(bad_step: int) -> None:
+        good = checkpointer.latest
+        if policy.nan_policy != "rollback" or good is None:
+            _diverged(run_dir, bad_step, good)
+        if checkpointer.nan_rollbacks >= policy.nan_max_retries:
+            _diverged(run_dir, bad_step, good, f" after {checkpointer.nan_rollbacks} rollback(s) (trainer.nan_max_retries)")
+        good_step, good_epoch, _ = read_counters(good)
+        try:
+            checkpointer.rollback(good)
+        except Exception as err:  # the last good checkpoint is unreadable: nothing to roll back to
+            _diverged(run_dir, bad_step, None, f"; rolling back to {good} failed: {err}")
+        checkpointer.nan_rollbacks += 1
+        if good_epoch != epoch:
+            trainer.reset_train_metrics()  # the restored running metrics belong to another epoch
+        skipped = bad_step - good_step
+        print(
+            f"warning: the training loss became NaN or infinite by step {bad_step}; rolled back to "
+            f"{good} (step {good_step}) and skipped the {skipped} batch(es) read since it "
+            f"(rollback {checkpointer.nan_rollbacks} of at most {policy.nan_max_retries})",
+            file=sys.stderr,
+            flush=True,
+        )
+        reporter.log(split="nan_rollback", step=bad_step, epoch=epoch, values={}, restored_step=good_step, skipped_batches=skipped)
+
     callback_list.on_train_begin()
+    if resumed_from:
+        checkpointer.apply_callback_state()
+        if checkpointer.stopped_early and step < total:
+            print(f"the run stopped early at step {step}; not training further (--restart trains again)", flush=True)
+            model.stop_training = True
+    if policy.nan_policy == "rollback" and checkpointer.latest is None:
+        save()  # something to roll back to
     with _SignalFlag() as flag, contextlib.closing(reporter), profiler:
         while step < total and not model.stop_training:
             if step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
@@ -172,21 +249,24 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
                 if spe == "auto":
                     chunk = _next_chunk(chunk, n, time.perf_counter() - call_start)
                 if not math.isfinite(results["loss"]):
-                    _diverged(run_dir, reporter, step, checkpointer.latest)
+                    roll_back(step)  # or raise Diverged: never save this state
+                    results = trainer.result()
                 callback_list.on_train_batch_end(step_in_epoch - 1, results)
                 if log_every.due(step):
                     rate = reporter.steps_per_second(step)
                     reporter.log(split="train", step=step, epoch=epoch, values=results, steps_per_second=rate)
                     reporter.train_progress(step=step, epoch=epoch, values=results, rate=rate)
                 if validate_steps.due(step) and has_validation:
-                    reporter.say(f"  validation at step {step}: {format_metrics(validate(), '')}")
+                    val = validate()
+                    reporter.say(f"  validation at step {step}: {format_metrics(val, '')}")
+                    consider_best(val)
                 seconds = policy.checkpoint.every_seconds
                 if checkpoint_steps.due(step) or (seconds and time.monotonic() - last_save_time >= seconds):
                     save()
                 if flag.signum is not None:
                     path = save()
-                    run_dir.update_status(status="interrupted", step=step)
-                    raise Interrupted(flag.signum, path)
+                    run_dir.update_status(status="interrupted", step=step, **_costs(checkpointer))
+                    raise Interrupted(flag.signum, path, step)
                 if model.stop_training:
                     break
             if step_in_epoch < steps_per_epoch and not model.stop_training:
@@ -203,12 +283,16 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
             callback_list.on_epoch_end(epoch, logs)
             reporter.flush()
             epoch, step_in_epoch = epoch + 1, 0
+            consider_best(logs)
             if policy.checkpoint.every_epoch or model.stop_training or step >= total:
                 save()
-    if checkpointer.latest is None or Checkpointer.counters(checkpointer.latest)[0] != step:
-        save()
+    save()
+    checkpointer.save_final(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
     callback_list.on_train_end(history and {k: v[-1] for k, v in history.items()})
     elapsed = time.perf_counter() - started
+    # Measured after training, not before: the first step is not delayed, and a
+    # cached pipeline is warm, so the probe sees the steady state.
+    input_wait = input_probe.measure(built) if policy.measure_input and step > start_step else None
     run_dir.update_status(
         step=step,
         epoch=epoch,
@@ -217,6 +301,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         stopped_early=bool(model.stop_training),
         seconds_to_first_step=first_step_seconds,
         **({"input_wait_fraction": round(input_wait.fraction, 4)} if input_wait else {}),
+        **_costs(checkpointer),
     )
     if input_wait:
         reporter.say(input_wait.summary())
@@ -263,6 +348,14 @@ class _Profiler:
         self.stop()
 
 
+def _costs(checkpointer: Checkpointer) -> dict:
+    return {
+        "checkpoint_seconds": round(checkpointer.save_seconds, 3),
+        "checkpoints_saved": checkpointer.saves,
+        "nan_rollbacks": checkpointer.nan_rollbacks,
+    }
+
+
 def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
     """Grow (or shrink) steps per call toward TARGET_CALL_SECONDS per call."""
     if ran < chunk:  # cut short by an event: no information about the chunk size
@@ -272,7 +365,7 @@ def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
     return max(1, min(MAX_STEPS_PER_CALL, wanted, chunk * 4))
 
 
-def _diverged(run_dir, reporter, step: int, checkpoint: str | None) -> None:
+def _diverged(run_dir, step: int, checkpoint: str | None, note: str = "") -> None:
     run_dir.update_status(status="diverged", step=step)
     kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
-    raise Diverged(f"the training loss became NaN or infinite by step {step}{kept}")
+    raise Diverged(f"the training loss became NaN or infinite by step {step}{note}{kept}")

@@ -2,7 +2,8 @@
 
 Training runs many steps inside one ``tf.function`` with the input prefetched
 alongside, so the wait for input cannot be timed from Python step by step.
-The probe instead times the same work twice, before training starts:
+The probe instead times the same work twice, after the training loop ends
+(so the first step is not delayed, and a cached pipeline is measured warm):
 
 1. ``steps`` gradient computations fed by the real training pipeline (a separate
    iterator of the same stream: the stream is a pure function of (seed, epoch),
@@ -12,9 +13,8 @@ The probe instead times the same work twice, before training starts:
 The difference is the time spent waiting for input; divided by the first, it is
 ``input_wait_fraction``. The probe changes nothing: it runs the model in
 inference mode (no dropout draws, no batch-norm updates) and applies no gradient.
-It costs a few dozen steps. The first batches of a cached pipeline are read
-before the cache is filled, so for a cached pipeline the probe shows the first
-epoch (an upper bound for the later ones).
+It costs a few dozen steps. A split's base pipeline is built once per run, so a
+memory cache that training filled is reused and the probe sees the steady state.
 """
 
 from __future__ import annotations

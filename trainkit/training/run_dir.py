@@ -7,10 +7,10 @@ Layout::
       run.json         status, versions, command, seed, recipe hash, times, speed
       metrics.jsonl    one JSON object per log event (step, epoch, split, metrics)
       tensorboard/     summaries for TensorBoard
-      checkpoints/     tf.train.CheckpointManager checkpoints
+      checkpoints/     the last K checkpoints, best/, final/ (docs/checkpoints.md)
       eval.json        final metrics of each evaluated split
       model.keras      the final model
-      .lock            held by the process training into it
+      .lock            flock-ed by the process training into it (PID inside)
 
 A directory that holds a run of the same recipe is resumed; one that holds a
 different recipe is refused (the differing keys are listed) unless only keys in
@@ -19,6 +19,7 @@ different recipe is refused (the differing keys are listed) unless only keys in
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -52,6 +53,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self._lock_fd: int | None = None
 
     config = property(lambda self: self.path / "config.yaml")
     run_json = property(lambda self: self.path / "run.json")
@@ -92,35 +94,63 @@ class RunDir:
         return changed
 
     def acquire(self) -> None:
-        """Take the directory's lock; refuse if a live process holds it."""
+        """Take the directory's lock; refuse at once if a live process holds it.
+
+        The lock is an advisory ``flock`` on ``.lock``, which also holds the
+        holder's PID, host and start time for the message. The kernel drops a
+        ``flock`` when its process dies however it dies (SIGKILL included), so a
+        ``.lock`` left by a killed run is stale by construction and is taken
+        over; no PID-liveness guess (and no PID reuse) is involved.
+        """
         self.path.mkdir(parents=True, exist_ok=True)
         while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._lock_holder()
-                if holder and holder.get("host") == socket.gethostname() and _alive(holder.get("pid")):
-                    raise RunDirError(
-                        f"{self.path} is in use by process {holder['pid']} (since {holder.get('since')}); "
-                        "wait for it to finish or stop it"
-                    ) from None
-                # A stale lock from a process that died: take it over.
-                self.lock_file.unlink(missing_ok=True)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                holder = self._lock_holder() or {}
+                pid = holder.get("pid", "unknown")
+                where = f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else ""
+                raise RunDirError(
+                    f"{self.path} is in use by process {pid}{where} (since {holder.get('since', '?')}); "
+                    "wait for it to finish or stop it"
+                ) from None
+            # The previous holder may have removed the file between our open and
+            # our lock; then we locked an orphan: try again on the current file.
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
                 continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}, f)
+            stale = self._lock_holder()
+            os.ftruncate(fd, 0)
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
+            os.write(fd, json.dumps(info).encode())
+            self._lock_fd = fd
+            if stale and stale.get("pid") != os.getpid():
+                print(
+                    f"note: {self.path} had a stale lock of process {stale.get('pid')} "
+                    f"(since {stale.get('since', '?')}), which no longer holds it; taken over",
+                    file=sys.stderr,
+                )
             return
 
     def _lock_holder(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.lock_file.read_text())
+            holder = json.loads(self.lock_file.read_text())
         except (OSError, ValueError):
             return None
+        return holder if isinstance(holder, dict) else None
 
     def release(self) -> None:
-        holder = self._lock_holder()
-        if holder and holder.get("pid") == os.getpid():
-            self.lock_file.unlink(missing_ok=True)
+        fd = self._lock_fd
+        if fd is not None:
+            self.lock_file.unlink(missing_ok=True)  # before unlocking: no one locks a dying file
+            os.close(fd)
+            self._lock_fd = None
 
     def set_aside(self) -> Path:
         """Move an old run out of the way (for ``--restart``); returns where it went."""
@@ -131,6 +161,11 @@ class RunDir:
             target = self.path.with_name(f"{self.path.name}.old-{stamp}-{n}")
             n += 1
         os.replace(self.path, target)
+        fd = self._lock_fd
+        if fd is not None:  # our lock moved with the old run: drop it there
+            (target / self.lock_file.name).unlink(missing_ok=True)
+            os.close(fd)
+            self._lock_fd = None
         return target
 
     # -- writing ----------------------------------------------------------------
@@ -172,18 +207,6 @@ class RunDir:
             resumed_at=[*previous.get("resumed_at", []), _now()] if resumed else [],
             ended=None,
         )
-
-
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def command_line() -> list[str]:

@@ -1,0 +1,123 @@
+"""Shared pieces of the checkpoint tests: one small exact recipe, runs, weights.
+
+Every run here is a real ``trainkit`` subprocess. ``BASE`` is digits_cnn made
+exactly reproducible on CPU (deterministic ops; Dropout and shuffling stay on),
+three epochs of 23 steps (69 steps), a checkpoint every 10 steps, the best kept
+by validation accuracy, and a constant learning rate (a cosine schedule's length
+depends on the budget; these tests change nothing that it depends on anyway).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+from conftest import ROOT
+
+TESTS = Path(__file__).resolve().parent
+STEPS = 69  # 3 epochs x 23 steps
+
+BASE = [
+    "digits_cnn",
+    "-c",
+    "digits_cnn_smoke",
+    "runtime.deterministic=true",
+    "optimizer.schedule=null",
+    "trainer.epochs=3",
+    "trainer.log_every_steps=5",
+    "trainer.checkpoint.every_steps=10",
+    "trainer.checkpoint.monitor=val_accuracy",
+]
+
+# TensorFlow's C++ start-up chatter, printed before any trainkit code runs.
+_NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d)")
+
+
+def env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TRAINKIT_HOME": str(ROOT),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    }
+
+
+def command(*args: str, faults: tuple[str, ...] = ()) -> list[str]:
+    if faults:
+        return [sys.executable, str(TESTS / "_fault_runner.py"), *faults, "--", *args]
+    return [sys.executable, "-m", "trainkit.cli", *args]
+
+
+def train(run_dir: Path, *extra: str, faults: tuple[str, ...] = (), base: list[str] = BASE, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``trainkit train BASE --run-dir RUN_DIR EXTRA`` in a subprocess, with optional faults."""
+    args = ["train", *base, "--run-dir", str(run_dir), *extra]
+    return subprocess.run(command(*args, faults=faults), cwd=cwd or run_dir.parent, capture_output=True, text=True, timeout=300, env=env())
+
+
+def start(run_dir: Path, *extra: str, faults: tuple[str, ...] = (), base: list[str] = BASE) -> subprocess.Popen:
+    args = ["train", *base, "--run-dir", str(run_dir), *extra]
+    return subprocess.Popen(command(*args, faults=faults), cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+
+
+def messages(stderr: str) -> list[str]:
+    """The lines trainkit wrote to stderr (TensorFlow's start-up chatter left out)."""
+    return [line for line in stderr.splitlines() if line.strip() and not _NOISE.match(line)]
+
+
+def weights(run_dir: Path) -> dict[str, np.ndarray]:
+    """Every array in ``model.keras``'s weights file, by its path in the file."""
+    import h5py
+
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(run_dir / "model.keras") as archive:
+        data = archive.read("model.weights.h5")
+    with h5py.File(io.BytesIO(data), "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert len(wa) >= 6  # conv, conv, dense, dense kernels and biases at least
+    different = [k for k in wa if not np.array_equal(wa[k], wb[k])]
+    assert not different, f"weights differ from the uninterrupted run: {different}"
+
+
+def snapshot(directory: Path) -> dict[str, str]:
+    """Each file under ``directory`` with a digest of its bytes."""
+    return {
+        str(p.relative_to(directory)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def kept_steps(directory: Path) -> list[int]:
+    return sorted(int(p.name[5:-6]) for p in directory.glob("ckpt-*.index"))
+
+
+_reference: dict[str, Path] = {}
+
+
+def reference_run(tmp_path_factory) -> Path:
+    """The uninterrupted BASE run, trained once per test session (read-only: copy it to change it)."""
+    if "run" not in _reference:
+        run = tmp_path_factory.mktemp("reference") / "run"
+        result = train(run)
+        assert result.returncode == 0, result.stderr
+        _reference["run"] = run
+    return _reference["run"]
+
+
+def copy_run(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
+    return target

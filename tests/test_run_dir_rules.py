@@ -1,0 +1,126 @@
+"""Training into an existing run directory: resume, allowed and refused changes,
+``--restart``, and one process at a time."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+from _checkpoint_helpers import (
+    STEPS,
+    assert_same_weights,
+    copy_run,
+    kept_steps,
+    messages,
+    reference_run,
+    snapshot,
+    start,
+    train,
+)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    return reference_run(tmp_path_factory)
+
+
+def test_the_same_recipe_resumes_and_says_so(tmp_path, reference):
+    run = copy_run(reference, tmp_path / "run")
+    result = train(run)
+    assert result.returncode == 0, result.stderr
+    assert f"resumed from {run / 'checkpoints' / f'ckpt-{STEPS}'} at step {STEPS} " in result.stdout
+    assert "already trained" in result.stdout
+    assert json.loads((run / "run.json").read_text())["resumed_at"]
+
+
+def test_a_longer_budget_is_an_allowed_change_that_is_listed(tmp_path, reference):
+    run = copy_run(reference, tmp_path / "run")
+    result = train(run, "trainer.epochs=4", "trainer.log_every_steps=7")
+    assert result.returncode == 0, result.stderr
+    assert "resuming with changed settings: trainer.epochs, trainer.log_every_steps" in result.stdout
+    assert f"at step {STEPS} " in result.stdout
+    assert kept_steps(run / "checkpoints" / "final") == [92]
+    assert "epochs: 4" in (run / "config.yaml").read_text()
+
+
+def test_a_forbidden_change_is_refused_in_one_line_and_changes_nothing(tmp_path, reference):
+    run = copy_run(reference, tmp_path / "run")
+    before = snapshot(run)
+    result = train(run, "optimizer.learning_rate=0.01", "model.dropout=0.5")
+    assert result.returncode == 2
+    lines = messages(result.stderr)
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith(f"error: {run} holds a run of a different recipe")
+    assert "model.dropout" in lines[0] and "optimizer.learning_rate" in lines[0] and "--restart" in lines[0]
+    assert snapshot(run) == before
+
+
+def test_restart_moves_the_old_run_aside_whole_and_starts_over(tmp_path, reference):
+    run = copy_run(reference, tmp_path / "run")
+    before = snapshot(run)
+    result = train(run, "optimizer.learning_rate=0.01", "--restart")
+    assert result.returncode == 0, result.stderr
+    (old,) = tmp_path.glob("run.old-*")
+    assert f"was moved to {old}" in result.stdout
+    assert "resumed from" not in result.stdout
+    assert snapshot(old) == before
+    assert "learning_rate: 0.01" in (run / "config.yaml").read_text()
+    assert json.loads((run / "run.json").read_text())["status"] == "completed"
+
+
+def _wait_for_training(run, process, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = run / "metrics.jsonl"
+        if log.is_file() and '"split": "train"' in log.read_text():
+            return
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    raise AssertionError("the run did not start training")
+
+
+@pytest.mark.slow
+def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_over(tmp_path, reference):
+    run = tmp_path / "run"
+    first = start(run, faults=("slow:2",))  # holds the directory for a while
+    try:
+        _wait_for_training(run, first)
+        for extra in ((), ("--restart",)):  # --restart must not move a live run either
+            second = train(run, *extra)
+            assert second.returncode == 2
+            lines = messages(second.stderr)
+            assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
+            assert lines[0].startswith(f"error: {run} is in use by process {first.pid} ")
+            assert first.poll() is None  # the first one trains on
+        assert not list(tmp_path.glob("run.old-*"))
+        deadline = time.monotonic() + 120
+        while not kept_steps(run / "checkpoints") and time.monotonic() < deadline:
+            time.sleep(0.1)  # a checkpoint to resume from
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.communicate(timeout=60)
+    assert (run / ".lock").is_file()  # left behind by the killed process: stale
+
+    third = train(run)
+    assert third.returncode == 0, third.stderr
+    assert f"stale lock of process {first.pid}" in third.stderr
+    assert "resumed from" in third.stdout
+    assert_same_weights(run, reference)  # and the run ends as if nothing had happened
+    assert not (run / ".lock").exists()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_early_stays_stopped_when_trained_again(tmp_path):
+    run = tmp_path / "run"
+    # Never "improves" by 10: stops at the end of the second epoch (step 46 of 115).
+    stopper = "trainer.callbacks=[{type: EarlyStopping, monitor: loss, patience: 0, min_delta: 10}]"
+    first = train(run, "trainer.epochs=5", stopper)
+    assert first.returncode == 0, first.stderr
+    assert json.loads((run / "run.json").read_text())["stopped_early"] is True
+    assert kept_steps(run / "checkpoints" / "final") == [46]
+    again = train(run, "trainer.epochs=5", stopper)
+    assert again.returncode == 0, again.stderr
+    assert "the run stopped early at step 46; not training further" in again.stdout
+    assert max(kept_steps(run / "checkpoints")) == 46  # no step trained after it
