@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainkit import distribute
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
@@ -76,6 +77,9 @@ def train(
     """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
+    if distribute.serve_if_server_task(recipe.runtime):
+        # A parameter-server cluster's worker or ps task: it served the chief, which trained.
+        return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
     directory = RunDir(run_dir or default_run_dir(recipe))
     moved = None
     if not restart:
@@ -86,51 +90,63 @@ def train(
     from trainkit.training.fit import fit
 
     built = build(recipe, trainer_class=trainer_class)  # all validation happens here
-    if restart and directory.path.exists():
+    # Multi-worker: only the chief writes the run directory; the other workers
+    # read its checkpoints and write to a scratch directory, removed at the end.
+    role = distribute.role(built.strategy)
+    shared, directory = directory, distribute.writable_run_dir(directory, role)
+    if not role.is_chief:
+        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
+    if restart and directory.path.exists() and role.is_chief:
         moved = directory.set_aside()
     directory.acquire()
     try:
         resume_from = None
         from trainkit.training.checkpoint import Checkpointer
 
-        latest = _latest_checkpoint(directory)
+        latest = None if restart and not role.is_chief else _latest_checkpoint(shared)
         if latest:
             done_step = Checkpointer.counters(latest)[0]
             resume_from = latest
-            if done_step >= built.total_steps and directory.read_status().get("status") == "completed":
+            if done_step >= built.total_steps and shared.read_status().get("status") == "completed" and role.is_chief:
                 print(f"{directory.path}: already trained to step {done_step}; evaluating the final model")
+        distribute.check_same_start(built.strategy, Checkpointer.counters(latest)[0] if latest else 0)
         directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(latest))
-        if recipe.trainer.progress:
+        directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
+        if built.recipe.trainer.progress:
             print(_header(built, directory))
         if moved:
             print(f"the previous run in {directory.path} was moved to {moved}")
-        if changes:
+        if changes and role.is_chief:
             print(f"resuming with changed settings: {', '.join(changes)}")
         callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
         history = fit(built, directory, callbacks=callback_objects + list(callbacks or []), resume_from=resume_from)
         metrics = _final_evaluation(built, directory)
-        _export(built, directory)
+        if role.is_chief:
+            _export(built, directory)
         directory.update_status(status="completed", ended=_now())
     except BaseException as err:
         status = directory.read_status().get("status")
         if status == "running":
             directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
+        lost = distribute.as_worker_lost(err, built.strategy)
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         directory.release()
-    return Run(recipe, directory.path, built.model, history, metrics, built)
+        distribute.remove_scratch(directory, role)
+    return Run(recipe, shared.path, built.model, history, metrics, built)
 
 
 def _header(built, directory: RunDir) -> str:
     from trainkit.runtime import describe
 
     info, recipe = built.data.info, built.recipe
-    per_replica = recipe.data.batch_size / built.strategy.num_replicas_in_sync
     return (
         f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
         f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
-        f"global batch {recipe.data.batch_size} ({per_replica:g} per replica)"
+        f"{distribute.batch_text(recipe, built.strategy)}"
     )
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import keras
 
+from trainkit.distribute import Consensus
 from trainkit.errors import TrainkitError
 from trainkit.training import report
 from trainkit.training.checkpoint import Checkpointer
@@ -127,6 +128,9 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
 
     spe = policy.steps_per_execution
     chunk = spe if isinstance(spe, int) else 1
+    # Multi-worker: steps per call, timed saves and signals are agreed on by all workers.
+    consensus = Consensus(strategy)
+    last_saved = step if resume_from else None
     model.stop_training = False
     last_save_time = time.monotonic()
     started = time.perf_counter()
@@ -139,8 +143,8 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
         return {f"val_{k}": v for k, v in results.items()}
 
     def save() -> str:
-        nonlocal last_save_time
-        last_save_time = time.monotonic()
+        nonlocal last_save_time, last_saved
+        last_save_time, last_saved = time.monotonic(), step
         return checkpointer.save(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
     callback_list.on_train_begin()
@@ -176,12 +180,16 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
                 if validate_steps.due(step) and has_validation:
                     reporter.say(f"  validation at step {step}: {format_metrics(validate(), '')}")
                 seconds = policy.checkpoint.every_seconds
-                if checkpoint_steps.due(step) or (seconds and time.monotonic() - last_save_time >= seconds):
+                time_due = bool(seconds and time.monotonic() - last_save_time >= seconds)
+                chunk, (time_due, signaled) = consensus.agree(
+                    chief_value=chunk, flags=(time_due, flag.signum is not None)
+                )
+                if checkpoint_steps.due(step) or time_due:
                     save()
-                if flag.signum is not None:
+                if signaled:
                     path = save()
                     run_dir.update_status(status="interrupted", step=step)
-                    raise Interrupted(flag.signum, path)
+                    raise Interrupted(flag.signum or signal.SIGTERM, path)
                 if model.stop_training:
                     break
             if step_in_epoch < steps_per_epoch and not model.stop_training:
@@ -200,7 +208,7 @@ def fit(built, run_dir, *, callbacks: list, resume_from: str | None = None) -> d
             epoch, step_in_epoch = epoch + 1, 0
             if policy.checkpoint.every_epoch or model.stop_training or step >= total:
                 save()
-    if checkpointer.latest is None or Checkpointer.counters(checkpointer.latest)[0] != step:
+    if last_saved != step:  # (not checkpointer.latest: a worker's scratch directory starts empty)
         save()
     callback_list.on_train_end(history and {k: v[-1] for k, v in history.items()})
     elapsed = time.perf_counter() - started
