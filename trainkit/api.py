@@ -215,7 +215,7 @@ def evaluate(
     or a checkpoint path (``runs/x/checkpoints/ckpt-120``).
     """
     quiet_tensorflow()
-    recipe = load_run_recipe(run_dir)
+    recipe = distribute.in_one_process(load_run_recipe(run_dir))  # a cluster's run, evaluated here
     directory = RunDir(run_dir)
     from trainkit.build import build
     from trainkit.training.checkpoint import restore_model_weights

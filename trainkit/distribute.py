@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass
@@ -272,12 +273,12 @@ def _tpu_strategy(runtime: RuntimeSection):
             raise ConfigError(f"runtime.tpu: no TPU answers at {name} (nothing listens there); check the address")
         tpu_arg = name
     else:
-        # A Cloud TPU name is resolved through the GCE metadata server: off Google
-        # Cloud the resolver would wait on it, so ask it first, briefly.
-        if not _reachable("169.254.169.254", 80, timeout=1.0):
+        # A Cloud TPU name is resolved through the GCE metadata server, which
+        # TensorFlow asks without a timeout: ask it first, briefly.
+        if not _gce_metadata_answers(timeout=2.0):
             raise ConfigError(
                 f"runtime.tpu: '{name}' is a Cloud TPU name, which only resolves on Google Cloud "
-                "(no metadata server here); use grpc://HOST:PORT for a TPU reachable from here"
+                "(no metadata server answers here); use grpc://HOST:PORT for a TPU reachable from here"
             )
         tpu_arg = name
     try:
@@ -286,9 +287,24 @@ def _tpu_strategy(runtime: RuntimeSection):
             tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    except (ValueError, RuntimeError, tf.errors.OpError) as err:
+    except Exception as err:  # (resolvers raise URLError, KeyError, ValueError, OpError, ...)
         first = (getattr(err, "message", None) or str(err)).strip().splitlines()
         raise ConfigError(f"runtime.tpu: cannot use TPU '{name}': {first[0] if first else type(err).__name__}") from None
+
+
+def _gce_metadata_answers(*, timeout: float) -> bool:
+    """Whether the GCE metadata server (where Cloud TPU names resolve) answers."""
+    import urllib.request
+
+    endpoint = os.environ.get("GCE_METADATA_HOST") or os.environ.get("GCE_METADATA_IP", "metadata.google.internal")
+    request = urllib.request.Request(
+        f"http://{endpoint}/computeMetadata/v1/project/project-id", headers={"Metadata-Flavor": "Google"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def _reachable(host: str, port: int, *, timeout: float) -> bool:
@@ -336,7 +352,7 @@ def describe(strategy) -> str:
     if workers > 1 or is_multi_worker(strategy) or is_parameter_server(strategy):
         parts.append(f"{workers} worker{'s' if workers != 1 else ''}")
     if is_parameter_server(strategy):
-        ps = len(strategy.cluster_resolver.cluster_spec().as_dict().get("ps", []))
+        ps = int(strategy.extended._num_ps)
         parts.append(f"{ps} parameter server{'s' if ps != 1 else ''}, asynchronous")
     else:
         parts.append(f"{replicas} replica{'s' if replicas != 1 else ''}")
@@ -531,8 +547,8 @@ def as_worker_lost(err: BaseException, strategy) -> WorkerLost | None:
         return None
     if type(err).__name__ not in _LOST_ERRORS:
         return None
-    text = (getattr(err, "message", None) or str(err)).strip().splitlines()
-    detail = text[0][:160] if text else type(err).__name__
+    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(err, "message", None) or str(err)).strip().splitlines()
+    detail = text[0][:160].rstrip(" :") if text else type(err).__name__
     return WorkerLost(
         f"lost contact with another task of the cluster ({type(err).__name__}: {detail}); "
         "the job cannot continue -- restart it to resume from the last checkpoint"
@@ -560,6 +576,15 @@ def remove_scratch(directory, role_: Role) -> None:
         import shutil
 
         shutil.rmtree(directory.path, ignore_errors=True)
+
+
+def in_one_process(recipe: Recipe) -> Recipe:
+    """``recipe`` with a cluster strategy replaced by ``auto``: for one-process commands
+    (``trainkit eval``) on the run of a cluster, which needs no cluster to be read."""
+    if recipe.runtime.strategy in ("multi_worker_mirrored", "parameter_server"):
+        runtime = recipe.runtime.model_copy(update={"strategy": "auto"})
+        return recipe.model_copy(update={"runtime": runtime})
+    return recipe
 
 
 def quiet(recipe: Recipe) -> Recipe:

@@ -37,7 +37,7 @@ from trainkit.errors import ConfigError
 
 #: After one process fails, how long the others get to stop by themselves
 #: (a worker blocked in a collective only notices when it fails, ~15 s).
-STOP_GRACE_SECONDS = 25.0
+STOP_GRACE_SECONDS = 15.0
 
 
 @dataclass
@@ -53,7 +53,7 @@ class Task:
 
     @property
     def name(self) -> str:
-        return f"{self.task_type} {self.index}"
+        return "chief" if self.task_type == "chief" else f"{self.task_type} {self.index}"
 
 
 def free_ports(count: int) -> list[int]:
