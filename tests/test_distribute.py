@@ -276,6 +276,27 @@ def test_parameter_server_in_process_cluster_trains_digits_and_resumes(tmp_path)
 
 
 @pytest.mark.slow
+def test_parameter_server_with_one_worker_equals_one_process(tmp_path):
+    # Asynchronous training has no race with one worker: the same stream, the same updates.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_ps_in_process.py"), "ps", *EXACT, "trainer.progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = trainkit.train(
+        trainkit.load_recipe("digits_mlp", overrides=[*EXACT, "runtime.strategy=one_device", "trainer.progress=false"]),
+        run_dir=tmp_path / "one",
+    )
+    for a, b in zip(_weights(tmp_path / "ps" / "model.keras"), _weights(one.run_dir / "model.keras"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    ps_eval = json.loads((tmp_path / "ps" / "eval.json").read_text())
+    for split in ("validation", "test"):
+        assert ps_eval[split] == pytest.approx(one.metrics[split], rel=1e-5)
+
+
+@pytest.mark.slow
 def test_launch_runs_a_parameter_server_recipe_with_chief_workers_and_ps(tmp_path):
     result = run_cli(
         "launch", "-n", "2", "digits_mlp", "runtime.strategy=parameter_server", "trainer.epochs=6",
