@@ -28,10 +28,13 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError, TrainkitError
 from trainkit.recipe import DataSection, Recipe, RuntimeSection
+
+if TYPE_CHECKING:
+    from trainkit.training.run_dir import RunDir
 
 #: The docs that show how to describe a cluster.
 DOCS = "docs/distributed.md"
@@ -144,7 +147,7 @@ def _resolver(info: ClusterInfo):
 # -------------------------------------------------------------------------- strategies
 
 
-def make_strategy(runtime: RuntimeSection):
+def make_strategy(runtime: RuntimeSection) -> Any:
     """The ``tf.distribute.Strategy`` of a runtime section (create it before any other op)."""
     import tensorflow as tf
 
@@ -329,7 +332,7 @@ def is_multi_worker(strategy) -> bool:
     return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)()) and not is_parameter_server(strategy)
 
 
-def coordinator(strategy):
+def coordinator(strategy) -> Any:
     """The ``ClusterCoordinator`` of a parameter-server strategy."""
     import tensorflow as tf
 
@@ -555,7 +558,7 @@ def as_worker_lost(err: BaseException, strategy) -> WorkerLost | None:
     )
 
 
-def writable_run_dir(directory, role_: Role):
+def writable_run_dir(directory: RunDir, role_: Role) -> RunDir:
     """Where this process writes: the run directory on the chief, a scratch one elsewhere.
 
     The other workers must still save checkpoints (saving reads variables
@@ -571,7 +574,7 @@ def writable_run_dir(directory, role_: Role):
     return RunDir(tempfile.mkdtemp(prefix=f"trainkit-{role_.name}-"))
 
 
-def remove_scratch(directory, role_: Role) -> None:
+def remove_scratch(directory: RunDir, role_: Role) -> None:
     if not role_.is_chief:
         import shutil
 

@@ -22,6 +22,7 @@ It imports no TensorFlow: the processes do. On a real cluster each machine runs
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -255,7 +256,7 @@ def _stop_all(tasks: list[Task], say, *, exclude: Task | None, quiet: bool = Fal
             t.process.wait(timeout=10)
 
 
-def main_for_cli(args) -> int:
+def main_for_cli(args: argparse.Namespace) -> int:
     """The ``trainkit launch`` command (see :mod:`trainkit.cli`)."""
     return launch(
         args.recipe,

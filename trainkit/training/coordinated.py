@@ -90,7 +90,7 @@ class CoordinatedData:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._data, name)
 
-    def distributed_training(self, strategy, *, start_epoch: int = 0, skip_batches: int = 0):
+    def distributed_training(self, strategy, *, start_epoch: int = 0, skip_batches: int = 0) -> Any:
         """A per-worker iterator: worker ``i`` reads batches ``i, i+W, i+2W, ...`` of the stream."""
         data = self._data
         coordinator = distribute.coordinator(strategy)
@@ -107,7 +107,7 @@ class CoordinatedData:
 
         return coordinator.create_per_worker_dataset(per_worker_dataset)  # fit calls iter()
 
-    def distributed(self, strategy, split: str, *, take: int | None = None):
+    def distributed(self, strategy, split: str, *, take: int | None = None) -> tf.data.Dataset:
         """An evaluation split for the chief: the plain dataset, every example once."""
         ds = self._data.dataset(split)
         return ds.take(take) if take is not None else ds
