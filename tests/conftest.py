@@ -16,6 +16,10 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # Nothing in the tests may reach the network.
 os.environ["NO_GCE_CHECK"] = "true"
+# A Cloud TPU name makes trainkit ask the GCE metadata server first: in tests that
+# question goes to a closed loopback port, never off the machine.
+os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
+os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 os.environ.setdefault("TFDS_DATA_DIR", "/nonexistent-tfds-data-dir")
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +37,14 @@ def _in_tmp(tmp_path, monkeypatch):
     """Each test runs in its own directory, so default run directories never collide."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRAINKIT_HOME", str(ROOT))
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """The uninterrupted checkpoint-test run that resumed runs are compared with."""
+    from _checkpoint_helpers import reference_run
+
+    return reference_run(tmp_path_factory)
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -13,16 +13,10 @@ from _checkpoint_helpers import (
     copy_run,
     kept_steps,
     messages,
-    reference_run,
     snapshot,
     train,
 )
 from conftest import run_cli
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    return reference_run(tmp_path_factory)
 
 
 def test_a_finished_run_keeps_the_last_k_the_best_and_the_final_checkpoint(reference):

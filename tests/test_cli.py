@@ -28,7 +28,7 @@ def test_help_and_ls_do_not_import_tensorflow():
 def test_help_lists_the_commands():
     result = run_cli("--help")
     assert result.returncode == 0
-    for command in ("train", "eval", "show", "validate", "ls"):
+    for command in ("train", "launch", "eval", "show", "validate", "ls"):
         assert command in result.stdout
 
 

@@ -20,15 +20,9 @@ from _checkpoint_helpers import (
     assert_same_weights,
     kept_steps,
     messages,
-    reference_run,
     start,
     train,
 )
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    return reference_run(tmp_path_factory)
 
 
 def _kill_then_resume(run, fault: str, reference, *, resumes: bool = True) -> str:

@@ -14,16 +14,10 @@ from _checkpoint_helpers import (
     copy_run,
     kept_steps,
     messages,
-    reference_run,
     snapshot,
     start,
     train,
 )
-
-
-@pytest.fixture(scope="session")
-def reference(tmp_path_factory):
-    return reference_run(tmp_path_factory)
 
 
 def test_the_same_recipe_resumes_and_says_so(tmp_path, reference):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from trainkit import distribute
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
@@ -77,6 +78,9 @@ def train(
     """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
+    if distribute.serve_if_server_task(recipe.runtime):
+        # A parameter-server cluster's worker or ps task: it served the chief, which trained.
+        return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
     directory = RunDir(run_dir or default_run_dir(recipe))
     moved = None
     if not restart:
@@ -84,28 +88,41 @@ def train(
     else:
         changes = []
     from trainkit.build import build, make_callbacks
-    from trainkit.training.checkpoint import candidates
+    from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
     built = build(recipe, trainer_class=trainer_class)  # all validation happens here
     check_policy(built)
-    if restart and directory.path.exists():
+    # Multi-worker: only the chief writes the run directory; the other workers
+    # write to a scratch directory, removed at the end, starting from a copy of
+    # the chief's checkpoints so that every worker resumes (and later decides
+    # its saves) exactly as the chief does.
+    role = distribute.role(built.strategy)
+    shared, directory = directory, distribute.writable_run_dir(directory, role)
+    if not role.is_chief:
+        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
+        if not restart:
+            distribute.copy_checkpoints(shared, directory)
+    if restart and directory.path.exists() and role.is_chief:
         directory.acquire()  # never move a run that a live process is training
         moved = directory.set_aside()
     directory.acquire()
     try:
-        resumed = bool(candidates(directory.checkpoints))
-        directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=resumed)
-        if recipe.trainer.progress:
+        found = candidates(directory.checkpoints)
+        distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
+        directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(found))
+        directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
+        if built.recipe.trainer.progress:
             print(_header(built, directory))
         if moved:
             print(f"the previous run in {directory.path} was moved to {moved}")
-        if changes:
+        if changes and role.is_chief:
             print(f"resuming with changed settings: {', '.join(changes)}")
         callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
         history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
         metrics = _final_evaluation(built, directory)
-        _export(built, directory)
+        if role.is_chief:
+            _export(built, directory)
         directory.update_status(status="completed", ended=_now())
     except BaseException as err:
         status = directory.read_status().get("status")
@@ -114,22 +131,25 @@ def train(
                 directory.update_status(status="interrupted", ended=_now())
             else:
                 directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
+        lost = distribute.as_worker_lost(err, built.strategy)
+        if lost is not None:
+            raise lost from None
         raise
     finally:
         directory.release()
-    return Run(recipe, directory.path, built.model, history, metrics, built)
+        distribute.remove_scratch(directory, role)
+    return Run(recipe, shared.path, built.model, history, metrics, built)
 
 
 def _header(built, directory: RunDir) -> str:
     from trainkit.runtime import describe
 
     info, recipe = built.data.info, built.recipe
-    per_replica = recipe.data.batch_size / built.strategy.num_replicas_in_sync
     return (
         f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
         f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
-        f"global batch {recipe.data.batch_size} ({per_replica:g} per replica)"
+        f"{distribute.batch_text(recipe, built.strategy)}"
     )
 
 
@@ -192,7 +212,7 @@ def evaluate(
     path (``runs/x/checkpoints/ckpt-120``).
     """
     quiet_tensorflow()
-    recipe = load_run_recipe(run_dir)
+    recipe = distribute.in_one_process(load_run_recipe(run_dir))  # a cluster's run, evaluated here
     directory = RunDir(run_dir)
     from trainkit.build import build
 

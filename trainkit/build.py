@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from trainkit import registry, runtime
+from trainkit import distribute, registry, runtime
 from trainkit.components import check_arguments, instantiate
 from trainkit.errors import ConfigError
 from trainkit.recipe import Component, Recipe
@@ -128,7 +128,7 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
     from trainkit.optim import make_optimizer
     from trainkit.training.loop import Trainer
 
-    data = prepare(recipe.data, seed=recipe.seed, cache_dir=cache_dir)
+    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
@@ -139,11 +139,18 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
     with strategy.scope():
         model = build_model(recipe.model, data.info)
         check_model_fits_data(recipe, model, data)
-        optimizer = make_optimizer(recipe.optimizer, total_steps=steps)
+        optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
+        optimizer = make_optimizer(optimizer_section, total_steps=steps)
         # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
         # then loads ready for model.evaluate); trainkit's loop does the training.
         model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))
-        trainer = (trainer_class or Trainer)(
+        trainer_class = trainer_class or Trainer
+        if distribute.is_parameter_server(strategy):
+            from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
+
+            trainer_class = coordinated_trainer_class(trainer_class)
+            data = CoordinatedData(data, strategy)
+        trainer = trainer_class(
             strategy=strategy,
             model=model,
             loss=make_loss(recipe, per_example=True),

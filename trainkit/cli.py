@@ -24,12 +24,13 @@ examples:
   trainkit validate digits_cnn -c digits_cnn_smoke
   trainkit train digits_cnn                         # into runs/digits_cnn (resumes if it exists)
   trainkit train digits_mlp -c digits_mlp_smoke optimizer.learning_rate=0.01 --run-dir runs/try
-  trainkit eval runs/digits_cnn --split test --checkpoint last
-  trainkit data mnist_cnn --split test -n 3           # a split as the model sees it, and its speed
   trainkit eval runs/digits_cnn --split test --checkpoint best
+  trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
+  trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
-  130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM; train again to resume.
+  4 lost another task of the cluster, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
+  train again to resume.
 """
 
 
@@ -53,6 +54,15 @@ def make_parser() -> argparse.ArgumentParser:
     _recipe_arguments(p)
     p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>)")
     p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
+
+    p = commands.add_parser(
+        "launch", help="train on a local cluster of N worker processes (TF_CONFIG on loopback ports)"
+    )
+    p.add_argument("-n", "--workers", type=int, required=True, metavar="N", help="number of worker processes")
+    _recipe_arguments(p)
+    p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>)")
+    p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
+    p.add_argument("--ps", type=int, default=1, metavar="P", help="parameter servers, for parameter_server recipes (default: 1)")
 
     p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -122,8 +132,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     report.PROCESS_STARTED = _STARTED
     recipe = _load(args)
     run = api.train(recipe, run_dir=args.run_dir, restart=args.restart)
-    print(f"run directory: {run.run_dir}")
+    if run.model is not None:  # (None: a parameter-server cluster's worker or ps task, which only served)
+        print(f"run directory: {run.run_dir}")
     return 0
+
+
+def cmd_launch(args: argparse.Namespace) -> int:
+    from trainkit.launch import main_for_cli
+
+    return main_for_cli(args)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -175,7 +192,7 @@ def _show(value) -> str:
     return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
+COMMANDS = {"data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

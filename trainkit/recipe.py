@@ -628,14 +628,43 @@ class TrainerSection(Section):
 
 
 class RuntimeSection(Section):
-    strategy: Literal["auto", "one_device", "mirrored"] = "auto"
-    """``auto``: all GPUs mirrored if there are several, else one device."""
+    """Where and how a recipe runs. Changing it never changes what is computed:
+    the batch size is global, so the same recipe gives the same training on one
+    device, several GPUs, several workers or a TPU (docs/distributed.md)."""
+
+    strategy: Literal[
+        "auto", "one_device", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu"
+    ] = "auto"
+    """``auto``: a configured TPU (``runtime.tpu`` or local TPU devices), else all
+    GPUs mirrored if there are several, else one device. The cluster of
+    ``multi_worker_mirrored`` and ``parameter_server`` comes from ``TF_CONFIG``
+    (``trainkit launch`` sets it for local workers)."""
     cpu_devices: PositiveInt | None = None
     """Split the CPU into this many logical devices (for ``mirrored`` without GPUs)."""
     deterministic: bool = False
     """Deterministic ops and seeded everything: the same recipe gives the same weights."""
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
     jit_compile: bool = False
+    communication: Literal["auto", "ring", "nccl"] = "auto"
+    """Cross-worker all-reduce of ``multi_worker_mirrored``: ``nccl`` needs GPUs."""
+    tpu: str | None = None
+    """The TPU of ``strategy: tpu``: a Cloud TPU name, ``grpc://HOST:PORT``, or
+    ``local`` (a TPU VM's own chips); unset means ``local``."""
+    scale_learning_rate: Literal["none", "linear"] = "none"
+    """``linear``: the learning rate is ``optimizer.learning_rate * data.batch_size
+    / reference_batch_size`` (Goyal et al., 2017), so a recipe tuned at one global
+    batch keeps its behaviour when the batch grows with the hardware."""
+    reference_batch_size: PositiveInt | None = None
+    """The global batch size ``optimizer.learning_rate`` was tuned for (for ``linear``)."""
+
+    @model_validator(mode="after")
+    def _scaling_has_reference(self) -> RuntimeSection:
+        if self.scale_learning_rate == "linear" and self.reference_batch_size is None:
+            raise ValueError(
+                "scale_learning_rate: linear needs runtime.reference_batch_size "
+                "(the global batch size the learning rate was tuned for)"
+            )
+        return self
 
 
 class ExportSection(Section):
@@ -705,6 +734,12 @@ RESUMABLE_KEYS = (
     "trainer.nan_max_retries",
     "data.eval_batch_size",
     "export",
+    # Where a run runs, not what it computes: a run started on 2 workers may
+    # resume on 1 GPU (the batch size is global). Learning-rate scaling is not here.
+    "runtime.strategy",
+    "runtime.cpu_devices",
+    "runtime.communication",
+    "runtime.tpu",
 )
 
 

@@ -43,38 +43,33 @@ def split_cpu(count: int) -> None:
 
 
 def configure(runtime: RuntimeSection, *, seed: int):
-    """Apply the runtime section and return the ``tf.distribute.Strategy`` to use."""
+    """Apply the runtime section and return the ``tf.distribute.Strategy`` to use.
+
+    The strategy comes first: MultiWorkerMirroredStrategy configures the
+    collective ops of the eager context, which must happen before any other op.
+    """
     quiet_tensorflow()
     import keras
     import tensorflow as tf
 
     if runtime.cpu_devices:
         split_cpu(runtime.cpu_devices)
+    strategy = make_strategy(runtime)
     keras.utils.set_random_seed(seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(runtime.precision)
-    return make_strategy(runtime)
+    return strategy
 
 
 def make_strategy(runtime: RuntimeSection):
-    import tensorflow as tf
+    """The strategy ``runtime.strategy`` names (:mod:`trainkit.distribute`)."""
+    from trainkit.distribute import make_strategy as make
 
-    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
-    cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-    if runtime.strategy == "one_device":
-        return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else cpus[0])
-    if runtime.strategy == "mirrored":
-        devices = gpus or cpus[: runtime.cpu_devices or len(cpus)]
-        return tf.distribute.MirroredStrategy(
-            devices, cross_device_ops=None if gpus else tf.distribute.ReductionToOneDevice()
-        )
-    # auto: several GPUs mirrored, else one device.
-    if len(gpus) > 1:
-        return tf.distribute.MirroredStrategy(gpus)
-    return tf.distribute.OneDeviceStrategy(gpus[0] if gpus else cpus[0])
+    return make(runtime)
 
 
 def describe(strategy) -> str:
-    replicas = strategy.num_replicas_in_sync
-    return f"{type(strategy).__name__} ({replicas} replica{'s' if replicas != 1 else ''})"
+    from trainkit.distribute import describe as describe_strategy
+
+    return describe_strategy(strategy)

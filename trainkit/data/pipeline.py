@@ -124,6 +124,15 @@ class PreparedData:
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self._bases: dict = {}
 
+    def fresh(self) -> PreparedData:
+        """The same data with no pipeline built yet: for a parameter-server worker,
+        to which datasets already built (and cached) on the chief cannot travel."""
+        import copy
+
+        clone = copy.copy(self)
+        clone._bases = {}
+        return clone
+
     # -- what there is ----------------------------------------------------------
 
     @property

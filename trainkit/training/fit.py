@@ -34,6 +34,8 @@ from typing import Any
 
 import keras
 
+from trainkit import distribute
+from trainkit.distribute import Consensus
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean
 from trainkit.training import input_probe, report
 from trainkit.training.checkpoint import Checkpointer, read_counters
@@ -165,6 +167,8 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
 
     spe = policy.steps_per_execution
     chunk = spe if isinstance(spe, int) else 1
+    # Multi-worker: steps per call, timed saves and signals are agreed on by all workers.
+    consensus = Consensus(strategy)
     model.stop_training = False
     last_save_time = time.monotonic()
     started = time.perf_counter()
@@ -261,12 +265,16 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                     reporter.say(f"  validation at step {step}: {format_metrics(val, '')}")
                     consider_best(val)
                 seconds = policy.checkpoint.every_seconds
-                if checkpoint_steps.due(step) or (seconds and time.monotonic() - last_save_time >= seconds):
+                time_due = bool(seconds and time.monotonic() - last_save_time >= seconds)
+                chunk, (time_due, signaled) = consensus.agree(
+                    chief_value=chunk, flags=(time_due, flag.signum is not None)
+                )
+                if checkpoint_steps.due(step) or time_due:
                     save()
-                if flag.signum is not None:
+                if signaled:
                     path = save()
                     run_dir.update_status(status="interrupted", step=step, **_costs(checkpointer))
-                    raise Interrupted(flag.signum, path, step)
+                    raise Interrupted(flag.signum or signal.SIGTERM, path, step)
                 if model.stop_training:
                     break
             if step_in_epoch < steps_per_epoch and not model.stop_training:
@@ -292,7 +300,9 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     elapsed = time.perf_counter() - started
     # Measured after training, not before: the first step is not delayed, and a
     # cached pipeline is warm, so the probe sees the steady state.
-    input_wait = input_probe.measure(built) if policy.measure_input and step > start_step else None
+    # (Not under a parameter server: its steps run asynchronously on remote workers.)
+    probe = policy.measure_input and step > start_step and not distribute.is_parameter_server(strategy)
+    input_wait = input_probe.measure(built) if probe else None
     run_dir.update_status(
         step=step,
         epoch=epoch,

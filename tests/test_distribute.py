@@ -1,0 +1,314 @@
+"""Strategies beyond one device: clusters of real processes on loopback ports.
+
+Multi-worker and parameter-server runs happen in subprocesses (``trainkit
+launch``, or a script hosting an in-process cluster), never in the pytest
+process: a strategy that joins a cluster cannot be undone in the process that
+made it. Every subprocess has a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ROOT, run_cli
+
+import trainkit
+from trainkit import distribute
+from trainkit.errors import ConfigError
+from trainkit.launch import plan_cluster, tf_config
+from trainkit.recipe import RuntimeSection
+
+QUIET = {"trainer.progress": False}
+# A short deterministic run: no dropout (its random masks differ per replica).
+EXACT = ["trainer.epochs=null", "trainer.steps=40", "model.dropout=0.0", "runtime.deterministic=true"]
+
+
+def _env(tmp_path: Path) -> dict:
+    # Scratch directories of non-chief workers go here, so the test can see them cleaned up.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir(exist_ok=True)
+    return {"TMPDIR": str(scratch)}
+
+
+def _weights(path: Path) -> list[np.ndarray]:
+    import keras
+
+    return [np.asarray(w) for w in keras.models.load_model(path).get_weights()]
+
+
+# ---------------------------------------------------------------- cluster descriptions
+
+
+def test_tf_config_mistakes_are_one_line_errors():
+    cases = {
+        "{not json": "TF_CONFIG is not valid JSON",
+        '{"task": {"type": "worker", "index": 0}}': 'TF_CONFIG has no "cluster"',
+        '{"cluster": {"worker": ["127.0.0.1:1"]}}': 'TF_CONFIG has no "task"',
+        '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "chief", "index": 0}}': 'task type "chief" is not in the cluster',
+        '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 3}}': "task index 3 is out of range",
+        '{"cluster": {"worker": ["nohostport"]}, "task": {"type": "worker", "index": 0}}': '"host:port"',
+    }
+    for text, expected in cases.items():
+        with pytest.raises(ConfigError, match=expected):
+            distribute.read_tf_config({"TF_CONFIG": text})
+    assert distribute.read_tf_config({}) is None
+
+
+def test_launcher_plans_clusters_on_distinct_loopback_ports():
+    tasks = plan_cluster(3, parameter_server=False)
+    assert [t.name for t in tasks] == ["worker 0", "worker 1", "worker 2"]
+    assert len({t.address for t in tasks}) == 3 and all(t.address.startswith("127.0.0.1:") for t in tasks)
+    info = distribute.read_tf_config({"TF_CONFIG": tf_config(tasks, tasks[1])})
+    assert info.num_workers == 3 and info.task_id == 1 and not info.is_chief
+    ps = plan_cluster(2, parameter_server=True, ps=1)
+    assert [t.name for t in ps] == ["chief", "worker 0", "worker 1", "ps 0"]
+    chief = distribute.read_tf_config({"TF_CONFIG": tf_config(ps, ps[0])})
+    assert chief.is_chief and sorted(chief.cluster) == ["chief", "ps", "worker"]
+
+
+# ------------------------------------------------------- missing hardware or cluster
+
+
+@pytest.mark.parametrize(
+    ("runtime", "tf_config_value", "expected"),
+    [
+        ({"strategy": "multi_worker_mirrored"}, None, "multi_worker_mirrored needs a cluster, but TF_CONFIG is not set"),
+        ({"strategy": "parameter_server"}, None, "parameter_server needs a cluster"),
+        (
+            {"strategy": "parameter_server"},
+            {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}},
+            "needs 'chief', 'worker' and 'ps' tasks in the cluster; TF_CONFIG has worker (missing: chief, ps)",
+        ),
+        (
+            {"strategy": "multi_worker_mirrored"},
+            {"cluster": {"worker": ["127.0.0.1:1"], "ps": ["127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}},
+            "use runtime.strategy=parameter_server",
+        ),
+        (
+            {"strategy": "multi_worker_mirrored", "communication": "nccl"},
+            {"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}},
+            "runtime.communication: nccl needs GPUs",
+        ),
+        ({"strategy": "tpu"}, None, "runtime.strategy: tpu, but this machine has no TPU devices"),
+        ({"strategy": "tpu", "tpu": "grpc://127.0.0.1:9"}, None, "runtime.tpu: no TPU answers at grpc://127.0.0.1:9"),
+        ({"strategy": "tpu", "tpu": "my-tpu"}, None, "'my-tpu' is a Cloud TPU name, which only resolves on Google Cloud"),
+    ],
+)
+def test_missing_cluster_or_hardware_fails_before_anything_is_created(monkeypatch, runtime, tf_config_value, expected):
+    if tf_config_value is None:
+        monkeypatch.delenv("TF_CONFIG", raising=False)
+    else:
+        monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config_value))
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")) as err:
+        distribute.make_strategy(RuntimeSection(**runtime))
+    assert "\n" not in str(err.value)
+
+
+def test_tpu_without_a_tpu_exits_2_at_once_from_the_command_line(tmp_path):
+    # The subprocess timeout is the "does not hang" check: TensorFlow's own
+    # resolver would wait on Google Cloud metadata for a Cloud TPU name.
+    for extra in ([], ["runtime.tpu=my-tpu"]):
+        result = run_cli("train", "digits_mlp", "--run-dir", "run", "runtime.strategy=tpu", *extra, cwd=tmp_path, timeout=90)
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and "tpu" in errors[0], result.stderr
+        assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_scaling_rule_needs_a_reference_batch():
+    with pytest.raises(ConfigError, match="runtime.reference_batch_size"):
+        trainkit.load_recipe("digits_mlp", overrides={"runtime.scale_learning_rate": "linear"})
+
+
+# ------------------------------------------------------------------ batch semantics
+
+
+def test_global_batch_split_per_replica_and_linear_learning_rate_rule(tmp_path, capsys):
+    recipe = trainkit.load_recipe(
+        "digits_mlp",
+        overrides={
+            "trainer.epochs": None,
+            "trainer.steps": 2,
+            "data.batch_size": 64,
+            "runtime.strategy": "mirrored",
+            "runtime.cpu_devices": 2,
+            "runtime.scale_learning_rate": "linear",
+            "runtime.reference_batch_size": 32,
+        },
+    )
+    run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    plan = json.loads((run.run_dir / "run.json").read_text())["distribution"]
+    assert plan["global_batch"] == 64 and plan["replicas"] == 2 and plan["per_replica_batch"] == 32
+    assert plan["learning_rate"] == pytest.approx(2e-3) and plan["learning_rate_rule"] == "linear"
+    header = capsys.readouterr().out.splitlines()[0]
+    assert "global batch 64 (32 per replica)" in header and "learning rate 0.002 (linear rule" in header
+    # the optimizer trained with the scaled rate (the recipe says 1e-3)
+    import keras
+
+    assert float(keras.ops.convert_to_numpy(run._built.trainer.optimizer.learning_rate)) == pytest.approx(2e-3)
+
+
+# --------------------------------------------------------------- multi-worker mirrored
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
+    env = _env(tmp_path)
+    launched = run_cli("launch", "-n", "2", "digits_mlp", *EXACT, "--run-dir", "multi", cwd=tmp_path, timeout=240, env=env)
+    assert launched.returncode == 0, launched.stdout[-3000:]
+    assert "[worker 0] training digits_mlp" in launched.stdout and "[worker 1]" in launched.stdout
+    assert "MultiWorkerMirroredStrategy (2 workers, 2 replicas), global batch 32 (16 per replica)" in launched.stdout
+    single = run_cli(
+        "train", "digits_mlp", *EXACT, "runtime.strategy=one_device", "--run-dir", "one", cwd=tmp_path, timeout=240
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    multi, one = tmp_path / "multi", tmp_path / "one"
+    for a, b in zip(_weights(multi / "model.keras"), _weights(one / "model.keras"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+    # The evaluation was split across the workers; each example counted once.
+    multi_eval, one_eval = (json.loads((d / "eval.json").read_text()) for d in (multi, one))
+    for split in ("validation", "test"):
+        assert multi_eval[split]["accuracy"] == pytest.approx(one_eval[split]["accuracy"], abs=1e-7)
+        assert multi_eval[split]["loss"] == pytest.approx(one_eval[split]["loss"], abs=1e-5)
+    status = json.loads((multi / "run.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 40
+    assert status["distribution"]["workers"] == 2 and status["distribution"]["per_replica_batch"] == 16
+    # Only the chief wrote the run directory (one writer per file: one header in
+    # metrics.jsonl's steps); the other worker's scratch directory is gone.
+    assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in one.iterdir())
+    assert not list((tmp_path / "tmp").glob("trainkit-*"))
+    # A cluster's run is evaluated in one process.
+    evaluated = run_cli("eval", "multi", "--split", "test", cwd=tmp_path, timeout=120)
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test"] == pytest.approx(multi_eval["test"], rel=1e-5)
+
+
+def test_launch_refuses_a_bad_recipe_before_starting_workers(tmp_path):
+    result = run_cli("launch", "-n", "2", "digits_mlp", "trainer.epoch=3", "--run-dir", "run", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "did you mean 'epochs'" in result.stderr and "[launch]" not in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_killed_worker_fails_the_job_quickly_and_a_restart_resumes(tmp_path):
+    env = {**os.environ, **_env(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    args = [
+        "digits_mlp", "--run-dir", "run", "trainer.epochs=null", "trainer.checkpoint.every_steps=50",
+        "trainer.steps_per_execution=10", "trainer.log_every_steps=1000",
+    ]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        job = subprocess.Popen(
+            [sys.executable, "-m", "trainkit.cli", "launch", "-n", "2", *args, "trainer.steps=100000"],
+            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while not list((tmp_path / "run" / "checkpoints").glob("ckpt-*.index")):
+            assert job.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.2)
+        pid = int(next(line for line in log.read_text().splitlines() if "[launch] worker 1: pid" in line).split("pid ")[1].split(",")[0])
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        code = job.wait(timeout=120)
+        stopped_after = time.monotonic() - killed
+    finally:
+        if job.poll() is None:
+            job.kill()
+    output = log.read_text()
+    assert code != 0
+    assert stopped_after < 60, f"the job took {stopped_after:.0f} s to stop"  # the documented bound
+    assert "[launch] worker 1 was killed by SIGKILL; stopping the other tasks" in output
+    # The survivor stopped by itself with one clear line (exit code 4), not a traceback or a hang.
+    assert "[worker 0] error: lost contact with another task of the cluster" in output
+    assert "the job failed" in output and "resume from the last checkpoint" in output
+    assert "Traceback" not in output
+    saved = max(int(p.name.split("-")[1].split(".")[0]) for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.index"))
+
+    # The same job again (a shorter budget is an allowed change): it resumes and finishes.
+    again = run_cli("launch", "-n", "2", *args, "trainer.steps=200", cwd=tmp_path, timeout=240, env=_env(tmp_path))
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert f"[worker 0] resumed from run/checkpoints/ckpt-{saved} at step {saved}" in again.stdout
+    # Worker 1 resumes from its scratch copy of the chief's checkpoints: the same step.
+    assert re.search(rf"\[worker 1\] resumed from \S+/ckpt-{saved} at step {saved}", again.stdout)
+    status = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert status["status"] == "completed" and status["step"] == 200 and len(status["resumed_at"]) == 1
+
+
+# ------------------------------------------------------------------ parameter server
+
+
+@pytest.mark.slow
+def test_parameter_server_in_process_cluster_trains_digits_and_resumes(tmp_path):
+    script = ROOT / "tests" / "_ps_in_process.py"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CONFIG", None)
+
+    def run(*overrides: str) -> tuple[str, dict]:
+        result = subprocess.run(
+            [sys.executable, str(script), "run", "trainer.checkpoint.every_steps=100", *overrides],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+        )
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        line = next(x for x in result.stdout.splitlines() if x.startswith("METRICS "))
+        return result.stdout, json.loads(line[len("METRICS "):])
+
+    out, metrics = run("trainer.epochs=8")
+    assert "ParameterServerStrategy (1 worker, 1 parameter server, asynchronous)" in out
+    assert metrics["test"]["accuracy"] >= 0.90
+    run_dir = tmp_path / "run"
+    assert (run_dir / "model.keras").is_file() and (run_dir / "eval.json").is_file()
+    assert json.loads((run_dir / "run.json").read_text())["step"] == 8 * 45
+
+    out, metrics = run("trainer.epochs=10")  # more epochs: resumes from the final checkpoint
+    assert f"resumed from run/checkpoints/ckpt-{8 * 45} at step {8 * 45}" in out
+    assert json.loads((run_dir / "run.json").read_text())["step"] == 10 * 45
+    assert metrics["test"]["accuracy"] >= 0.90
+
+
+@pytest.mark.slow
+def test_parameter_server_with_one_worker_equals_one_process(tmp_path):
+    # Asynchronous training has no race with one worker: the same stream, the same updates.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env.pop("TF_CONFIG", None)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "_ps_in_process.py"), "ps", *EXACT, "trainer.progress=false"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    one = trainkit.train(
+        trainkit.load_recipe("digits_mlp", overrides=[*EXACT, "runtime.strategy=one_device", "trainer.progress=false"]),
+        run_dir=tmp_path / "one",
+    )
+    for a, b in zip(_weights(tmp_path / "ps" / "model.keras"), _weights(one.run_dir / "model.keras"), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
+    ps_eval = json.loads((tmp_path / "ps" / "eval.json").read_text())
+    for split in ("validation", "test"):
+        assert ps_eval[split] == pytest.approx(one.metrics[split], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_launch_runs_a_parameter_server_recipe_with_chief_workers_and_ps(tmp_path):
+    result = run_cli(
+        "launch", "-n", "2", "digits_mlp", "runtime.strategy=parameter_server", "trainer.epochs=6",
+        "--run-dir", "run", cwd=tmp_path, timeout=240, env=_env(tmp_path),
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    for name in ("chief", "worker 0", "worker 1", "ps 0"):
+        assert f"[launch] {name}: pid" in result.stdout
+    assert "[chief] training digits_mlp" in result.stdout
+    assert "ParameterServerStrategy (2 workers, 1 parameter server, asynchronous)" in result.stdout
+    assert json.loads((tmp_path / "run" / "eval.json").read_text())["test"]["accuracy"] >= 0.85

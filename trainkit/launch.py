@@ -1,0 +1,270 @@
+"""``trainkit launch -n N RECIPE``: a local cluster of N workers, one job.
+
+The launcher is how a multi-worker recipe is tried on one machine, and what
+the tests use: it starts N ``trainkit train`` processes, each with a
+``TF_CONFIG`` naming free loopback ports and its own task, and runs them as one
+job:
+
+- ``runtime.strategy`` becomes ``multi_worker_mirrored`` unless the recipe asks
+  for ``parameter_server``, in which case the cluster is a chief (which trains),
+  N workers and ``--ps`` parameter servers;
+- every line a process prints is streamed with its name: ``[worker 1] ...``;
+- if any process fails, the others are stopped (SIGTERM, then SIGKILL after
+  :data:`STOP_GRACE_SECONDS`) and the launcher exits non-zero -- a job with a
+  dead worker never hangs. Running the same command again resumes from the
+  last checkpoint;
+- Ctrl-C (or SIGTERM) is passed on to every process: the workers agree on a
+  step, save a checkpoint there and stop.
+
+It imports no TensorFlow: the processes do. On a real cluster each machine runs
+``trainkit train`` itself with its own TF_CONFIG (docs/distributed.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from trainkit.errors import ConfigError
+
+#: After one process fails, how long the others get to stop by themselves
+#: (a worker blocked in a collective only notices when it fails, ~15 s).
+STOP_GRACE_SECONDS = 15.0
+
+
+@dataclass
+class Task:
+    """One process of the local cluster."""
+
+    task_type: str
+    index: int
+    address: str
+    process: subprocess.Popen | None = None
+    reader: threading.Thread | None = None
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return "chief" if self.task_type == "chief" else f"{self.task_type} {self.index}"
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free TCP ports on 127.0.0.1 (held open together, then released)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def plan_cluster(workers: int, *, parameter_server: bool, ps: int = 1) -> list[Task]:
+    """The tasks of a local cluster, each on its own free loopback port."""
+    if workers < 1:
+        raise ConfigError(f"-n: the number of workers must be 1 or more, got {workers}")
+    if parameter_server and ps < 1:
+        raise ConfigError(f"--ps: a parameter-server cluster needs 1 or more ps tasks, got {ps}")
+    kinds = [("chief", 1), ("worker", workers), ("ps", ps)] if parameter_server else [("worker", workers)]
+    ports = iter(free_ports(sum(n for _, n in kinds)))
+    return [Task(kind, i, f"127.0.0.1:{next(ports)}") for kind, n in kinds for i in range(n)]
+
+
+def tf_config(tasks: Sequence[Task], task: Task) -> str:
+    """The TF_CONFIG of ``task`` in the cluster ``tasks``."""
+    cluster: dict[str, list[str]] = {}
+    for t in tasks:
+        cluster.setdefault(t.task_type, []).append(t.address)
+    return json.dumps({"cluster": cluster, "task": {"type": task.task_type, "index": task.index}})
+
+
+def launch(
+    recipe: str,
+    *,
+    workers: int,
+    configs: Sequence[str] = (),
+    overrides: Sequence[str] = (),
+    run_dir: str | None = None,
+    restart: bool = False,
+    ps: int = 1,
+    out=None,
+) -> int:
+    """Run ``recipe`` on a local cluster; returns the job's exit code (0: every task succeeded)."""
+    from trainkit.api import default_run_dir
+    from trainkit.loader import load_recipe
+
+    out = out or sys.stdout
+    overrides = list(overrides)
+    resolved = load_recipe(recipe, configs=list(configs), overrides=overrides)  # mistakes: exit 2, nothing started
+    parameter_server = resolved.runtime.strategy == "parameter_server"
+    if not parameter_server and resolved.runtime.strategy != "multi_worker_mirrored":
+        overrides.append("runtime.strategy=multi_worker_mirrored")
+    run_dir = str(run_dir or default_run_dir(resolved))
+    tasks = plan_cluster(workers, parameter_server=parameter_server, ps=ps)
+    command = [sys.executable, "-m", "trainkit.cli", "train", recipe]
+    for config in configs:
+        command += ["-c", config]
+    command += [*overrides, "--run-dir", run_dir]
+    if restart:
+        command.append("--restart")
+
+    lock = threading.Lock()
+
+    def say(text: str) -> None:
+        with lock:
+            print(text, file=out, flush=True)
+
+    kind = "parameter-server cluster" if parameter_server else "multi-worker cluster"
+    say(f"[launch] {resolved.name}: {kind} of {', '.join(_counts(tasks))} on 127.0.0.1, run directory {run_dir}")
+    stop = _StopRequest()
+    with stop:
+        for task in tasks:
+            env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1"}
+            task.process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # Ctrl-C reaches the launcher, which passes it on
+            )
+            task.reader = threading.Thread(target=_stream, args=(task, say), daemon=True)
+            task.reader.start()
+            say(f"[launch] {task.name}: pid {task.process.pid}, {task.address}")
+        code = _supervise(tasks, say, stop, parameter_server=parameter_server)
+    for task in tasks:
+        if task.reader:
+            task.reader.join(timeout=5)
+    return code
+
+
+def _counts(tasks: Sequence[Task]) -> list[str]:
+    counts: dict[str, int] = {}
+    for t in tasks:
+        counts[t.task_type] = counts.get(t.task_type, 0) + 1
+    return [f"{n} {kind}{'s' if n != 1 and kind != 'ps' else ''}" for kind, n in counts.items()]
+
+
+def _stream(task: Task, say) -> None:
+    assert task.process is not None and task.process.stdout is not None
+    for line in task.process.stdout:
+        say(f"[{task.name}] {line.rstrip()}")
+
+
+class _StopRequest:
+    """Ctrl-C / SIGTERM of the launcher, recorded to be passed on to the tasks."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._record)
+        return self
+
+    def _record(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _supervise(tasks: list[Task], say, stop: _StopRequest, *, parameter_server: bool) -> int:
+    """Wait for the job; stop everything when one task fails. Returns the job's exit code."""
+    forwarded = False
+    trainers = [t for t in tasks if t.task_type == "chief"] if parameter_server else tasks
+    while True:
+        if stop.signum is not None and not forwarded:
+            say(f"[launch] {signal.Signals(stop.signum).name}: asking every task to save a checkpoint and stop")
+            for t in tasks:
+                _signal(t, signal.SIGTERM if t in trainers else signal.SIGKILL)
+            forwarded = True
+        for task in tasks:
+            code = task.process.poll()
+            if code is None or (code == 0 and task in trainers):
+                continue
+            if code == 0 and not forwarded:  # a ps/worker server that stopped while its chief trains
+                say(f"[launch] {task.name} stopped before the chief finished")
+                code = 1
+            if forwarded:
+                continue
+            say(f"[launch] {task.name} {_describe_exit(code)}; stopping the other tasks")
+            _stop_all(tasks, say, exclude=task)
+            say(
+                f"[launch] the job failed: {task.name} {_describe_exit(code)}; "
+                "run the same command again to resume from the last checkpoint"
+            )
+            return code if code > 0 else 128 - code
+        if all(t.process.poll() is not None for t in trainers):
+            codes = [t.process.returncode for t in trainers]
+            others = [t for t in tasks if t not in trainers]
+            _stop_all(others, say, exclude=None, quiet=True)
+            if forwarded:
+                return 128 + (stop.signum or signal.SIGTERM)
+            bad = [c for c in codes if c != 0]
+            return bad[0] if bad else 0
+        time.sleep(0.2)
+
+
+def _signal(task: Task, signum: int) -> None:
+    if task.process and task.process.poll() is None:
+        try:
+            task.process.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+
+def _stop_all(tasks: list[Task], say, *, exclude: Task | None, quiet: bool = False) -> None:
+    """SIGTERM every live task, SIGKILL those still alive after the grace period."""
+    alive = [t for t in tasks if t is not exclude and t.process.poll() is None]
+    for t in alive:
+        _signal(t, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    while time.monotonic() < deadline and any(t.process.poll() is None for t in alive):
+        time.sleep(0.2)
+    for t in alive:
+        if t.process.poll() is None:
+            if not quiet:
+                say(f"[launch] {t.name} did not stop within {STOP_GRACE_SECONDS:g} s; killing it")
+            t.process.kill()
+            t.process.wait(timeout=10)
+
+
+def main_for_cli(args: argparse.Namespace) -> int:
+    """The ``trainkit launch`` command (see :mod:`trainkit.cli`)."""
+    return launch(
+        args.recipe,
+        workers=args.workers,
+        configs=args.config,
+        overrides=args.overrides,
+        run_dir=args.run_dir,
+        restart=args.restart,
+        ps=args.ps,
+    )
+
