@@ -286,7 +286,12 @@ def write_report(table: dict, startup: dict, repeats: int) -> None:
         "![steps per second](benchmarks/results.png)",
         "",
     ]
-    (ROOT / "BENCHMARKS.md").write_text("\n".join(lines))
+    # Keep the hand-written analysis below the marker across runs.
+    report = ROOT / "BENCHMARKS.md"
+    marker = "<!-- analysis: written by hand, kept by benchmarks/run.py -->"
+    old = report.read_text() if report.exists() else ""
+    analysis = old[old.index(marker) :] if marker in old else marker + "\n"
+    report.write_text("\n".join(lines) + "\n" + analysis)
 
 
 def plot(table: dict) -> None:
