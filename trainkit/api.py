@@ -142,13 +142,11 @@ def train(
 
 
 def _header(built, directory: RunDir) -> str:
-    from trainkit.runtime import describe
-
     info, recipe = built.data.info, built.recipe
     return (
         f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
-        f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
+        f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
         f"{distribute.batch_text(recipe, built.strategy)}"
     )
 
@@ -311,14 +309,8 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         "parameters": int(built.model.count_params()),
         "steps_per_epoch": built.steps_per_epoch,
         "total_steps": built.total_steps,
-        "strategy": _strategy_name(built.strategy),
+        "strategy": distribute.describe(built.strategy),
     }
-
-
-def _strategy_name(strategy) -> str:
-    from trainkit.runtime import describe
-
-    return describe(strategy)
 
 
 def inspect_data(

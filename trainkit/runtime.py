@@ -54,22 +54,11 @@ def configure(runtime: RuntimeSection, *, seed: int):
 
     if runtime.cpu_devices:
         split_cpu(runtime.cpu_devices)
+    from trainkit.distribute import make_strategy
+
     strategy = make_strategy(runtime)
     keras.utils.set_random_seed(seed)
     if runtime.deterministic:
         tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(runtime.precision)
     return strategy
-
-
-def make_strategy(runtime: RuntimeSection):
-    """The strategy ``runtime.strategy`` names (:mod:`trainkit.distribute`)."""
-    from trainkit.distribute import make_strategy as make
-
-    return make(runtime)
-
-
-def describe(strategy) -> str:
-    from trainkit.distribute import describe as describe_strategy
-
-    return describe_strategy(strategy)
