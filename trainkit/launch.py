@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from trainkit.errors import ConfigError
+from trainkit.signals import SignalRecorder
 
 #: After one process fails, how long the others get to stop by themselves
 #: (a worker blocked in a collective only notices when it fails, ~15 s).
@@ -128,7 +129,7 @@ def launch(
 
     kind = "parameter-server cluster" if parameter_server else "multi-worker cluster"
     say(f"[launch] {resolved.name}: {kind} of {', '.join(_counts(tasks))} on 127.0.0.1, run directory {run_dir}")
-    stop = _StopRequest()
+    stop = SignalRecorder()
     with stop:
         for task in tasks:
             env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1"}
@@ -165,27 +166,6 @@ def _stream(task: Task, say) -> None:
         say(f"[{task.name}] {line.rstrip()}")
 
 
-class _StopRequest:
-    """Ctrl-C / SIGTERM of the launcher, recorded to be passed on to the tasks."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._record)
-        return self
-
-    def _record(self, signum, frame):
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -195,7 +175,7 @@ def _describe_exit(code: int) -> str:
     return f"exited with code {code}"
 
 
-def _supervise(tasks: list[Task], say, stop: _StopRequest, *, parameter_server: bool) -> int:
+def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server: bool) -> int:
     """Wait for the job; stop everything when one task fails. Returns the job's exit code."""
     forwarded = False
     trainers = [t for t in tasks if t.task_type == "chief"] if parameter_server else tasks

@@ -28,15 +28,14 @@ import contextlib
 import math
 import signal
 import sys
-import threading
 import time
-from typing import Any
 
 import keras
 
 from trainkit import distribute
 from trainkit.distribute import Consensus
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean
+from trainkit.signals import SignalRecorder
 from trainkit.training import input_probe, report
 from trainkit.training.checkpoint import Checkpointer, read_counters
 from trainkit.training.report import Reporter, format_metrics
@@ -62,29 +61,6 @@ class Diverged(TrainkitError):
     """The training loss became NaN or infinite."""
 
     exit_code = 3
-
-
-class _SignalFlag:
-    """Records SIGINT/SIGTERM instead of dying mid-step (main thread only)."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._record)
-        return self
-
-    def _record(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
 
 
 class _Schedule:
@@ -227,7 +203,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             model.stop_training = True
     if policy.nan_policy == "rollback" and checkpointer.latest is None:
         save()  # something to roll back to
-    with _SignalFlag() as flag, contextlib.closing(reporter), profiler:
+    with SignalRecorder(second_interrupt_stops=True) as flag, contextlib.closing(reporter), profiler:
         while step < total and not model.stop_training:
             if step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
                 trainer.reset_train_metrics()
