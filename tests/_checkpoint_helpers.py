@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -121,3 +122,15 @@ def reference_run(tmp_path_factory) -> Path:
 def copy_run(source: Path, target: Path) -> Path:
     shutil.copytree(source, target, ignore=shutil.ignore_patterns(".lock"))
     return target
+
+
+def wait_for_training(run: Path, process, timeout: float = 120) -> None:
+    """Until the process logs a training step (its signal handlers are in place by then)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = run / "metrics.jsonl"
+        if log.is_file() and '"split": "train"' in log.read_text():
+            return
+        assert process.poll() is None, process.communicate()[1]
+        time.sleep(0.02)
+    raise AssertionError("the run did not start training")

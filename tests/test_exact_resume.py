@@ -22,6 +22,7 @@ from _checkpoint_helpers import (
     messages,
     start,
     train,
+    wait_for_training,
 )
 
 
@@ -97,17 +98,6 @@ def test_sigkill_from_outside_at_a_random_moment_resumes_bit_identical(tmp_path,
     assert_same_weights(run, reference)
 
 
-def _wait_for_training(run, process, timeout: float = 120) -> None:
-    """Until the process logs a training step (its signal handlers are in place by then)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = run / "metrics.jsonl"
-        if log.is_file() and '"split": "train"' in log.read_text():
-            return
-        assert process.poll() is None, process.communicate()[1]
-        time.sleep(0.02)
-    raise AssertionError("the run did not start training")
-
 
 @pytest.mark.parametrize(
     "signum, code",
@@ -116,7 +106,7 @@ def _wait_for_training(run, process, timeout: float = 120) -> None:
 def test_signal_saves_exits_with_its_code_and_resumes_bit_identical(tmp_path, reference, signum, code):
     run = tmp_path / "run"
     process = start(run, faults=("slow:0.05",))  # the same maths, slow enough to signal mid-run
-    _wait_for_training(run, process)
+    wait_for_training(run, process)
     process.send_signal(signum)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == code, stderr

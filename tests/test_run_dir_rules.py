@@ -17,6 +17,7 @@ from _checkpoint_helpers import (
     snapshot,
     start,
     train,
+    wait_for_training,
 )
 
 
@@ -64,23 +65,13 @@ def test_restart_moves_the_old_run_aside_whole_and_starts_over(tmp_path, referen
     assert json.loads((run / "run.json").read_text())["status"] == "completed"
 
 
-def _wait_for_training(run, process, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        log = run / "metrics.jsonl"
-        if log.is_file() and '"split": "train"' in log.read_text():
-            return
-        assert process.poll() is None, process.communicate()[1]
-        time.sleep(0.02)
-    raise AssertionError("the run did not start training")
-
 
 @pytest.mark.slow
 def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_over(tmp_path, reference):
     run = tmp_path / "run"
     first = start(run, faults=("slow:2",))  # holds the directory for a while
     try:
-        _wait_for_training(run, first)
+        wait_for_training(run, first)
         for extra in ((), ("--restart",)):  # --restart must not move a live run either
             second = train(run, *extra)
             assert second.returncode == 2
