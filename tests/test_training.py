@@ -100,6 +100,23 @@ def test_keras_callbacks_early_stopping_reduce_lr_and_tensorboard(tmp_path):
     assert list((run.run_dir / "tensorboard" / "train").glob("events.out.tfevents.*"))
 
 
+def test_tensorboard_scalars_match_metrics_log(tmp_path):
+    """What TensorBoard shows for train and validation is what metrics.jsonl holds."""
+    import tensorflow as tf
+
+    run = trainkit.train(recipe(**{"trainer.epochs": 2, "trainer.log_every_steps": 5}), run_dir=tmp_path / "run")
+    events = [json.loads(line) for line in (run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    for split in ("train", "validation"):
+        logged = {(e["step"], k): v for e in events if e["split"] == split for k, v in e.items() if k in ("loss", "accuracy")}
+        assert logged, split
+        shown = {}
+        for path in (run.run_dir / "tensorboard" / split).glob("events.out.tfevents.*"):
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    shown[(event.step, value.tag)] = value.simple_value
+        assert {key: shown.get(key) for key in logged} == pytest.approx(logged)
+
+
 def test_model_keras_loads_with_plain_keras_and_matches(tmp_path):
     import keras
 

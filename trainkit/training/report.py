@@ -2,7 +2,10 @@
 
 Logging sits on the training hot path (every ``log_every_steps``), so it keeps
 its files open and leaves flushing to TensorBoard's writer thread and to epoch
-ends: a log event costs microseconds, not a disk sync.
+ends: a log event costs microseconds, not a disk sync. TensorBoard scalars are
+written as event records from Python (TensorBoard's own event-file writer)
+rather than with ``tf.summary`` ops: run eagerly, those cost about 0.4 ms per
+scalar and 40 ms for the first, about a tenth of a tiny model's training time.
 """
 
 from __future__ import annotations
@@ -24,16 +27,11 @@ class Reporter:
     """Sends each log event to every sink; prints only when ``progress`` is on."""
 
     def __init__(self, run_dir, *, progress: bool, total_steps: int, epochs: int | None):
-        import tensorflow as tf
-
         self.run_dir = run_dir
         self.progress = progress
         self.total_steps = total_steps
         self.epochs = epochs
-        self._writers = {
-            split: tf.summary.create_file_writer(str(run_dir.tensorboard / split))
-            for split in ("train", "validation")
-        }
+        self._writers = {split: ScalarWriter(run_dir.tensorboard / split) for split in ("train", "validation")}
         self._last_time = time.perf_counter()
         self._last_step = 0
         self._events = open(run_dir.metrics_log, "a", buffering=1)  # one line, one write
@@ -49,18 +47,13 @@ class Reporter:
         return rate
 
     def log(self, *, split: str, step: int, epoch: int, values: dict[str, float], **extra: Any) -> None:
-        import tensorflow as tf
-
-        event = {"time": round(time.time(), 3), "step": step, "epoch": epoch, "split": split, **values, **extra}
+        now = time.time()
+        event = {"time": round(now, 3), "step": step, "epoch": epoch, "split": split, **values, **extra}
         self._events.write(json.dumps(event) + "\n")
         writer = self._writers.get(split)
         if writer is not None:
-            with writer.as_default(step=step):
-                for key, value in values.items():
-                    tf.summary.scalar(key, value)
-                for key, value in extra.items():
-                    if isinstance(value, int | float):
-                        tf.summary.scalar(key, value)
+            numbers = {k: v for k, v in extra.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+            writer.scalars(step, {**values, **numbers}, wall_time=now)
 
     def flush(self) -> None:
         for writer in self._writers.values():
@@ -77,3 +70,31 @@ class Reporter:
         for writer in self._writers.values():
             writer.close()
         self._events.close()
+
+
+class ScalarWriter:
+    """Scalars into a TensorBoard event file in ``directory``, without TF ops.
+
+    TensorBoard's scalar dashboard reads these like ``tf.summary.scalar``'s.
+    A background thread writes the records and flushes every two minutes;
+    :meth:`flush` and :meth:`close` force it.
+    """
+
+    def __init__(self, directory) -> None:
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._writer = EventFileWriter(str(directory))
+
+    def scalars(self, step: int, values: dict[str, float], *, wall_time: float | None = None) -> None:
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+
+        summary = summary_pb2.Summary(
+            value=[summary_pb2.Summary.Value(tag=tag, simple_value=float(v)) for tag, v in values.items()]
+        )
+        self._writer.add_event(event_pb2.Event(wall_time=wall_time or time.time(), step=step, summary=summary))
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
