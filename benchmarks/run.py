@@ -108,7 +108,7 @@ def run_trainkit(name: str, workload: dict) -> float:
             "loss": "sparse_categorical_crossentropy",
             "metrics": ["accuracy"],
             "optimizer": {"type": "adam"},
-            "trainer": {"steps": workload["steps"], "progress": False, "evaluate": []},
+            "trainer": {"steps": workload["steps"], "progress": False, "evaluate": [], **json.loads(os.environ.get("TK_TRAINER", "{}"))},
             "export": {"formats": []},
         }
     )

@@ -88,7 +88,7 @@ def test_input_wait_report_flags_a_slow_pipeline(tmp_path, capsys):
             "data": {"source": {"type": "generator", "name": "test_slow_stream"}, "batch_size": 16, "splits": {"train": 1.0, "validation": 0, "test": 0}},
             "model": {"type": "mlp", "hidden_units": [8]},
             "loss": "sparse_categorical_crossentropy",
-            "trainer": {"steps": 2, "progress": True, "evaluate": []},
+            "trainer": {"steps": 12, "progress": True, "evaluate": []},
         }
     )
     api.train(recipe, run_dir=tmp_path / "run")

@@ -158,6 +158,7 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
             metrics=make_metrics(recipe),
             eval_metrics=make_metrics(recipe),
             jit_compile=recipe.runtime.jit_compile,
+            measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
         )
     return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps)
 

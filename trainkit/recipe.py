@@ -613,8 +613,9 @@ class TrainerSection(Section):
     profile_steps: list[NonNegativeInt] | None = None
     """``[first, last]``: write a TensorBoard profile of these steps to ``tensorboard/plugins/profile``."""
     measure_input: bool = True
-    """Probe after training how much of a training step waits for input (a few
-    gradient computations that change nothing); reported at the end and in run.json."""
+    """Report how much of training waited for input (timed inside the training
+    loop, every step), at the end and in run.json, with the likely fix when input
+    is the bottleneck."""
 
     @model_validator(mode="after")
     def _has_budget(self) -> TrainerSection:

@@ -37,7 +37,7 @@ CLOSURES_PER_WORKER = 2
 class _CoordinatedTrainer:
     """Mixin over a Trainer class: scheduled training, evaluation on the chief."""
 
-    def train(self, iterator, num_steps: int) -> None:
+    def train(self, iterator, num_steps: int) -> dict[str, float]:
         if self._train_fn is None:
             self._train_fn = self._make_train_fn()
         coordinator = distribute.coordinator(self.strategy)
@@ -49,6 +49,7 @@ class _CoordinatedTrainer:
             coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n, tf.int32)))
             left -= n
         coordinator.join()  # raises a worker's error here, on the chief
+        return self.result()
 
     def evaluate(self, dataset) -> dict[str, float]:
         """Metrics over a whole (local, undistributed) dataset, computed on the chief."""

@@ -36,7 +36,7 @@ from trainkit import distribute
 from trainkit.distribute import Consensus
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean
 from trainkit.signals import SignalRecorder
-from trainkit.training import input_probe, report
+from trainkit.training import input_wait, report
 from trainkit.training.checkpoint import Checkpointer, read_counters
 from trainkit.training.report import Reporter, format_metrics
 
@@ -208,6 +208,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             if step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
                 trainer.reset_train_metrics()
             callback_list.on_epoch_begin(epoch)
+            results = None  # this epoch's metrics, as the last training call returned them
             while step_in_epoch < steps_per_epoch and step < total:
                 n = min(
                     chunk,
@@ -220,12 +221,11 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                 )
                 profiler.at(step)
                 call_start = time.perf_counter()
-                trainer.train(iterator, n)
+                results = trainer.train(iterator, n)
                 if step == start_step and report.PROCESS_STARTED:
                     first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
                 step, step_in_epoch = step + n, step_in_epoch + n
                 profiler.at(step)
-                results = trainer.result()
                 if spe == "auto":
                     chunk = _next_chunk(chunk, n, time.perf_counter() - call_start)
                 if not math.isfinite(results["loss"]):
@@ -255,7 +255,8 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                     break
             if step_in_epoch < steps_per_epoch and not model.stop_training:
                 break  # the step budget ended inside this epoch
-            logs = trainer.result()
+            # (None: resumed from a checkpoint taken at this epoch's last step)
+            logs = dict(results) if results is not None else trainer.result()
             every = policy.validation.every_epochs
             last = step >= total
             if has_validation and ((every and (epoch + 1) % every == 0) or last):
@@ -274,11 +275,9 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     checkpointer.save_final(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
     callback_list.on_train_end(history and {k: v[-1] for k, v in history.items()})
     elapsed = time.perf_counter() - started
-    # Measured after training, not before: the first step is not delayed, and a
-    # cached pipeline is warm, so the probe sees the steady state.
     # (Not under a parameter server: its steps run asynchronously on remote workers.)
-    probe = policy.measure_input and step > start_step and not distribute.is_parameter_server(strategy)
-    input_wait = input_probe.measure(built) if probe else None
+    measured = policy.measure_input and not distribute.is_parameter_server(strategy)
+    waited = input_wait.from_trainer(trainer) if measured else None
     run_dir.update_status(
         step=step,
         epoch=epoch,
@@ -286,12 +285,14 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
         train_seconds=round(elapsed, 2),
         stopped_early=bool(model.stop_training),
         seconds_to_first_step=first_step_seconds,
-        **({"input_wait_fraction": round(input_wait.fraction, 4)} if input_wait else {}),
+        **({"input_wait_fraction": round(waited.fraction, 4)} if waited else {}),
         **_costs(checkpointer),
     )
-    if input_wait:
-        reporter.say(input_wait.summary())
-        hint = input_wait.hint(data)
+    if measured and not waited and trainer.steps_run:
+        reporter.say("input wait: not measured (runtime.deterministic forbids the timing ops)")
+    if waited:
+        reporter.say(waited.summary())
+        hint = waited.hint(data)
         if hint:
             print(hint, flush=True)
     return history

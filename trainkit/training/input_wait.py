@@ -1,0 +1,74 @@
+"""How much of training waited for input, and what to do about it.
+
+Training runs many steps inside one ``tf.function`` with the input prefetched
+alongside, so the wait cannot be timed from Python step by step. The training
+loop times it inside the graph instead (:class:`~trainkit.training.loop.Trainer`
+brackets each ``next(iterator)`` with ``tf.timestamp``): the seconds a step
+spent blocked on its batch, over the seconds the loops ran. It is measured on
+the run itself, every step, at the cost of two timestamp ops per step; nothing
+runs after training to estimate it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BOTTLENECK_FRACTION = 0.2
+
+
+@dataclass
+class InputWait:
+    fraction: float
+    """Share of a step spent waiting for input (0..1)."""
+    step_seconds: float
+    """Seconds per step, inside the training loop."""
+    compute_seconds: float
+    """Seconds per step not spent waiting for a batch."""
+    steps: int
+    """Steps measured."""
+
+    def summary(self) -> str:
+        return (
+            f"input wait: {self.fraction:.0%} of training "
+            f"({self.step_seconds * 1000:.2f} ms per step, {self.compute_seconds * 1000:.2f} ms of it not waiting for a batch; "
+            f"over {self.steps} steps)"
+        )
+
+    def hint(self, data) -> str | None:
+        """The likely fix when input is the bottleneck, else None."""
+        if self.fraction < BOTTLENECK_FRACTION:
+            return None
+        section = data.section
+        in_memory = data.kind("train") == "arrays"
+        mapped = bool(section.transforms or section.augment or not in_memory)
+        fixes = []
+        if not in_memory and section.cache is False:
+            fixes.append("cache decoded examples (data.cache: memory, or a path for files)")
+        if mapped and section.parallel_calls != "auto":
+            fixes.append("let tf.data pick the parallelism (data.parallel_calls: auto)")
+        if not section.prefetch:
+            fixes.append("turn prefetching on (data.prefetch: true)")
+        if section.augment:
+            fixes.append("move heavy augmentation into the model as Keras preprocessing layers (they run on the accelerator)")
+        if mapped and section.deterministic:
+            fixes.append("allow out-of-order parallel maps (data.deterministic: false)")
+        if not in_memory:
+            fixes.append("store preprocessed examples as TFRecord")
+        if self.compute_seconds < 0.002:
+            # A step this short is dominated by handing over the batch, whatever the pipeline.
+            fixes.append(f"a step takes {self.compute_seconds * 1000:.2f} ms: a larger data.batch_size does more work per batch fed")
+        return "input is the bottleneck: " + "; ".join(fixes)
+
+
+def from_trainer(trainer) -> InputWait | None:
+    """The input wait over every training call of ``trainer`` so far; None before any."""
+    if not trainer.steps_run or trainer.loop_seconds <= 0:
+        return None
+    fraction = max(0.0, min(1.0, trainer.input_seconds / trainer.loop_seconds))
+    step_seconds = trainer.loop_seconds / trainer.steps_run
+    return InputWait(
+        fraction=fraction,
+        step_seconds=step_seconds,
+        compute_seconds=step_seconds * (1.0 - fraction),
+        steps=trainer.steps_run,
+    )
