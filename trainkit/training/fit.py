@@ -208,6 +208,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             if step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
                 trainer.reset_train_metrics()
             callback_list.on_epoch_begin(epoch)
+            epoch_clock = (trainer.input_seconds, trainer.loop_seconds)
             results = None  # this epoch's metrics, as the last training call returned them
             while step_in_epoch < steps_per_epoch and step < total:
                 n = min(
@@ -261,7 +262,10 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             last = step >= total
             if has_validation and ((every and (epoch + 1) % every == 0) or last):
                 logs.update(validate())
-            reporter.log(split="epoch", step=step, epoch=epoch, values=logs)
+            waited_seconds, loop_seconds = trainer.input_seconds - epoch_clock[0], trainer.loop_seconds - epoch_clock[1]
+            # This epoch's own share: a cache fills in the first epoch, so it can differ from the rest.
+            wait = {"input_wait_fraction": round(waited_seconds / loop_seconds, 4)} if loop_seconds > 0 else {}
+            reporter.log(split="epoch", step=step, epoch=epoch, values=logs, **wait)
             reporter.say(f"epoch {epoch + 1}/{epochs}  {format_metrics(logs)}")
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
