@@ -445,8 +445,11 @@ class DataSection(Section):
     transforms are seeded by (seed, epoch, example), so a resumed run is exact."""
     cache: bool | str = False
     """``true``/``memory``: keep decoded, transformed examples in memory after the
-    first epoch; a path: in files there (relative paths are inside the run
-    directory). In-memory sources need no cache."""
+    first epoch; a path: in files there, written during the first epoch. A
+    relative path is inside the run directory (``runs/NAME/PATH/train``, ...),
+    written only once the run is validated and locked, and a resumed run reads
+    it; outside a run (``trainkit data``, ``trainkit eval``) it falls back to
+    memory and nothing is written. In-memory sources need no cache."""
     parallel_calls: PositiveInt | Literal["auto"] = "auto"
     """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
     deterministic: bool = True

@@ -28,6 +28,8 @@ Evaluation pipelines are never shuffled or augmented.
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,11 @@ Task = Literal["classification", "regression"]
 _SHUFFLE_GRAPH_SEED = 0x7A1C
 _AUGMENT_SALT = 0x0A06
 _SHUFFLE_SALT = 0x5F1E
+
+# Files of a cache that tf.data was still writing: a writer works on
+# PREFIX_<n>.* (with a .lockfile) and renames its work to PREFIX.index/.data
+# only when it has read its input to the end.
+_PARTIAL_CACHE_FILE = re.compile(r".+_\d+\.(lockfile|index|data-\d+-of-\d+(\.tempstate\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -126,11 +133,48 @@ class PreparedData:
 
     def fresh(self) -> PreparedData:
         """The same data with no pipeline built yet: for a parameter-server worker,
-        to which datasets already built (and cached) on the chief cannot travel."""
+        to which datasets already built (and cached) on the chief cannot travel.
+
+        A relative ``data.cache`` path is kept in memory there: several workers
+        cannot write one set of cache files, and the run directory is the chief's.
+        """
         import copy
 
         clone = copy.copy(self)
         clone._bases = {}
+        clone._cache_dir = None
+        return clone
+
+    def use_cache_dir(self, directory: str | os.PathLike) -> None:
+        """Keep the files of a relative ``data.cache`` path under ``directory`` (the run
+        directory) from now on. Pipelines already built keep their cache.
+
+        Call it only while holding the run directory's lock: cache files that are
+        still being written there then belong to a process that died mid-epoch
+        (TensorFlow leaves a ``.lockfile`` that would fail every later reader with
+        "concurrent caching iterator"), and they are removed. A complete cache is
+        reused as it is.
+        """
+        self._cache_dir = Path(directory)
+        self._bases = {k: v for k, v in self._bases.items() if k[0] == "columns"}
+        folder = self._cache_folder()
+        if folder is None or not folder.is_dir():
+            return
+        partial = [f for f in folder.iterdir() if f.is_file() and _PARTIAL_CACHE_FILE.fullmatch(f.name)]
+        for file in partial:
+            file.unlink(missing_ok=True)
+        if partial:
+            print(f"note: removed {len(partial)} half-written data cache file(s) of an interrupted run from {folder}", file=sys.stderr)
+
+    def _uncached(self) -> PreparedData:
+        """The same data read without ``data.cache``: for one-off reads (shapes, a
+        sample batch) that must neither write cache files nor start a cache that
+        training then finds half-written."""
+        import copy
+
+        clone = copy.copy(self)
+        clone.section = self.section.model_copy(update={"cache": False})
+        clone._bases = {k: v for k, v in self._bases.items() if k[0] == "columns"}
         return clone
 
     # -- what there is ----------------------------------------------------------
@@ -235,8 +279,12 @@ class PreparedData:
         return out
 
     def sample_batch(self, n: int = 4):
-        """A small batch of the training split in evaluation order (for shape checks)."""
-        return next(iter(self.dataset("train", batch_size=n).take(1)))
+        """A small batch of the training split in evaluation order (for shape checks).
+
+        Read around ``data.cache``: it runs before training (before the run
+        directory exists), and a partly read cache would be thrown away anyway.
+        """
+        return next(iter(self._uncached().dataset("train", batch_size=n).take(1)))
 
     # -- building blocks ----------------------------------------------------------
 
@@ -318,16 +366,23 @@ class PreparedData:
             ds = ds.cache(self._cache_file(split, shard, training))
         return ds
 
-    def _cache_file(self, split: str, shard, training: bool) -> str:
+    def _cache_folder(self) -> Path | None:
+        """Where the cache files go; None for a cache in memory, or none."""
         cache = self.section.cache
-        if cache is True or cache == "memory":
-            return ""
+        if not self._cached() or cache is True or cache == "memory":
+            return None
         path = Path(cache)
         if not path.is_absolute():
             if self._cache_dir is None:
-                return ""  # outside a run (trainkit data, the API): keep it in memory, write nothing
+                return None  # outside a run (trainkit data, the API): keep it in memory, write nothing
             path = self._cache_dir / path
-        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _cache_file(self, split: str, shard, training: bool) -> str:
+        path = self._cache_folder()
+        if path is None:
+            return ""
+        path.mkdir(parents=True, exist_ok=True)  # tf.data does not create it
         name = split + (f"-shard{shard[1]}of{shard[0]}" if shard else "")
         return str(path / name)
 
@@ -625,9 +680,13 @@ def _shape(spec) -> tuple:
 def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> DataInfo:
     import tensorflow as tf
 
+    # Element specs only: built without data.cache, so that describing the data
+    # creates no cache folder (nothing is written before training starts).
+    uncached = data._uncached()
+
     def spec_of(split: str, training: bool):
         try:
-            return data._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
+            return uncached._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
         except ConfigError:
             raise
         except (ValueError, TypeError) as err:

@@ -93,8 +93,10 @@ def measure(built, *, steps: int = 10, max_seconds: float = 3.0) -> InputWait | 
         return time.perf_counter() - start
 
     stream = data.training_stream()
-    real = iter(strategy.experimental_distribute_dataset(stream))
+    # The one-batch iterator is read and gone before the real one starts: a file
+    # cache that is not complete yet takes one writing iterator at a time.
     first = next(iter(stream))
+    real = iter(strategy.experimental_distribute_dataset(stream))
     fixed = iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(first).repeat()))
     # Warm up (trace) and size the probe to the time budget.
     timed(fixed, 2)
