@@ -74,6 +74,34 @@ def test_bad_data_via_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_trainkit_data_shows_the_evaluation_pipeline_of_a_split(tmp_path):
+    import tensorflow as tf
+
+    for label in ("cat", "dog"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        for i in range(5):
+            pixels = np.full((8, 8, 3), 20 * i, np.uint8)
+            pixels[2:6, 2:6] = 255  # a bright centre: all that a 4x4 centre crop keeps
+            (tmp_path / "photos" / label / f"{i}.png").write_bytes(tf.io.encode_png(pixels).numpy())
+    source = {"type": "image_folder", "path": str(tmp_path / "photos")}
+    augment = [{"type": "random_crop", "size": [4, 4]}]
+    recipe = write_recipe(tmp_path / "r.yaml", source, augment=augment, eval_transforms=[{"type": "center_crop", "size": [4, 4]}])
+    result = run_cli("data", recipe, "--split", "validation", "-n", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "element spec: features float32 [4, 4, 3]; label int64 []" in result.stdout
+    first = next(line for line in result.stdout.splitlines() if line.strip().startswith("example 0:"))
+    assert first.endswith("features float32 [4, 4, 3] min 255 mean 255 max 255")  # the centre, not a random crop
+
+    # Without the matching eval transform: one line naming both pipelines, exit 2, nothing written.
+    recipe = write_recipe(tmp_path / "bad.yaml", source, augment=augment)
+    result = run_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: data.eval_transforms: evaluation examples of split 'validation'")
+    assert "features float32 [8, 8, 3]" in errors[0] and "features float32 [4, 4, 3]" in errors[0]
+    assert not (tmp_path / "run").exists()
+
+
 @trainkit.register_dataset("test_slow_stream", overwrite=True)
 def slow_stream(n: int = 256):
     for i in range(n):

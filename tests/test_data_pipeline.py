@@ -33,8 +33,27 @@ def images(n: int = 12):
     return x, np.arange(n) % 2
 
 
+BASE_IMAGE = np.arange(6 * 6 * 3, dtype=np.float32).reshape(6, 6, 3)
+
+
+def id_image(i: int) -> np.ndarray:
+    """A 6x6x3 image whose every pixel tells its example (i) and its position."""
+    return BASE_IMAGE + 1000 * i
+
+
+@trainkit.register_dataset("test_id_images", overwrite=True)
+def id_images(n: int = 16):
+    return np.stack([id_image(i) for i in range(n)]), np.arange(n) % 2
+
+
+@trainkit.register_dataset("test_id_image_stream", overwrite=True)
+def id_image_stream(n: int = 16):
+    for i in range(n):
+        yield id_image(i), i % 2
+
+
 def section(source: str = "test_ids", **kwargs) -> DataSection:
-    kind = "generator" if source in ("test_id_stream", "test_counted_stream") else "arrays"
+    kind = "generator" if source in ("test_id_stream", "test_counted_stream", "test_id_image_stream") else "arrays"
     return DataSection.model_validate(
         {"source": {"type": kind, "name": source}, "splits": {"train": 1.0, "validation": 0.0, "test": 0.0}, "batch_size": 8, **kwargs}
     )
@@ -129,6 +148,73 @@ def test_image_transforms_resize_and_crops():
     )
     assert data.info.feature_shape == (6, 6, 3)
     assert next(iter(data.dataset("train", training=True)))[0].shape == (8, 6, 6, 3)
+
+
+def crop_offsets(x: np.ndarray) -> tuple[int, tuple[int, int]]:
+    """The example and the (row, column) where a 4x4 crop of its id_image starts."""
+    i = int(x[0, 0, 0] // 1000)
+    for a in range(3):
+        for b in range(3):
+            if np.array_equal(x, id_image(i)[a : a + 4, b : b + 4]):
+                return i, (a, b)
+    raise AssertionError(f"not a 4x4 crop of example {i}")
+
+
+@pytest.mark.parametrize("source,cache", [("test_id_images", False), ("test_id_image_stream", "memory"), ("test_id_image_stream", "files")])
+def test_evaluation_sees_center_crops_where_training_crops_at_random(source, cache, tmp_path):
+    kwargs = {
+        "splits": {"train": 0.5, "validation": 0.5, "test": 0.0},
+        "augment": [{"type": "random_crop", "size": [4, 4]}],
+        "eval_transforms": [{"type": "center_crop", "size": [4, 4]}],
+        "cache": cache,
+        "batch_size": 4,
+    }
+    data = prepare(section(source, **kwargs), seed=0, cache_dir=tmp_path)
+    assert data.info.feature_shape == (4, 4, 3)
+
+    def crops(ds) -> list[tuple[int, tuple[int, int]]]:
+        return [crop_offsets(x) for batch, _ in ds.as_numpy_iterator() for x in batch]
+
+    validation = crops(data.dataset("validation"))
+    train_evaluated = crops(data.dataset("train"))
+    assert {offset for _, offset in validation + train_evaluated} == {(1, 1)}  # the centre, always
+    assert sorted(i for i, _ in validation + train_evaluated) == list(range(16))
+    epoch0, epoch1 = crops(data.dataset("train", training=True, epoch=0)), crops(data.dataset("train", training=True, epoch=1))
+    assert sorted(i for i, _ in epoch0) == sorted(i for i, _ in train_evaluated)
+    assert len({offset for _, offset in epoch0 + epoch1}) > 2  # random crops, anywhere in the image
+    assert sorted(epoch0) != sorted(epoch1)  # drawn anew each epoch
+    assert [crop_offsets(x)[1] for x, _ in data.examples("validation", 3)] == [(1, 1)] * 3
+    if cache == "files":  # the training split read both ways: two caches
+        assert {p.name for p in (tmp_path / "files").glob("*.index")} == {"train.index", "train-eval.index", "validation.index"}
+        assert crops(data.dataset("train")) == train_evaluated  # read back from its own cache
+    # Training is untouched by eval_transforms: other ones give the same training batches.
+    resized = prepare(section(source, **{**kwargs, "eval_transforms": [{"type": "resize", "size": [4, 4]}]}), seed=0)
+    assert crops(resized.dataset("train", training=True, epoch=0)) == epoch0
+
+
+def test_eval_transforms_refuse_random_transforms_and_normalize():
+    with pytest.raises(ValueError, match=r"eval_transforms.0: 'random_flip' is random, but evaluation must see the same examples"):
+        section("test_id_images", eval_transforms=["random_flip"])
+    with pytest.raises(ValueError, match=r"eval_transforms.1: normalize belongs in data.transforms"):
+        section("test_id_images", eval_transforms=["scale", "normalize"])
+    with pytest.raises(ConfigError, match=r"data.eval_transforms.0: transform 'test_noise' is random.*put it in data.augment"):
+        prepare(section("test_id_images", eval_transforms=[{"type": "test_noise"}]), seed=0)
+
+
+def test_training_and_evaluation_examples_of_different_shapes_are_refused_naming_both():
+    splits = {"train": 0.5, "validation": 0.5, "test": 0.0}
+    crop = [{"type": "random_crop", "size": [4, 4]}]
+    with pytest.raises(ConfigError) as err:
+        prepare(section("test_id_images", splits=splits, transforms=["scale"], augment=crop), seed=0)
+    assert str(err.value) == (
+        "data.eval_transforms: evaluation examples of split 'validation' are features float32 [6, 6, 3], label int32 [] "
+        "(after data.transforms), but training examples are features float32 [4, 4, 3], label int32 [] "
+        "(after data.transforms, data.augment); they must have the same shapes and dtypes: end data.eval_transforms "
+        "where data.augment ends (e.g. a center_crop or resize to the size a random_crop gives)"
+    )
+    # With no validation or test split, evaluating the training split would still break.
+    with pytest.raises(ConfigError, match=r"split 'train' are features float32 \[5, 5, 3\]"):
+        prepare(section("test_id_images", augment=crop, eval_transforms=[{"type": "center_crop", "size": [5, 5]}]), seed=0)
 
 
 def test_image_transform_on_flat_features_is_a_config_error():

@@ -111,6 +111,9 @@ def train(
         found = candidates(directory.checkpoints)
         distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
         directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(found))
+        # Only now, validated and holding the lock, may a relative data.cache path
+        # write its files (inside the run directory, so a resumed run reuses them).
+        built.data.use_cache_dir(directory.path)
         directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
         if built.recipe.trainer.progress:
             print(_header(built, directory))
@@ -294,9 +297,11 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
 
     built = build(recipe)
     info = built.data.info
-    x, y = next(iter(built.data.dataset("train", training=True)))
+    # One batch read around data.cache: validating writes no cache files.
+    data = built.data._uncached()
+    x, y = next(iter(data.dataset("train", training=True)))
     built.trainer.evaluate(built.strategy.experimental_distribute_dataset(
-        built.data.dataset("train").take(1)
+        data.dataset("train").take(1)
     ))
     return {
         "recipe": recipe.name,

@@ -45,7 +45,7 @@ def check_components(recipe: Recipe) -> None:
     check_builder_arguments(recipe.model)
     from trainkit.data import transforms
 
-    for group in ("transforms", "augment"):
+    for group in ("transforms", "augment", "eval_transforms"):
         for i, spec in enumerate(getattr(recipe.data, group)):
             transforms.check(spec, field_name=f"data.{group}.{i}")
 

@@ -439,14 +439,25 @@ class DataSection(Section):
     feature_shape: list[PositiveInt] | None = None
     """Reshape each example's features, e.g. ``[8, 8, 1]`` for the 8x8 digits."""
     transforms: list[Transform] = Field(default_factory=list)
-    """Applied in order to every split (what evaluation and export see)."""
+    """Applied in order to every split, for training and evaluation alike."""
     augment: list[Transform] = Field(default_factory=list)
     """Applied in order after ``transforms``, to the training split only; random
     transforms are seeded by (seed, epoch, example), so a resumed run is exact."""
+    eval_transforms: list[Transform] = Field(default_factory=list)
+    """Applied in order after ``transforms`` wherever ``augment`` is not: to every
+    split read for evaluation (validation, test, and the training split when it
+    is evaluated). The deterministic counterpart of an augmentation that changes
+    the examples' shape: ``random_crop`` to ``[24, 24]`` in ``augment``,
+    ``center_crop`` to ``[24, 24]`` here. Training and evaluation examples must
+    end up with the same shapes and dtypes (checked before training). Random
+    transforms and ``normalize`` are refused here."""
     cache: bool | str = False
     """``true``/``memory``: keep decoded, transformed examples in memory after the
-    first epoch; a path: in files there (relative paths are inside the run
-    directory). In-memory sources need no cache."""
+    first epoch; a path: in files there, written during the first epoch. A
+    relative path is inside the run directory (``runs/NAME/PATH/train``, ...),
+    written only once the run is validated and locked, and a resumed run reads
+    it; outside a run (``trainkit data``, ``trainkit eval``) it falls back to
+    memory and nothing is written. In-memory sources need no cache."""
     parallel_calls: PositiveInt | Literal["auto"] = "auto"
     """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
     deterministic: bool = True
@@ -466,6 +477,17 @@ class DataSection(Section):
         for i, spec in enumerate(self.augment):
             if spec.type == "normalize":
                 raise ValueError(f"augment.{i}: normalize belongs in data.transforms (every split needs it)")
+        for i, spec in enumerate(self.eval_transforms):
+            if spec.random:
+                raise ValueError(
+                    f"eval_transforms.{i}: '{spec.type}' is random, but evaluation must see the same examples "
+                    "every time: use a deterministic transform here (center_crop, resize) and put random ones in data.augment"
+                )
+            if spec.type == "normalize":
+                raise ValueError(
+                    f"eval_transforms.{i}: normalize belongs in data.transforms (training needs it too; "
+                    "its statistics come from the training split)"
+                )
         if isinstance(self.cache, str) and not self.cache.strip():
             raise ValueError("cache: give true, 'memory' or a path")
         return self

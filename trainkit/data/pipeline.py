@@ -6,8 +6,10 @@ deterministically (``data.split_seed``), fits what needs the training split
 (:class:`DataInfo`: feature shape, task, classes, sizes), all before training.
 :class:`PreparedData` then hands out the pipeline of any split::
 
-    source -> [shard] -> load/decode -> transforms -> [cache] -> shuffle(seed, epoch)
-           -> augment(seed, epoch, example) -> batch -> prefetch
+    training:   source -> [shard] -> load/decode -> transforms -> [cache]
+                -> shuffle(seed, epoch) -> augment(seed, epoch, example) -> batch -> prefetch
+    evaluation: source -> [shard] -> load/decode -> transforms -> eval_transforms -> [cache]
+                -> batch -> prefetch
 
 Training reads one stream over all epochs (:meth:`PreparedData.training_stream`).
 Each epoch is shuffled with a seed derived from the recipe seed and the epoch
@@ -22,12 +24,16 @@ Sources held in memory or as a file list are shuffled fully by a stateless
 permutation of the example indices; streamed (and cached) ones through a buffer
 of ``data.shuffle_buffer`` elements whose seed is again a function of (seed, epoch).
 
-Evaluation pipelines are never shuffled or augmented.
+Evaluation pipelines are never shuffled or augmented; ``data.eval_transforms``
+takes the place of ``data.augment`` there (a centre crop where training crops at
+random), for every split read for evaluation, the training split included.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +56,11 @@ Task = Literal["classification", "regression"]
 _SHUFFLE_GRAPH_SEED = 0x7A1C
 _AUGMENT_SALT = 0x0A06
 _SHUFFLE_SALT = 0x5F1E
+
+# Files of a cache that tf.data was still writing: a writer works on
+# PREFIX_<n>.* (with a .lockfile) and renames its work to PREFIX.index/.data
+# only when it has read its input to the end.
+_PARTIAL_CACHE_FILE = re.compile(r".+_\d+\.(lockfile|index|data-\d+-of-\d+(\.tempstate\d+)?)$")
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,7 @@ class PreparedData:
         info: DataInfo,
         static: transforms.TransformFn,
         augment: transforms.TransformFn | None,
+        evaluation: transforms.TransformFn | None = None,
         ignore_errors: bool = False,
         cache_dir: str | os.PathLike | None = None,
     ):
@@ -120,17 +132,55 @@ class PreparedData:
         self._splits = splits
         self._static = static
         self._augment = augment
+        self._evaluation = evaluation
         self._ignore_errors = ignore_errors
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self._bases: dict = {}
 
     def fresh(self) -> PreparedData:
         """The same data with no pipeline built yet: for a parameter-server worker,
-        to which datasets already built (and cached) on the chief cannot travel."""
+        to which datasets already built (and cached) on the chief cannot travel.
+
+        A relative ``data.cache`` path is kept in memory there: several workers
+        cannot write one set of cache files, and the run directory is the chief's.
+        """
         import copy
 
         clone = copy.copy(self)
         clone._bases = {}
+        clone._cache_dir = None
+        return clone
+
+    def use_cache_dir(self, directory: str | os.PathLike) -> None:
+        """Keep the files of a relative ``data.cache`` path under ``directory`` (the run
+        directory) from now on. Pipelines already built keep their cache.
+
+        Call it only while holding the run directory's lock: cache files that are
+        still being written there then belong to a process that died mid-epoch
+        (TensorFlow leaves a ``.lockfile`` that would fail every later reader with
+        "concurrent caching iterator"), and they are removed. A complete cache is
+        reused as it is.
+        """
+        self._cache_dir = Path(directory)
+        self._bases = {k: v for k, v in self._bases.items() if k[0] == "columns"}
+        folder = self._cache_folder()
+        if folder is None or not folder.is_dir():
+            return
+        partial = [f for f in folder.iterdir() if f.is_file() and _PARTIAL_CACHE_FILE.fullmatch(f.name)]
+        for file in partial:
+            file.unlink(missing_ok=True)
+        if partial:
+            print(f"note: removed {len(partial)} half-written data cache file(s) of an interrupted run from {folder}", file=sys.stderr)
+
+    def _uncached(self) -> PreparedData:
+        """The same data read without ``data.cache``: for one-off reads (shapes, a
+        sample batch) that must neither write cache files nor start a cache that
+        training then finds half-written."""
+        import copy
+
+        clone = copy.copy(self)
+        clone.section = self.section.model_copy(update={"cache": False})
+        clone._bases = {k: v for k, v in self._bases.items() if k[0] == "columns"}
         return clone
 
     # -- what there is ----------------------------------------------------------
@@ -171,7 +221,7 @@ class PreparedData:
         """One epoch of ``split`` as a batched ``tf.data.Dataset``.
 
         ``training=True`` shuffles and augments as epoch ``epoch`` of training does;
-        evaluation keeps the split's order. ``batch_size`` defaults to the global
+        evaluation keeps the split's order and applies ``data.eval_transforms``. ``batch_size`` defaults to the global
         batch size (``data.eval_batch_size`` for evaluation); with an
         ``input_context`` (a ``tf.distribute.InputContext``) this pipeline reads its
         own shard and batches per replica.
@@ -235,8 +285,12 @@ class PreparedData:
         return out
 
     def sample_batch(self, n: int = 4):
-        """A small batch of the training split in evaluation order (for shape checks)."""
-        return next(iter(self.dataset("train", batch_size=n).take(1)))
+        """A small batch of the training split in evaluation order (for shape checks).
+
+        Read around ``data.cache``: it runs before training (before the run
+        directory exists), and a partly read cache would be thrown away anyway.
+        """
+        return next(iter(self._uncached().dataset("train", batch_size=n).take(1)))
 
     # -- building blocks ----------------------------------------------------------
 
@@ -265,10 +319,14 @@ class PreparedData:
         kind = self._splits[split].kind
         return kind == "arrays" or (kind == "table" and not self._cached())
 
+    def _evaluates(self, training: bool) -> bool:
+        """Whether a pipeline applies ``data.eval_transforms``."""
+        return not training and self._evaluation is not None
+
     def _loader(self, split: str, *, training: bool) -> Callable:
         """Raw record (or table row) to a transformed ``(x, y)``."""
         s = self._splits[split]
-        static = self._static
+        static, evaluation = self._static, self._evaluation if self._evaluates(training) else None
         load = s.load or (lambda x, y: (x, y))
         in_memory = s.kind == "arrays"  # transforms were applied when the data was prepared
 
@@ -276,6 +334,8 @@ class PreparedData:
             x, y = load(*raw)
             if not in_memory:
                 x, y = static(x, y)
+            if evaluation is not None:
+                x, y = evaluation(x, y)
             return x, y
 
         return fn
@@ -295,7 +355,8 @@ class PreparedData:
         """The transformed, unshuffled elements of a streamed or cached split (built once)."""
         import tensorflow as tf
 
-        key = ("base", split, shard)
+        # Training and evaluation share a split's base unless eval_transforms differ.
+        key = ("base", split, shard, self._evaluates(training))
         if key not in self._bases:
             with tf.init_scope():  # built once, eagerly, even when first asked for inside flat_map
                 self._bases[key] = self._make_base(split, shard, training=training)
@@ -318,17 +379,29 @@ class PreparedData:
             ds = ds.cache(self._cache_file(split, shard, training))
         return ds
 
-    def _cache_file(self, split: str, shard, training: bool) -> str:
+    def _cache_folder(self) -> Path | None:
+        """Where the cache files go; None for a cache in memory, or none."""
         cache = self.section.cache
-        if cache is True or cache == "memory":
-            return ""
+        if not self._cached() or cache is True or cache == "memory":
+            return None
         path = Path(cache)
         if not path.is_absolute():
             if self._cache_dir is None:
-                return ""  # outside a run (trainkit data, the API): keep it in memory, write nothing
+                return None  # outside a run (trainkit data, the API): keep it in memory, write nothing
             path = self._cache_dir / path
-        path.mkdir(parents=True, exist_ok=True)
-        name = split + (f"-shard{shard[1]}of{shard[0]}" if shard else "")
+        return path
+
+    def _cache_file(self, split: str, shard, training: bool) -> str:
+        path = self._cache_folder()
+        if path is None:
+            return ""
+        path.mkdir(parents=True, exist_ok=True)  # tf.data does not create it
+        name = split
+        if self._evaluation is not None and training == (split != "train"):
+            # A split read the other way than usual (the training split evaluated):
+            # eval_transforms make its examples differ, so they get their own files.
+            name += "-train" if training else "-eval"
+        name += f"-shard{shard[1]}of{shard[0]}" if shard else ""
         return str(path / name)
 
     def _epoch_seed(self, epoch, salt: int):
@@ -372,11 +445,11 @@ class PreparedData:
 
         drop = self.section.drop_remainder and training
         s = self._splits[split]
-        if s.kind == "arrays" and not (training and self._augment is not None):
-            # Fast path for in-memory arrays: cut the epoch's index order into
-            # batches with one reshape and gather each batch whole. (Batching
-            # indices one element at a time cost three times as much per batch,
-            # as much as a tiny model's whole step.)
+        if s.kind == "arrays" and not (training and self._augment is not None) and not self._evaluates(training):
+            # Fast path for in-memory arrays with no per-example work left: cut
+            # the epoch's index order into batches with one reshape and gather
+            # each batch whole. (Batching indices one element at a time cost
+            # three times as much per batch, as much as a tiny model's step.)
             order = tf.range(s.size, dtype=tf.int64)
             if training and self.section.shuffle_buffer:
                 order = tf.random.experimental.stateless_shuffle(order, seed=tf.stack([tf.constant(self.seed, tf.int64), tf.cast(epoch, tf.int64)]))
@@ -481,11 +554,27 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
         fns.append(transforms.make(spec, field_name=field_name, context=context))
     static = transforms.chain(fns)
     augment = transforms.chain([transforms.make(s, field_name=f"data.augment.{i}", context=context) for i, s in enumerate(section.augment)]) if section.augment else None
+    evaluation = None
+    if section.eval_transforms:
+        eval_fns = []
+        for i, spec in enumerate(section.eval_transforms):
+            field_name = f"data.eval_transforms.{i}"
+            transforms.check(spec, field_name=field_name)
+            if transforms.is_random(spec):
+                raise ConfigError(
+                    f"{field_name}: transform '{spec.type}' is random, but evaluation must see the same examples "
+                    "every time: put it in data.augment (training only)"
+                )
+            eval_fns.append(transforms.make(spec, field_name=field_name, context=context))
+        evaluation = transforms.chain(eval_fns)
 
     if in_memory and fns:
         splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, static, k)) for k, s in splits.items()}
 
-    provisional = PreparedData(section, splits, seed=seed, info=None, static=static, augment=augment, ignore_errors=loaded.ignore_errors, cache_dir=cache_dir)
+    provisional = PreparedData(
+        section, splits, seed=seed, info=None, static=static, augment=augment, evaluation=evaluation,
+        ignore_errors=loaded.ignore_errors, cache_dir=cache_dir,
+    )
     info = _describe(provisional, label_info, loaded)
     provisional.info = info
     return provisional
@@ -631,9 +720,13 @@ def _shape(spec) -> tuple:
 def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> DataInfo:
     import tensorflow as tf
 
+    # Element specs only: built without data.cache, so that describing the data
+    # creates no cache folder (nothing is written before training starts).
+    uncached = data._uncached()
+
     def spec_of(split: str, training: bool):
         try:
-            return data._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
+            return uncached._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
         except ConfigError:
             raise
         except (ValueError, TypeError) as err:
@@ -647,15 +740,29 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
                 f"data: the training {key} have no fixed shape ({shape}); add a resize transform "
                 "(or set image_size) so that examples can be batched"
             )
-    for split in data.splits:
-        if split == "train":
-            continue
+    # The model sees training examples (after augment) and evaluation examples
+    # (after eval_transforms) of every split, the training split included.
+    section = data.section
+    for split in [*(s for s in data.splits if s != "train"), "train"]:
         other = spec_of(split, False)
-        if not _compatible((x_spec, y_spec), other):
+        if _compatible((x_spec, y_spec), other):
+            continue
+        if section.augment or section.eval_transforms:
+
+            def after(*groups: str) -> str:
+                named = [f"data.{g}" for g in groups if getattr(section, g)]
+                return f"after {', '.join(named)}" if named else "untransformed"
+
             raise ConfigError(
-                f"data: split '{split}' gives {other}, but training gives {(x_spec, y_spec)}; "
-                "training and evaluation examples must match (check data.augment and data.transforms)"
+                f"data.eval_transforms: evaluation examples of split '{split}' are {_spec_text(other)} "
+                f"({after('transforms', 'eval_transforms')}), but training examples are {_spec_text((x_spec, y_spec))} "
+                f"({after('transforms', 'augment')}); they must have the same shapes and dtypes: end "
+                "data.eval_transforms where data.augment ends (e.g. a center_crop or resize to the size a random_crop gives)"
             )
+        raise ConfigError(
+            f"data: evaluation examples of split '{split}' are {_spec_text(other)}, but training examples are "
+            f"{_spec_text((x_spec, y_spec))}; they must have the same shapes and dtypes (check data.transforms and the source)"
+        )
     return DataInfo(
         feature_shape=feature_shape,
         task=label_info["task"],
@@ -665,6 +772,17 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
         class_names=loaded.class_names,
         skipped=tuple(loaded.skipped),
     )
+
+
+def _spec_text(spec) -> str:
+    """``features float32 [24, 24, 3], label int64 []`` for an element spec."""
+    x, y = spec
+
+    def one(t) -> str:
+        return f"{t.dtype.name} {t.shape.as_list() if t.shape.rank is not None else '[?]'}"
+
+    features = "{" + ", ".join(f"{k}: {one(v)}" for k, v in x.items()) + "}" if isinstance(x, dict) else one(x)
+    return f"features {features}, label {one(y)}"
 
 
 def _compatible(a, b) -> bool:

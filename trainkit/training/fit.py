@@ -275,6 +275,10 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             consider_best(logs)
             if policy.checkpoint.every_epoch or model.stop_training or step >= total:
                 save()
+    # Let go of the training iterator now: if the budget ended inside the first
+    # epoch it is still writing a file cache (data.cache), and a final evaluation
+    # of the training split reads the same cache; tf.data allows one writer at a time.
+    del iterator
     save()
     checkpointer.save_final(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
     callback_list.on_train_end(history and {k: v[-1] for k, v in history.items()})
