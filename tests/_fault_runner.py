@@ -36,7 +36,7 @@ def install(faults: list[str]) -> None:
 
     def train(self, iterator, num_steps):
         nonlocal steps_run
-        original_train(self, iterator, num_steps)
+        results = original_train(self, iterator, num_steps)
         steps_run += num_steps
         for fault in faults:
             kind, *args = fault.split(":")
@@ -47,6 +47,7 @@ def install(faults: list[str]) -> None:
                 os.kill(os.getpid(), getattr(signal, f"SIG{args[1]}"))
             if kind == "slow":
                 time.sleep(float(args[0]))
+        return results
 
     def evaluate(self, dataset):
         nonlocal evals

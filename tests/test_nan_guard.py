@@ -70,13 +70,23 @@ def _finite_checkpoint(path) -> bool:
     return bool(floats) and all(np.isfinite(v).all() for v in floats)
 
 
-def test_nan_stops_with_exit_3_naming_the_step_and_saves_nothing_after_it(tmp_path, recipe):
+@pytest.mark.parametrize(
+    ("activation", "what"),
+    [
+        # tanh carries the NaN row into the loss.
+        ("tanh", "training loss"),
+        # A ReLU fused into the matmul before it maps NaN to 0: the loss stays
+        # finite while the NaN gradients poison every weight.
+        ("relu", "model's weights"),
+    ],
+)
+def test_nan_stops_with_exit_3_naming_the_step_and_saves_nothing_after_it(tmp_path, recipe, activation, what):
     run = tmp_path / "run"
-    result = train(run, base=recipe)
+    result = train(run, f"model.activation={activation}", base=recipe)
     assert result.returncode == 3
     lines = messages(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert lines[0].startswith("error: the training loss became NaN or infinite by step ")
+    assert lines[0].startswith(f"error: the {what} became NaN or infinite by step "), lines[0]
     step = int(lines[0].split(" by step ")[1].split(";")[0])
     assert 0 < step <= EPOCH
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"
@@ -109,6 +119,6 @@ def test_nan_rollback_gives_up_after_the_retry_limit(tmp_path, recipe):
     result = train(run, "trainer.nan_policy=rollback", "trainer.nan_max_retries=1", base=recipe)
     assert result.returncode == 3
     lines = messages(result.stderr)
-    assert lines[-1].startswith("error: the training loss became NaN or infinite by step ")
+    assert re.match(r"error: the (training loss|model's weights) became NaN or infinite by step ", lines[-1]), lines[-1]
     assert "after 1 rollback(s) (trainer.nan_max_retries)" in lines[-1]
     assert json.loads((run / "run.json").read_text())["status"] == "diverged"

@@ -228,3 +228,17 @@ def test_saved_model_export_serves_with_a_named_signature(tmp_path):
     x, _ = next(iter(trainkit.dataset(run.recipe, "test")))
     (output,) = signature(features=x).values()
     np.testing.assert_allclose(output.numpy(), run.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_deterministic_run_leaves_the_next_run_free_to_measure_input(tmp_path):
+    # Op determinism is process-wide in TensorFlow; a notebook's deterministic run
+    # must not make every later run deterministic (and unable to time its input).
+    from trainkit.runtime import op_determinism_enabled
+
+    short = {"trainer.epochs": None, "trainer.steps": 5}
+    trainkit.train(recipe(**short, **{"runtime.deterministic": True}), run_dir=tmp_path / "a")
+    assert op_determinism_enabled()
+    trainkit.train(recipe(**short), run_dir=tmp_path / "b")
+    assert not op_determinism_enabled()
+    status = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert 0.0 <= status["input_wait_fraction"] <= 1.0

@@ -42,6 +42,41 @@ def split_cpu(count: int) -> None:
         ) from None
 
 
+_determinism_set_by_us = False
+
+
+def _set_op_determinism(wanted: bool) -> None:
+    """Op determinism for this run only.
+
+    TensorFlow's switch is process-wide and sticky: a deterministic run in a
+    notebook (or a test session) would otherwise leave every later run
+    deterministic too, which forbids ``tf.timestamp`` and so the input-wait
+    measurement. Only a switch trainkit turned on is turned off again; one the
+    user set by hand stays as they left it.
+    """
+    global _determinism_set_by_us
+    import tensorflow as tf
+
+    if wanted:
+        if not op_determinism_enabled():
+            tf.config.experimental.enable_op_determinism()
+            _determinism_set_by_us = True
+    elif _determinism_set_by_us:
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
+        _determinism_set_by_us = False
+
+
+def op_determinism_enabled() -> bool:
+    """Whether TensorFlow's op determinism is on (it has a public setter, no getter)."""
+    try:
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+    except ImportError:
+        return False
+    return bool(is_op_determinism_enabled())
+
+
 def configure(runtime: RuntimeSection, *, seed: int):
     """Apply the runtime section and return the ``tf.distribute.Strategy`` to use.
 
@@ -50,7 +85,6 @@ def configure(runtime: RuntimeSection, *, seed: int):
     """
     quiet_tensorflow()
     import keras
-    import tensorflow as tf
 
     if runtime.cpu_devices:
         split_cpu(runtime.cpu_devices)
@@ -58,7 +92,6 @@ def configure(runtime: RuntimeSection, *, seed: int):
 
     strategy = make_strategy(runtime)
     keras.utils.set_random_seed(seed)
-    if runtime.deterministic:
-        tf.config.experimental.enable_op_determinism()
+    _set_op_determinism(runtime.deterministic)
     keras.mixed_precision.set_global_policy(runtime.precision)
     return strategy

@@ -13,7 +13,8 @@ boundary: a checkpoint is saved and :class:`Interrupted` is raised (exit code
 128 + the signal number: 130 and 143); training into the same run directory
 continues exactly where it stopped.
 
-A NaN or infinite training loss is caught at the end of the chunk it appears
+A NaN or infinite training loss, or a NaN or infinite weight (a loss can stay
+finite while the weights diverge), is caught at the end of the chunk it appears
 in, before anything is saved, so no checkpoint ever holds a diverged state.
 ``trainer.nan_policy: stop`` raises :class:`Diverged` (exit code 3);
 ``rollback`` restores the last good checkpoint's model, optimizer, random and
@@ -58,7 +59,7 @@ class Interrupted(TrainkitError):
 
 
 class Diverged(TrainkitError):
-    """The training loss became NaN or infinite."""
+    """The training loss or the model's weights became NaN or infinite."""
 
     exit_code = 3
 
@@ -172,22 +173,23 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             reporter.say(f"  best {monitor} so far: {values[monitor]:.4g} at step {step} (checkpoints/best)")
 
     def roll_back(bad_step: int) -> None:
+        what = "training loss" if not math.isfinite(results["loss"]) else "model's weights"
         good = checkpointer.latest
         if policy.nan_policy != "rollback" or good is None:
-            _diverged(run_dir, bad_step, good)
+            _diverged(run_dir, what, bad_step, good)
         if checkpointer.nan_rollbacks >= policy.nan_max_retries:
-            _diverged(run_dir, bad_step, good, f" after {checkpointer.nan_rollbacks} rollback(s) (trainer.nan_max_retries)")
+            _diverged(run_dir, what, bad_step, good, f" after {checkpointer.nan_rollbacks} rollback(s) (trainer.nan_max_retries)")
         good_step, good_epoch, _ = read_counters(good)
         try:
             checkpointer.rollback(good)
         except Exception as err:  # the last good checkpoint is unreadable: nothing to roll back to
-            _diverged(run_dir, bad_step, None, f"; rolling back to {good} failed: {err}")
+            _diverged(run_dir, what, bad_step, None, f"; rolling back to {good} failed: {err}")
         checkpointer.nan_rollbacks += 1
         if good_epoch != epoch:
             trainer.reset_train_metrics()  # the restored running metrics belong to another epoch
         skipped = bad_step - good_step
         print(
-            f"warning: the training loss became NaN or infinite by step {bad_step}; rolled back to "
+            f"warning: the {what} became NaN or infinite by step {bad_step}; rolled back to "
             f"{good} (step {good_step}) and skipped the {skipped} batch(es) read since it "
             f"(rollback {checkpointer.nan_rollbacks} of at most {policy.nan_max_retries})",
             file=sys.stderr,
@@ -229,7 +231,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                 profiler.at(step)
                 if spe == "auto":
                     chunk = _next_chunk(chunk, n, time.perf_counter() - call_start)
-                if not math.isfinite(results["loss"]):
+                if not (math.isfinite(results["loss"]) and trainer.weights_finite):
                     roll_back(step)  # or raise Diverged: never save this state
                     results = trainer.result()
                 callback_list.on_train_batch_end(step_in_epoch - 1, results)
@@ -360,7 +362,7 @@ def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
     return max(1, min(MAX_STEPS_PER_CALL, wanted, chunk * 4))
 
 
-def _diverged(run_dir, step: int, checkpoint: str | None, note: str = "") -> None:
+def _diverged(run_dir, what: str, step: int, checkpoint: str | None, note: str = "") -> None:
     run_dir.update_status(status="diverged", step=step)
     kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
-    raise Diverged(f"the training loss became NaN or infinite by step {step}{note}{kept}")
+    raise Diverged(f"the {what} became NaN or infinite by step {step}{note}{kept}")

@@ -36,6 +36,8 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from trainkit.runtime import op_determinism_enabled
+
 # Iterating a distributed dataset inside tf.function reads its options in graph
 # mode, which TensorFlow warns about on every trace; the options are set in eager.
 warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
@@ -93,6 +95,8 @@ class Trainer:
         self.loop_seconds = 0.0
         self.input_seconds = 0.0
         self.steps_run = 0
+        #: Whether every trainable weight was finite after the last training call.
+        self.weights_finite = True
 
     # -- override points (replica context) ---------------------------------------
 
@@ -141,7 +145,8 @@ class Trainer:
         """
         if self._train_fn is None:
             self._train_fn = self._make_train_fn()
-        metrics, waited, seconds = self._train_fn(iterator, tf.constant(num_steps, tf.int32))
+        metrics, finite, waited, seconds = self._train_fn(iterator, tf.constant(num_steps, tf.int32))
+        self.weights_finite = bool(finite)
         self.input_seconds += float(waited)
         self.loop_seconds += float(seconds)
         self.steps_run += num_steps
@@ -153,7 +158,7 @@ class Trainer:
             step = tf.function(step, jit_compile=True, autograph=False)
 
         # Op determinism forbids tf.timestamp: then the wait is not measured.
-        timed = self.measure_input and not _op_determinism_enabled()
+        timed = self.measure_input and not op_determinism_enabled()
 
         def clock(after=()):
             with tf.control_dependencies(tf.nest.flatten(after, expand_composites=True)):
@@ -175,7 +180,11 @@ class Trainer:
             )
             # Automatic control dependencies order these reads after the loop's updates.
             metrics = _metric_values(self.train_metrics)
-            return metrics, waited, clock(after=metrics) - started
+            # The loss alone can miss a divergence: a ReLU that grappler fuses into
+            # the matmul before it (oneDNN) maps NaN to 0, so NaN inputs give a
+            # finite loss while their gradients turn every weight into NaN.
+            finite = _all_finite(self.model.trainable_variables)
+            return metrics, finite, waited, clock(after=[metrics, finite]) - started
 
         return train_steps
 
@@ -203,13 +212,10 @@ class Trainer:
         return _results(self.train_metrics)
 
 
-def _op_determinism_enabled() -> bool:
-    # TensorFlow has a public setter but no public getter.
-    try:
-        from tensorflow.python.framework.config import is_op_determinism_enabled
-    except ImportError:
-        return False
-    return bool(is_op_determinism_enabled())
+def _all_finite(variables) -> tf.Tensor:
+    """True when no element of ``variables`` is NaN or infinite (one reduction each)."""
+    checks = [tf.reduce_all(tf.math.is_finite(v)) for v in variables if tf.as_dtype(v.dtype).is_floating]
+    return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
 
 def _metric_values(metrics) -> dict[str, Any]:
