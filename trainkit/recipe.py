@@ -625,7 +625,7 @@ class TrainerSection(Section):
     callbacks: list[Component] = Field(default_factory=list)
     """Keras callbacks by name, e.g. ``{type: EarlyStopping, monitor: val_loss, patience: 3}``."""
     nan_policy: Literal["stop", "rollback"] = "stop"
-    """On a NaN or infinite training loss: ``stop`` (exit code 3, the last good
+    """On a NaN or infinite training loss or weight: ``stop`` (exit code 3, the last good
     checkpoint kept), or ``rollback`` to the last good checkpoint, skipping the
     batches read since it, at most ``nan_max_retries`` times in a run."""
     nan_max_retries: NonNegativeInt = 3
