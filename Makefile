@@ -31,8 +31,9 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 
-## Benchmarks: trainkit vs Keras fit vs a hand-written loop; writes BENCHMARKS.md.
+## Benchmarks: input wait of the CNN recipes, then trainkit vs Keras fit vs hand-written loops; writes BENCHMARKS.md.
 bench: setup
+	$(BIN)/python benchmarks/input_wait.py
 	$(BIN)/python benchmarks/run.py
 
 clean:

@@ -18,7 +18,8 @@ Each (workload, method) runs in a fresh subprocess, so peak memory (max RSS) is
 its own; methods alternate within each repeat so that drifts in machine load hit
 all of them alike. Reported: median steps/s, the spread (min..max), ratios, and
 peak RSS. Results go to ``BENCHMARKS.md`` and ``benchmarks/results.png``; raw
-numbers to ``benchmarks/results.json``.
+numbers to ``benchmarks/results.json``. ``BENCHMARKS.md`` also shows the input
+wait that ``benchmarks/input_wait.py`` (run first by ``make bench``) measured.
 """
 
 from __future__ import annotations
@@ -286,6 +287,19 @@ def write_report(table: dict, startup: dict, repeats: int) -> None:
         "![steps per second](benchmarks/results.png)",
         "",
     ]
+    waits = HERE / "input_wait.json"
+    if waits.exists():
+        from input_wait import report as input_wait_report
+
+        lines += [
+            "## Input wait of the reference CNN recipes (`benchmarks/input_wait.py`)",
+            "",
+            "trainkit's own `input_wait_fraction` for the whole recipe; the handover floor is the same",
+            "run fed by one batch repeated from memory (a pipeline that is always ready).",
+            "",
+            input_wait_report(json.loads(waits.read_text())),
+            "",
+        ]
     # Keep the hand-written analysis below the marker across runs.
     report = ROOT / "BENCHMARKS.md"
     marker = "<!-- analysis: written by hand, kept by benchmarks/run.py -->"

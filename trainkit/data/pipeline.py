@@ -231,7 +231,7 @@ class PreparedData:
         self._check_split(split)
         shard, batch_size = self._per_pipeline(input_context, batch_size, training)
         epochs = tf.data.Dataset.from_tensors(tf.constant(epoch, tf.int64))
-        ds = epochs.flat_map(lambda e: self._epoch(split, e, training=training, batch_size=batch_size, shard=shard))
+        ds = epochs.flat_map(_plain(lambda e: self._epoch(split, e, training=training, batch_size=batch_size, shard=shard)))
         return self._finish(ds, sharded=shard is not None)
 
     def training_stream(self, *, start_epoch: int = 0, skip_batches: int = 0, input_context: Any = None):
@@ -245,7 +245,7 @@ class PreparedData:
         shard, batch_size = self._per_pipeline(input_context, None, True)
         epochs = tf.data.Dataset.range(start_epoch, 2**62)  # as good as endless
         stream = epochs.flat_map(
-            lambda e: self._epoch("train", e, training=True, batch_size=batch_size, shard=shard)
+            _plain(lambda e: self._epoch("train", e, training=True, batch_size=batch_size, shard=shard))
         )
         if skip_batches:
             stream = stream.skip(skip_batches)
@@ -462,7 +462,7 @@ class PreparedData:
             if size % batch_size and not drop:
                 indices = indices.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
             x, y = self._columns(split)
-            return indices.map(lambda i: (tf.nest.map_structure(lambda c: tf.gather(c, i), x), tf.gather(y, i)))
+            return indices.map(_plain(lambda i: (tf.nest.map_structure(lambda c: tf.gather(c, i), x), tf.gather(y, i))))
         return self._elements(split, epoch, training=training, shard=shard).batch(batch_size, drop_remainder=drop)
 
     def _finish(self, ds, *, sharded: bool = False):
@@ -487,8 +487,9 @@ class PreparedData:
 
 
 def _plain(fn: Callable) -> Callable:
-    """A map function traced as written (no AutoGraph): transforms are plain
-    TensorFlow ops, and a ConfigError raised while tracing then reaches the user as is."""
+    """A dataset function traced as written (no AutoGraph): transforms are plain
+    TensorFlow ops, and a ConfigError raised while tracing then reaches the user as is.
+    (Converting the epoch builders cost a quarter of a second of every run's start.)"""
     import tensorflow as tf
 
     return tf.autograph.experimental.do_not_convert(fn)
@@ -625,7 +626,7 @@ def _stream_range(whole: Split, a: int, b: int, split_seed: int) -> Split:
             position = tf.random.experimental.index_shuffle(i, seed, tf.constant(n - 1, tf.int64))
             return (position >= a) & (position < b)
 
-        return stream().enumerate().filter(keep).map(lambda i, record: record)
+        return stream().enumerate().filter(_plain(keep)).map(_plain(lambda i, record: record))
 
     return Split(b - a, stream=part, load=whole.load)
 

@@ -486,7 +486,9 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
 
         try:
             labels = stream().batch(1024).map(
-                lambda records: tf.io.parse_example(records, {source.label: parse_spec[source.label]})[source.label]
+                tf.autograph.experimental.do_not_convert(
+                    lambda records: tf.io.parse_example(records, {source.label: parse_spec[source.label]})[source.label]
+                )
             )
             count, lo, hi = 0, None, None
             for batch in labels.as_numpy_iterator():
