@@ -27,7 +27,7 @@ from typing import Any
 import tensorflow as tf
 
 from trainkit import distribute
-from trainkit.training.loop import Trainer, _all_finite
+from trainkit.training.loop import Trainer, all_finite
 
 #: Scheduled closures per worker per loop call (keeps every worker busy while
 #: the others' closures travel).
@@ -49,7 +49,7 @@ class _CoordinatedTrainer:
             coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n, tf.int32)))
             left -= n
         coordinator.join()  # raises a worker's error here, on the chief
-        self.weights_finite = bool(_all_finite(self.model.trainable_variables))
+        self.weights_finite = bool(all_finite(self.model.trainable_variables))
         return self.result()
 
     def evaluate(self, dataset) -> dict[str, float]:

@@ -172,8 +172,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
             checkpointer.save_best(values[monitor], step=step, epoch=epoch, step_in_epoch=step_in_epoch)
             reporter.say(f"  best {monitor} so far: {values[monitor]:.4g} at step {step} (checkpoints/best)")
 
-    def roll_back(bad_step: int) -> None:
-        what = "training loss" if not math.isfinite(results["loss"]) else "model's weights"
+    def roll_back(bad_step: int, what: str) -> None:
         good = checkpointer.latest
         if policy.nan_policy != "rollback" or good is None:
             _diverged(run_dir, what, bad_step, good)
@@ -231,8 +230,9 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                 profiler.at(step)
                 if spe == "auto":
                     chunk = _next_chunk(chunk, n, time.perf_counter() - call_start)
-                if not (math.isfinite(results["loss"]) and trainer.weights_finite):
-                    roll_back(step)  # or raise Diverged: never save this state
+                broken = _what_diverged(results, trainer)
+                if broken:
+                    roll_back(step, broken)  # or raise Diverged: never save this state
                     results = trainer.result()
                 callback_list.on_train_batch_end(step_in_epoch - 1, results)
                 if log_every.due(step):
@@ -360,6 +360,15 @@ def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
     per_step = seconds / max(ran, 1)
     wanted = int(TARGET_CALL_SECONDS / max(per_step, 1e-6))
     return max(1, min(MAX_STEPS_PER_CALL, wanted, chunk * 4))
+
+
+def _what_diverged(results: dict[str, float], trainer) -> str | None:
+    """What of the last training call is NaN or infinite, if anything."""
+    if not math.isfinite(results["loss"]):
+        return "training loss"
+    if not trainer.weights_finite:
+        return "model's weights"
+    return None
 
 
 def _diverged(run_dir, what: str, step: int, checkpoint: str | None, note: str = "") -> None:

@@ -183,7 +183,7 @@ class Trainer:
             # The loss alone can miss a divergence: a ReLU that grappler fuses into
             # the matmul before it (oneDNN) maps NaN to 0, so NaN inputs give a
             # finite loss while their gradients turn every weight into NaN.
-            finite = _all_finite(self.model.trainable_variables)
+            finite = all_finite(self.model.trainable_variables)
             return metrics, finite, waited, clock(after=[metrics, finite]) - started
 
         return train_steps
@@ -212,7 +212,7 @@ class Trainer:
         return _results(self.train_metrics)
 
 
-def _all_finite(variables) -> tf.Tensor:
+def all_finite(variables) -> tf.Tensor:
     """True when no element of ``variables`` is NaN or infinite (one reduction each)."""
     checks = [tf.reduce_all(tf.math.is_finite(v)) for v in variables if tf.as_dtype(v.dtype).is_floating]
     return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
