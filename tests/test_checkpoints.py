@@ -29,6 +29,9 @@ def test_a_finished_run_keeps_the_last_k_the_best_and_the_final_checkpoint(refer
     assert kept_steps(ckpts / "best") == [best["step"]]
     status = json.loads((reference / "run.json").read_text())
     assert status["checkpoints_saved"] >= 8 and status["checkpoint_seconds"] > 0
+    # final/ is the last checkpoint itself, hard-linked rather than written twice.
+    for last in ckpts.glob(f"ckpt-{STEPS}.*"):
+        assert (ckpts / "final" / last.name).samefile(last)
 
 
 def _truncate(path, fraction=0.5):

@@ -278,11 +278,45 @@ class Checkpointer:
         return self._write("last", step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
     def save_final(self, *, step: int, epoch: int, step_in_epoch: int) -> str:
-        """The state at the end of training, kept apart from the rotation."""
+        """The state at the end of training, kept apart from the rotation.
+
+        When that very state was just saved to the rotation (as it is at the end
+        of every budget), ``final/`` gets hard links to its files: the same bytes,
+        no second write, and they outlive the rotation's deleting the original.
+        """
         final = self._manager("final").latest_checkpoint
         if final and step_of(final) == step and tf.io.gfile.exists(final + ".index"):
             return final
+        if final is None and self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest:
+            linked = self._link("final", self.latest)
+            if linked:
+                return linked
         return self._write("final", step=step, epoch=epoch, step_in_epoch=step_in_epoch)
+
+    def _link(self, kind: str, source: str) -> str | None:
+        """Hard links in ``kind/`` to the files of checkpoint ``source``; None where
+        the file system has no hard links (then the caller writes a copy)."""
+        folder = self.directory / kind
+        name = Path(source).name
+        files = sorted(Path(source).parent.glob(f"{name}.*"))
+        if not files:
+            return None
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            for file in files:
+                target = folder / file.name
+                target.unlink(missing_ok=True)
+                os.link(file, target)
+        except OSError:
+            return None
+        # The list last, as TensorFlow does: files first, then an atomic rename.
+        # (Its text format, written here: TensorFlow's writer for it is deprecated.)
+        listing = folder / "checkpoint"
+        partial = folder / ".checkpoint.tmp"
+        partial.write_text(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+        os.replace(partial, listing)
+        self._managers.pop(kind, None)  # re-read the list on the next use
+        return str(folder / name)
 
     def is_better(self, value: float) -> bool:
         if not self.monitor or not math.isfinite(value):
