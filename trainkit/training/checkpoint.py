@@ -313,7 +313,13 @@ class Checkpointer:
         # (Its text format, written here: TensorFlow's writer for it is deprecated.)
         listing = folder / "checkpoint"
         partial = folder / ".checkpoint.tmp"
-        partial.write_text(f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n')
+        # The timestamps matter: a later CheckpointManager deletes only the listed
+        # checkpoints stamped after the last preserved time.
+        now = time.time()
+        partial.write_text(
+            f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
+            f"all_model_checkpoint_timestamps: {now}\nlast_preserved_timestamp: {now - 1}\n"
+        )
         os.replace(partial, listing)
         self._managers.pop(kind, None)  # re-read the list on the next use
         return str(folder / name)
