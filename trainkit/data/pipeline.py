@@ -379,6 +379,11 @@ class PreparedData:
             ds = ds.cache(self._cache_file(split, shard, training))
         return ds
 
+    @property
+    def caches_to_files(self) -> bool:
+        """Whether ``data.cache`` writes files (rather than keeping the cache in memory)."""
+        return self._cache_folder() is not None
+
     def _cache_folder(self) -> Path | None:
         """Where the cache files go; None for a cache in memory, or none."""
         cache = self.section.cache
