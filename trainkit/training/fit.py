@@ -355,8 +355,14 @@ class _Profiler:
 
 
 def _release_in_background(owner: list) -> threading.Thread:
-    """Empty ``owner`` on another thread, so that what only it holds is destroyed there."""
-    thread = threading.Thread(target=owner.clear, name="trainkit-release-iterator", daemon=True)
+    """Empty ``owner`` on another thread, so that what only it holds is destroyed there.
+
+    Not a daemon thread: the interpreter waits for it before it shuts down. A
+    daemon thread still inside TensorFlow's destructor when the process exits is
+    unwound by force through C++ frames that swallow the unwind, and the process
+    aborts ("FATAL: exception not rethrown", exit -6) after the run has finished.
+    """
+    thread = threading.Thread(target=owner.clear, name="trainkit-release-iterator", daemon=False)
     thread.start()
     return thread
 
