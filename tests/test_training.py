@@ -243,14 +243,3 @@ def test_a_deterministic_run_leaves_the_next_run_free_to_measure_input(tmp_path)
     status = json.loads((tmp_path / "b" / "run.json").read_text())
     assert 0.0 <= status["input_wait_fraction"] <= 1.0
 
-
-def test_the_training_iterator_is_released_on_a_thread_the_interpreter_waits_for():
-    # A daemon thread still destroying a tf.data iterator at interpreter exit is
-    # unwound by force through TensorFlow's C++ frames and the process aborts
-    # ("FATAL: exception not rethrown") after the run has finished.
-    from trainkit.training.fit import _release_in_background
-
-    owner = [iter(range(3))]
-    thread = _release_in_background(owner)
-    thread.join(timeout=10)
-    assert owner == [] and not thread.daemon

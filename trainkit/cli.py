@@ -222,5 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def run() -> None:
+    """The ``trainkit`` command: :func:`main`, then the end of the process."""
+    from trainkit import teardown
+
+    teardown.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -29,12 +29,11 @@ import contextlib
 import math
 import signal
 import sys
-import threading
 import time
 
 import keras
 
-from trainkit import distribute
+from trainkit import distribute, teardown
 from trainkit.distribute import Consensus
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean
 from trainkit.signals import SignalRecorder
@@ -286,7 +285,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     # writer at a time, so then wait for it.
     owner = [iterator]
     del iterator  # the list is now its only owner
-    released = _release_in_background(owner)
+    released = teardown.release_in_background(owner)
     del owner
     if data.caches_to_files:
         released.join()
@@ -352,19 +351,6 @@ class _Profiler:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-
-def _release_in_background(owner: list) -> threading.Thread:
-    """Empty ``owner`` on another thread, so that what only it holds is destroyed there.
-
-    Not a daemon thread: the interpreter waits for it before it shuts down. A
-    daemon thread still inside TensorFlow's destructor when the process exits is
-    unwound by force through C++ frames that swallow the unwind, and the process
-    aborts ("FATAL: exception not rethrown", exit -6) after the run has finished.
-    """
-    thread = threading.Thread(target=owner.clear, name="trainkit-release-iterator", daemon=False)
-    thread.start()
-    return thread
 
 
 def _costs(checkpointer: Checkpointer) -> dict:

@@ -1,0 +1,51 @@
+"""Ending the process while a slow release (a tf.data iterator's destructor) still runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from trainkit import teardown
+
+# An object whose destruction blocks, as a tf.data iterator's can (for up to a minute).
+SCRIPT = textwrap.dedent(
+    """
+    import atexit, pathlib, sys, time
+    from trainkit import teardown
+
+    class SlowToDestroy:
+        def __del__(self):
+            time.sleep(600)
+
+    marker = pathlib.Path(sys.argv[1])
+    atexit.register(marker.write_text, "exit handlers ran")
+    if sys.argv[2] == "pending":
+        teardown.release_in_background([SlowToDestroy()])
+    print("the run's last line", end="")  # unflushed when the process ends
+    teardown.exit_process(3)
+    """
+)
+
+
+def test_the_process_ends_without_waiting_for_a_pending_release(tmp_path):
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(marker), "pending"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3, done.stderr
+    assert done.stdout == "the run's last line"
+    assert marker.read_text() == "exit handlers ran"
+
+
+def test_with_nothing_pending_the_process_ends_normally(tmp_path):
+    marker = tmp_path / "marker"
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(marker), "none"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout, marker.read_text()) == (3, "the run's last line", "exit handlers ran")
+
+
+def test_a_release_runs_on_a_thread_the_interpreter_waits_for():
+    # A daemon thread still in TensorFlow's destructor at interpreter exit is unwound
+    # by force through C++ frames and the process aborts after the run has finished.
+    owner = [iter(range(3))]
+    thread = teardown.release_in_background(owner)
+    thread.join(timeout=10)
+    assert owner == [] and not thread.daemon and thread not in teardown.pending()
