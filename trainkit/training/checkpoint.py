@@ -309,18 +309,7 @@ class Checkpointer:
                 os.link(file, target)
         except OSError:
             return None
-        # The list last, as TensorFlow does: files first, then an atomic rename.
-        # (Its text format, written here: TensorFlow's writer for it is deprecated.)
-        listing = folder / "checkpoint"
-        partial = folder / ".checkpoint.tmp"
-        # The timestamps matter: a later CheckpointManager deletes only the listed
-        # checkpoints stamped after the last preserved time.
-        now = time.time()
-        partial.write_text(
-            f'model_checkpoint_path: "{name}"\nall_model_checkpoint_paths: "{name}"\n'
-            f"all_model_checkpoint_timestamps: {now}\nlast_preserved_timestamp: {now - 1}\n"
-        )
-        os.replace(partial, listing)
+        write_state(folder, name, [name])  # the list last, as TensorFlow does
         self._managers.pop(kind, None)  # re-read the list on the next use
         return str(folder / name)
 
