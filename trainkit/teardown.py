@@ -28,7 +28,7 @@ def release_in_background(owner: list) -> threading.Thread:
     exception not rethrown", exit -6) after the run has finished.
     """
     thread = threading.Thread(target=owner.clear, name="trainkit-release", daemon=False)
-    _started[:] = [t for t in _started if t.is_alive()]
+    _started[:] = pending()
     _started.append(thread)
     thread.start()
     return thread
