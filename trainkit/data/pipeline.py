@@ -42,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trainkit.data import sources, transforms
-from trainkit.data.sources import Split
+from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError
 from trainkit.recipe import DataSection, ReshapeTransform
 
@@ -231,7 +231,7 @@ class PreparedData:
         self._check_split(split)
         shard, batch_size = self._per_pipeline(input_context, batch_size, training)
         epochs = tf.data.Dataset.from_tensors(tf.constant(epoch, tf.int64))
-        ds = epochs.flat_map(_plain(lambda e: self._epoch(split, e, training=training, batch_size=batch_size, shard=shard)))
+        ds = epochs.flat_map(plain(lambda e: self._epoch(split, e, training=training, batch_size=batch_size, shard=shard)))
         return self._finish(ds, sharded=shard is not None)
 
     def training_stream(self, *, start_epoch: int = 0, skip_batches: int = 0, input_context: Any = None):
@@ -245,7 +245,7 @@ class PreparedData:
         shard, batch_size = self._per_pipeline(input_context, None, True)
         epochs = tf.data.Dataset.range(start_epoch, 2**62)  # as good as endless
         stream = epochs.flat_map(
-            _plain(lambda e: self._epoch("train", e, training=True, batch_size=batch_size, shard=shard))
+            plain(lambda e: self._epoch("train", e, training=True, batch_size=batch_size, shard=shard))
         )
         if skip_batches:
             stream = stream.skip(skip_batches)
@@ -308,7 +308,7 @@ class PreparedData:
         import tensorflow as tf
 
         calls = tf.data.AUTOTUNE if self.section.parallel_calls == "auto" else self.section.parallel_calls
-        return ds.map(_plain(fn), num_parallel_calls=calls, deterministic=self.section.deterministic)
+        return ds.map(plain(fn), num_parallel_calls=calls, deterministic=self.section.deterministic)
 
     def _cached(self) -> bool:
         cache = self.section.cache
@@ -467,7 +467,7 @@ class PreparedData:
             if size % batch_size and not drop:
                 indices = indices.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
             x, y = self._columns(split)
-            return indices.map(_plain(lambda i: (tf.nest.map_structure(lambda c: tf.gather(c, i), x), tf.gather(y, i))))
+            return indices.map(plain(lambda i: (tf.nest.map_structure(lambda c: tf.gather(c, i), x), tf.gather(y, i))))
         return self._elements(split, epoch, training=training, shard=shard).batch(batch_size, drop_remainder=drop)
 
     def _finish(self, ds, *, sharded: bool = False):
@@ -489,15 +489,6 @@ class PreparedData:
                 f"split '{split}' does not exist; this data has: {', '.join(self._splits)}"
                 + (" (set data.splits.validation/test above 0 to make one)" if split in SPLITS else "")
             )
-
-
-def _plain(fn: Callable) -> Callable:
-    """A dataset function traced as written (no AutoGraph): transforms are plain
-    TensorFlow ops, and a ConfigError raised while tracing then reaches the user as is.
-    (Converting the epoch builders cost a quarter of a second of every run's start.)"""
-    import tensorflow as tf
-
-    return tf.autograph.experimental.do_not_convert(fn)
 
 
 def _seeded_shuffle(ds, buffer: int, seed):
@@ -631,7 +622,7 @@ def _stream_range(whole: Split, a: int, b: int, split_seed: int) -> Split:
             position = tf.random.experimental.index_shuffle(i, seed, tf.constant(n - 1, tf.int64))
             return (position >= a) & (position < b)
 
-        return stream().enumerate().filter(_plain(keep)).map(_plain(lambda i, record: record))
+        return stream().enumerate().filter(plain(keep)).map(plain(lambda i, record: record))
 
     return Split(b - a, stream=part, load=whole.load)
 
@@ -656,7 +647,7 @@ def _apply_in_memory(arrays, fn, split: str):
     """Run the (deterministic) transforms over an in-memory split once."""
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(arrays).map(_plain(lambda x, y: fn(x, y)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(arrays).map(plain(lambda x, y: fn(x, y)), num_parallel_calls=tf.data.AUTOTUNE)
     parts = list(ds.batch(4096).as_numpy_iterator())
     return tf.nest.map_structure(lambda *p: np.concatenate(p), *parts)
 
@@ -668,7 +659,7 @@ def _statistics(section: DataSection, splits: dict[str, Split], before, seed: in
     provisional = PreparedData(section, {"train": splits["train"]}, seed=seed, info=None, static=before, augment=None)
     s = splits["train"]
     if s.kind == "arrays":
-        ds = tf.data.Dataset.from_tensor_slices(s.arrays).map(_plain(lambda x, y: before(x, y)))
+        ds = tf.data.Dataset.from_tensor_slices(s.arrays).map(plain(lambda x, y: before(x, y)))
     else:
         ds = provisional._base("train", None, training=False)
         if provisional._cached():  # statistics are a one-off pass: do not fill a cache with it
