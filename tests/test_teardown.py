@@ -28,9 +28,13 @@ SCRIPT = textwrap.dedent(
 )
 
 
+def _end(marker, mode: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(marker), mode], capture_output=True, text=True, timeout=60)
+
+
 def test_the_process_ends_without_waiting_for_a_pending_release(tmp_path):
     marker = tmp_path / "marker"
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(marker), "pending"], capture_output=True, text=True, timeout=60)
+    done = _end(marker, "pending")
     assert done.returncode == 3, done.stderr
     assert done.stdout == "the run's last line"
     assert marker.read_text() == "exit handlers ran"
@@ -38,7 +42,7 @@ def test_the_process_ends_without_waiting_for_a_pending_release(tmp_path):
 
 def test_with_nothing_pending_the_process_ends_normally(tmp_path):
     marker = tmp_path / "marker"
-    done = subprocess.run([sys.executable, "-c", SCRIPT, str(marker), "none"], capture_output=True, text=True, timeout=60)
+    done = _end(marker, "none")
     assert (done.returncode, done.stdout, marker.read_text()) == (3, "the run's last line", "exit handlers ran")
 
 

@@ -242,4 +242,3 @@ def test_a_deterministic_run_leaves_the_next_run_free_to_measure_input(tmp_path)
     assert not op_determinism_enabled()
     status = json.loads((tmp_path / "b" / "run.json").read_text())
     assert 0.0 <= status["input_wait_fraction"] <= 1.0
-
