@@ -57,7 +57,8 @@ def _source_of(recipe: Recipe) -> str | None:
 
 
 def default_run_dir(recipe: Recipe) -> Path:
-    return Path(DEFAULT_RUNS) / recipe.name
+    """``runs/<name>``, or ``runs/<config>`` for a recipe varied by a config layer."""
+    return Path(DEFAULT_RUNS) / recipe.run_name
 
 
 def train(
@@ -256,8 +257,9 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             return str(directory.model_file)
         if which == "best" and not skipped:
             raise RunDirError(
-                f"--checkpoint best: {where} holds no checkpoint; set trainer.checkpoint.monitor "
-                "(e.g. val_loss) to keep the best one"
+                f"--checkpoint best: {where} holds no checkpoint (the run monitored no metric: "
+                "trainer.checkpoint.monitor was null, or auto without a validation split); "
+                "set trainer.checkpoint.monitor (e.g. loss) to keep the best one"
             )
         if which == "final" and not skipped:
             raise RunDirError(f"--checkpoint final: {directory.path} has not finished training; {choices}")

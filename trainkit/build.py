@@ -94,6 +94,21 @@ def make_callbacks(recipe: Recipe, *, tensorboard_dir: str | None = None) -> lis
     return out
 
 
+def resolve_monitor(recipe: Recipe, *, has_validation: bool) -> Recipe:
+    """``recipe`` with ``trainer.checkpoint.monitor: auto`` made concrete.
+
+    As Keras's ``ModelCheckpoint``, which monitors ``val_loss`` unless told
+    otherwise: so ``--checkpoint best`` works for every recipe with a validation
+    split. Without one there is nothing held out to choose by, so no best.
+    """
+    policy = recipe.trainer.checkpoint
+    if policy.monitor != "auto":
+        return recipe
+    checkpoint = policy.model_copy(update={"monitor": "val_loss" if has_validation else None})
+    trainer = recipe.trainer.model_copy(update={"checkpoint": checkpoint})
+    return recipe.model_copy(update={"trainer": trainer})
+
+
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
     budgets = []
     if recipe.trainer.epochs:
@@ -136,6 +151,7 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
         )
     steps_per_epoch = data.steps_per_epoch()
     steps = total_steps(recipe, steps_per_epoch)
+    recipe = resolve_monitor(recipe, has_validation=data.has_split("validation"))
     with strategy.scope():
         model = build_model(recipe.model, data.info)
         check_model_fits_data(recipe, model, data)

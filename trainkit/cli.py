@@ -52,7 +52,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("train", help="train a recipe into a run directory, then evaluate and export it")
     _recipe_arguments(p)
-    p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>)")
+    p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>, or runs/<config name> with -c)")
     p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
 
     p = commands.add_parser(
@@ -60,7 +60,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-n", "--workers", type=int, required=True, metavar="N", help="number of worker processes")
     _recipe_arguments(p)
-    p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>)")
+    p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>, or runs/<config name> with -c)")
     p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
     p.add_argument("--ps", type=int, default=1, metavar="P", help="parameter servers, for parameter_server recipes (default: 1)")
 

@@ -209,6 +209,8 @@ class Layered:
     files: list[str] = field(default_factory=list)
     recipe_path: Path | None = None
     """The Python recipe at the bottom of the layers, if any."""
+    config_name: str | None = None
+    """The last config layer's name, unless ``name`` was set since (Recipe.run_name)."""
 
     @property
     def recipe_name(self) -> str | None:
@@ -265,6 +267,8 @@ class Layered:
                 raise ConfigError(f"{dotted} ({source}): index out of range (the list has {len(node)} items)")
         node[last] = _plain(value)
         self._mark(tuple(keys), value, source)
+        if keys == ["name"]:
+            self.config_name = None  # a name given explicitly names the run too
 
     def _set_child(self, keys: list, value: Any) -> Any:
         node = self.data
@@ -328,6 +332,7 @@ def load_recipe(
     if isinstance(name_or_path, Recipe):
         layered.files.append("the Recipe object")
         layered.merge(name_or_path.to_dict(), "the Recipe object")
+        layered.config_name = name_or_path._config_name
     elif isinstance(name_or_path, Mapping):
         layered.files.append("the recipe dict")
         layered.merge(name_or_path, "the recipe dict")
@@ -382,6 +387,7 @@ def _apply_config(layered: Layered, path: Path, *, base_expected: str | None, da
         )
     layered.files.append(str(path))
     layered.merge(data, str(path))
+    layered.config_name = None if "name" in data else path.stem
 
 
 def validate(layered: Layered) -> Recipe:
@@ -390,6 +396,7 @@ def validate(layered: Layered) -> Recipe:
     except ValidationError as err:
         raise ConfigError(explain(err, layered)) from None
     recipe._source = str(layered.recipe_path) if layered.recipe_path else None
+    recipe._config_name = layered.config_name
     return recipe
 
 

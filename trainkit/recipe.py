@@ -605,9 +605,11 @@ class CheckpointPolicy(Section):
     every_epoch: bool = False
     keep: PositiveInt = 3
     """How many of the most recent checkpoints to keep."""
-    monitor: str | None = None
+    monitor: str | None = "auto"
     """Keep the best checkpoint by this metric (``val_loss``, ``val_accuracy``,
-    ``loss``, ...) in ``checkpoints/best/``, apart from the last ``keep``."""
+    ``loss``, ...) in ``checkpoints/best/``, apart from the last ``keep``.
+    ``auto`` (the default): ``val_loss`` when the data has a validation split, as
+    Keras's ``ModelCheckpoint`` monitors by default; else none. ``null``: none."""
     mode: Literal["auto", "min", "max"] = "auto"
     """Whether a smaller or a larger ``monitor`` is better; ``auto``: larger for
     accuracy-like names (acc, auc, precision, recall, f1, iou), else smaller."""
@@ -715,6 +717,15 @@ class Recipe(Section):
     # The Python recipe file this came from (its registered components are
     # needed again to evaluate a run); not part of the recipe's identity.
     _source: str | None = PrivateAttr(default=None)
+    # The config layer this recipe was last varied by, when that layer left
+    # ``name`` alone: its run gets its own default directory (see run_name).
+    _config_name: str | None = PrivateAttr(default=None)
+
+    @property
+    def run_name(self) -> str:
+        """The default run directory's name: the last config layer's name (a variant
+        of a recipe is a different run), unless a layer or an override set ``name``."""
+        return self._config_name or self.name
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
