@@ -9,13 +9,14 @@ built. The public API::
     trainkit.dataset(recipe, split) -> tf.data.Dataset
     trainkit.validate(recipe) -> dict
     trainkit.inspect_data(recipe, split="train", n=5) -> dict
-    trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric
+    trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric / register_callback
 """
 
 from trainkit.errors import ConfigError, RunDirError, TrainkitError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.registry import (
+    register_callback,
     register_dataset,
     register_layer,
     register_loss,
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate",
     "inspect_data",
     "load_recipe",
+    "register_callback",
     "register_dataset",
     "register_layer",
     "register_loss",

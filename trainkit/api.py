@@ -104,6 +104,9 @@ def train(
         built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
         if not restart:
             distribute.copy_checkpoints(shared, directory)
+    # Built before anything is written: a callback that fails to construct is a
+    # bad recipe (one line, exit 2), not a failed run.
+    callback_objects = make_callbacks(recipe, run_dir=directory.path)
     if restart and directory.path.exists() and role.is_chief:
         directory.acquire()  # never move a run that a live process is training
         moved = directory.set_aside()
@@ -122,7 +125,6 @@ def train(
             print(f"the previous run in {directory.path} was moved to {moved}")
         if changes and role.is_chief:
             print(f"resuming with changed settings: {', '.join(changes)}")
-        callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
         history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
         metrics = _final_evaluation(built, directory)
         if role.is_chief:

@@ -10,12 +10,13 @@ before training starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from trainkit import distribute, registry, runtime
 from trainkit.components import check_arguments, instantiate
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, TrainkitError, first_line
 from trainkit.recipe import Component, Recipe
 
 # "accuracy" means the accuracy that fits the loss, as in Keras's compile().
@@ -42,6 +43,7 @@ def check_components(recipe: Recipe) -> None:
     for i, spec in enumerate(recipe.trainer.callbacks):
         cls = registry.callbacks.get(spec.type, field=f"trainer.callbacks.{i}.type")
         check_arguments(cls, spec.kwargs, field=f"trainer.callbacks.{i}", label=cls.__name__)
+    check_callback_paths(recipe)
     check_builder_arguments(recipe.model)
     from trainkit.data import transforms
 
@@ -83,13 +85,38 @@ def make_metrics(recipe: Recipe) -> list:
     return out
 
 
-def make_callbacks(recipe: Recipe, *, tensorboard_dir: str | None = None) -> list:
+#: Callback arguments that name a file or folder (Keras's CSVLogger, ModelCheckpoint,
+#: TensorBoard, BackupAndRestore, and the same names in registered callbacks).
+CALLBACK_PATH_ARGUMENTS = ("filename", "filepath", "log_dir", "backup_dir")
+
+
+def check_callback_paths(recipe: Recipe) -> None:
+    """Refuse a relative callback path that would leave the run directory (``../x``)."""
+    for i, spec in enumerate(recipe.trainer.callbacks):
+        for key in CALLBACK_PATH_ARGUMENTS:
+            value = spec.kwargs.get(key)
+            if isinstance(value, str) and not os.path.isabs(value):
+                inside = os.path.normpath(value)
+                if inside == ".." or inside.startswith(".." + os.sep):
+                    raise ConfigError(
+                        f"trainer.callbacks.{i}.{key}: '{value}' leaves the run directory; relative paths "
+                        "are inside it (e.g. 'log.csv'): give a path without '..', or an absolute path"
+                    )
+
+
+def make_callbacks(recipe: Recipe, *, run_dir: str | os.PathLike | None = None) -> list:
+    """The recipe's Keras callbacks; relative paths in their arguments are placed
+    inside ``run_dir`` (as ``data.cache`` is), so a run writes nothing outside it."""
     out = []
     for i, spec in enumerate(recipe.trainer.callbacks):
         cls = registry.callbacks.get(spec.type, field=f"trainer.callbacks.{i}.type")
         kwargs = dict(spec.kwargs)
-        if cls.__name__ == "TensorBoard" and tensorboard_dir and "log_dir" not in kwargs:
-            kwargs["log_dir"] = tensorboard_dir  # keep everything inside the run directory
+        if run_dir is not None:
+            for key in CALLBACK_PATH_ARGUMENTS:
+                if isinstance(kwargs.get(key), str) and not os.path.isabs(kwargs[key]):
+                    kwargs[key] = os.path.join(run_dir, kwargs[key])
+            if cls.__name__ == "TensorBoard" and "log_dir" not in kwargs:
+                kwargs["log_dir"] = os.path.join(run_dir, "tensorboard", "keras")  # beside trainkit's own
         out.append(instantiate(cls, kwargs, field=f"trainer.callbacks.{i}", label=cls.__name__))
     return out
 
@@ -185,13 +212,15 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
     x, y = data.sample_batch(4)
     try:
         y_pred = model(x, training=False)
-    except (ValueError, TypeError) as err:
+    except TrainkitError:
+        raise
+    except Exception as err:  # shape mistakes mostly; a custom layer's call is user code too
         expected = [tuple(t.shape[1:]) for t in model.inputs]
         given = {k: tuple(v.shape[1:]) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape[1:])
         raise ConfigError(
             f"model: the model expects inputs of shape {expected[0] if len(expected) == 1 else expected} "
             f"but the data gives {given} (check data.feature_shape, data.transforms and the model's first layers): "
-            f"{_first_line(err)}"
+            f"{first_line(err)}"
         ) from None
     if isinstance(y_pred, list | tuple | dict):
         return  # several outputs: the loss check below is for single-output models
@@ -222,10 +251,6 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
         raise ConfigError(
             f"loss: {loss_name} cannot compare labels of shape {tuple(y.shape[1:]) or 'scalar'} with model "
-            f"outputs of shape {tuple(y_pred.shape[1:])}: {_first_line(err)}"
+            f"outputs of shape {tuple(y_pred.shape[1:])}: {first_line(err)}"
         ) from None
 
-
-def _first_line(err: BaseException) -> str:
-    text = getattr(err, "message", None) or str(err)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__

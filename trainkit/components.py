@@ -13,7 +13,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from trainkit.errors import ConfigError, did_you_mean
+from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line, user_code_error
 
 # Keyword arguments every Keras layer accepts through ``**kwargs``.
 LAYER_BASE_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim", "batch_size", "activity_regularizer")
@@ -55,6 +55,9 @@ def instantiate(target: Callable, kwargs: dict[str, Any], *, field: str, label: 
     check_arguments(target, kwargs, field=field, label=label, also_accepted=also_accepted)
     try:
         return target(**kwargs)
+    except TrainkitError:
+        raise
     except (TypeError, ValueError) as err:
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"{field}: {label}: {message}") from None
+        raise ConfigError(f"{field}: {label}: {first_line(err)}") from None
+    except Exception as err:  # user code (a registered class's constructor): still one line
+        raise user_code_error(err, f"{field}: {label}") from None

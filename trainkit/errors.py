@@ -44,3 +44,37 @@ def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 12) -> str:
     shown = ", ".join(choices[:limit])
     more = f", ... ({len(choices)} in all)" if len(choices) > limit else ""
     return f"valid: {shown}{more}"
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none)."""
+    text = (getattr(err, "message", None) or str(err)).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_download_failure(err: BaseException) -> bool:
+    import urllib.error
+
+    # keras.utils.get_file (keras.applications weights) raises a bare Exception
+    # "URL fetch failure on URL: ..." whose cause is the URLError.
+    return isinstance(err, urllib.error.URLError) or "URL fetch failure" in str(err)
+
+
+def user_code_error(err: Exception, where: str) -> ConfigError:
+    """One line for an exception raised inside user code (a model builder, a
+    registered dataset or transform, a callback's constructor): ``where`` names
+    the component and the recipe field, e.g. ``model: builder 'resnet'``.
+
+    TypeError and ValueError are argument mistakes, shown as they are; any other
+    exception is named by its type, since its message alone may not say what went
+    wrong (``Exception: URL fetch failure ...``).
+    """
+    if isinstance(err, TypeError | ValueError):
+        return ConfigError(f"{where} failed: {first_line(err)}")
+    hint = ""
+    if _is_download_failure(err):
+        hint = (
+            " (a download failed: trainkit runs offline; put the file on disk and point the recipe at it, "
+            "e.g. weights=None or a local weights path)"
+        )
+    return ConfigError(f"{where} failed: {type(err).__name__}: {first_line(err)[:300]}{hint}")

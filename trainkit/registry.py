@@ -172,3 +172,4 @@ register_transform = transforms.register
 register_layer = layers.register
 register_loss = losses.register
 register_metric = metrics.register
+register_callback = callbacks.register

@@ -43,7 +43,7 @@ import numpy as np
 
 from trainkit.data import sources, transforms
 from trainkit.data.sources import Split, plain
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
 
 SPLITS = ("train", "validation", "test")
@@ -724,10 +724,10 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
     def spec_of(split: str, training: bool):
         try:
             return uncached._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
-        except ConfigError:
+        except TrainkitError:
             raise
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"data: the pipeline of split '{split}' cannot be built: {sources._first_line(err)}") from None
+        except Exception as err:  # registered transforms run while it is traced
+            raise user_code_error(err, f"data: the pipeline of split '{split}'") from None
 
     x_spec, y_spec = spec_of("train", True)
     feature_shape = {k: _shape(v) for k, v in x_spec.items()} if isinstance(x_spec, dict) else _shape(x_spec)

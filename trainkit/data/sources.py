@@ -24,7 +24,7 @@ from __future__ import annotations
 import csv
 import glob
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from trainkit import registry
-from trainkit.errors import ConfigError, did_you_mean
+from trainkit.errors import ConfigError, TrainkitError, did_you_mean, user_code_error
 from trainkit.recipe import (
     ArraysSource,
     CsvSource,
@@ -125,7 +125,12 @@ def load_sklearn(source: SklearnSource) -> Loaded:
 
 def load_arrays(source: ArraysSource) -> Loaded:
     fn = registry.datasets.get(source.name, field="data.source.name")
-    value = fn(**source.kwargs)
+    try:
+        value = fn(**source.kwargs)
+    except TrainkitError:
+        raise
+    except Exception as err:  # a registered dataset is user code
+        raise user_code_error(err, f"data.source.name: dataset '{source.name}'") from None
     if isinstance(value, tuple) and len(value) == 2:
         return Loaded({"all": _arrays(*value)})
     if isinstance(value, dict):
@@ -542,7 +547,7 @@ def load_generator(source: GeneratorSource) -> Loaded:
     for split in names:
         kwargs = dict(source.kwargs, **({"split": split} if source.splits else {}))
         count = 0
-        for example in _call_generator(fn, source.name, kwargs):
+        for example in _user_generator(_call_generator(fn, source.name, kwargs), source.name):
             if not (isinstance(example, tuple | list) and len(example) == 2):
                 raise ConfigError(f"data.source.name: dataset '{source.name}' must yield (x, y) pairs, got {type(example).__name__}")
             x, y = example
@@ -573,6 +578,16 @@ def _call_generator(fn: Callable, name: str, kwargs: dict) -> Iterable:
         return iter(fn(**kwargs))
     except TypeError as err:
         raise ConfigError(f"data.source: dataset '{name}' cannot be called with {kwargs}: {_first_line(err)}") from None
+
+
+def _user_generator(examples: Iterable, name: str) -> Iterator:
+    """``examples``, with an exception raised while generating them made one line."""
+    try:
+        yield from examples
+    except TrainkitError:
+        raise
+    except Exception as err:
+        raise user_code_error(err, f"data.source.name: dataset '{name}'") from None
 
 
 def _spec_of(value: Any):

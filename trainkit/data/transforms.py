@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainkit import registry
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, TrainkitError, first_line, user_code_error
 
 TransformFn = Callable[[Any, Any, Any], tuple[Any, Any]]
 
@@ -191,11 +191,12 @@ def _guarded(fn: TransformFn, field_name: str, kind: str) -> TransformFn:
     def call(x, y, seed):
         try:
             return fn(x, y, seed)
-        except ConfigError:
+        except TrainkitError:
             raise
         except (ValueError, TypeError, KeyError) as err:
-            text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise ConfigError(f"{field_name}: '{kind}' does not fit the data (features {_describe(x)}): {text}") from None
+            raise ConfigError(f"{field_name}: '{kind}' does not fit the data (features {_describe(x)}): {first_line(err)}") from None
+        except Exception as err:  # a registered transform is user code: still one line
+            raise user_code_error(err, f"{field_name}: transform '{kind}'") from None
 
     return call
 

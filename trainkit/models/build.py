@@ -10,7 +10,7 @@ from pydantic import ConfigDict, ValidationError, create_model
 from trainkit import registry
 from trainkit.components import check_arguments
 from trainkit.data.pipeline import DataInfo
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import ModelSection
 
 # Filled in by trainkit from the data, never written in a recipe.
@@ -66,10 +66,10 @@ def build_model(section: ModelSection, info: DataInfo):
     context = {k: v for k, v in _context(info).items() if k in wanted}
     try:
         model = builder(**context, **section.kwargs)
-    except ConfigError:
+    except TrainkitError:
         raise
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"model: builder '{section.type}' failed: {str(err).strip().splitlines()[0]}") from None
+    except Exception as err:  # a builder is user code: any failure is one line, exit 2
+        raise user_code_error(err, f"model: builder '{section.type}'") from None
     import keras
 
     if not isinstance(model, keras.Model):
