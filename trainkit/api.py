@@ -88,6 +88,7 @@ def train(
         changes = directory.check_compatible(recipe)  # read-only: refuses before anything is built
     else:
         changes = []
+    previous = directory.read_recipe() if changes else None  # (config.yaml is rewritten below)
     from trainkit.build import build, make_callbacks
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
@@ -125,6 +126,9 @@ def train(
             print(f"the previous run in {directory.path} was moved to {moved}")
         if changes and role.is_chief:
             print(f"resuming with changed settings: {', '.join(changes)}")
+            note = _schedule_note(built, previous, step_of(found[0]) if found else 0)
+            if note:
+                print(note)
         history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
         metrics = _final_evaluation(built, directory)
         if role.is_chief:
@@ -145,6 +149,21 @@ def train(
         directory.release()
         distribute.remove_scratch(directory, role)
     return Run(recipe, shared.path, built.model, history, metrics, built)
+
+
+def _schedule_note(built, previous: Recipe, step: int) -> str | None:
+    """What a changed budget does to the learning-rate schedule at the resumed step."""
+    from trainkit.build import total_steps
+    from trainkit.optim import budget_change_note
+
+    rate = {"learning_rate": distribute.learning_rate(built.recipe)}
+    return budget_change_note(
+        previous.optimizer.model_copy(update=rate),
+        built.recipe.optimizer.model_copy(update=rate),
+        old_total=total_steps(previous, built.steps_per_epoch),
+        new_total=built.total_steps,
+        step=step,
+    )
 
 
 def _header(built, directory: RunDir) -> str:

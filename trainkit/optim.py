@@ -116,3 +116,28 @@ def make_optimizer(section: OptimizerSection, *, total_steps: int):
     cls = registry.optimizers.get(section.type, field="optimizer.type")
     kwargs = {"learning_rate": make_schedule(section, total_steps=total_steps), **section.kwargs}
     return instantiate(cls, kwargs, field="optimizer", label=cls.__name__)
+
+
+def rate_at(section: OptimizerSection, *, total_steps: int, step: int) -> float:
+    """The learning rate at ``step`` of a run with this budget."""
+    schedule = make_schedule(section, total_steps=total_steps)
+    return float(schedule(step)) if callable(schedule) else float(schedule)
+
+
+def budget_change_note(
+    old: OptimizerSection, new: OptimizerSection, *, old_total: int, new_total: int, step: int
+) -> str | None:
+    """One line when a changed budget moves the learning-rate schedule (a cosine
+    decays over the rest of the budget), else None: so a resume that changes the
+    rate says so instead of silently jumping."""
+    if new.schedule is None or old_total == new_total:
+        return None
+    before = make_schedule(old, total_steps=old_total)
+    after = make_schedule(new, total_steps=new_total)
+    if callable(before) and before.get_config() == after.get_config():
+        return None  # e.g. a schedule with its own decay_steps: the budget does not move it
+    was, now = rate_at(old, total_steps=old_total, step=step), rate_at(new, total_steps=new_total, step=step)
+    return (
+        f"the learning-rate schedule follows the budget ({old_total} -> {new_total} steps): "
+        f"at step {step} the rate is {now:.3g} (it was {was:.3g})"
+    )
