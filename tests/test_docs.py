@@ -1,0 +1,212 @@
+"""Every documented command runs: the docs cannot drift from the code.
+
+Each ``trainkit ...`` command and each Python snippet in README.md, docs/*.md and
+``trainkit --help``'s examples is extracted and run, in document order, in one
+fresh working directory per document (so ``trainkit eval runs/x`` finds the run
+an earlier ``trainkit train x`` made). New documents and sections are picked up
+without touching this file. Commands that train are smoke-sized: the CLI appends
+``trainer.epochs=1`` (the last layer wins, and the budget is a setting a run may
+change). A command written after a ``$ `` prompt and followed by output must
+print that output. Synopsis lines (``trainkit train RECIPE [-c CONFIG]...``) are
+not commands. A YAML block headed ``# configs/NAME.yaml`` must say what the file
+says.
+
+The only commands not run are in :data:`SKIP`, each with its reason.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, run_cli
+
+#: Documented commands and snippets that cannot run here, by a piece of their text.
+SKIP = {
+    "trainkit data mnist_cnn": "reads TFDS mnist, which needs a download (tests run offline)",
+    "runtime.strategy=multi_worker_mirrored --run-dir /shared": "one worker of a two-machine cluster: it waits for the other machine",
+    "SlurmClusterResolver": "needs a Slurm allocation",
+    '{..., "model"': "a fragment: `...` stands for the rest of a recipe",
+}
+
+#: Appended to commands that train, so that each takes seconds.
+SMOKE = ("trainer.epochs=1",)
+TRAINING_COMMANDS = ("train", "launch")
+PLACEHOLDER = re.compile(r"^\[?[A-Z][A-Z_]*\]?(\.\.\.)?$|\.\.\.")
+
+
+@dataclass
+class Snippet:
+    kind: str  # "command", "python" or "config"
+    text: str
+    line: int
+    expected: list[str] = field(default_factory=list)
+    """For a ``$ `` command: the output lines shown after it."""
+
+
+def documents() -> dict[str, str]:
+    """Every document a user reads, by name: README.md, docs/*.md and the CLI's --help examples."""
+    from trainkit.cli import EXAMPLES
+
+    docs = {"README.md": (ROOT / "README.md").read_text()}
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        docs[f"docs/{path.name}"] = path.read_text()
+    # --help's examples, as an indented block of commands
+    docs["trainkit --help"] = "\n".join(f"    {line}" for line in EXAMPLES.splitlines() if line.startswith("  trainkit "))
+    return docs
+
+
+def extract(text: str) -> list[Snippet]:
+    """The commands, Python snippets and config files shown in a markdown text."""
+    out: list[Snippet] = []
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        stripped = lines[i].strip()
+        if stripped.startswith("```"):
+            lang = stripped[3:].strip().lower()
+            indent = len(lines[i]) - len(lines[i].lstrip())
+            start = i + 1
+            i += 1
+            while i < len(lines) and not lines[i].strip().startswith("```"):
+                i += 1
+            body = [line[indent:] for line in lines[start:i]]
+            if lang == "python":
+                out.append(Snippet("python", "\n".join(body), start + 1))
+            elif lang == "yaml" and body and re.fullmatch(r"# configs/[\w.-]+\.ya?ml", body[0].strip()):
+                out.append(Snippet("config", "\n".join(body), start + 1))
+            elif lang in ("", "sh", "bash", "shell", "console", "text"):
+                out += _commands(body, start)
+        elif lines[i].startswith("    ") and _is_command(stripped):
+            # an indented (unfenced) code block
+            start = i
+            block = []
+            while i < len(lines) and (lines[i].startswith("    ") or not lines[i].strip()):
+                block.append(lines[i][4:])
+                i += 1
+            out += _commands(block, start)
+            continue
+        i += 1
+    return out
+
+
+def _is_command(line: str) -> bool:
+    return line.startswith(("trainkit ", "$ trainkit "))
+
+
+def _commands(body: list[str], first_line: int) -> list[Snippet]:
+    out: list[Snippet] = []
+    prompted = False
+    for n, raw in enumerate(body):
+        line = raw.strip()
+        if _is_command(line):
+            prompted = line.startswith("$ ")
+            command = line.removeprefix("$ ")
+            out.append(Snippet("command", command, first_line + n + 1))
+        elif line.startswith("$ ") or not line:
+            prompted = False
+        elif prompted and out:
+            out[-1].expected.append(line)  # the output shown after a `$ ` command
+    return [s for s in out if not _is_synopsis(s.text)]
+
+
+def _is_synopsis(command: str) -> bool:
+    words = shlex.split(command, comments=True)
+    return any(PLACEHOLDER.search(word) for word in words[1:])
+
+
+def skip_reason(snippet: Snippet) -> str | None:
+    return next((reason for piece, reason in SKIP.items() if piece in snippet.text), None)
+
+
+DOCUMENTS = documents()
+
+
+def test_the_extractor_finds_the_documented_commands():
+    readme = extract(DOCUMENTS["README.md"])
+    commands = [s.text for s in readme if s.kind == "command"]
+    assert "trainkit ls                                            # recipes and configs" in commands
+    assert not any("RECIPE" in c for c in commands)  # synopses are not commands
+    errors = next(s for s in readme if s.text == "trainkit train digits_mlp trainer.epoch=3")
+    assert errors.expected == ["error: unknown key 'epoch' in trainer (in override trainer.epoch=3); did you mean 'epochs'?"]
+    assert any(s.kind == "python" and "trainkit.evaluate(" in s.text for s in readme)
+    help_commands = [s.text for s in extract(DOCUMENTS["trainkit --help"])]
+    assert any(c.startswith("trainkit eval runs/digits_cnn") for c in help_commands)
+
+
+def test_every_skip_entry_still_names_a_documented_snippet():
+    texts = [s.text for doc in DOCUMENTS.values() for s in extract(doc)]
+    for piece in SKIP:
+        assert any(piece in t for t in texts), f"SKIP entry {piece!r} matches nothing: remove it"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("document", list(DOCUMENTS))
+def test_every_documented_command_and_snippet_runs(tmp_path, document):
+    failures = []
+    ran = 0
+    for number, snippet in enumerate(extract(DOCUMENTS[document])):
+        if skip_reason(snippet):
+            continue
+        where = f"{document}:{snippet.line}"
+        if snippet.kind == "config":
+            failure = _check_config(snippet)
+        elif snippet.kind == "python":
+            failure = _run_python(snippet, tmp_path, number)
+        else:
+            failure = _run_command(snippet, tmp_path)
+        ran += 1
+        if failure:
+            failures.append(f"{where}: {snippet.text.splitlines()[0]!r}: {failure}")
+    assert not failures, "\n".join(failures)
+    if document == "README.md":
+        assert ran >= 6
+
+
+def _run_command(snippet: Snippet, cwd: Path) -> str | None:
+    words = shlex.split(snippet.text, comments=True)[1:]
+    if words and words[0] in TRAINING_COMMANDS and not snippet.expected:
+        words += SMOKE
+    result = run_cli(*words, cwd=cwd)
+    output = result.stdout + result.stderr
+    if snippet.expected:
+        missing = [line for line in snippet.expected if line not in output.splitlines()]
+        return f"documented output not printed: {missing}; got: {output[-800:]}" if missing else None
+    if result.returncode != 0:
+        return f"exit {result.returncode}: {output[-800:]}"
+    return None
+
+
+def _run_python(snippet: Snippet, cwd: Path, number: int) -> str | None:
+    path = cwd / f"snippet_{number}.py"
+    path.write_text(snippet.text + "\n")
+    if re.search(r"^def recipe\(", snippet.text, re.M):
+        # A recipe file: it must resolve to a valid recipe.
+        result = run_cli("show", str(path), cwd=cwd)
+    else:
+        env = {
+            **os.environ,
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "TRAINKIT_HOME": str(ROOT),
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        }
+        result = subprocess.run(
+            [sys.executable, str(path)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+        )
+    if result.returncode != 0:
+        return f"exit {result.returncode}: {(result.stdout + result.stderr)[-800:]}"
+    return None
+
+
+def _check_config(snippet: Snippet) -> str | None:
+    name = snippet.text.splitlines()[0].strip().removeprefix("# ")
+    shown = yaml.safe_load(snippet.text)
+    actual = yaml.safe_load((ROOT / name).read_text())
+    return None if shown == actual else f"differs from {name}: shown {shown}, the file has {actual}"
