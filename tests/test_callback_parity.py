@@ -66,6 +66,8 @@ class Recorder(keras.callbacks.Callback):
         index, rest = (args[0], args[1:]) if indexed else (None, args)
         logs = rest[0] if rest else logs
         self.events.append((hook, index, tuple(sorted(logs or {}))))
+        if hook == "on_train_begin":
+            self.initial = [np.array(w) for w in self.model.get_weights()]
         if hook == "on_epoch_end":
             self.rates.append(float(np.asarray(self.model.optimizer.learning_rate)))
             self.weights.append([np.array(w) for w in self.model.get_weights()])
@@ -97,40 +99,52 @@ class Outcome:
         return {keys for name, _, keys in self.recorder.events if name == hook}
 
 
-def run_fit(directory: Path, callbacks: list, *, epochs: int, steps_per_execution: int = 1) -> Outcome:
+def _model() -> keras.Model:
+    return keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")])
+
+
+def run_fit(
+    directory: Path, callbacks: list, *, epochs: int, steps_per_execution: int = 1,
+    batch: int = BATCH, optimizer: dict | None = None, initial: list | None = None,
+) -> Outcome:
     keras.utils.set_random_seed(0)
     (x, y), validation = _arrays()
-    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(3, activation="softmax")])
+    model = _model()
+    if initial is not None:
+        model.set_weights(initial)
     model.compile(
-        optimizer=keras.optimizers.SGD(LEARNING_RATE),
+        optimizer=keras.optimizers.SGD(LEARNING_RATE, **(optimizer or {})),
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
     recorder = Recorder()
     history = model.fit(
-        x, y, batch_size=BATCH, epochs=epochs, validation_data=validation, validation_batch_size=BATCH,
+        x, y, batch_size=batch, epochs=epochs, validation_data=validation, validation_batch_size=BATCH,
         callbacks=[recorder, *callbacks], verbose=0, shuffle=False,
     )
     return Outcome(recorder, history.history, model, directory)
 
 
-def run_trainkit(directory: Path, callbacks: list, *, epochs: int, steps_per_execution: int = 1) -> Outcome:
+def run_trainkit(
+    directory: Path, callbacks: list, *, epochs: int, steps_per_execution: int = 1,
+    batch: int = BATCH, optimizer: dict | None = None, evaluate: tuple = (),
+) -> Outcome:
     recipe = trainkit.load_recipe({
         "name": "callback_parity",
-        "data": {"source": {"type": "arrays", "name": "callback_parity"}, "batch_size": BATCH},
+        "data": {"source": {"type": "arrays", "name": "callback_parity"}, "batch_size": batch},
         "model": {"type": "sequential", "layers": [{"type": "Dense", "units": 8, "activation": "relu"}, {"type": "Dense", "units": 3, "activation": "softmax"}]},
         "loss": "sparse_categorical_crossentropy",
         "metrics": ["accuracy"],
-        "optimizer": {"type": "sgd", "learning_rate": LEARNING_RATE},
+        "optimizer": {"type": "sgd", "learning_rate": LEARNING_RATE, **(optimizer or {})},
         "trainer": {
             "epochs": epochs, "steps_per_execution": steps_per_execution, "log_every_steps": 1000,
-            "evaluate": [], "progress": False,
+            "evaluate": list(evaluate), "progress": False,
         },
     })
     recorder = Recorder()
     run = trainkit.train(recipe, run_dir=directory / "run", callbacks=[recorder, *callbacks])
-    return Outcome(recorder, run.history, run.model, directory)
+    return Outcome(recorder, run.history, run.model, directory, extra={"run": run})
 
 
 FRAMEWORKS = {"fit": run_fit, "trainkit": run_trainkit}
@@ -292,3 +306,29 @@ def test_reduce_lr_on_plateau_reduces_at_the_same_epochs(tmp_path_factory):
         # each of their ends. The logs hold the rate the epoch trained with.
         np.testing.assert_allclose(float(outcome.model.optimizer.learning_rate), 0.025, rtol=1e-6, err_msg=name)
         np.testing.assert_allclose(outcome.history["learning_rate"], [0.1, 0.1, 0.05], rtol=1e-6, err_msg=name)
+
+
+# -- EMA ------------------------------------------------------------------------------------
+
+
+def test_use_ema_ends_with_the_ema_weights_as_fit_does(tmp_path_factory):
+    """With ``optimizer.use_ema``, ``fit`` ends by writing the moving averages into
+    the model (``finalize_variable_values``): trainkit's final weights, evaluation
+    and exported model must be those too. One full batch per epoch, so the data
+    order cannot differ; both start from trainkit's initial weights."""
+    ema = {"use_ema": True, "ema_momentum": 0.5}
+    ours = run_trainkit(tmp_path_factory.mktemp("ema"), [], epochs=4, batch=TRAIN, optimizer=ema, evaluate=("validation",))
+    initial = ours.recorder.initial
+    fit = run_fit(tmp_path_factory.mktemp("fit_ema"), [], epochs=4, batch=TRAIN, optimizer=ema, initial=initial)
+    raw = run_fit(tmp_path_factory.mktemp("fit_raw"), [], epochs=4, batch=TRAIN, initial=initial)
+    # EMA matters here: the averaged weights are not the last step's.
+    assert not all(np.allclose(a, b, atol=1e-4) for a, b in zip(fit.model.get_weights(), raw.model.get_weights(), strict=True))
+    for got, expected in zip(ours.model.get_weights(), fit.model.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    _, validation = _arrays()
+    fit_loss, fit_accuracy = fit.model.evaluate(*validation, batch_size=BATCH, verbose=0)
+    run = ours.extra["run"]
+    assert run.metrics["validation"]["loss"] == pytest.approx(fit_loss, rel=1e-5)
+    exported = keras.models.load_model(run.run_dir / "model.keras")
+    for got, expected in zip(exported.get_weights(), fit.model.get_weights(), strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
