@@ -79,7 +79,7 @@ def test_a_callback_path_that_leaves_the_run_directory_is_refused(tmp_path):
     assert not (tmp_path / "run").exists() and not (tmp_path / "log.csv").exists()
 
 
-def test_no_validation_split_means_no_best_checkpoint_and_a_clear_eval_error(tmp_path):
+def test_monitor_auto_is_val_loss_with_a_validation_split_and_none_without():
     from trainkit.build import resolve_monitor
 
     recipe = trainkit.load_recipe("digits_mlp")
