@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from trainkit.recipe import Recipe
 from trainkit.runs import Run, read_history
 from trainkit.runtime import quiet_tensorflow
 from trainkit.training.run_dir import RunDir
+from trainkit.training.sinks import warn
 
 DEFAULT_RUNS = "runs"
 
@@ -135,7 +135,7 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
         where = ckpts if which == "last" else ckpts / which
         path, skipped = latest_readable(where, lambda p: restore_model_weights(model, p))
         for bad, reason in skipped:
-            print(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it", file=sys.stderr)
+            warn(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it")
         if path:
             return path
         if which == "final" and directory.model_file.is_file():

@@ -37,7 +37,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from trainkit.errors import RunDirError
+from trainkit.training.sinks import warn
 
 PREFIX = "ckpt"
 _STEP = re.compile(rf"^{PREFIX}-(\d+)$")
@@ -436,4 +436,4 @@ def restore_model_weights(model, path: str) -> None:
 
 
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    warn(text)

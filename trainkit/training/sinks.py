@@ -23,6 +23,16 @@ from typing import Any, TextIO
 from trainkit.training.events import Position
 
 
+def say(text: str, stream: TextIO | None = None) -> None:
+    """A line on stdout (or ``stream``) outside a training: a server task, the launcher."""
+    print(text, file=stream or sys.stdout, flush=True)
+
+
+def warn(text: str) -> None:
+    """A warning on stderr, from any module: never silenced."""
+    print(text, file=sys.stderr, flush=True)
+
+
 def format_metrics(values: dict[str, float], prefix: str = "") -> str:
     return "  ".join(f"{prefix}{k} {v:.4g}" for k, v in values.items())
 
@@ -43,7 +53,7 @@ class Sink:
         self.line(text)
 
     def warn(self, text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
+        warn(text)
 
     # -- training -----------------------------------------------------------------
     def start(self, *, total_steps: int, epochs: int | None, position: Position) -> None:
@@ -77,7 +87,7 @@ class NoticesOnlySink(Sink):
     """A non-chief worker of a cluster: the chief reports progress, each worker its own resume."""
 
     def notice(self, text: str) -> None:
-        print(text, flush=True)
+        say(text)
 
 
 class PlainSink(Sink):
@@ -88,7 +98,7 @@ class PlainSink(Sink):
         self.stream = stream
 
     def line(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
+        say(text, self.stream)
 
     def train_log(self, position: Position, values: dict[str, float], rate: float) -> None:
         of_epochs = f"/{self.epochs}" if self.epochs else ""
@@ -187,7 +197,7 @@ class TerminalSink(_LiveSink):
         if self._bar is not None:
             self._bar.write(text, file=self.stream)  # above the bar, which tqdm redraws
         else:
-            print(text, file=self.stream, flush=True)
+            say(text, self.stream)
 
     def start(self, *, total_steps: int, epochs: int | None, position: Position) -> None:
         from tqdm import tqdm
