@@ -91,7 +91,8 @@ def test_monitor_auto_is_val_loss_with_a_validation_split_and_none_without():
 
 
 def test_resuming_with_a_longer_budget_says_the_cosine_schedule_moved(tmp_path, capsys):
-    overrides = {"trainer.epochs": 1, "trainer.progress": False, "model.hidden_units": [16], "optimizer.schedule.warmup_steps": 0}
+    # (progress on: with it off, trainkit says nothing but errors, resume notices included)
+    overrides = {"trainer.epochs": 1, "trainer.progress": True, "model.hidden_units": [16], "optimizer.schedule.warmup_steps": 0}
     first = trainkit.load_recipe("digits_mlp", configs=["digits_mlp_wide"], overrides=overrides)
     trainkit.train(first, run_dir=tmp_path / "run")
     capsys.readouterr()
