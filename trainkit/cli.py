@@ -27,7 +27,7 @@ examples:
   trainkit eval runs/digits_cnn --split test --checkpoint best
   trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
   trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
-  trainkit plot runs/a runs/b -o curves.png         # learning curves of runs
+  trainkit plot runs/digits_cnn runs/try -o curves.png  # learning curves of runs
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
   4 lost another task of the cluster, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
