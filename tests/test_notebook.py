@@ -203,3 +203,12 @@ def test_load_train_evaluate_and_load_again_in_one_process_leave_it_as_it_was(tm
 def test_quickstart_notebook_is_valid_and_cleared():
     notebook = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
     assert all(not c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
+
+
+def test_a_recipe_file_that_imports_keras_keeps_tensorflow_start_up_lines_out(tmp_path):
+    path = tmp_path / "nb_tiny.py"
+    path.write_text(RECIPE_FILE)
+    shown = run_cli("show", str(path), env={"TF_CPP_MIN_LOG_LEVEL": "0"}, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "name: nb_tiny" in shown.stdout
+    assert not re.search(r"I0000|cuInit|absl|oneDNN", shown.stderr), shown.stderr
