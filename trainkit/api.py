@@ -62,12 +62,19 @@ def train(
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
     from trainkit.runtime import preserved_process_state
     from trainkit.training.lifecycle import train_run
+    from trainkit.training.stops import TrainingStopped
 
-    with preserved_process_state():
-        trained = train_run(
-            recipe, run_dir or default_run_dir(recipe), restart=restart, callbacks=callbacks,
-            trainer_class=trainer_class, recipe_source=_source_of(recipe),
-        )
+    target = Path(run_dir or default_run_dir(recipe))
+    try:
+        with preserved_process_state():
+            trained = train_run(
+                recipe, target, restart=restart, callbacks=callbacks,
+                trainer_class=trainer_class, recipe_source=_source_of(recipe),
+            )
+    except TrainingStopped as stop:
+        # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
+        stop.run = Run(recipe, target)
+        raise
     built = trained.built
     # The history of every epoch the run has trained, not only this call's (a resumed run).
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
