@@ -97,6 +97,7 @@ class Controller:
         callbacks: list,
         steps_per_epoch: int,
         total_steps: int,
+        events: tuple = (),
     ):
         self.trainer, self.data, self.strategy, self.policy = trainer, data, strategy, policy
         self.model = trainer.model
@@ -113,8 +114,13 @@ class Controller:
         self.validation_due = EverySteps(policy.validation.every_steps)
         self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
         self.profile = ProfileWindow(policy.profile_steps, run_dir.tensorboard)
-        #: Every periodic event; the chunk is cut at the nearest. Stages append theirs here.
-        self.events = [self.epoch_end, self.budget_end, self.log_due, self.validation_due, self.checkpoint_due, self.profile]
+        #: Every periodic event; the chunk is cut at the nearest. ``events`` passed in
+        #: (stages, say) may also have ``fire(controller)``, called when they are due.
+        self.events = [
+            self.epoch_end, self.budget_end, self.log_due, self.validation_due, self.checkpoint_due, self.profile,
+            *events,
+        ]
+        self._actions = [event for event in events if hasattr(event, "fire")]
         self.has_validation = data.has_split("validation")
         spe = policy.steps_per_execution
         self.auto_chunk = spe == "auto"
@@ -227,6 +233,9 @@ class Controller:
         if self._batch_hooks:
             self._check_trainable("on_train_batch_end")
         self.sink.advance(position)
+        for event in self._actions:
+            if event.due(position):
+                event.fire(self)
         if self.log_due.due(position):
             rate = self.metrics_log.steps_per_second(position.step)
             self.metrics_log.log(split="train", step=position.step, epoch=position.epoch, values=results, steps_per_second=rate)
