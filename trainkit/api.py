@@ -88,6 +88,7 @@ def train(
     else:
         changes = []
     from trainkit.build import build, make_callbacks
+    from trainkit.export import export_trained, record_inputs
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
@@ -115,6 +116,8 @@ def train(
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
         directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
+        if role.is_chief:
+            record_inputs(built, directory)  # inference.json: what export and predict need
         if built.recipe.trainer.progress:
             print(_header(built, directory))
         if moved:
@@ -125,7 +128,7 @@ def train(
         history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
         metrics = _final_evaluation(built, directory)
         if role.is_chief:
-            _export(built, directory)
+            export_trained(built, directory)
         directory.update_status(status="completed", ended=_now())
     except BaseException as err:
         status = directory.read_status().get("status")
@@ -172,18 +175,6 @@ def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
                 print(f"{split}: {shown}")
     write_json_atomic(directory.eval_json, results)
     return results
-
-
-def _export(built, directory: RunDir) -> None:
-    formats = built.recipe.export.formats
-    if "keras" in formats:
-        from trainkit.export import portable_copy
-
-        tmp = directory.path / ".model.tmp.keras"
-        portable_copy(built.model, built.trainer.optimizer).save(tmp)
-        os.replace(tmp, directory.model_file)
-    if "saved_model" in formats:
-        built.model.export(str(directory.path / "saved_model"), verbose=False)
 
 
 def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
