@@ -44,6 +44,12 @@ class Run:
         built = self._built
         return built.trainer.evaluate(built.data.distributed(built.strategy, split))
 
+    def predict(self, inputs: Any, *, checkpoint: str | None = None):
+        """Predictions on raw inputs (a NumPy array or a file): :func:`trainkit.predict`."""
+        from trainkit.serving.predict import predict
+
+        return predict(self.run_dir, inputs, checkpoint=checkpoint)
+
     def __repr__(self) -> str:
         return f"Run({self.recipe.name!r}, run_dir={str(self.run_dir)!r}, metrics={self.metrics})"
 
@@ -88,7 +94,7 @@ def train(
     else:
         changes = []
     from trainkit.build import build, make_callbacks
-    from trainkit.export import export_trained, record_inputs
+    from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
@@ -267,13 +273,19 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
     return restore(path)
 
 
-def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):
-    """The batched ``tf.data.Dataset`` that feeds ``split`` (train: shuffled, epoch 0)."""
+def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bool = False):
+    """The batched ``tf.data.Dataset`` that feeds ``split`` (train: shuffled, epoch 0).
+
+    ``raw=True``: the split as the source gives it, in evaluation order, before
+    ``data.scale`` and the transforms -- what an exported model takes.
+    """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     from trainkit.data.pipeline import prepare
 
     data = prepare(recipe.data, seed=recipe.seed)
+    if raw:
+        return data.raw_dataset(split)
     return data.dataset(split, training=split == "train")
 
 

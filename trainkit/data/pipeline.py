@@ -134,7 +134,7 @@ class PreparedData:
     ):
         self.section = section
         # What the source gave, before data.scale and the transforms: the inputs an
-        # exported model takes (trainkit.export rebuilds the preprocessing as layers
+        # exported model takes (trainkit.serving rebuilds the preprocessing as layers
         # from ``scaler`` and the fitted normalize ``statistics``).
         self._raw = raw_splits if raw_splits is not None else splits
         self.scaler = scaler

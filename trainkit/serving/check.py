@@ -35,7 +35,7 @@ def compare(built, model, spec: dict[str, Any], out: Path, written: dict[str, An
     if "keras" in written:
         import keras
 
-        from trainkit.export.model import output_head
+        from trainkit.serving.model import output_head
 
         trained = built.model.predict(np.concatenate(piped_x)[:limit], verbose=0, batch_size=128)
         head_input = keras.Input(trained.shape[1:])

@@ -3,8 +3,8 @@
 The end of training calls :func:`export_trained` (the formats of
 ``export.formats`` into the run directory); ``trainkit export`` and
 :func:`trainkit.export` export any kept checkpoint of a run (:func:`export`).
-Each export is the inference model of :mod:`trainkit.export.model` written by
-:mod:`trainkit.export.formats`, beside ``export.json``: the metadata (task, class
+Each export is the inference model of :mod:`trainkit.serving.model` written by
+:mod:`trainkit.serving.formats`, beside ``export.json``: the metadata (task, class
 names, input, outputs) and, per format, its file, size, the seconds it took, and
 how far its outputs are from ``model.keras`` on up to :data:`CHECK_EXAMPLES`
 examples of the test split (LiteRT: the accuracy change too).
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit.errors import ConfigError
-from trainkit.export import spec as inference_spec
+from trainkit.serving import spec as inference_spec
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 METADATA_FILE = "export.json"
@@ -69,7 +69,7 @@ def export_trained(built, directory) -> dict[str, Any]:
     if spec.get("unsupported"):
         print(f"warning: {spec['unsupported']}: only the trained model is exported (to model.keras)", file=sys.stderr)
         if "keras" in built.recipe.export.formats:
-            from trainkit.export.formats import write_keras
+            from trainkit.serving.formats import write_keras
 
             write_keras(portable_copy(built.model, built.trainer.optimizer), directory.model_file)
         return {}
@@ -129,7 +129,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str):
 def build_inference_model(built, spec: dict[str, Any]):
     """The inference model of a built run, compiled like the trained model where
     its outputs are the trained model's (so ``model.evaluate`` works on raw features)."""
-    from trainkit.export.model import inference_model
+    from trainkit.serving.model import inference_model
 
     model = inference_model(built.model, spec)
     if spec["head"] in ("identity", "probabilities"):
@@ -140,7 +140,7 @@ def build_inference_model(built, spec: dict[str, Any]):
 def _write(built, spec: dict[str, Any], formats: list[str], out: Path, *, quantize: str) -> dict[str, Any]:
     import tempfile
 
-    from trainkit.export import formats as writers
+    from trainkit.serving.export import formats as writers
     from trainkit.training.run_dir import write_json_atomic
 
     model = build_inference_model(built, spec)
@@ -171,8 +171,8 @@ def _write(built, spec: dict[str, Any], formats: list[str], out: Path, *, quanti
         written["tflite"]["quantize"] = quantize
     if "onnx" in formats:
         timed("onnx", lambda: writers.write_onnx(model, spec, out / writers.FILES["onnx"], metadata))
-    from trainkit.export.check import compare
+    from trainkit.serving.check import compare
 
     compare(built, model, spec, out, written, limit=CHECK_EXAMPLES)
     write_json_atomic(out / METADATA_FILE, {**metadata, "formats": written})
-    return {**metadata, "formats": written}
+    return {**metadata, "formats": written, "directory": str(out)}
