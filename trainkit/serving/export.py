@@ -140,7 +140,7 @@ def build_inference_model(built, spec: dict[str, Any]):
 def _write(built, spec: dict[str, Any], formats: list[str], out: Path, *, quantize: str) -> dict[str, Any]:
     import tempfile
 
-    from trainkit.serving.export import formats as writers
+    from trainkit.serving import formats as writers
     from trainkit.training.run_dir import write_json_atomic
 
     model = build_inference_model(built, spec)

@@ -23,11 +23,20 @@ def inference_model(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
         x = keras.layers.Rescaling(1.0, name="as_float32")(x)  # Rescaling casts to its float dtype
     for i, step in enumerate(spec["preprocessing"]):
         x = _layer(step, rank=len(raw["shape"]), name=f"preprocess_{i}_{step['type']}")(x)
-    y = model(x)
+    y = _uncompiled_copy(model)(x)
     y = output_head(spec["head"], y)
     name = "probabilities" if spec["task"] == "classification" else "predictions"
     outputs = keras.layers.Identity(name=name)(y)
     return keras.Model(inputs, outputs, name=f"{spec['recipe']}_inference".replace(".", "_").replace("-", "_"))
+
+
+def _uncompiled_copy(model: keras.Model) -> keras.Model:
+    """The same architecture and weights without the compile state: a nested model's
+    compile config (trainkit's learning-rate schedule) would be saved with it, and
+    plain Keras could not load the file."""
+    copy = type(model).from_config(model.get_config())  # (clone_model would compile the copy too)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def _layer(step: dict[str, Any], *, rank: int, name: str) -> keras.layers.Layer:

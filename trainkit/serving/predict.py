@@ -174,7 +174,7 @@ def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.nd
     if not rows:
         raise ConfigError(f"{path}: empty; expected rows of {_describe(expected)}")
     first = [cell.strip() for cell in rows[0]]
-    header = None if all(_is_number(cell) for cell in first) else first
+    header = first if not any(_is_number(cell) for cell in first) else None  # a header names, a row has numbers
     pick = None
     if header is not None and columns:
         missing = [c for c in columns if c not in header]
