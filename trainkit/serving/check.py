@@ -37,7 +37,10 @@ def compare(built, model, spec: dict[str, Any], out: Path, written: dict[str, An
 
         from trainkit.serving.model import output_head
 
-        trained = built.model.predict(np.concatenate(piped_x)[:limit], verbose=0, batch_size=128)
+        # Called directly, not through predict(): under a multi-worker or parameter-server
+        # strategy only the chief gets here, and predict() would distribute the work.
+        piped = np.concatenate(piped_x)[:limit]
+        trained = np.concatenate([np.asarray(built.model(piped[i : i + 128], training=False)) for i in range(0, len(piped), 128)])
         head_input = keras.Input(trained.shape[1:])
         headed = keras.Model(head_input, output_head(spec["head"], head_input))(trained)
         written["keras"]["examples_checked"] = int(len(raw))
