@@ -282,3 +282,22 @@ def test_export_refuses_an_unknown_format_in_one_line(cases, tmp_path):
     assert result.returncode == 2
     assert "error: --format: unknown format 'tflight'; did you mean 'tflite'?" in result.stderr
     assert not list(run_dir.glob("export-*"))
+
+
+@trainkit.register_transform("serving_test_double", overwrite=True)
+def double(x, y):
+    return x * 2.0, y
+
+
+def test_a_registered_transform_trains_but_is_not_exported_as_an_inference_model(tmp_path, capsys):
+    recipe = trainkit.load_recipe(
+        "digits_mlp",
+        configs=["digits_mlp_smoke"],
+        overrides={"data.transforms": [{"type": "serving_test_double"}], "trainer.epochs": None, "trainer.steps": 3},
+    )
+    run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    assert "only the trained model is exported" in capsys.readouterr().err
+    assert (run.run_dir / "model.keras").is_file()  # the trained model, as before
+    with pytest.raises(trainkit.ConfigError, match="data.transforms.0: registered transform 'serving_test_double' has no Keras layer"):
+        trainkit.export(run.run_dir, formats=["onnx"])
+    assert not list(run.run_dir.glob("export-*"))

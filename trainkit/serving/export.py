@@ -99,6 +99,9 @@ def export(
             raise ConfigError(f"--format: unknown format '{name}'; {did_you_mean(name, FORMATS)}")
     if quantize is not None and quantize not in ("none", "dynamic_range"):
         raise ConfigError(f"--quantize: '{quantize}' is not a quantization; use none or dynamic_range")
+    recorded = inference_spec.read(Path(run_dir))
+    if recorded is not None:
+        inference_spec.check_exportable(recorded)  # before building anything
     built, spec, directory = load_run(run_dir, checkpoint)
     inference_spec.check_exportable(spec)
     label = Path(checkpoint).name if os.sep in checkpoint else checkpoint
