@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit import distribute
 from trainkit.errors import ConfigError, RunDirError
@@ -23,6 +23,9 @@ from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runtime import quiet_tensorflow
 from trainkit.training.run_dir import RunDir, command_line
+
+if TYPE_CHECKING:
+    from trainkit.serving.predict import Predictions
 
 DEFAULT_RUNS = "runs"
 
@@ -44,7 +47,7 @@ class Run:
         built = self._built
         return built.trainer.evaluate(built.data.distributed(built.strategy, split))
 
-    def predict(self, inputs: Any, *, checkpoint: str | None = None):
+    def predict(self, inputs: Any, *, checkpoint: str | None = None) -> Predictions:
         """Predictions on raw inputs (a NumPy array or a file): :func:`trainkit.predict`."""
         from trainkit.serving.predict import predict
 

@@ -11,12 +11,17 @@ else train) when it is written:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    import keras
 
-def compare(built, model, spec: dict[str, Any], out: Path, written: dict[str, Any], *, limit: int) -> None:
+    from trainkit.build import Built
+
+
+def compare(built: Built, model: keras.Model, spec: dict[str, Any], out: Path, written: dict[str, Any], *, limit: int) -> None:
     data = built.data
     split = next((s for s in ("test", "validation", "train") if data.has_split(s)), None)
     if split is None or not written:

@@ -21,17 +21,23 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError
 from trainkit.serving import spec as inference_spec
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainkit.build import Built
+    from trainkit.training.run_dir import RunDir
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 METADATA_FILE = "export.json"
 CHECK_EXAMPLES = 512
 
 
-def portable_copy(model, optimizer):
+def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
     """A copy of ``model`` compiled like it, with a schedule-free optimizer of the same kind."""
     import keras
 
@@ -41,7 +47,7 @@ def portable_copy(model, optimizer):
     return copy
 
 
-def _compile_like(target, model, optimizer) -> None:
+def _compile_like(target: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
     config = optimizer.get_config()
     config["learning_rate"] = float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate)
     compiled = getattr(model, "_compile_config", None)
@@ -52,7 +58,7 @@ def _compile_like(target, model, optimizer) -> None:
     target.optimizer.build(target.trainable_variables)
 
 
-def record_inputs(built, directory) -> None:
+def record_inputs(built: Built, directory: RunDir) -> None:
     """Write the run's inference description (``inference.json``) into its directory."""
     from trainkit.build import make_loss
 
@@ -60,7 +66,7 @@ def record_inputs(built, directory) -> None:
     inference_spec.write(directory.path, spec)
 
 
-def export_trained(built, directory) -> dict[str, Any]:
+def export_trained(built: Built, directory: RunDir) -> dict[str, Any]:
     """The end of training: ``export.formats`` of the trained model into the run directory."""
     spec = inference_spec.read(directory.path)
     if spec is None:
@@ -110,7 +116,7 @@ def export(
     return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
 
 
-def load_run(run_dir: str | os.PathLike, checkpoint: str):
+def load_run(run_dir: str | os.PathLike, checkpoint: str) -> tuple[Built, dict[str, Any], RunDir]:
     """A run's recipe built again, the weights of ``checkpoint`` loaded, and its
     inference description (recorded when it trained, else described now)."""
     from trainkit import api, distribute
@@ -129,7 +135,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str):
     return built, spec, directory
 
 
-def build_inference_model(built, spec: dict[str, Any]):
+def build_inference_model(built: Built, spec: dict[str, Any]) -> keras.Model:
     """The inference model of a built run, compiled like the trained model where
     its outputs are the trained model's (so ``model.evaluate`` works on raw features)."""
     from trainkit.serving.model import inference_model
@@ -140,7 +146,7 @@ def build_inference_model(built, spec: dict[str, Any]):
     return model
 
 
-def _write(built, spec: dict[str, Any], formats: list[str], out: Path, *, quantize: str) -> dict[str, Any]:
+def _write(built: Built, spec: dict[str, Any], formats: list[str], out: Path, *, quantize: str) -> dict[str, Any]:
     import tempfile
 
     from trainkit.serving import formats as writers

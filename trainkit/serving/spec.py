@@ -17,15 +17,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from trainkit.data.pipeline import PreparedData
+    from trainkit.recipe import Recipe
 
 SPEC_FILE = "inference.json"
 INPUT_NAME = "features"
 
 
-def describe(recipe, data, model, loss) -> dict[str, Any]:
+def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any) -> dict[str, Any]:
     """The inference description of a built run (``data``: its PreparedData)."""
     raw_x, _ = data.raw_dataset("train", batch_size=1).element_spec
     info, section = data.info, recipe.data
