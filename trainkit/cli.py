@@ -174,7 +174,12 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize)
     for name, entry in written["formats"].items():
-        print(f"{name:>12}: {entry['file']}  {entry['bytes'] / 1024:,.1f} KiB  {entry['seconds']:.2f} s")
+        checked = ""
+        if "max_difference_from_keras" in entry:
+            checked = f"  max difference from model.keras {entry['max_difference_from_keras']:.1e}"
+            if "accuracy_change" in entry:
+                checked += f", accuracy change {entry['accuracy_change']:+.4f} on {entry['examples_checked']} examples"
+        print(f"{name:>12}: {entry['file']}  {entry['bytes'] / 1024:,.1f} KiB  {entry['seconds']:.2f} s{checked}")
     print(f"exported to {written['directory']}")
     return 0
 
