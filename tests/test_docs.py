@@ -11,7 +11,9 @@ print that output. Synopsis lines (``trainkit train RECIPE [-c CONFIG]...``) are
 not commands. A YAML block headed ``# configs/NAME.yaml`` must say what the file
 says.
 
-The only commands not run are in :data:`SKIP`, each with its reason.
+The only commands not run are in :data:`SKIP`, each with its reason. Input files
+a user brings (``trainkit predict RUN new_digits.csv``) are made by
+:func:`user_files` in every working directory first.
 """
 
 from __future__ import annotations
@@ -40,6 +42,23 @@ SKIP = {
 SMOKE = ("trainer.epochs=1",)
 TRAINING_COMMANDS = ("train", "launch")
 PLACEHOLDER = re.compile(r"^\[?[A-Z][A-Z_]*\]?(\.\.\.)?$|\.\.\.")
+
+
+def user_files(directory: Path) -> None:
+    """The files the docs assume a user has: new examples to predict, from the same
+    scikit-learn sources the recipes train on (raw features, as a user holds them);
+    ``rows.csv`` has the bad cell the README shows the error for (row 3)."""
+    import numpy as np
+    from sklearn.datasets import load_breast_cancer, load_digits
+
+    digits = load_digits().data[:5]
+    np.save(directory / "new_digits.npy", digits)
+    for name in ("new_digits.csv", "new.csv"):
+        np.savetxt(directory / name, digits, delimiter=",", fmt="%g")
+    cancer = load_breast_cancer()
+    rows = [list(cancer.feature_names)] + [[f"{v:g}" for v in row] for row in cancer.data[:3]]
+    rows[2][list(cancer.feature_names).index("mean texture")] = "n/a"
+    (directory / "rows.csv").write_text("\n".join(",".join(row) for row in rows) + "\n")
 
 
 @dataclass
@@ -152,6 +171,7 @@ def test_every_skip_entry_still_names_a_documented_snippet():
 def test_every_documented_command_and_snippet_runs(tmp_path, document):
     failures = []
     ran = 0
+    user_files(tmp_path)
     for number, snippet in enumerate(extract(DOCUMENTS[document])):
         if skip_reason(snippet):
             continue
