@@ -164,7 +164,17 @@ def both(tmp_path_factory, make_callbacks, **kwargs) -> dict[str, Outcome]:
 # -- hooks and logs ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 2])
+@pytest.mark.parametrize(
+    "steps_per_execution",
+    [
+        pytest.param(1, marks=pytest.mark.xfail(
+            strict=True,
+            reason="the controller runs a whole validation as one compiled call, so its test-batch hooks "
+            "come once per validation; fit calls them once per steps_per_execution batches (here: per batch)",
+        )),
+        2,  # the 2 validation batches are one call under both
+    ],
+)
 def test_the_same_hooks_are_called_with_the_same_indices(tmp_path_factory, steps_per_execution):
     runs = both(tmp_path_factory, lambda d: {}, epochs=2, steps_per_execution=steps_per_execution)
     assert runs["trainkit"].hooks() == runs["fit"].hooks()
