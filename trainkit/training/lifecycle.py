@@ -4,7 +4,7 @@
 against the recipe (read-only, before anything is built), build, take the lock,
 write ``config.yaml`` and ``run.json``, hand the built objects to a
 :class:`~trainkit.training.controller.Controller`, evaluate the final model,
-export it, and record how it ended (``completed``, ``interrupted``, ``failed``,
+export it (:mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
 ``diverged``, with ``ended``) whatever happens.
 """
 
@@ -65,7 +65,6 @@ def train_run(
 ) -> Trained:
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export."""
     from trainkit.build import build, make_callbacks
-    from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.checkpoint import Checkpointer, candidates, step_of
     from trainkit.training.controller import Controller, now
 
@@ -102,6 +101,8 @@ def train_run(
         built.data.use_cache_dir(directory.path)
         directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
         if role.is_chief:
+            from trainkit.serving.export import record_inputs
+
             record_inputs(built, directory)  # inference.json: what export and predict need
         sink.line(header(built, directory))
         if moved:
@@ -130,6 +131,8 @@ def train_run(
         history = controller.run()
         metrics = final_evaluation(controller, built, directory, sink)
         if role.is_chief:
+            from trainkit.serving.export import export_trained
+
             export_trained(built, directory)
         directory.update_status(status="completed", ended=now())
     except BaseException as err:
