@@ -42,7 +42,7 @@ class Run:
     def evaluate(self, split: str = "test") -> dict[str, float]:
         """Metrics of the trained model on ``split`` (``train``, ``validation``, ``test``)."""
         built = self._built
-        return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+        return built.trainer.evaluate_split(built.data, split)
 
     def __repr__(self) -> str:
         return f"Run({self.recipe.name!r}, run_dir={str(self.run_dir)!r}, metrics={self.metrics})"
@@ -166,7 +166,7 @@ def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
     results = {}
     for split in built.recipe.trainer.evaluate:
         if built.data.has_split(split):
-            results[split] = built.trainer.evaluate(built.data.distributed(built.strategy, split))
+            results[split] = built.trainer.evaluate_split(built.data, split)
             if built.recipe.trainer.progress:
                 shown = "  ".join(f"{k} {v:.4g}" for k, v in results[split].items())
                 print(f"{split}: {shown}")
@@ -220,7 +220,7 @@ def evaluate(
     built = build(recipe)
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
-    return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+    return built.trainer.evaluate_split(built.data, split)
 
 
 def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:

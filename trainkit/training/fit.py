@@ -153,7 +153,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     first_step_seconds = None
 
     def validate() -> dict[str, float]:
-        results = trainer.evaluate(data.distributed(strategy, "validation", take=policy.validation.steps))
+        results = trainer.evaluate_split(data, "validation", take=policy.validation.steps)
         reporter.log(split="validation", step=step, epoch=epoch, values=results)
         return {f"val_{k}": v for k, v in results.items()}
 
