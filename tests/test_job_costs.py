@@ -53,3 +53,21 @@ def test_no_retracing_warning_across_trainings_in_one_process(tmp_path):
         logger.removeHandler(handler)
     assert not [r for r in records if "retracing" in r]
     assert run._built.trainer.eval_traces == 1
+
+
+def test_run_json_breaks_the_job_into_phases(tmp_path):
+    from conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    done = run_cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "trainer.checkpoint.every_epoch=true", "--run-dir", str(run_dir))
+    assert done.returncode == 0, done.stderr[-2000:]
+    status = json.loads((run_dir / "run.json").read_text())
+    phases = status["phases"]
+    assert list(phases) == [
+        "start_up", "build", "first_step", "training", "validation", "checkpoint_saves", "final_evaluation", "export", "total",
+    ]
+    assert all(seconds > 0 for seconds in phases.values())
+    # start-up counts from the process's start: at least the import of TensorFlow
+    assert phases["start_up"] > 0.5
+    assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"), abs=0.01)
+    assert phases["checkpoint_saves"] == pytest.approx(status["checkpoint_seconds"], abs=0.01)

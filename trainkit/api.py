@@ -76,6 +76,12 @@ def train(
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
     """
+    import time
+
+    from trainkit.training import report
+    from trainkit.training.phases import Phases
+
+    called = time.perf_counter()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     if distribute.serve_if_server_task(recipe.runtime):
@@ -91,7 +97,13 @@ def train(
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
-    built = build(recipe, trainer_class=trainer_class)  # all validation happens here
+    phases = Phases()
+    # Start-up: from the process's start (the CLI) or this call until TensorFlow
+    # and trainkit's modules are imported (the imports above bring them in).
+    imported = time.perf_counter()
+    phases.add("start_up", time.time() - report.PROCESS_STARTED if report.PROCESS_STARTED else imported - called)
+    with phases.timed("build"):
+        built = build(recipe, trainer_class=trainer_class)  # all validation happens here
     check_policy(built)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
@@ -122,11 +134,13 @@ def train(
         if changes and role.is_chief:
             print(f"resuming with changed settings: {', '.join(changes)}")
         callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
-        history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
-        metrics = _final_evaluation(built, directory)
+        history = fit(built, directory, callbacks=callback_objects + list(callbacks or []), phases=phases)
+        with phases.timed("final_evaluation"):
+            metrics = _final_evaluation(built, directory)
         if role.is_chief:
-            _export(built, directory)
-        directory.update_status(status="completed", ended=_now())
+            with phases.timed("export"):
+                _export(built, directory)
+        directory.update_status(status="completed", ended=_now(), phases=phases.as_dict())
     except BaseException as err:
         status = directory.read_status().get("status")
         if status == "running":

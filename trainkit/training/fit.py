@@ -39,6 +39,7 @@ from trainkit.errors import ConfigError, TrainkitError, did_you_mean
 from trainkit.signals import SignalRecorder
 from trainkit.training import input_wait, report
 from trainkit.training.checkpoint import Checkpointer, read_counters
+from trainkit.training.phases import Phases
 from trainkit.training.report import Reporter, format_metrics
 
 TARGET_CALL_SECONDS = 0.2
@@ -98,13 +99,15 @@ def check_policy(built) -> None:
             )
 
 
-def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
+def fit(built, run_dir, *, callbacks: list, phases: Phases | None = None) -> dict[str, list]:
     """Train ``built`` (from :func:`trainkit.build.build`) into ``run_dir``.
 
     Resumes from the newest readable checkpoint in ``run_dir`` if there is one.
     Returns the history: for each metric (``loss``, ``val_loss``, ...) its value
-    at each epoch end, as Keras's ``History.history``.
+    at each epoch end, as Keras's ``History.history``. The seconds of the first
+    step, training, validation and checkpoint saves are added to ``phases``.
     """
+    phases = phases if phases is not None else Phases()
     recipe, trainer, data, strategy = built.recipe, built.trainer, built.data, built.strategy
     policy = recipe.trainer
     model = built.model
@@ -153,7 +156,8 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     first_step_seconds = None
 
     def validate() -> dict[str, float]:
-        results = trainer.evaluate_split(data, "validation", take=policy.validation.steps)
+        with phases.timed("validation"):
+            results = trainer.evaluate_split(data, "validation", take=policy.validation.steps)
         reporter.log(split="validation", step=step, epoch=epoch, values=results)
         return {f"val_{k}": v for k, v in results.items()}
 
@@ -224,8 +228,10 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                 profiler.at(step)
                 call_start = time.perf_counter()
                 results = trainer.train(iterator, n)
-                if step == start_step and report.PROCESS_STARTED:
-                    first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
+                if step == start_step:
+                    phases.add("first_step", time.perf_counter() - call_start)
+                    if report.PROCESS_STARTED:
+                        first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
                 step, step_in_epoch = step + n, step_in_epoch + n
                 profiler.at(step)
                 if spe == "auto":
@@ -293,6 +299,9 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     checkpointer.save_final(step=step, epoch=epoch, step_in_epoch=step_in_epoch)
     callback_list.on_train_end(history and {k: v[-1] for k, v in history.items()})
     elapsed = time.perf_counter() - started
+    phases.add("checkpoint_saves", checkpointer.save_seconds)
+    spent = sum(phases.seconds.get(name, 0.0) for name in ("first_step", "validation", "checkpoint_saves"))
+    phases.add("training", elapsed - spent)
     # (Not under a parameter server: its steps run asynchronously on remote workers.)
     measured = policy.measure_input and not distribute.is_parameter_server(strategy)
     waited = input_wait.from_trainer(trainer) if measured else None
