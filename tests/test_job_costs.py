@@ -71,3 +71,49 @@ def test_run_json_breaks_the_job_into_phases(tmp_path):
     assert phases["start_up"] > 0.5
     assert phases["total"] == pytest.approx(sum(v for k, v in phases.items() if k != "total"), abs=0.01)
     assert phases["checkpoint_saves"] == pytest.approx(status["checkpoint_seconds"], abs=0.01)
+
+
+def test_input_wait_hint_never_proposes_a_larger_batch():
+    from trainkit.data.pipeline import prepare
+    from trainkit.training.input_wait import InputWait
+
+    r = recipe("digits_cnn")
+    data = prepare(r.data, seed=r.seed)
+    # A tiny step waiting only for the handover of a ready batch (0.2 ms): not the pipeline.
+    handover = InputWait(fraction=0.4, step_seconds=0.0005, compute_seconds=0.0003, steps=100).hint(data)
+    assert "fixed cost of handing each batch" in handover and "no data.* setting" in handover
+    assert "batch_size" not in handover
+    # A real pipeline wait (8 ms a step): fixes that keep the results, and no batch size.
+    slow = InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100).hint(data)
+    assert slow.startswith("input is the bottleneck") and "batch_size" not in slow
+    assert InputWait(fraction=0.05, step_seconds=0.01, compute_seconds=0.0095, steps=100).hint(data) is None
+
+
+def test_mixed_float16_scales_the_loss_warns_on_cpu_and_resumes_exactly(tmp_path, capsys):
+    import keras
+
+    common = {
+        "runtime.precision": "mixed_float16",
+        "runtime.deterministic": True,
+        "model.dropout": 0.0,
+        "trainer.epochs": None,
+        "trainer.validation.every_epochs": None,
+        "trainer.evaluate": [],
+    }
+    try:
+        whole = trainkit.train(recipe(**common, **{"trainer.steps": 8}), run_dir=tmp_path / "whole")
+        assert "runtime.precision=mixed_float16 on a CPU: a small CNN trained about 150x slower" in capsys.readouterr().err
+        optimizer = whole._built.trainer.optimizer
+        assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        assert whole.model.get_layer(index=-1).compute_dtype == "float16"
+        # The loss was scaled and the steps applied: the optimizer moved the weights.
+        assert int(optimizer.iterations) == 8 and float(optimizer.dynamic_scale) > 1
+        trainkit.train(recipe(**common, **{"trainer.steps": 4}), run_dir=tmp_path / "split")
+        resumed = trainkit.train(recipe(**common, **{"trainer.steps": 8}), run_dir=tmp_path / "split")
+    finally:
+        keras.mixed_precision.set_global_policy("float32")  # the policy is process-wide
+    assert float(resumed._built.trainer.optimizer.dynamic_scale) == float(optimizer.dynamic_scale)
+    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights(), strict=True):
+        assert a.tobytes() == b.tobytes()
+    loaded = keras.models.load_model(tmp_path / "whole" / "model.keras")
+    assert loaded.count_params() == whole.model.count_params()

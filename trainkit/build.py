@@ -141,6 +141,12 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
         check_model_fits_data(recipe, model, data)
         optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
         optimizer = make_optimizer(optimizer_section, total_steps=steps)
+        if recipe.runtime.precision == "mixed_float16":
+            # As Keras's compile() does: float16 gradients underflow without loss
+            # scaling, and the loop's scale_loss() scales only with this wrapper.
+            import keras
+
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
         # then loads ready for model.evaluate); trainkit's loop does the training.
         model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))

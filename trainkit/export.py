@@ -13,6 +13,9 @@ import keras
 
 
 def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # The optimizer proper; compile() wraps it again under a mixed_float16 policy.
+        optimizer = optimizer.inner_optimizer
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     config = optimizer.get_config()
@@ -21,6 +24,10 @@ def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     loss = model.loss if compiled is None else compiled.config.get("loss")
     metrics = None if compiled is None else compiled.config.get("metrics")
     copy.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
+    if isinstance(copy.optimizer, keras.optimizers.LossScaleOptimizer):
+        # compile() wrapped it (mixed_float16 policy); unwrapped, the file loads
+        # without a variable-count warning where it is usually loaded: in float32.
+        copy.optimizer = copy.optimizer.inner_optimizer
     # Built (fresh slots), so loading the file does not warn about missing optimizer variables.
     copy.optimizer.build(copy.trainable_variables)
     return copy
