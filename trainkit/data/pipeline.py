@@ -348,7 +348,20 @@ class PreparedData:
         Read around ``data.cache``: it runs before training (before the run
         directory exists), and a partly read cache would be thrown away anyway.
         """
+        if self._plain_arrays():  # the first n examples, as the pipeline would give them
+            import tensorflow as tf
+
+            x, y = self._splits["train"].arrays
+            return tf.nest.map_structure(lambda a: tf.constant(a[:n]), x), tf.constant(y[:n])
         return next(iter(self._uncached().dataset("train", batch_size=n).take(1)))
+
+    def _plain_arrays(self) -> bool:
+        """Every split in memory, read as it is: no augmentation, no evaluation transforms."""
+        return (
+            self._augment is None
+            and self._evaluation is None
+            and all(s.kind == "arrays" and s.load is None for s in self._splits.values())
+        )
 
     # -- building blocks ----------------------------------------------------------
 
@@ -779,7 +792,14 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
     # creates no cache folder (nothing is written before training starts).
     uncached = data._uncached()
 
+    # Every split in memory with nothing left to apply: the arrays are the
+    # examples, and their specs need no pipeline (building and tracing four of
+    # them cost ~0.3 s of every start).
+    array_specs = {split: _array_spec(s.arrays) for split, s in data._splits.items()} if data._plain_arrays() else {}
+
     def spec_of(split: str, training: bool):
+        if split in array_specs:
+            return array_specs[split]
         try:
             return uncached._elements(split, tf.constant(0, tf.int64), training=training, shard=None).element_spec
         except ConfigError:
@@ -827,6 +847,17 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
         class_names=loaded.class_names,
         skipped=tuple(loaded.skipped),
     )
+
+
+def _array_spec(arrays) -> tuple:
+    """The element spec of one example of in-memory ``(x, y)`` arrays."""
+    import tensorflow as tf
+
+    def one(a):
+        return tf.TensorSpec(a.shape[1:], tf.as_dtype(a.dtype))
+
+    x, y = arrays
+    return tf.nest.map_structure(one, x), one(y)
 
 
 def _spec_text(spec) -> str:

@@ -16,9 +16,9 @@ for the same global batch, short last batches included.
 Override points, as in Keras's ``Model``: :meth:`compute_loss`,
 :meth:`train_step` and :meth:`test_step` run in replica context; subclass and
 pass your class to :func:`trainkit.train` to change them. As in Keras 3's own
-``fit``, the training step is traced without AutoGraph (converting it cost a
-quarter of a second of start-up for nothing): branch on tensors with
-``tf.cond`` / ``tf.where``, not Python ``if``.
+``fit``, the training and evaluation steps are traced without AutoGraph
+(converting them cost a quarter of a second of start-up for nothing): branch on
+tensors with ``tf.cond`` / ``tf.where``, not Python ``if``.
 
 The metric values are computed inside the same compiled call and returned
 with it, so reading them after a call costs no extra device round trips. The
@@ -225,9 +225,7 @@ class Trainer:
             metric.reset_state()
 
     def _make_eval_fn(self):
-        # (AutoGraph stays on for evaluation: a subclass's test_step may branch in
-        # Python on tensors; the conversion is paid once per run, not per call.)
-        @tf.function
+        @tf.function(autograph=False)
         def test_steps(iterator):
             def more(optional):
                 return optional.has_value()
@@ -241,7 +239,7 @@ class Trainer:
         return test_steps
 
     def _make_eval_steps_fn(self):
-        @tf.function
+        @tf.function(autograph=False)
         def test_steps(iterator, num_steps):
             def one_step(i):
                 self.strategy.run(self.test_step, args=(next(iterator),))
