@@ -89,6 +89,7 @@ def test_input_wait_hint_never_proposes_a_larger_batch():
     assert InputWait(fraction=0.05, step_seconds=0.01, compute_seconds=0.0095, steps=100).hint(data) is None
 
 
+@pytest.mark.slow  # float16 is emulated on a CPU: ~10 s idle, 25 s under load
 def test_mixed_float16_scales_the_loss_warns_on_cpu_and_resumes_exactly(tmp_path, capsys):
     import keras
 
