@@ -78,15 +78,20 @@ def test_input_wait_hint_never_proposes_a_larger_batch():
     from trainkit.training.input_wait import InputWait
 
     r = recipe("digits_cnn")
-    data = prepare(r.data, seed=r.seed)
+    plain = prepare(r.data, seed=r.seed)
     # A tiny step waiting only for the handover of a ready batch (0.2 ms): not the pipeline.
-    handover = InputWait(fraction=0.4, step_seconds=0.0005, compute_seconds=0.0003, steps=100).hint(data)
+    handover = InputWait(fraction=0.4, step_seconds=0.0005, compute_seconds=0.0003, steps=100).hint(plain)
     assert "fixed cost of handing each batch" in handover and "no data.* setting" in handover
     assert "batch_size" not in handover
-    # A real pipeline wait (8 ms a step): fixes that keep the results, and no batch size.
-    slow = InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100).hint(data)
-    assert slow.startswith("input is the bottleneck") and "batch_size" not in slow
-    assert InputWait(fraction=0.05, step_seconds=0.01, compute_seconds=0.0095, steps=100).hint(data) is None
+    # In memory with nothing to apply per example, a longer wait is still the handover.
+    assert "fixed cost of handing each batch" in InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100).hint(plain)
+    # A pipeline with per-example work (8 ms a step waiting): fixes that keep the results first,
+    # the one that changes them said to, and never a larger batch.
+    mapped = recipe("digits_cnn", **{"data.augment": [{"type": "random_flip", "mode": "horizontal"}], "data.parallel_calls": 1})
+    slow = InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100).hint(prepare(mapped.data, seed=0))
+    assert slow.startswith("input is the bottleneck: let tf.data pick the parallelism (data.parallel_calls: auto)")
+    assert "(results unchanged)" in slow and "the results, change" in slow and "batch_size" not in slow
+    assert InputWait(fraction=0.05, step_seconds=0.01, compute_seconds=0.0095, steps=100).hint(plain) is None
 
 
 @pytest.mark.slow  # float16 is emulated on a CPU: ~10 s idle, 25 s under load

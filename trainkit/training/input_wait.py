@@ -54,13 +54,6 @@ class InputWait:
         """
         if self.fraction < BOTTLENECK_FRACTION:
             return None
-        if self.wait_seconds <= HANDOVER_SECONDS:
-            return (
-                f"input wait: {self.fraction:.0%} of training, {self.wait_seconds * 1000:.2f} ms a step, is the fixed "
-                "cost of handing each batch to the step, not the pipeline (which keeps up): no data.* setting "
-                "shortens it, and it weighs only because the step is short. Nothing needs changing; "
-                "trainer.measure_input: false drops the two timing ops a step (results unchanged)"
-            )
         section = data.section
         in_memory = data.kind("train") == "arrays"
         mapped = bool(section.transforms or section.augment or not in_memory)
@@ -75,8 +68,18 @@ class InputWait:
             fixes.append("store preprocessed examples as TFRecord")
         if section.augment:
             fixes.append("move heavy augmentation into the model as Keras preprocessing layers (they run on the accelerator)")
-        text = "input is the bottleneck: " + ("; ".join(fixes) + " (results unchanged)" if fixes else "the pipeline is as fast as its settings allow")
-        if mapped and section.deterministic:
+        reorder = mapped and section.deterministic
+        if self.wait_seconds <= HANDOVER_SECONDS or not (fixes or reorder):
+            # (In memory with no per-example work, the pipeline is one gather a
+            # batch: what is left of the wait is the handover, whatever it costs.)
+            return (
+                f"input wait: {self.fraction:.0%} of training, {self.wait_seconds * 1000:.2f} ms a step, is the fixed "
+                "cost of handing each batch to the step, not the pipeline (which keeps up): no data.* setting "
+                "shortens it, and it weighs only because the step is short. Nothing needs changing; "
+                "trainer.measure_input: false drops the two timing ops a step (results unchanged)"
+            )
+        text = ("input is the bottleneck: " + "; ".join(fixes) + " (results unchanged)") if fixes else "input is the bottleneck"
+        if reorder:
             text += "; data.deterministic: false lets parallel maps finish out of order (faster, but the order of examples, and so the results, change)"
         return text
 
