@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,22 @@ def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
     return load_recipe(directory.config)
 
 
+def _leaves_process_as_it_was(function):
+    """Seeds, determinism, precision policy and Keras serializables restored after ``function``
+    (which builds a recipe, and so applies its runtime section to the process)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        quiet_tensorflow()
+        from trainkit.runtime import preserved_process_state
+
+        with preserved_process_state():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_leaves_process_as_it_was
 def evaluate(
     run_dir: str | os.PathLike,
     *,
@@ -186,6 +203,7 @@ def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):
     return data.dataset(split, training=split == "train")
 
 
+@_leaves_process_as_it_was
 def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     """Check a recipe end to end without training: schema, components, data, one batch.
 
