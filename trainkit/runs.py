@@ -132,23 +132,20 @@ class Run:
 
     @property
     def model(self):
-        """The trained ``keras.Model`` (loaded from ``model.keras``, or the last checkpoint)."""
+        """The trained ``keras.Model`` (inputs as the data pipeline gives them), built from the
+        recipe with the final checkpoint's weights (the last one's, before the run finished).
+        For raw inputs use :meth:`predict` or ``model.keras`` (the exported inference model)."""
         if self._model is None:
+            from trainkit.api import load_checkpoint_weights
+            from trainkit.build import build
+            from trainkit.runtime import preserved_process_state
+
             directory = RunDir(self.run_dir)
-            recipe = self.recipe  # registers the recipe module's components first
-            if directory.model_file.is_file():
-                import keras
-
-                self._model = keras.models.load_model(directory.model_file, compile=False)
-            else:
-                from trainkit.api import load_checkpoint_weights
-                from trainkit.build import build
-                from trainkit.runtime import preserved_process_state
-
-                with preserved_process_state():  # building applies the recipe's seeds
-                    built = build(recipe)
-                load_checkpoint_weights(built.model, directory, "last")
-                self._model = built.model
+            with preserved_process_state():  # building applies the recipe's seeds
+                built = build(self.recipe)
+            finished = (directory.checkpoints / "final").is_dir()
+            load_checkpoint_weights(built.model, directory, "final" if finished else "last")
+            self._model = built.model
         return self._model
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
