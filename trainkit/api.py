@@ -91,8 +91,11 @@ def train(
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
-    built = build(recipe, trainer_class=trainer_class)  # all validation happens here
+    # all validation happens here
+    built = build(recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path)
     check_policy(built)
+    if not restart:
+        _check_sources(directory, built)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -111,6 +114,8 @@ def train(
         found = candidates(directory.checkpoints)
         distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
         directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(found))
+        if role.is_chief:
+            _keep_sources(built, directory)
         # Only now, validated and holding the lock, may a relative data.cache path
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
@@ -142,6 +147,50 @@ def train(
         directory.release()
         distribute.remove_scratch(directory, role)
     return Run(recipe, shared.path, built.model, history, metrics, built)
+
+
+def _check_sources(directory: RunDir, built) -> None:
+    """Refuse to continue a run whose pretrained source changed since it started."""
+    recorded = directory.read_status().get("sources") or {}
+    for use in built.sources:
+        before = recorded.get(use.field)
+        if before and before["digest"] != use.digest:
+            raise RunDirError(
+                f"{directory.path} was trained from {use.field} {use.source} with weights digest {before['digest']}, "
+                f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
+            )
+    # A source read no more (model.init of a continued run whose source is gone)
+    # keeps its recorded digest in the recipe's identity.
+    for name, before in recorded.items():
+        built.recipe._source_digests.setdefault(name, before["digest"])
+
+
+def _keep_sources(built, directory: RunDir) -> None:
+    """Record the sources' digests, keep a copy of ``model.source`` (so evaluating,
+    exporting or resuming never needs it again) and write the init report."""
+    from trainkit.models.pretrained import STORED_SOURCE
+    from trainkit.training.run_dir import write_json_atomic
+
+    if not built.sources:
+        return
+    directory.update_status(sources={u.field: {"source": u.source, "digest": u.digest} for u in built.sources})
+    stored = directory.path / STORED_SOURCE
+    for use in built.sources:
+        if use.field == "model.source" and not stored.is_file():
+            tmp = directory.path / f".tmp.{STORED_SOURCE}"
+            use.model.save(tmp)
+            os.replace(tmp, stored)
+    if built.init_report is not None:
+        from trainkit.models.warm_start import summary_line
+
+        write_json_atomic(directory.path / "init.json", built.init_report)
+        print(summary_line(built.init_report), flush=True)
+
+
+def _init_line(report: dict) -> str:
+    from trainkit.models.warm_start import summary_line
+
+    return summary_line(report)
 
 
 def _header(built, directory: RunDir) -> str:
@@ -217,14 +266,17 @@ def evaluate(
     directory = RunDir(run_dir)
     from trainkit.build import build
 
-    built = build(recipe)
+    built = build(recipe, run_dir=directory.path)
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
     return built.trainer.evaluate(built.data.distributed(built.strategy, split))
 
 
-def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
-    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path."""
+def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str = "--checkpoint") -> str:
+    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path.
+
+    ``field`` is the option or recipe field that named it, for error messages.
+    """
     from trainkit.training.checkpoint import (
         candidates,
         latest_readable,
@@ -241,7 +293,7 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             restore_model_weights(model, path)
         except Exception as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunDirError(f"--checkpoint: {path} cannot be read back: {reason[:160]}") from None
+            raise RunDirError(f"{field}: {path} cannot be read back: {reason[:160]}") from None
         return path
 
     if which in ("last", "best", "final"):
@@ -256,12 +308,12 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             return str(directory.model_file)
         if which == "best" and not skipped:
             raise RunDirError(
-                f"--checkpoint best: {where} holds no checkpoint; set trainer.checkpoint.monitor "
+                f"{field} best: {where} holds no checkpoint; set trainer.checkpoint.monitor "
                 "(e.g. val_loss) to keep the best one"
             )
         if which == "final" and not skipped:
-            raise RunDirError(f"--checkpoint final: {directory.path} has not finished training; {choices}")
-        raise RunDirError(f"--checkpoint {which}: {where} holds no readable checkpoint")
+            raise RunDirError(f"{field} final: {directory.path} has not finished training; {choices}")
+        raise RunDirError(f"{field} {which}: {where} holds no readable checkpoint")
     if which.isdigit():
         for folder in kept:
             path = folder / f"ckpt-{int(which)}"
@@ -269,10 +321,10 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
                 return restore(str(path))
         steps = sorted({step_of(p) for folder in kept for p in candidates(folder)})
         shown = ", ".join(map(str, steps)) or "none"
-        raise ConfigError(f"--checkpoint: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
+        raise ConfigError(f"{field}: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
     path = which[: -len(".index")] if which.endswith(".index") else which
     if not Path(f"{path}.index").is_file():
-        raise ConfigError(f"--checkpoint: no checkpoint at {which}; {choices}")
+        raise ConfigError(f"{field}: no checkpoint at {which}; {choices}")
     return restore(path)
 
 
@@ -312,6 +364,9 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         "examples": info.sizes,
         "batch": [list(x.shape), list(y.shape)],
         "parameters": int(built.model.count_params()),
+        **(built.finetune or {}),
+        **({"sources": {u.field: f"{u.source} (digest {u.digest})" for u in built.sources}} if built.sources else {}),
+        **({"init": _init_line(built.init_report)} if built.init_report else {}),
         "steps_per_epoch": built.steps_per_epoch,
         "total_steps": built.total_steps,
         "strategy": distribute.describe(built.strategy),

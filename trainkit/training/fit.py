@@ -129,6 +129,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
     validate_steps = _Schedule(policy.validation.every_steps)
     checkpoint_steps = _Schedule(policy.checkpoint.every_steps)
     profiler = _Profiler(policy.profile_steps, run_dir.tensorboard)
+    stages = built.stages or _NoStages()
     has_validation = data.has_split("validation")
 
     step, epoch, step_in_epoch = 0, 0, 0
@@ -139,6 +140,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
         print(f"resumed from {resumed_from} at step {step} (epoch {epoch + 1}, step {step_in_epoch} of it)", flush=True)
         if step >= total:
             print(f"already trained to step {step} of {total}; evaluating the final model", flush=True)
+    _enter_stage(stages, step, trainer, print if resumed_from else None)
     reporter = Reporter(run_dir, progress=policy.progress, total_steps=total, epochs=policy.epochs)
     iterator = iter(data.distributed_training(strategy, start_epoch=epoch, skip_batches=step_in_epoch))
 
@@ -220,6 +222,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                     validate_steps.steps_to_next(step),
                     checkpoint_steps.steps_to_next(step),
                     profiler.steps_to_next(step),
+                    stages.steps_to_next(step),
                 )
                 profiler.at(step)
                 call_start = time.perf_counter()
@@ -234,6 +237,7 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
                 if broken:
                     roll_back(step, broken)  # or raise Diverged: never save this state
                     results = trainer.result()
+                _enter_stage(stages, step, trainer, reporter.say)
                 callback_list.on_train_batch_end(step_in_epoch - 1, results)
                 if log_every.due(step):
                     rate = reporter.steps_per_second(step)
@@ -314,6 +318,29 @@ def fit(built, run_dir, *, callbacks: list) -> dict[str, list]:
         if hint:
             print(hint, flush=True)
     return history
+
+
+class _NoStages:
+    """A run without ``trainer.stages``: no stage boundary is ever due."""
+
+    def steps_to_next(self, step: int) -> float:
+        return math.inf
+
+    def enter(self, step: int, model) -> bool:
+        return False
+
+
+def _enter_stage(stages, step: int, trainer, say) -> None:
+    """Apply a stage that begins at ``step`` (or, resuming, every stage begun by then)."""
+    before = getattr(stages, "entered", 0)
+    if stages.enter(step, trainer.model):
+        trainer.trainable_variables_changed()
+    if say is not None and getattr(stages, "entered", 0) != before:
+        say(f"{stages.describe(step)}: {_count(trainer.model.trainable_variables):,} trainable parameters")
+
+
+def _count(variables) -> int:
+    return int(sum(math.prod(v.shape) for v in variables))
 
 
 class _Profiler:
