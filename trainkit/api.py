@@ -362,7 +362,7 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         "task": info.task,
         "classes": info.num_classes,
         "examples": info.sizes,
-        "batch": [list(x.shape), list(y.shape)],
+        "batch": [{k: list(v.shape) for k, v in x.items()} if isinstance(x, dict) else list(x.shape), list(y.shape)],
         "parameters": int(built.model.count_params()),
         **(built.finetune or {}),
         **({"sources": {u.field: f"{u.source} (digest {u.digest})" for u in built.sources}} if built.sources else {}),

@@ -245,6 +245,8 @@ def _enable_lora(model, rank: int) -> None:
             "model.lora_rank: the model has no KerasHub backbone to put LoRA on (no layer with enable_lora); "
             "use a KerasHub preset as model.source"
         )
+    if any(getattr(layer, "lora_enabled", False) for layer in layers_of(backbones[0])):
+        return  # a run's stored copy of its source, saved with LoRA on
     backbones[0].enable_lora(rank)
 
 

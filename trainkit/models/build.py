@@ -79,6 +79,7 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
         model, use = pretrained.build(
             **{"head": "keep", "cut_at": None, "output_activation": "auto", **kwargs},
             task=info.task, num_outputs=info.num_outputs, stored=stored_source,
+            input_shape=info.feature_shape if isinstance(info.feature_shape, dict) else tuple(info.feature_shape),
         )
         return model, [use]
     builder = registry.models.get(section.type, field="model.type")

@@ -53,23 +53,28 @@ def matching_layers(model, patterns: Sequence[str], *, field: str) -> list[Any]:
     return found
 
 
+def _set_trainable(layer, value: bool) -> None:
+    # Nested layers too, one by one: a KerasHub backbone loaded from a .keras
+    # file did not pass its own flag down (its variables stayed trainable).
+    for each in [layer, *layers_of(layer)] if hasattr(layer, "layers") else [layer]:
+        each.trainable = value
+
+
 def freeze(model, patterns: Sequence[str], *, field: str = "model.freeze") -> list[str]:
     """Freeze the layers ``patterns`` match; returns their names."""
     layers = matching_layers(model, patterns, field=field)
     for layer in layers:
-        layer.trainable = False
+        _set_trainable(layer, False)
     return [layer.name for layer in layers]
 
 
 def unfreeze(model, which: str | Sequence[str], *, field: str) -> None:
     """Make layers trainable again: ``"all"`` or those the patterns match."""
     if which == "all":
-        model.trainable = True
-        for layer in layers_of(model):
-            layer.trainable = True
+        _set_trainable(model, True)
         return
     for layer in matching_layers(model, which, field=field):
-        layer.trainable = True
+        _set_trainable(layer, True)
 
 
 def check_patterns(model, patterns: Sequence[str], *, field: str) -> None:
