@@ -92,7 +92,7 @@ def train(
     from trainkit.training.fit import check_policy, fit
 
     # all validation happens here
-    built = build(recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path)
+    built = build(recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True)
     check_policy(built)
     if not restart:
         _check_sources(directory, built)
@@ -176,9 +176,9 @@ def _keep_sources(built, directory: RunDir) -> None:
     directory.update_status(sources={u.field: {"source": u.source, "digest": u.digest} for u in built.sources})
     stored = directory.path / STORED_SOURCE
     for use in built.sources:
-        if use.field == "model.source" and not stored.is_file():
+        if use.field == "model.source" and use.saved is not None and not stored.is_file():
             tmp = directory.path / f".tmp.{STORED_SOURCE}"
-            use.model.save(tmp)
+            tmp.write_bytes(use.saved)
             os.replace(tmp, stored)
     if built.init_report is not None:
         from trainkit.models.warm_start import summary_line

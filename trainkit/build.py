@@ -133,13 +133,15 @@ def build(
     trainer_class: type | None = None,
     cache_dir: str | None = None,
     run_dir: str | Path | None = None,
+    keep_source_copy: bool = False,
 ) -> Built:
     """Strategy, data, model and trainer for ``recipe``, checked to fit together.
 
     ``cache_dir`` is where a relative ``data.cache`` path is kept (the run directory).
     ``run_dir``: the run this continues or evaluates, whose copy of its pretrained
     source stands in for a source that is gone, and whose checkpoints make
-    ``model.init`` unnecessary.
+    ``model.init`` unnecessary. ``keep_source_copy``: take a copy of the pretrained
+    source for the run directory (``SourceUse.saved``).
     """
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
@@ -158,7 +160,7 @@ def build(
     steps = total_steps(recipe, steps_per_epoch)
     stages = Stages.of(recipe, steps_per_epoch=steps_per_epoch)
     with strategy.scope():
-        model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir)
+        model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
         check_model_fits_data(recipe, model, data)
         optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
         factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
@@ -199,17 +201,21 @@ def build(
     return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps, sources, init_report, stages, finetune_summary)
 
 
-def _fine_tuned_model(recipe: Recipe, info, stages, run_dir) -> tuple[Any, list, dict | None, list]:
+def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: bool) -> tuple[Any, list, dict | None, list]:
     """The model with its pretrained weights, LoRA and frozen layers; its sources,
     the ``model.init`` report, and the variables the optimizer must know."""
     from trainkit.models import finetune
     from trainkit.models.build import build_with_sources
-    from trainkit.models.pretrained import STORED_SOURCE, is_available
+    from trainkit.models.pretrained import STORED_SOURCE, is_available, keras_bytes
 
     run_path = Path(run_dir) if run_dir is not None else None
     model, sources = build_with_sources(
         recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None
     )
+    stored = run_path / STORED_SOURCE if run_path else None
+    for use in sources:
+        if keep_source_copy and not (stored and stored.is_file()):
+            use.saved = keras_bytes(use.model)  # before LoRA and freezing change it
     init_report = None
     spec = recipe.model.init
     if spec is not None:
@@ -245,8 +251,6 @@ def _enable_lora(model, rank: int) -> None:
             "model.lora_rank: the model has no KerasHub backbone to put LoRA on (no layer with enable_lora); "
             "use a KerasHub preset as model.source"
         )
-    if any(getattr(layer, "lora_enabled", False) for layer in layers_of(backbones[0])):
-        return  # a run's stored copy of its source, saved with LoRA on
     backbones[0].enable_lora(rank)
 
 

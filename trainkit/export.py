@@ -14,7 +14,10 @@ import keras
 
 def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    if any(getattr(layer, "lora_enabled", False) for layer in model._flatten_layers()):
+        _copy_with_lora_merged(model, copy)
+    else:
+        copy.set_weights(model.get_weights())
     config = optimizer.get_config()
     config["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
     compiled = getattr(model, "_compile_config", None)
@@ -24,3 +27,18 @@ def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     # Built (fresh slots), so loading the file does not warn about missing optimizer variables.
     copy.optimizer.build(copy.trainable_variables)
     return copy
+
+
+def _copy_with_lora_merged(model: keras.Model, copy: keras.Model) -> None:
+    """Weights of a model with LoRA (``model.lora_rank``) into its clone, which has
+    none: Keras's weight files hold each LoRA kernel merged into its base kernel."""
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # The file holds the trained optimizer's variables too; the copy gets a fresh one.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        path = Path(scratch) / "model.weights.h5"
+        model.save_weights(path)
+        copy.load_weights(path)

@@ -49,6 +49,18 @@ class SourceUse:
     digest: str
     model: Any
     """The source model as loaded (before any head change)."""
+    saved: bytes | None = None
+    """The source model as a ``.keras`` file, taken before freezing or LoRA changed it."""
+
+
+def keras_bytes(model) -> bytes:
+    """``model`` as the bytes of a ``.keras`` file (Keras saves to a path only)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
 
 
 def digest(model) -> str:
