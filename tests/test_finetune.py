@@ -198,10 +198,18 @@ def test_init_restores_matching_variables_and_reports_the_rest(tmp_path, source_
     assert json.loads((run / "run.json").read_text())["sources"]["model.init.source"]["digest"] == report["digest"]
 
 
-def test_an_online_preset_offline_fails_with_what_to_fetch(tmp_path):
-    recipe = recipe_file(tmp_path, "kaggle://keras/bert/keras/bert_tiny_en_uncased", model__freeze=[])
+@pytest.mark.parametrize(
+    ("source", "says"),
+    [
+        ("kaggle://keras/bert/keras/bert_tiny_en_uncased", ["save_to_preset", "model.source: DIR"]),
+        ("keras.applications.MobileNetV2", ["weights='imagenet'", "~/.keras/models/", "model.weights: FILE"]),
+    ],
+)
+def test_weights_that_need_a_download_fail_offline_with_what_to_fetch(tmp_path, source, says):
+    recipe = recipe_file(tmp_path, source, model__freeze=[])
     result = run_cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), env={"TRAINKIT_OFFLINE": "1"})
     assert result.returncode == 2
     lines = messages(result.stderr)
-    assert len(lines) == 1 and "save_to_preset" in lines[0] and "model.source: DIR" in lines[0]
+    assert len(lines) == 1, result.stderr
+    assert all(text in lines[0] for text in says), lines[0]
     assert not (tmp_path / "run").exists()
