@@ -213,3 +213,14 @@ def test_weights_that_need_a_download_fail_offline_with_what_to_fetch(tmp_path, 
     assert len(lines) == 1, result.stderr
     assert all(text in lines[0] for text in says), lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_the_digits_transfer_smoke_config_fine_tunes_a_digits_cnn_run(tmp_path, source_run):
+    import trainkit
+
+    assert trainkit.load_recipe("digits_transfer_scratch").name == "digits_transfer"
+    shutil.copytree(source_run, tmp_path / "runs" / "digits_cnn")
+    result = run_cli("train", "digits_transfer", "-c", "digits_transfer_smoke", "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert 0.5 < metrics["test"]["accuracy"] <= 1.0  # two classes: better than chance after two epochs
