@@ -4,7 +4,11 @@ Run:      trainkit train digits_cnn                 (the source: runs/digits_cnn
           trainkit train digits_transfer
 Smoke:    trainkit train digits_transfer -c digits_transfer_smoke   (any runs/digits_cnn will do)
 Scratch:  trainkit train digits_transfer -c digits_transfer_scratch (the same CNN and data, random start)
-Reaches:  MEASURED
+Reaches:  test accuracy 0.978 (seeds 0, 1, 2: 0.978 each) after 10 epochs, from a 30-epoch
+          digits_cnn run (0.994); the same CNN from scratch on the same data and budget
+          (digits_transfer_scratch): 0.976 (0.978, 0.967, 0.983). The difference is speed:
+          validation accuracy 0.983-0.989 after the 2 frozen epochs, against 0.84-0.90 from
+          scratch after 2 epochs. About 15 s of training on 2 shared CPU cores.
 Data:     scikit-learn's 1797 8x8 digits labelled by parity, split 80/10/10 exactly as
           digits_cnn splits them (same order, same data.split_seed): the source never
           saw the validation or test images.
