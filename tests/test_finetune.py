@@ -233,3 +233,20 @@ def test_the_digits_transfer_smoke_config_fine_tunes_a_digits_cnn_run(tmp_path, 
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0.5 < metrics["test"]["accuracy"] <= 1.0  # two classes: better than chance after two epochs
+
+
+def test_a_frozen_batch_normalization_runs_in_inference_mode():
+    import keras
+
+    from trainkit.models.finetune import freeze
+
+    inputs = keras.Input((4,))
+    outputs = keras.layers.BatchNormalization(name="bn_0")(keras.layers.Dense(4, name="dense_0")(inputs))
+    model = keras.Model(inputs, outputs)
+    freeze(model, ["^bn_"])
+    x = np.random.default_rng(0).normal(3.0, 2.0, (32, 4)).astype("float32")
+    bn = model.get_layer("bn_0")
+    before = [np.array(w) for w in bn.weights]
+    np.testing.assert_array_equal(model(x, training=True), model(x, training=False))  # moving statistics used
+    assert all(np.array_equal(a, np.array(b)) for a, b in zip(before, bn.weights, strict=True))  # and not updated
+    assert [v.path for v in model.trainable_variables] == ["dense_0/kernel", "dense_0/bias"]
