@@ -143,7 +143,7 @@ def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_de
 def test_a_stage_boundary_resumes_bit_exactly_after_a_kill(tmp_path, source_run):
     stages = [{"epochs": 1}, {"epochs": 1, "unfreeze": "all", "learning_rate": 5e-4}]
     recipe = recipe_file(tmp_path, str(source_run), trainer__stages=stages)
-    base = [str(recipe), "trainer.checkpoint.every_steps=5"]
+    base = [str(recipe), "trainer.checkpoint.every_steps=5", "trainer.progress=true"]
     (tmp_path / "whole").mkdir()
     whole = train(tmp_path / "whole" / "run", base=base)
     assert whole.returncode == 0, whole.stderr

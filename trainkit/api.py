@@ -12,8 +12,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,31 +19,12 @@ from trainkit import distribute
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
+from trainkit.runs import Run, read_history
 from trainkit.runtime import quiet_tensorflow
-from trainkit.training.run_dir import RunDir, command_line
+from trainkit.training.run_dir import RunDir
+from trainkit.training.sinks import warn
 
 DEFAULT_RUNS = "runs"
-
-
-@dataclass
-class Run:
-    """A finished (or resumed and finished) training run."""
-
-    recipe: Recipe
-    run_dir: Path
-    model: Any
-    history: dict[str, list] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Final metrics per evaluated split, as in ``eval.json``."""
-    _built: Any = None
-
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Metrics of the trained model on ``split`` (``train``, ``validation``, ``test``)."""
-        built = self._built
-        return built.trainer.evaluate(built.data.distributed(built.strategy, split))
-
-    def __repr__(self) -> str:
-        return f"Run({self.recipe.name!r}, run_dir={str(self.run_dir)!r}, metrics={self.metrics})"
 
 
 def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:
@@ -81,158 +60,17 @@ def train(
     if distribute.serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
-    directory = RunDir(run_dir or default_run_dir(recipe))
-    moved = None
-    if not restart:
-        changes = directory.check_compatible(recipe)  # read-only: refuses before anything is built
-    else:
-        changes = []
-    from trainkit.build import build, make_callbacks
-    from trainkit.training.checkpoint import candidates, step_of
-    from trainkit.training.fit import check_policy, fit
+    from trainkit.runtime import preserved_process_state
+    from trainkit.training.lifecycle import train_run
 
-    # all validation happens here
-    built = build(recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True)
-    check_policy(built)
-    if not restart:
-        _check_sources(directory, built)
-    # Multi-worker: only the chief writes the run directory; the other workers
-    # write to a scratch directory, removed at the end, starting from a copy of
-    # the chief's checkpoints so that every worker resumes (and later decides
-    # its saves) exactly as the chief does.
-    role = distribute.role(built.strategy)
-    shared, directory = directory, distribute.writable_run_dir(directory, role)
-    if not role.is_chief:
-        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
-        if not restart:
-            distribute.copy_checkpoints(shared, directory)
-    if restart and directory.path.exists() and role.is_chief:
-        directory.acquire()  # never move a run that a live process is training
-        moved = directory.set_aside()
-    directory.acquire()
-    try:
-        found = candidates(directory.checkpoints)
-        distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
-        directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(found))
-        if role.is_chief:
-            _keep_sources(built, directory)
-        # Only now, validated and holding the lock, may a relative data.cache path
-        # write its files (inside the run directory, so a resumed run reuses them).
-        built.data.use_cache_dir(directory.path)
-        directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
-        if built.recipe.trainer.progress:
-            print(_header(built, directory))
-        if moved:
-            print(f"the previous run in {directory.path} was moved to {moved}")
-        if changes and role.is_chief:
-            print(f"resuming with changed settings: {', '.join(changes)}")
-        callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
-        history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
-        metrics = _final_evaluation(built, directory)
-        if role.is_chief:
-            _export(built, directory)
-        directory.update_status(status="completed", ended=_now())
-    except BaseException as err:
-        status = directory.read_status().get("status")
-        if status == "running":
-            if isinstance(err, KeyboardInterrupt):
-                directory.update_status(status="interrupted", ended=_now())
-            else:
-                directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
-        lost = distribute.as_worker_lost(err, built.strategy)
-        if lost is not None:
-            raise lost from None
-        raise
-    finally:
-        directory.release()
-        distribute.remove_scratch(directory, role)
-    return Run(recipe, shared.path, built.model, history, metrics, built)
-
-
-def _check_sources(directory: RunDir, built) -> None:
-    """Refuse to continue a run whose pretrained source changed since it started."""
-    recorded = directory.read_status().get("sources") or {}
-    for use in built.sources:
-        before = recorded.get(use.field)
-        if before and before["digest"] != use.digest:
-            raise RunDirError(
-                f"{directory.path} was trained from {use.field} {use.source} with weights digest {before['digest']}, "
-                f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
-            )
-    # A source read no more (model.init of a continued run whose source is gone)
-    # keeps its recorded digest in the recipe's identity.
-    for name, before in recorded.items():
-        built.recipe._source_digests.setdefault(name, before["digest"])
-
-
-def _keep_sources(built, directory: RunDir) -> None:
-    """Record the sources' digests, keep a copy of ``model.source`` (so evaluating,
-    exporting or resuming never needs it again) and write the init report."""
-    from trainkit.models.pretrained import STORED_SOURCE
-    from trainkit.training.run_dir import write_json_atomic
-
-    if not built.sources:
-        return
-    directory.update_status(sources={u.field: {"source": u.source, "digest": u.digest} for u in built.sources})
-    stored = directory.path / STORED_SOURCE
-    for use in built.sources:
-        if use.field == "model.source" and use.saved is not None and not stored.is_file():
-            tmp = directory.path / f".tmp.{STORED_SOURCE}"
-            tmp.write_bytes(use.saved)
-            os.replace(tmp, stored)
-    if built.init_report is not None:
-        from trainkit.models.warm_start import summary_line
-
-        write_json_atomic(directory.path / "init.json", built.init_report)
-        print(summary_line(built.init_report), flush=True)
-
-
-def _init_line(report: dict) -> str:
-    from trainkit.models.warm_start import summary_line
-
-    return summary_line(report)
-
-
-def _header(built, directory: RunDir) -> str:
-    info, recipe = built.data.info, built.recipe
-    return (
-        f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
-        f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
-        f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
-        f"{distribute.batch_text(recipe, built.strategy)}"
-    )
-
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
-    from trainkit.training.run_dir import write_json_atomic
-
-    results = {}
-    for split in built.recipe.trainer.evaluate:
-        if built.data.has_split(split):
-            results[split] = built.trainer.evaluate(built.data.distributed(built.strategy, split))
-            if built.recipe.trainer.progress:
-                shown = "  ".join(f"{k} {v:.4g}" for k, v in results[split].items())
-                print(f"{split}: {shown}")
-    write_json_atomic(directory.eval_json, results)
-    return results
-
-
-def _export(built, directory: RunDir) -> None:
-    formats = built.recipe.export.formats
-    if "keras" in formats:
-        from trainkit.export import portable_copy
-
-        tmp = directory.path / ".model.tmp.keras"
-        portable_copy(built.model, built.trainer.optimizer).save(tmp)
-        os.replace(tmp, directory.model_file)
-    if "saved_model" in formats:
-        built.model.export(str(directory.path / "saved_model"), verbose=False)
+    with preserved_process_state():
+        trained = train_run(
+            recipe, run_dir or default_run_dir(recipe), restart=restart, callbacks=callbacks,
+            trainer_class=trainer_class, recipe_source=_source_of(recipe),
+        )
+    built = trained.built
+    # The history of every epoch the run has trained, not only this call's (a resumed run).
+    return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
 
 
 def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
@@ -266,7 +104,7 @@ def evaluate(
     directory = RunDir(run_dir)
     from trainkit.build import build
 
-    built = build(recipe, run_dir=directory.path)
+    built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
     return built.trainer.evaluate(built.data.distributed(built.strategy, split))
@@ -300,7 +138,7 @@ def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str 
         where = ckpts if which == "last" else ckpts / which
         path, skipped = latest_readable(where, lambda p: restore_model_weights(model, p))
         for bad, reason in skipped:
-            print(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it", file=sys.stderr)
+            warn(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it")
         if path:
             return path
         if which == "final" and directory.model_file.is_file():
@@ -326,6 +164,12 @@ def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str 
     if not Path(f"{path}.index").is_file():
         raise ConfigError(f"{field}: no checkpoint at {which}; {choices}")
     return restore(path)
+
+
+def _init_line(report: dict) -> str:
+    from trainkit.models.warm_start import summary_line
+
+    return summary_line(report)
 
 
 def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):

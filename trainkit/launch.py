@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 from trainkit.errors import ConfigError
 from trainkit.signals import SignalRecorder
+from trainkit.training import sinks
 
 #: After one process fails, how long the others get to stop by themselves
 #: (a worker blocked in a collective only notices when it fails, ~15 s).
@@ -125,7 +126,7 @@ def launch(
 
     def say(text: str) -> None:
         with lock:
-            print(text, file=out, flush=True)
+            sinks.say(text, out)
 
     kind = "parameter-server cluster" if parameter_server else "multi-worker cluster"
     say(f"[launch] {resolved.name}: {kind} of {', '.join(_counts(tasks))} on 127.0.0.1, run directory {run_dir}")

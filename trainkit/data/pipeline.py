@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from trainkit.data import sources, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError
 from trainkit.recipe import DataSection, ReshapeTransform
+from trainkit.training.sinks import warn
 
 SPLITS = ("train", "validation", "test")
 Task = Literal["classification", "regression"]
@@ -170,7 +170,7 @@ class PreparedData:
         for file in partial:
             file.unlink(missing_ok=True)
         if partial:
-            print(f"note: removed {len(partial)} half-written data cache file(s) of an interrupted run from {folder}", file=sys.stderr)
+            warn(f"note: removed {len(partial)} half-written data cache file(s) of an interrupted run from {folder}")
 
     def _uncached(self) -> PreparedData:
         """The same data read without ``data.cache``: for one-off reads (shapes, a

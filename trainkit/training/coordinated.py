@@ -2,7 +2,7 @@
 
 Under ``ParameterServerStrategy`` the variables live on the ps tasks, the
 workers run training steps, and the chief's ``ClusterCoordinator`` schedules
-them asynchronously. :func:`trainkit.training.fit.fit` stays the same loop: the
+them asynchronously. :class:`trainkit.training.controller.Controller` stays the same loop: the
 trainer and the data it is given change instead.
 
 - :func:`coordinated_trainer_class` wraps a :class:`~trainkit.training.loop.Trainer`

@@ -11,8 +11,9 @@ in any stage resumes exactly. The optimizer is built with every variable a
 stage may unfreeze from the start, so its checkpointed state has one shape in
 every stage.
 
-A stage boundary is an interval event: :meth:`Stages.steps_to_next` says when
-the next one is due, so a training call never runs across it.
+A stage boundary is an interval event of the controller
+(:mod:`trainkit.training.events`): :meth:`Stages.steps_to_next` says when the
+next one is due, so a training call never runs across it.
 """
 
 from __future__ import annotations
@@ -63,9 +64,13 @@ class Stages:
     def index_at(self, step: int) -> int:
         return max(i for i, start in enumerate(self.starts) if start <= step)
 
-    def steps_to_next(self, step: int) -> float:
-        later = [start - step for start in self.starts if start > step]
+    def steps_to_next(self, position) -> float:
+        later = [start - position.step for start in self.starts if start > position.step]
         return min(later) if later else math.inf
+
+    def due(self, position) -> bool:
+        """A stage begins at ``position`` (its changes are not applied yet)."""
+        return self.entered < self.index_at(position.step)
 
     def enter(self, step: int, model) -> bool:
         """Apply what every stage begun by ``step`` changes, once; True if the
