@@ -250,3 +250,22 @@ def test_a_frozen_batch_normalization_runs_in_inference_mode():
     np.testing.assert_array_equal(model(x, training=True), model(x, training=False))  # moving statistics used
     assert all(np.array_equal(a, np.array(b)) for a, b in zip(before, bn.weights, strict=True))  # and not updated
     assert [v.path for v in model.trainable_variables] == ["dense_0/kernel", "dense_0/bias"]
+
+
+def test_a_keras_application_takes_its_weights_from_a_local_file(tmp_path):
+    import keras
+
+    import trainkit
+    from trainkit.models.pretrained import digest
+
+    weights = tmp_path / "mobilenet_v2.weights.h5"
+    pretrained = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 1), pooling="avg")
+    pretrained.save_weights(weights)
+    recipe = recipe_file(
+        tmp_path, "keras.applications.MobileNetV2", model__weights=str(weights), model__freeze=["^mobilenetv2"],
+        data__transforms=[{"type": "resize", "size": [32, 32]}], runtime__deterministic=False,
+    )
+    summary = trainkit.validate(trainkit.load_recipe(recipe))
+    assert summary["sources"]["model.source"].endswith(f"(digest {digest(pretrained)})")
+    assert summary["frozen_layers"] == ["mobilenetv2_1.00_32"]
+    assert summary["trainable_parameters"] == 1280 * 10 + 10  # the new head alone

@@ -115,7 +115,16 @@ def summary(model, variables: Sequence[Any], groups: Sequence[Any], group_index:
     def count(vs) -> int:
         return int(sum(np.prod(v.shape) for v in vs))
 
-    frozen = [layer.name for layer in layers_of(model) if not layer.trainable and layer.weights]
+    frozen: list[str] = []
+
+    def outermost_frozen(parent) -> None:  # a frozen backbone is one name, not its hundred layers
+        for layer in parent.layers:
+            if not layer.trainable and layer.weights:
+                frozen.append(layer.name)
+            elif hasattr(layer, "layers"):
+                outermost_frozen(layer)
+
+    outermost_frozen(model)
     trainable = {id(v) for v in model.trainable_variables}
     per_variable = {}
     for variable, index in zip(variables, group_index, strict=True):

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.models import finetune
+
+if TYPE_CHECKING:
+    from trainkit.training.events import Position
 
 
 class Stages:
@@ -64,11 +67,11 @@ class Stages:
     def index_at(self, step: int) -> int:
         return max(i for i, start in enumerate(self.starts) if start <= step)
 
-    def steps_to_next(self, position) -> float:
+    def steps_to_next(self, position: Position) -> float:
         later = [start - position.step for start in self.starts if start > position.step]
         return min(later) if later else math.inf
 
-    def due(self, position) -> bool:
+    def due(self, position: Position) -> bool:
         """A stage begins at ``position`` (its changes are not applied yet)."""
         return self.entered < self.index_at(position.step)
 
