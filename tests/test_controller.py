@@ -109,3 +109,39 @@ class Freezer(keras.callbacks.Callback):
 def test_a_callback_that_changes_trainable_variables_is_refused(tmp_path):
     with pytest.raises(trainkit.TrainkitError, match=r"Freezer changed which variables are trainable .* at step 45"):
         trainkit.train(recipe(**{"trainer.epochs": 2}), run_dir=tmp_path / "run", callbacks=[Freezer()])
+
+
+class EveryThirteen:
+    """An extra event, as a stage change would be: cuts chunks at multiples of 13 and acts there."""
+
+    def __init__(self):
+        self.fired_at = []
+
+    def steps_to_next(self, position):
+        return 13 - position.step % 13
+
+    def due(self, position):
+        return position.step % 13 == 0
+
+    def fire(self, controller):
+        self.fired_at.append(controller.position.step)
+
+
+def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
+    from trainkit.build import build
+    from trainkit.training.checkpoint import Checkpointer
+    from trainkit.training.controller import Controller
+    from trainkit.training.run_dir import RunDir
+    from trainkit.training.sinks import QuietSink
+
+    built = build(recipe(**{"trainer.epochs": 1, "trainer.steps_per_execution": 20}))
+    directory = RunDir(tmp_path / "run")
+    directory.path.mkdir()
+    event = EveryThirteen()
+    checkpointer = Checkpointer(directory.checkpoints, model=built.model, optimizer=built.trainer.optimizer, keep=1)
+    Controller(
+        trainer=built.trainer, data=built.data, strategy=built.strategy, policy=built.recipe.trainer,
+        run_dir=directory, checkpointer=checkpointer, sink=QuietSink(), callbacks=[],
+        steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, events=(event,),
+    ).run()
+    assert event.fired_at == [13, 26, 39]  # 45 steps: exact, though 20 steps run per call

@@ -16,7 +16,9 @@ import threading
 import time
 
 import keras
+import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import ROOT, run_cli
 
 import trainkit
@@ -113,6 +115,7 @@ def test_sigint_in_process_raises_interrupted_with_its_checkpoint_and_the_next_t
     sender.join()
     assert isinstance(stopped.value, KeyboardInterrupt) and stopped.value.exit_code == 130
     assert os.path.isfile(f"{stopped.value.checkpoint}.index")
+    assert stopped.value.run.status == "interrupted"
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["status"] == "interrupted" and status["ended"]
     assert stopped.value.step < 90  # stopped at the first step boundary after the signal
@@ -184,6 +187,9 @@ def test_load_train_evaluate_and_load_again_in_one_process_leave_it_as_it_was(tm
     path = tmp_path / "nb_tiny.py"
     path.write_text(RECIPE_FILE)
     policy, custom = keras.mixed_precision.global_policy().name, dict(keras.saving.get_custom_objects())
+    np.random.seed(7)
+    tf.random.set_seed(5)
+    numpy_state = np.random.get_state()[1].copy()
     first = trainkit.load_recipe(str(path))
     run = trainkit.train(trainkit.load_recipe(str(path)), run_dir=tmp_path / "run")
     assert trainkit.evaluate(tmp_path / "run", split="test") == pytest.approx(run.metrics["test"], rel=1e-5)
@@ -197,9 +203,22 @@ def test_load_train_evaluate_and_load_again_in_one_process_leave_it_as_it_was(tm
     from trainkit.runtime import op_determinism_enabled
 
     assert keras.mixed_precision.global_policy().name == policy and not op_determinism_enabled()
+    assert np.array_equal(np.random.get_state()[1], numpy_state)  # the recipe's seed did not stick
+    from tensorflow.python.eager import context
+
+    assert context.global_seed() == 5
     assert dict(keras.saving.get_custom_objects()).keys() - custom.keys() <= {k for k in keras.saving.get_custom_objects() if k.startswith("trainkit>")}
 
 
 def test_quickstart_notebook_is_valid_and_cleared():
     notebook = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())
     assert all(not c.get("outputs") for c in notebook["cells"] if c["cell_type"] == "code")
+
+
+def test_a_recipe_file_that_imports_keras_keeps_tensorflow_start_up_lines_out(tmp_path):
+    path = tmp_path / "nb_tiny.py"
+    path.write_text(RECIPE_FILE)
+    shown = run_cli("show", str(path), env={"TF_CPP_MIN_LOG_LEVEL": "0"}, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "name: nb_tiny" in shown.stdout
+    assert not re.search(r"I0000|cuInit|absl|oneDNN", shown.stderr), shown.stderr

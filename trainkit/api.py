@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -62,12 +63,19 @@ def train(
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
     from trainkit.runtime import preserved_process_state
     from trainkit.training.lifecycle import train_run
+    from trainkit.training.stops import TrainingStopped
 
-    with preserved_process_state():
-        trained = train_run(
-            recipe, run_dir or default_run_dir(recipe), restart=restart, callbacks=callbacks,
-            trainer_class=trainer_class, recipe_source=_source_of(recipe),
-        )
+    target = Path(run_dir or default_run_dir(recipe))
+    try:
+        with preserved_process_state():
+            trained = train_run(
+                recipe, target, restart=restart, callbacks=callbacks,
+                trainer_class=trainer_class, recipe_source=_source_of(recipe),
+            )
+    except TrainingStopped as stop:
+        # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
+        stop.run = Run(recipe, target)
+        raise
     built = trained.built
     # The history of every epoch the run has trained, not only this call's (a resumed run).
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
@@ -86,6 +94,22 @@ def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
     return load_recipe(directory.config)
 
 
+def _leaves_process_as_it_was(function):
+    """Seeds, determinism, precision policy and Keras serializables restored after ``function``
+    (which builds a recipe, and so applies its runtime section to the process)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        quiet_tensorflow()
+        from trainkit.runtime import preserved_process_state
+
+        with preserved_process_state():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_leaves_process_as_it_was
 def evaluate(
     run_dir: str | os.PathLike,
     *,
@@ -182,6 +206,7 @@ def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):
     return data.dataset(split, training=split == "train")
 
 
+@_leaves_process_as_it_was
 def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     """Check a recipe end to end without training: schema, components, data, one batch.
 

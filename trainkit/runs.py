@@ -140,8 +140,10 @@ class Run:
             else:
                 from trainkit.api import load_checkpoint_weights
                 from trainkit.build import build
+                from trainkit.runtime import preserved_process_state
 
-                built = build(recipe, run_dir=directory.path)
+                with preserved_process_state():  # building applies the recipe's seeds
+                    built = build(recipe, run_dir=directory.path)
                 load_checkpoint_weights(built.model, directory, "last")
                 self._model = built.model
         return self._model

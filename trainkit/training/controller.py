@@ -97,7 +97,7 @@ class Controller:
         callbacks: list,
         steps_per_epoch: int,
         total_steps: int,
-        stages=None,
+        events: tuple = (),
     ):
         self.trainer, self.data, self.strategy, self.policy = trainer, data, strategy, policy
         self.model = trainer.model
@@ -114,12 +114,13 @@ class Controller:
         self.validation_due = EverySteps(policy.validation.every_steps)
         self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
         self.profile = ProfileWindow(policy.profile_steps, run_dir.tensorboard)
-        #: Every periodic event; the chunk is cut at the nearest. Stages append theirs here.
-        self.events = [self.epoch_end, self.budget_end, self.log_due, self.validation_due, self.checkpoint_due, self.profile]
-        #: ``trainer.stages`` (:class:`~trainkit.training.stages.Stages`), if the recipe has them.
-        self.stages = stages
-        if stages is not None:
-            self.events.append(stages)
+        #: Every periodic event; the chunk is cut at the nearest. ``events`` passed in
+        #: (stages, say) may also have ``fire(controller)``, called when they are due.
+        self.events = [
+            self.epoch_end, self.budget_end, self.log_due, self.validation_due, self.checkpoint_due, self.profile,
+            *events,
+        ]
+        self._actions = [event for event in events if hasattr(event, "fire")]
         self.has_validation = data.has_split("validation")
         spe = policy.steps_per_execution
         self.auto_chunk = spe == "auto"
@@ -144,7 +145,10 @@ class Controller:
     def run(self) -> dict[str, list]:
         """Train to the end of the budget (or an early stop); the epochs run here as a history."""
         resumed_from = self._resume()
-        self._enter_stages()  # (resumed: every stage begun by the restored step)
+        if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
+            for event in self._actions:
+                if event.due(self.position):
+                    event.fire(self)
         self.metrics_log = MetricsLog(self.run_dir, start_step=self.position.step)
         iterator = iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
@@ -229,12 +233,13 @@ class Controller:
         if broken:
             self._roll_back(broken)  # or raise Diverged: never save this state
             results = self.trainer.result()
-        if self.stages is not None and self.stages.due(self.position):
-            self._enter_stages()
         self.callbacks.on_train_batch_end(position.step_in_epoch - 1, results)
         if self._batch_hooks:
             self._check_trainable("on_train_batch_end")
         self.sink.advance(position)
+        for event in self._actions:
+            if event.due(position):
+                event.fire(self)
         if self.log_due.due(position):
             rate = self.metrics_log.steps_per_second(position.step)
             self.metrics_log.log(split="train", step=position.step, epoch=position.epoch, values=results, steps_per_second=rate)
@@ -433,16 +438,12 @@ class Controller:
     def _trainable_ids(self) -> list[int]:
         return [id(v) for v in self.model.trainable_variables]
 
-    def _enter_stages(self) -> None:
-        """Apply what the stages begun by now change; a new set of trainable
-        variables means a new training step (the old one traced the old set)."""
-        if self.stages is None or not self.stages.due(self.position):
-            return
-        if self.stages.enter(self.position.step, self.model):
-            self.trainer.trainable_variables_changed()
-            self._trainable = self._trainable_ids()
-        count = int(sum(math.prod(v.shape) for v in self.model.trainable_variables))
-        self.sink.notice(f"{self.stages.describe(self.position.step)}: {count:,} trainable parameters")
+    def trainable_variables_changed(self) -> None:
+        """For an event that changes which variables train (a stage's unfreeze):
+        the training step is traced again for the new set, which callbacks may
+        then not change."""
+        self.trainer.trainable_variables_changed()
+        self._trainable = self._trainable_ids()
 
     def _check_trainable(self, hook: str) -> None:
         """Refuse a change of trainable variables: the traced step would silently ignore it."""

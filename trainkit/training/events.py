@@ -7,7 +7,9 @@ controller runs the smallest of those counts (and its own steps-per-call
 limit) in one call, so no event ever moves when more steps run per call.
 
 A new kind of event needs only ``steps_to_next`` and ``due``; the controller's
-``events`` list takes any object that has them.
+``events`` argument takes any object that has them, and calls its
+``fire(controller)`` (if it has one) at the end of each chunk it is due at,
+before that chunk's log, validation and checkpoint.
 """
 
 from __future__ import annotations

@@ -122,7 +122,8 @@ def train_run(
         controller = Controller(
             trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
             run_dir=directory, checkpointer=checkpointer, sink=sink, callbacks=callback_objects,
-            steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, stages=built.stages,
+            steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps,
+            events=(built.stages,) if built.stages else (),
         )
         history = controller.run()
         metrics = final_evaluation(controller, built, directory, sink)

@@ -87,6 +87,14 @@ class Stages:
                 changed = True
         return changed
 
+    def fire(self, controller) -> None:
+        """At a boundary (or where a run resumes): enter the stage, say so."""
+        step = controller.position.step
+        if self.enter(step, controller.model):
+            controller.trainable_variables_changed()
+        count = int(sum(math.prod(v.shape) for v in controller.model.trainable_variables))
+        controller.sink.notice(f"{self.describe(step)}: {count:,} trainable parameters")
+
     def describe(self, step: int) -> str:
         i = self.index_at(step)
         stage = self.stages[i]

@@ -23,6 +23,8 @@ class TrainingStopped(BaseException):  # noqa: N818 (a stop, not an error)
         self.signum = signum
         self.checkpoint = checkpoint
         self.step = step
+        #: The run so far (a :class:`trainkit.runs.Run`), set by :func:`trainkit.train`.
+        self.run = None
         self.exit_code = 128 + signum
         at = f" at step {step}" if step is not None else ""
         super().__init__(
