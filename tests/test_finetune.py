@@ -56,10 +56,18 @@ def recipe_file(directory: Path, source: str, **changes) -> Path:
 
 
 def layer_weights(model_file: Path) -> dict[str, list[np.ndarray]]:
+    """Each layer's weights by name, nested models' layers included (model.keras is the
+    inference model: the trained model nested between preprocessing and output layers)."""
     import keras
 
+    from trainkit.models.finetune import layers_of
+
     model = keras.saving.load_model(model_file, compile=False)
-    return {layer.name: [np.array(w) for w in layer.get_weights()] for layer in model.layers if layer.weights}
+    return {
+        layer.name: [np.array(w) for w in layer.get_weights()]
+        for layer in layers_of(model)
+        if layer.weights and not hasattr(layer, "layers")
+    }
 
 
 def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
@@ -163,8 +171,10 @@ def test_a_stage_boundary_resumes_bit_exactly_after_a_kill(tmp_path, source_run)
 def test_a_changed_source_is_refused_and_a_removed_one_is_not_needed(tmp_path, source_run):
     import keras
 
+    from trainkit.models.pretrained import load_source
+
     source = tmp_path / "source.keras"
-    shutil.copy(source_run / "model.keras", source)
+    load_source(str(source_run), field="model.source").save(source)  # the trained CNN alone
     recipe = recipe_file(tmp_path, str(source))
     run = tmp_path / "run"
     trained = run_cli("train", str(recipe), "--run-dir", str(run))

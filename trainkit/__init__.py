@@ -14,6 +14,8 @@ built. The public API::
     trainkit.Interrupted (a KeyboardInterrupt), trainkit.Terminated: training stopped by
         SIGINT/SIGTERM with a checkpoint saved (``.checkpoint``); train again to resume
     trainkit.request_stop(): the same orderly stop for a training in a background thread
+    trainkit.export(run_dir, formats=[...], checkpoint="final", out_dir=...) -> dict
+    trainkit.predict(run_dir, inputs, checkpoint=None) -> Predictions
     trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric
 """
 
@@ -45,10 +47,12 @@ __all__ = [
     "compare",
     "dataset",
     "evaluate",
+    "export",
     "inspect_data",
     "load_recipe",
     "load_run",
     "plot_runs",
+    "predict",
     "register_dataset",
     "register_layer",
     "register_loss",
@@ -72,4 +76,12 @@ def __getattr__(name: str):
         from trainkit import runs
 
         return getattr(runs, name)
+    if name == "predict":
+        from trainkit.serving.predict import predict
+
+        return predict
+    if name == "export":
+        from trainkit.serving.export import export
+
+        return export
     raise AttributeError(f"module 'trainkit' has no attribute {name!r}")

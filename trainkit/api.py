@@ -196,13 +196,19 @@ def _init_line(report: dict) -> str:
     return summary_line(report)
 
 
-def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):
-    """The batched ``tf.data.Dataset`` that feeds ``split`` (train: shuffled, epoch 0)."""
+def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bool = False):
+    """The batched ``tf.data.Dataset`` that feeds ``split`` (train: shuffled, epoch 0).
+
+    ``raw=True``: the split as the source gives it, in evaluation order, before
+    ``data.scale`` and the transforms -- what an exported model takes.
+    """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     from trainkit.data.pipeline import prepare
 
     data = prepare(recipe.data, seed=recipe.seed)
+    if raw:
+        return data.raw_dataset(split)
     return data.dataset(split, training=split == "train")
 
 

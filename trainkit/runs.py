@@ -158,6 +158,12 @@ class Run:
         finished = (RunDir(self.run_dir).checkpoints / "final").is_dir() or RunDir(self.run_dir).model_file.is_file()
         return evaluate(self.run_dir, split=split, checkpoint="final" if finished else "last")
 
+    def predict(self, inputs: Any, *, checkpoint: str | None = None):
+        """Predictions on raw inputs (a NumPy array or a file): :func:`trainkit.predict`."""
+        from trainkit.serving.predict import predict
+
+        return predict(self.run_dir, inputs, checkpoint=checkpoint)
+
     def plot(self, metrics: list[str] | None = None):
         """A matplotlib Figure of the learning curves: training against validation, and the learning rate."""
         return plot_runs([self], metrics=metrics)

@@ -2,7 +2,7 @@
 
 A source is one of:
 
-- a trainkit run directory: its ``model.keras`` architecture with the weights of
+- a trainkit run directory: its recipe's model with the weights of
   ``source_checkpoint`` (``final``, ``last``, ``best`` or a step number);
 - a ``.keras`` file;
 - a KerasHub preset directory (``save_to_preset``), or a ``kaggle://`` /
@@ -143,22 +143,21 @@ def load_source(
 
 
 def _load_run(path: Path, checkpoint: str, *, field: str):
-    import keras
-
-    from trainkit.api import load_checkpoint_weights
+    """A run's model: its recipe's architecture (built for its data) with a checkpoint's
+    weights. (Its ``model.keras`` is the inference model, preprocessing included.)"""
+    from trainkit.api import load_checkpoint_weights, load_run_recipe
+    from trainkit.data.pipeline import prepare
+    from trainkit.models.build import build_with_sources
     from trainkit.training.run_dir import RunDir
 
     directory = RunDir(path)
-    if not directory.model_file.is_file():
-        raise ConfigError(
-            f"{field}: the run {path} has no model.keras (its architecture); train it to the end "
-            "with export.formats including keras"
-        )
-    model = keras.saving.load_model(directory.model_file, compile=False)
     try:
+        recipe = load_run_recipe(path)
+        info = prepare(recipe.data, seed=recipe.seed).info
+        model, _ = build_with_sources(recipe.model, info, stored_source=path / STORED_SOURCE)
         load_checkpoint_weights(model, directory, str(checkpoint), field=f"{field}_checkpoint")
     except TrainkitError as err:
-        raise ConfigError(str(err)) from None
+        raise ConfigError(f"{field}: the run {path} cannot be loaded: {err}" if field not in str(err) else str(err)) from None
     return model
 
 

@@ -101,6 +101,10 @@ def train_run(
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
         directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
+        if role.is_chief:
+            from trainkit.serving.export import record_inputs
+
+            record_inputs(built, directory)  # inference.json: what export and predict need
         sink.line(header(built, directory))
         if moved:
             sink.notice(f"the previous run in {directory.path} was moved to {moved}")
@@ -128,7 +132,9 @@ def train_run(
         history = controller.run()
         metrics = final_evaluation(controller, built, directory, sink)
         if role.is_chief:
-            export(built, directory)
+            from trainkit.serving.export import export_trained
+
+            export_trained(built, directory)
         directory.update_status(status="completed", ended=now())
     except BaseException as err:
         status = directory.read_status()
@@ -206,15 +212,3 @@ def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[s
             sink.result(split, results[split])
     write_json_atomic(directory.eval_json, results)
     return results
-
-
-def export(built, directory: RunDir) -> None:
-    formats = built.recipe.export.formats
-    if "keras" in formats:
-        from trainkit.export import portable_copy
-
-        tmp = directory.path / ".model.tmp.keras"
-        portable_copy(built.model, built.trainer.optimizer).save(tmp)
-        os.replace(tmp, directory.model_file)
-    if "saved_model" in formats:
-        built.model.export(str(directory.path / "saved_model"), verbose=False)
