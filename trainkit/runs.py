@@ -129,23 +129,20 @@ class Run:
 
     @property
     def model(self):
-        """The trained ``keras.Model`` (loaded from ``model.keras``, or the last checkpoint)."""
+        """The trained ``keras.Model`` (its final checkpoint, or the last one of an
+        unfinished run). It takes preprocessed features, as in training;
+        ``model.keras`` is the inference model that takes raw ones (:meth:`predict`)."""
         if self._model is None:
             directory = RunDir(self.run_dir)
             recipe = self.recipe  # registers the recipe module's components first
-            if directory.model_file.is_file():
-                import keras
+            from trainkit.api import load_checkpoint_weights
+            from trainkit.build import build
+            from trainkit.runtime import preserved_process_state
 
-                self._model = keras.models.load_model(directory.model_file, compile=False)
-            else:
-                from trainkit.api import load_checkpoint_weights
-                from trainkit.build import build
-                from trainkit.runtime import preserved_process_state
-
-                with preserved_process_state():  # building applies the recipe's seeds
-                    built = build(recipe, run_dir=directory.path)
-                load_checkpoint_weights(built.model, directory, "last")
-                self._model = built.model
+            with preserved_process_state():  # building applies the recipe's seeds
+                built = build(recipe, run_dir=directory.path)
+            load_checkpoint_weights(built.model, directory, "final" if self.status == "completed" else "last")
+            self._model = built.model
         return self._model
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
