@@ -262,10 +262,7 @@ def _show(value) -> str:
     return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
 
 
-COMMANDS = {
-    "export": cmd_export, "predict": cmd_predict, "data": cmd_data, "train": cmd_train, "launch": cmd_launch,
-    "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls, "plot": cmd_plot,
-}
+COMMANDS = {"export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

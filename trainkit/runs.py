@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import RunDirError, TrainkitError
 from trainkit.recipe import Recipe
 from trainkit.training.run_dir import RunDir
+
+if TYPE_CHECKING:
+    from trainkit.serving.predict import Predictions
 
 #: Fields of a ``metrics.jsonl`` event that are not metrics.
 _BOOKKEEPING = {"time", "step", "epoch", "split", "input_wait_fraction", "steps_per_second"}
@@ -155,7 +158,7 @@ class Run:
         finished = (RunDir(self.run_dir).checkpoints / "final").is_dir() or RunDir(self.run_dir).model_file.is_file()
         return evaluate(self.run_dir, split=split, checkpoint="final" if finished else "last")
 
-    def predict(self, inputs: Any, *, checkpoint: str | None = None):
+    def predict(self, inputs: Any, *, checkpoint: str | None = None) -> Predictions:
         """Predictions on raw inputs (a NumPy array or a file): :func:`trainkit.predict`."""
         from trainkit.serving.predict import predict
 

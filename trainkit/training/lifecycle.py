@@ -4,7 +4,7 @@
 against the recipe (read-only, before anything is built), build, take the lock,
 write ``config.yaml`` and ``run.json``, hand the built objects to a
 :class:`~trainkit.training.controller.Controller`, evaluate the final model,
-export it, and record how it ended (``completed``, ``interrupted``, ``failed``,
+export it (:mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
 ``diverged``, with ``ended``) whatever happens.
 """
 
