@@ -41,8 +41,10 @@ def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     """A copy of ``model`` compiled like it, with a schedule-free optimizer of the same kind."""
     import keras
 
+    from trainkit.serving.model import copy_weights
+
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy_weights(model, copy)
     _compile_like(copy, model, optimizer)
     return copy
 
@@ -136,7 +138,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str) -> tuple[Built, dict[s
     quiet_tensorflow()
     recipe = distribute.in_one_process(api.load_run_recipe(run_dir))
     directory = RunDir(run_dir)
-    built = build(recipe)
+    built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
     api.load_checkpoint_weights(built.model, directory, checkpoint)
     spec = inference_spec.read(directory.path)
     if spec is None:  # a run from before inference.json: the data gives the same numbers again

@@ -151,6 +151,10 @@ class Controller:
     def run(self) -> dict[str, list]:
         """Train to the end of the budget (or an early stop); the epochs run here as a history."""
         resumed_from = self._resume()
+        if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
+            for event in self._actions:
+                if event.due(self.position):
+                    event.fire(self)
         self.metrics_log = MetricsLog(self.run_dir, start_step=self.position.step)
         iterator = iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
@@ -445,6 +449,13 @@ class Controller:
 
     def _trainable_ids(self) -> list[int]:
         return [id(v) for v in self.model.trainable_variables]
+
+    def trainable_variables_changed(self) -> None:
+        """For an event that changes which variables train (a stage's unfreeze):
+        the training step is traced again for the new set, which callbacks may
+        then not change."""
+        self.trainer.trainable_variables_changed()
+        self._trainable = self._trainable_ids()
 
     def _check_trainable(self, hook: str) -> None:
         """Refuse a change of trainable variables: the traced step would silently ignore it."""

@@ -21,7 +21,7 @@ from trainkit.errors import ConfigError, did_you_mean
 from trainkit.recipe import Recipe
 from trainkit.training.phases import Phases
 from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
-from trainkit.training.sinks import Sink, make_sink
+from trainkit.training.sinks import Sink, make_sink, say
 
 
 @dataclass
@@ -82,8 +82,13 @@ def train_run(
     directory = RunDir(run_dir)
     changes = [] if restart else directory.check_compatible(recipe)  # read-only: refuses before building
     with phases.timed("build"):
-        built = build(recipe, trainer_class=trainer_class)  # all validation happens here
+        # All validation happens here; a run that continues lends its copy of a pretrained source.
+        built = build(
+            recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True
+        )
     check_policy(built)
+    if not restart:
+        check_sources(directory, built)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -104,6 +109,8 @@ def train_run(
         found = candidates(directory.checkpoints)
         distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
         directory.start(recipe, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
+        if role.is_chief:
+            keep_sources(built, directory, sink)
         # Only now, validated and holding the lock, may a relative data.cache path
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
@@ -132,6 +139,7 @@ def train_run(
             trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
             run_dir=directory, checkpointer=checkpointer, sink=sink, callbacks=callback_objects,
             steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
+            events=(built.stages,) if built.stages else (),
         )
         history = controller.run()
         with phases.timed("final_evaluation"):
@@ -157,6 +165,45 @@ def train_run(
         directory.release()
         distribute.remove_scratch(directory, role)
     return Trained(shared.path, built, history, metrics)
+
+
+def check_sources(directory: RunDir, built) -> None:
+    """Refuse to continue a run whose pretrained source changed since it started."""
+    from trainkit.errors import RunDirError
+
+    recorded = directory.read_status().get("sources") or {}
+    for use in built.sources:
+        before = recorded.get(use.field)
+        if before and before["digest"] != use.digest:
+            raise RunDirError(
+                f"{directory.path} was trained from {use.field} {use.source} with weights digest {before['digest']}, "
+                f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
+            )
+    # A source read no more (model.init of a continued run whose source is gone)
+    # keeps its recorded digest in the recipe's identity.
+    for name, before in recorded.items():
+        built.recipe._source_digests.setdefault(name, before["digest"])
+
+
+def keep_sources(built, directory: RunDir, sink: Sink) -> None:
+    """Record the sources' digests, keep a copy of ``model.source`` (so evaluating,
+    exporting or resuming never needs it again) and write the init report."""
+    from trainkit.models.pretrained import STORED_SOURCE
+
+    if not built.sources:
+        return
+    directory.update_status(sources={u.field: {"source": u.source, "digest": u.digest} for u in built.sources})
+    stored = directory.path / STORED_SOURCE
+    for use in built.sources:
+        if use.field == "model.source" and use.saved is not None and not stored.is_file():
+            tmp = directory.path / f".tmp.{STORED_SOURCE}"
+            tmp.write_bytes(use.saved)
+            os.replace(tmp, stored)
+    if built.init_report is not None:
+        from trainkit.models.warm_start import summary_line
+
+        write_json_atomic(directory.path / "init.json", built.init_report)
+        say(summary_line(built.init_report))  # shown with progress off too, like a resume
 
 
 def header(built, directory: RunDir) -> str:

@@ -189,6 +189,10 @@ class Trainer:
 
         return train_steps
 
+    def trainable_variables_changed(self) -> None:
+        """Trace the training step again: the variables it trains were traced into it."""
+        self._train_fn = None
+
     def evaluate(self, distributed_dataset) -> dict[str, float]:
         """Evaluate on every batch of a distributed dataset; returns the metrics.
 
