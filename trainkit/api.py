@@ -57,6 +57,12 @@ def train(
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
     """
+    import time
+
+    from trainkit.training import report
+
+    # The job's start, for run.json's phases: the process's (the CLI) or this call's.
+    started = report.PROCESS_STARTED or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     if distribute.serve_if_server_task(recipe.runtime):
@@ -71,7 +77,7 @@ def train(
         with preserved_process_state():
             trained = train_run(
                 recipe, target, restart=restart, callbacks=callbacks,
-                trainer_class=trainer_class, recipe_source=_source_of(recipe),
+                trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
             )
     except TrainingStopped as stop:
         # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
@@ -129,14 +135,17 @@ def evaluate(
     directory = RunDir(run_dir)
     from trainkit.build import build
 
-    built = build(recipe)
+    built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
-    return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+    return built.trainer.evaluate_split(built.data, split)
 
 
-def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
-    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path."""
+def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str = "--checkpoint") -> str:
+    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path.
+
+    ``field`` is the option or recipe field that named it, for error messages.
+    """
     from trainkit.training.checkpoint import (
         candidates,
         latest_readable,
@@ -153,7 +162,7 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             restore_model_weights(model, path)
         except Exception as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunDirError(f"--checkpoint: {path} cannot be read back: {reason[:160]}") from None
+            raise RunDirError(f"{field}: {path} cannot be read back: {reason[:160]}") from None
         return path
 
     if which in ("last", "best", "final"):
@@ -168,13 +177,13 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             return str(directory.model_file)
         if which == "best" and not skipped:
             raise RunDirError(
-                f"--checkpoint best: {where} holds no checkpoint (the run monitored no metric: "
+                f"{field} best: {where} holds no checkpoint (the run monitored no metric: "
                 "trainer.checkpoint.monitor was null, or auto without a validation split); "
                 "set trainer.checkpoint.monitor (e.g. loss) to keep the best one"
             )
         if which == "final" and not skipped:
-            raise RunDirError(f"--checkpoint final: {directory.path} has not finished training; {choices}")
-        raise RunDirError(f"--checkpoint {which}: {where} holds no readable checkpoint")
+            raise RunDirError(f"{field} final: {directory.path} has not finished training; {choices}")
+        raise RunDirError(f"{field} {which}: {where} holds no readable checkpoint")
     if which.isdigit():
         for folder in kept:
             path = folder / f"ckpt-{int(which)}"
@@ -182,11 +191,17 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
                 return restore(str(path))
         steps = sorted({step_of(p) for folder in kept for p in candidates(folder)})
         shown = ", ".join(map(str, steps)) or "none"
-        raise ConfigError(f"--checkpoint: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
+        raise ConfigError(f"{field}: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
     path = which[: -len(".index")] if which.endswith(".index") else which
     if not Path(f"{path}.index").is_file():
-        raise ConfigError(f"--checkpoint: no checkpoint at {which}; {choices}")
+        raise ConfigError(f"{field}: no checkpoint at {which}; {choices}")
     return restore(path)
+
+
+def _init_line(report: dict) -> str:
+    from trainkit.models.warm_start import summary_line
+
+    return summary_line(report)
 
 
 def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bool = False):
@@ -230,8 +245,11 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         "task": info.task,
         "classes": info.num_classes,
         "examples": info.sizes,
-        "batch": [list(x.shape), list(y.shape)],
+        "batch": [{k: list(v.shape) for k, v in x.items()} if isinstance(x, dict) else list(x.shape), list(y.shape)],
         "parameters": int(built.model.count_params()),
+        **(built.finetune or {}),
+        **({"sources": {u.field: f"{u.source} (digest {u.digest})" for u in built.sources}} if built.sources else {}),
+        **({"init": _init_line(built.init_report)} if built.init_report else {}),
         "steps_per_epoch": built.steps_per_epoch,
         "total_steps": built.total_steps,
         "strategy": distribute.describe(built.strategy),

@@ -143,7 +143,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     summary = api.validate(_load(args))
     for key, value in summary.items():
-        print(f"{key:>16}: {value}")
+        if isinstance(value, dict) and key in ("learning_rate", "sources"):
+            print(f"{key:>20}:")
+            for name, shown in value.items():
+                print(f"{'':>18}{name}: {shown}")
+        else:
+            print(f"{key:>20}: {value}")
     print("ok: the recipe builds and a batch runs through the model and the loss")
     return 0
 

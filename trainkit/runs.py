@@ -132,19 +132,19 @@ class Run:
 
     @property
     def model(self):
-        """The trained ``keras.Model`` (inputs as the data pipeline gives them), built from the
-        recipe with the final checkpoint's weights (the last one's, before the run finished).
-        For raw inputs use :meth:`predict` or ``model.keras`` (the exported inference model)."""
+        """The trained ``keras.Model`` (its final checkpoint, or the last one of an
+        unfinished run). It takes preprocessed features, as in training;
+        ``model.keras`` is the inference model that takes raw ones (:meth:`predict`)."""
         if self._model is None:
             from trainkit.api import load_checkpoint_weights
             from trainkit.build import build
             from trainkit.runtime import preserved_process_state
 
             directory = RunDir(self.run_dir)
+            recipe = self.recipe  # registers the recipe module's components first
             with preserved_process_state():  # building applies the recipe's seeds
-                built = build(self.recipe)
-            finished = (directory.checkpoints / "final").is_dir()
-            load_checkpoint_weights(built.model, directory, "final" if finished else "last")
+                built = build(recipe, run_dir=directory.path)
+            load_checkpoint_weights(built.model, directory, "final" if self.status == "completed" else "last")
             self._model = built.model
         return self._model
 
@@ -152,7 +152,7 @@ class Run:
         """Metrics of the trained model on ``split`` (``train``, ``validation``, ``test``)."""
         built = self._built
         if built is not None:
-            return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+            return built.trainer.evaluate_split(built.data, split)
         from trainkit.api import evaluate
 
         finished = (RunDir(self.run_dir).checkpoints / "final").is_dir() or RunDir(self.run_dir).model_file.is_file()

@@ -14,6 +14,7 @@ import re
 import sys
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 from trainkit.errors import ConfigError
 from trainkit.recipe import RuntimeSection
@@ -149,7 +150,64 @@ def configure(runtime: RuntimeSection, *, seed: int):
     keras.utils.set_random_seed(seed)
     _set_op_determinism(runtime.deterministic)
     keras.mixed_precision.set_global_policy(runtime.precision)
+    from trainkit.training.sinks import warn
+
+    for warning in slow_option_warnings(runtime, strategy):
+        warn(f"warning: {warning}")
     return strategy
+
+
+#: Measured here (2-core Xeon with AMX, TF 2.21, digits_cnn, steady steps after
+#: the first): how many times slower a training step ran with the option, on a CPU.
+CPU_SLOWDOWN = {"mixed_float16": 150.0, "jit_compile": 11.0}
+
+
+def slow_option_warnings(runtime: RuntimeSection, strategy) -> list[str]:
+    """One line per chosen option that makes training slower on this hardware.
+
+    float16 pays off only where the hardware computes in it (GPUs with tensor
+    cores); a CPU emulates it, op by op. bfloat16 ran *faster* than float32
+    here, on a CPU with bfloat16 instructions (AMX); without them it is
+    emulated too. XLA compiled a small CNN slower than TensorFlow's own CPU
+    kernels (oneDNN).
+    """
+    if not on_cpu(strategy):
+        return []
+    out = []
+    if runtime.precision == "mixed_float16":
+        out.append(
+            f"runtime.precision=mixed_float16 on a CPU: a small CNN trained about {CPU_SLOWDOWN['mixed_float16']:.0f}x "
+            "slower than with float32 here; use float32 (or mixed_bfloat16 on a CPU with AMX) unless a GPU runs this recipe"
+        )
+    if runtime.precision == "mixed_bfloat16" and not _cpu_has_bfloat16():
+        out.append(
+            "runtime.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (avx512_bf16, amx_bf16): "
+            "TensorFlow emulates it, slower than float32; use float32 unless a TPU or GPU runs this recipe"
+        )
+    if runtime.jit_compile:
+        out.append(
+            f"runtime.jit_compile=true on a CPU: a small CNN trained about {CPU_SLOWDOWN['jit_compile']:.0f}x slower "
+            "than without XLA here; set runtime.jit_compile=false unless a GPU or TPU runs this recipe"
+        )
+    return out
+
+
+def _cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (True where that cannot be read)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: say nothing rather than guess
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def on_cpu(strategy) -> bool:
+    """Whether ``strategy`` computes on CPUs only (no GPU and not a TPU)."""
+    import tensorflow as tf
+
+    if type(strategy).__name__.startswith("TPUStrategy"):
+        return False
+    return not tf.config.list_logical_devices("GPU")
 
 
 @contextlib.contextmanager

@@ -41,19 +41,30 @@ def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     """A copy of ``model`` compiled like it, with a schedule-free optimizer of the same kind."""
     import keras
 
+    from trainkit.serving.model import copy_weights
+
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy_weights(model, copy)
     _compile_like(copy, model, optimizer)
     return copy
 
 
 def _compile_like(target: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    import keras
+
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # The optimizer proper (mixed_float16); compile() may wrap it again.
+        optimizer = optimizer.inner_optimizer
     config = optimizer.get_config()
     config["learning_rate"] = float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate)
     compiled = getattr(model, "_compile_config", None)
     loss = model.loss if compiled is None else compiled.config.get("loss")
     metrics = None if compiled is None else compiled.config.get("metrics")
     target.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
+    if isinstance(target.optimizer, keras.optimizers.LossScaleOptimizer):
+        # compile() wrapped it (mixed_float16 policy); unwrapped, the file loads
+        # without a variable-count warning where it is usually loaded: in float32.
+        target.optimizer = target.optimizer.inner_optimizer
     # Built (fresh slots), so loading the file does not warn about missing optimizer variables.
     target.optimizer.build(target.trainable_variables)
 
@@ -127,7 +138,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str) -> tuple[Built, dict[s
     quiet_tensorflow()
     recipe = distribute.in_one_process(api.load_run_recipe(run_dir))
     directory = RunDir(run_dir)
-    built = build(recipe)
+    built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
     api.load_checkpoint_weights(built.model, directory, checkpoint)
     spec = inference_spec.read(directory.path)
     if spec is None:  # a run from before inference.json: the data gives the same numbers again

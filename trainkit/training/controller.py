@@ -57,6 +57,7 @@ from trainkit.training.events import (
     ProfileWindow,
     steps_until_next,
 )
+from trainkit.training.phases import Phases
 from trainkit.training.report import MetricsLog
 from trainkit.training.sinks import Sink, format_metrics
 from trainkit.training.stops import (  # noqa: F401 (re-exported: where users look for them)
@@ -98,6 +99,7 @@ class Controller:
         steps_per_epoch: int,
         total_steps: int,
         events: tuple = (),
+        phases: Phases | None = None,
     ):
         self.trainer, self.data, self.strategy, self.policy = trainer, data, strategy, policy
         self.model = trainer.model
@@ -139,12 +141,20 @@ class Controller:
         self._trainable = self._trainable_ids()
         self._last_save_time = time.monotonic()
         self._first_step_seconds = None
+        #: Where the run's seconds go (run.json's ``phases``): first step,
+        #: training, validation and checkpoint saves are added here.
+        self.phases = phases if phases is not None else Phases()
+        self._first_call_done = False
 
     # -- the run ------------------------------------------------------------------
 
     def run(self) -> dict[str, list]:
         """Train to the end of the budget (or an early stop); the epochs run here as a history."""
         resumed_from = self._resume()
+        if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
+            for event in self._actions:
+                if event.due(self.position):
+                    event.fire(self)
         self.metrics_log = MetricsLog(self.run_dir, start_step=self.position.step)
         iterator = iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
@@ -219,6 +229,9 @@ class Controller:
         self.callbacks.on_train_batch_begin(self.position.step_in_epoch)
         call_start = time.perf_counter()
         results = self.trainer.train(iterator, n)
+        if not self._first_call_done:  # tracing and the pipeline's start: a fixed cost of its own
+            self._first_call_done = True
+            self.phases.add("first_step", time.perf_counter() - call_start)
         if self._first_step_seconds is None and report.PROCESS_STARTED:
             self._first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
         self.position = position = self.position.advanced(n)
@@ -292,12 +305,11 @@ class Controller:
         ``hooks=False`` after training: ``on_train_end`` has closed callbacks
         such as TensorBoard's writers, as after Keras's ``fit``.
         """
-        dataset = self.data.distributed(self.strategy, split, take=take)
         if not hooks:
-            return self.trainer.evaluate(dataset)
+            return self.trainer.evaluate_split(self.data, split, take=take)
         self.callbacks.on_test_begin()
         self.callbacks.on_test_batch_begin(0)
-        results = self.trainer.evaluate(dataset)
+        results = self.trainer.evaluate_split(self.data, split, take=take)
         self.callbacks.on_test_batch_end(self._eval_batches(split, take) - 1, results)
         self.callbacks.on_test_end(results)
         return results
@@ -308,7 +320,8 @@ class Controller:
         return max(1, min(batches, take) if take else batches)
 
     def _validate(self) -> dict[str, float]:
-        results = self.evaluate("validation", take=self.policy.validation.steps)
+        with self.phases.timed("validation"):
+            results = self.evaluate("validation", take=self.policy.validation.steps)
         position = self.position
         self.metrics_log.log(split="validation", step=position.step, epoch=position.epoch, values=results)
         return {f"val_{k}": v for k, v in results.items()}
@@ -400,6 +413,9 @@ class Controller:
 
     def _record_end(self, elapsed: float, start_step: int) -> None:
         policy, trainer, position = self.policy, self.trainer, self.position
+        phases = self.phases
+        phases.add("checkpoint_saves", self.checkpointer.save_seconds)
+        phases.add("training", elapsed - sum(phases.seconds.get(k, 0.0) for k in ("first_step", "validation", "checkpoint_saves")))
         # (Not under a parameter server: its steps run asynchronously on remote workers.)
         measured = policy.measure_input and not distribute.is_parameter_server(self.strategy)
         waited = input_wait.from_trainer(trainer) if measured else None
@@ -433,6 +449,13 @@ class Controller:
 
     def _trainable_ids(self) -> list[int]:
         return [id(v) for v in self.model.trainable_variables]
+
+    def trainable_variables_changed(self) -> None:
+        """For an event that changes which variables train (a stage's unfreeze):
+        the training step is traced again for the new set, which callbacks may
+        then not change."""
+        self.trainer.trainable_variables_changed()
+        self._trainable = self._trainable_ids()
 
     def _check_trainable(self, hook: str) -> None:
         """Refuse a change of trainable variables: the traced step would silently ignore it."""

@@ -11,6 +11,7 @@ export it (:mod:`trainkit.serving.export`), and record how it ended (``completed
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ from typing import Any
 from trainkit import distribute
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.recipe import Recipe
+from trainkit.training.phases import Phases
 from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
-from trainkit.training.sinks import Sink, make_sink
+from trainkit.training.sinks import Sink, make_sink, say
 
 
 @dataclass
@@ -62,17 +64,32 @@ def train_run(
     trainer_class: type | None = None,
     recipe_source: str | None = None,
     sink: Sink | None = None,
+    started: float | None = None,
 ) -> Trained:
-    """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export."""
+    """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
+
+    ``started`` (``time.time()``) is when the job began, the process's start or
+    the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
+    there to here, where TensorFlow and trainkit are imported.
+    """
     from trainkit.build import build, make_callbacks
+    from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.checkpoint import Checkpointer, candidates, step_of
     from trainkit.training.controller import Controller, now
 
+    phases = Phases()
+    phases.add("start_up", time.time() - started if started else 0.0)
     directory = RunDir(run_dir)
     changes = [] if restart else directory.check_compatible(recipe)  # read-only: refuses before building
     previous = directory.read_recipe() if changes else None  # (config.yaml is rewritten below)
-    built = build(recipe, trainer_class=trainer_class)  # all validation happens here
+    with phases.timed("build"):
+        # All validation happens here; a run that continues lends its copy of a pretrained source.
+        built = build(
+            recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True
+        )
     check_policy(built)
+    if not restart:
+        check_sources(directory, built)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -96,13 +113,13 @@ def train_run(
         found = candidates(directory.checkpoints)
         distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
         directory.start(recipe, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
+        if role.is_chief:
+            keep_sources(built, directory, sink)
         # Only now, validated and holding the lock, may a relative data.cache path
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
         directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
         if role.is_chief:
-            from trainkit.serving.export import record_inputs
-
             record_inputs(built, directory)  # inference.json: what export and predict need
         sink.line(header(built, directory))
         if moved:
@@ -126,15 +143,16 @@ def train_run(
         controller = Controller(
             trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
             run_dir=directory, checkpointer=checkpointer, sink=sink, callbacks=callback_objects,
-            steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps,
+            steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
+            events=(built.stages,) if built.stages else (),
         )
         history = controller.run()
-        metrics = final_evaluation(controller, built, directory, sink)
+        with phases.timed("final_evaluation"):
+            metrics = final_evaluation(controller, built, directory, sink)
         if role.is_chief:
-            from trainkit.serving.export import export_trained
-
-            export_trained(built, directory)
-        directory.update_status(status="completed", ended=now())
+            with phases.timed("export"):
+                export_trained(built, directory)
+        directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
     except BaseException as err:
         status = directory.read_status()
         if status.get("status") == "running":
@@ -169,6 +187,45 @@ def schedule_note(built, previous: Recipe, step: int) -> str | None:
     )
 
 
+def check_sources(directory: RunDir, built) -> None:
+    """Refuse to continue a run whose pretrained source changed since it started."""
+    from trainkit.errors import RunDirError
+
+    recorded = directory.read_status().get("sources") or {}
+    for use in built.sources:
+        before = recorded.get(use.field)
+        if before and before["digest"] != use.digest:
+            raise RunDirError(
+                f"{directory.path} was trained from {use.field} {use.source} with weights digest {before['digest']}, "
+                f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
+            )
+    # A source read no more (model.init of a continued run whose source is gone)
+    # keeps its recorded digest in the recipe's identity.
+    for name, before in recorded.items():
+        built.recipe._source_digests.setdefault(name, before["digest"])
+
+
+def keep_sources(built, directory: RunDir, sink: Sink) -> None:
+    """Record the sources' digests, keep a copy of ``model.source`` (so evaluating,
+    exporting or resuming never needs it again) and write the init report."""
+    from trainkit.models.pretrained import STORED_SOURCE
+
+    if not built.sources:
+        return
+    directory.update_status(sources={u.field: {"source": u.source, "digest": u.digest} for u in built.sources})
+    stored = directory.path / STORED_SOURCE
+    for use in built.sources:
+        if use.field == "model.source" and use.saved is not None and not stored.is_file():
+            tmp = directory.path / f".tmp.{STORED_SOURCE}"
+            tmp.write_bytes(use.saved)
+            os.replace(tmp, stored)
+    if built.init_report is not None:
+        from trainkit.models.warm_start import summary_line
+
+        write_json_atomic(directory.path / "init.json", built.init_report)
+        say(summary_line(built.init_report))  # shown with progress off too, like a resume
+
+
 def header(built, directory: RunDir) -> str:
     info, recipe = built.data.info, built.recipe
     return (
@@ -187,4 +244,3 @@ def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[s
             sink.result(split, results[split])
     write_json_atomic(directory.eval_json, results)
     return results
-
