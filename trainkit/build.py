@@ -200,6 +200,7 @@ def build(
         )
     steps_per_epoch = data.steps_per_epoch()
     steps = total_steps(recipe, steps_per_epoch)
+    has_validation = data.has_split("validation")  # (before a parameter server wraps the data)
     stages = Stages.of(recipe, steps_per_epoch=steps_per_epoch)
     with strategy.scope():
         model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
@@ -248,7 +249,7 @@ def build(
         )
     recipe._source_digests = {use.field: use.digest for use in sources}  # (the caller's recipe: its hash)
     # The built run's own copy, with checkpoint.monitor: auto made concrete.
-    recipe = resolve_monitor(recipe, has_validation=data.has_split("validation"))
+    recipe = resolve_monitor(recipe, has_validation=has_validation)
     return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps, sources, init_report, stages, finetune_summary)
 
 
