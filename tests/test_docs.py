@@ -5,8 +5,8 @@ Each ``trainkit ...`` command and each Python snippet in README.md, docs/*.md an
 fresh working directory per document (so ``trainkit eval runs/x`` finds the run
 an earlier ``trainkit train x`` made). New documents and sections are picked up
 without touching this file. Commands that train are smoke-sized: the CLI appends
-``trainer.epochs=1`` (the last layer wins, and the budget is a setting a run may
-change). A command written after a ``$ `` prompt and followed by output must
+``trainer.epochs=1``, or one epoch per stage for a staged recipe (the last layer
+wins, and the budget is a setting a run may change). A command written after a ``$ `` prompt and followed by output must
 print that output. Synopsis lines (``trainkit train RECIPE [-c CONFIG]...``) are
 not commands. A YAML block headed ``# configs/NAME.yaml`` must say what the file
 says.
@@ -38,9 +38,19 @@ SKIP = {
     '{..., "model"': "a fragment: `...` stands for the rest of a recipe",
 }
 
-#: Appended to commands that train, so that each takes seconds.
-SMOKE = ("trainer.epochs=1",)
 TRAINING_COMMANDS = ("train", "launch")
+
+
+def smoke(words: list[str]) -> list[str]:
+    """Overrides appended to a training command so that it takes seconds."""
+    import trainkit
+    from trainkit.cli import make_parser
+
+    args, extra = make_parser().parse_known_args(words)
+    recipe = trainkit.load_recipe(args.recipe, configs=args.config, overrides=[*args.overrides, *extra])
+    if recipe.trainer.stages:
+        return [f"trainer.stages.{i}.epochs=1" for i in range(len(recipe.trainer.stages))]
+    return ["trainer.epochs=1"]
 PLACEHOLDER = re.compile(r"^\[?[A-Z][A-Z_]*\]?(\.\.\.)?$|\.\.\.")
 
 
@@ -193,7 +203,7 @@ def test_every_documented_command_and_snippet_runs(tmp_path, document):
 def _run_command(snippet: Snippet, cwd: Path) -> str | None:
     words = shlex.split(snippet.text, comments=True)[1:]
     if words and words[0] in TRAINING_COMMANDS and not snippet.expected:
-        words += SMOKE
+        words += smoke(words)
     result = run_cli(*words, cwd=cwd)
     output = result.stdout + result.stderr
     if snippet.expected:
