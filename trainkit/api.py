@@ -186,41 +186,35 @@ def _export(built, directory: RunDir) -> None:
         built.model.export(str(directory.path / "saved_model"), verbose=False)
 
 
-def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
-    """The recipe of a run directory, with its recipe module's components registered."""
+def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
+    """The recipe of a run directory (its ``config.yaml``).
+
+    A run directory is data: it never makes trainkit run code, whatever its
+    run.json says (a copied or edited run directory must not be able to). A run
+    whose recipe registered its own components needs them registered again:
+    either already in this process (a notebook that trained it), or by the
+    recipe file the caller names in ``recipe_file`` (``trainkit eval --recipe``),
+    which is imported because the caller chose it.
+    """
     directory = RunDir(run_dir)
     if not directory.exists():
         raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
+    if recipe_file is not None:
+        from trainkit.loader import import_recipe_file
+
+        import_recipe_file(Path(recipe_file), option="--recipe")
+    return directory.read_recipe()
+
+
+def _needs_recipe_file(directory: RunDir, err: ConfigError) -> ConfigError:
+    """``err`` with a hint when the run came from a Python recipe that was not named."""
     source = directory.read_status().get("recipe_source")
-    if source and Path(source).is_file():
-        from trainkit.loader import _import_recipe_module
-
-        _import_recipe_module(Path(source))
-    return load_recipe(directory.config)
-
-
-def evaluate(
-    run_dir: str | os.PathLike,
-    *,
-    split: str = "test",
-    checkpoint: str = "last",
-) -> dict[str, float]:
-    """Metrics of one of a run's kept checkpoints on a split.
-
-    ``checkpoint`` is ``last`` (the newest checkpoint that reads back), ``best``
-    (the best by ``trainer.checkpoint.monitor``), ``final`` (the state when
-    training ended), a step number (``120`` picks ``ckpt-120``) or a checkpoint
-    path (``runs/x/checkpoints/ckpt-120``).
-    """
-    quiet_tensorflow()
-    recipe = distribute.in_one_process(load_run_recipe(run_dir))  # a cluster's run, evaluated here
-    directory = RunDir(run_dir)
-    from trainkit.build import build
-
-    built = build(recipe)
-    built.data._check_split(split)
-    load_checkpoint_weights(built.model, directory, checkpoint)
-    return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+    if not source:
+        return err
+    return ConfigError(
+        f"{err}; this run was trained from the recipe file {source}, whose components a run directory "
+        f"never imports by itself: name it with --recipe {source} (recipe_file= in Python)"
+    )
 
 
 def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:

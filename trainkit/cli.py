@@ -68,6 +68,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
     p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
+    p.add_argument(
+        "--recipe", metavar="FILE",
+        help="the Python recipe the run was trained from, to register its components "
+        "(a run directory never runs code by itself)",
+    )
 
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
@@ -146,7 +151,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainkit import api
 
-    results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
+    results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, recipe_file=args.recipe)
     print(json.dumps({args.split: results}, indent=2))
     return 0
 

@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any
 
+from trainkit.training.run_dir import open_for_append
+
 #: Set by the CLI when the process starts, to report the time to the first step.
 PROCESS_STARTED: float | None = None
 
@@ -34,7 +36,7 @@ class Reporter:
         self._writers = {split: ScalarWriter(run_dir.tensorboard / split) for split in ("train", "validation")}
         self._last_time = time.perf_counter()
         self._last_step = 0
-        self._events = open(run_dir.metrics_log, "a", buffering=1)  # one line, one write
+        self._events = open_for_append(run_dir.metrics_log)  # one line, one write
 
     def say(self, text: str) -> None:
         if self.progress:
