@@ -83,16 +83,22 @@ def train(
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
     directory = RunDir(run_dir or default_run_dir(recipe))
     moved = None
+    directory.check_place()  # a folder that can be written, without links: before anything is built
     if not restart:
         changes = directory.check_compatible(recipe)  # read-only: refuses before anything is built
     else:
         changes = []
-    from trainkit.build import build, make_callbacks
+    from trainkit.build import build, check_callbacks, make_callbacks, rehearse
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
     built = build(recipe, trainer_class=trainer_class)  # all validation happens here
     check_policy(built)
+    # Everything user-supplied is checked before the run directory is touched:
+    # the callbacks are made now (their constructors check their arguments), and
+    # one real step shows that optimizer, loss and metrics work with the data.
+    check_callbacks(built, make_callbacks(recipe))
+    rehearse(built)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -291,12 +297,14 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
 
     built = build(recipe)
     info = built.data.info
+    from trainkit.build import check_callbacks, make_callbacks, rehearse
+    from trainkit.training.fit import check_policy
+
+    check_policy(built)
+    check_callbacks(built, make_callbacks(recipe))
+    rehearse(built)  # one training step and one evaluation step, weights restored after
     # One batch read around data.cache: validating writes no cache files.
-    data = built.data._uncached()
-    x, y = next(iter(data.dataset("train", training=True)))
-    built.trainer.evaluate(built.strategy.experimental_distribute_dataset(
-        data.dataset("train").take(1)
-    ))
+    x, y = next(iter(built.data._uncached().dataset("train", training=True)))
     return {
         "recipe": recipe.name,
         "hash": recipe.hash,

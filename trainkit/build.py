@@ -11,11 +11,12 @@ before training starts.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from trainkit import distribute, registry, runtime
 from trainkit.components import check_arguments, instantiate
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, did_you_mean
 from trainkit.recipe import Component, Recipe
 
 # "accuracy" means the accuracy that fits the loss, as in Keras's compile().
@@ -208,6 +209,100 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
             f"loss: {loss_name} cannot compare labels of shape {tuple(y.shape[1:]) or 'scalar'} with model "
             f"outputs of shape {tuple(y_pred.shape[1:])}: {_first_line(err)}"
         ) from None
+
+
+#: Callback arguments that name a file or folder the callback writes.
+_CALLBACK_PATHS = ("filename", "filepath", "log_dir", "backup_dir")
+
+
+def check_callbacks(built: Built, callbacks: list) -> None:
+    """What Keras callbacks only find out mid-training: a monitor the run never
+    reports, a file in a folder that cannot exist. Raise before anything is written."""
+    names = list(built.trainer.result())
+    if built.data.has_split("validation"):
+        names += [f"val_{name}" for name in names]
+    for i, callback in enumerate(callbacks):
+        field = f"trainer.callbacks.{i}"
+        label = type(callback).__name__
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor not in names:
+            no_val = "" if built.data.has_split("validation") else " (there is no validation split)"
+            raise ConfigError(
+                f"{field}.monitor: {label} watches '{monitor}', which this run does not report{no_val}; "
+                f"{did_you_mean(monitor, names)}"
+            )
+        for key in _CALLBACK_PATHS:
+            value = built.recipe.trainer.callbacks[i].kwargs.get(key) if i < len(built.recipe.trainer.callbacks) else None
+            if isinstance(value, str) and value:
+                _check_writable_place(Path(value), field=f"{field}.{key}", label=label)
+
+
+def _check_writable_place(path: Path, *, field: str, label: str) -> None:
+    """``path`` can be created: its nearest existing ancestor is a writable folder."""
+    import errno
+    import os
+
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{field}: {label} would write {path}, but {ancestor} is a file, not a folder")
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise ConfigError(f"{field}: {label} would write {path}, whose name '{part[:20]}...' is longer than 255 bytes")
+    if not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"{field}: {label} would write {path}, but {ancestor} is not writable ({os.strerror(errno.EACCES)})")
+
+
+def rehearse(built: Built) -> None:
+    """One real training step and one evaluation step, then every variable as it was.
+
+    Arguments are checked by name before anything is built, but only running
+    the optimizer, the loss and the metrics shows that their values work together
+    (``beta_1: abc``, ``weight_decay: [1]``, a ``precision`` metric on sparse
+    multiclass labels). This runs before the run directory is touched, so such a
+    mistake is one line with nothing written. The model's, optimizer's and
+    metrics' variables (and the random generators' state) are put back, so the
+    run that follows is the run it would have been without the rehearsal.
+
+    Clusters are skipped: their steps are collective across workers, each of which
+    checks the same recipe by itself.
+    """
+    import tensorflow as tf
+
+    from trainkit.training.checkpoint import seed_generator_states
+
+    strategy, trainer = built.strategy, built.trainer
+    if distribute.is_parameter_server(strategy) or distribute.is_multi_worker(strategy):
+        return
+    metric_variables = [v for m in (*trainer.train_metrics, *trainer.eval_metrics) for v in m.variables]
+    variables = [*built.model.variables, *trainer.optimizer.variables, *metric_variables, *seed_generator_states(built.model)]
+    unique = list({id(v): v for v in variables}.values())
+    saved = [v.numpy() for v in unique]
+    data = built.data._uncached()
+    try:
+        trainer.train(iter(strategy.experimental_distribute_dataset(data.training_stream().take(1))), 1)
+        trainer.evaluate(data.distributed(strategy, "train", take=1))
+    except (ValueError, TypeError, tf.errors.OpError) as err:
+        raise ConfigError(f"{_blamed_section(err)}: one training step failed: {_first_line(err)[:300]}") from None
+    finally:
+        for variable, value in zip(unique, saved, strict=True):
+            variable.assign(value)
+        trainer.reset_train_metrics()
+        trainer.loop_seconds = trainer.input_seconds = 0.0
+        trainer.steps_run = 0
+
+
+def _blamed_section(err: BaseException) -> str:
+    """The recipe section whose Keras code raised ``err`` (from the traceback)."""
+    import traceback
+
+    for frame in reversed(traceback.extract_tb(err.__traceback__)):
+        path = frame.filename.replace("\\", "/")
+        for part, section in (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss")):
+            if part in path:
+                return section
+    return "recipe"
 
 
 def _first_line(err: BaseException) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
@@ -37,13 +38,20 @@ from pydantic import (
     Discriminator,
     Field,
     PositiveFloat,
-    PositiveInt,
     PrivateAttr,
+    StrictBool,
     Tag,
     model_validator,
 )
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
+#: The largest count (batch size, steps, buffer, ...) a recipe may give: TensorFlow
+#: holds many of them as int32, and nothing real comes near it; 10**20 would
+#: otherwise surface as an OverflowError deep inside a build.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+#: Seeds are unsigned 32-bit, as NumPy's and TensorFlow's seeding accept them.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
@@ -114,7 +122,7 @@ class TfdsSource(Section):
     data_dir: str | None = None
     """Where prepared datasets live; default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
     splits: dict[SplitName, str] = Field(default_factory=lambda: {"train": "train", "test": "test"})
-    as_supervised: bool = True
+    as_supervised: StrictBool = True
     """Read ``(features, label)`` from the dataset's supervised keys."""
     features: str | list[str] | None = None
     """Feature key(s) of each example (instead of the supervised keys); a list gives a dict."""
@@ -165,7 +173,7 @@ class ImageFolderSource(Section):
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif"])
     class_names: list[str] | None = None
     """Class folders in label order; default: every subfolder, sorted."""
-    skip_bad_images: bool = False
+    skip_bad_images: StrictBool = False
     """Skip (and count) files that are not readable images instead of failing."""
 
 
@@ -175,7 +183,7 @@ class TfrecordFeature(Section):
     dtype: Literal["float32", "int64", "string"] = "float32"
     shape: list[NonNegativeInt] = Field(default_factory=list)
     """Shape of the value (``[]``: a scalar); for an image, its decoded ``[height, width, channels]``."""
-    image: bool = False
+    image: StrictBool = False
     """A string holding an encoded image (PNG, JPEG, ...): decoded to uint8."""
     channels: Literal[0, 1, 3, 4] = 0
     """Channels of a decoded image (0: as stored)."""
@@ -421,7 +429,7 @@ class DataSection(Section):
     source: Source
     splits: SplitFractions = Field(default_factory=SplitFractions)
     """How a source without its own splits is divided (deterministically, by ``split_seed``)."""
-    split_seed: int = 0
+    split_seed: Seed = 0
     batch_size: PositiveInt = 32
     """The global batch size: split across replicas under a distribution strategy."""
     eval_batch_size: PositiveInt | None = None
@@ -451,7 +459,7 @@ class DataSection(Section):
     ``center_crop`` to ``[24, 24]`` here. Training and evaluation examples must
     end up with the same shapes and dtypes (checked before training). Random
     transforms and ``normalize`` are refused here."""
-    cache: bool | str = False
+    cache: StrictBool | str = False
     """``true``/``memory``: keep decoded, transformed examples in memory after the
     first epoch; a path: in files there, written during the first epoch. A
     relative path is inside the run directory (``runs/NAME/PATH/train``, ...),
@@ -460,12 +468,12 @@ class DataSection(Section):
     memory and nothing is written. In-memory sources need no cache."""
     parallel_calls: PositiveInt | Literal["auto"] = "auto"
     """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
-    deterministic: bool = True
+    deterministic: StrictBool = True
     """Keep the element order of parallel maps; ``false`` may be faster (the order
     then varies, and so does a resumed run)."""
-    prefetch: bool | PositiveInt = True
+    prefetch: StrictBool | PositiveInt = True
     """Prefetch batches (``true``: AUTOTUNE, a number: that many)."""
-    drop_remainder: bool = False
+    drop_remainder: StrictBool = False
 
     @model_validator(mode="after")
     def _transform_placement(self) -> DataSection:
@@ -490,6 +498,13 @@ class DataSection(Section):
                 )
         if isinstance(self.cache, str) and not self.cache.strip():
             raise ValueError("cache: give true, 'memory' or a path")
+        if isinstance(self.cache, str) and not posixpath.isabs(self.cache):
+            # A relative path is inside the run directory; '..' would leave it.
+            if posixpath.normpath(self.cache.replace("\\", "/")).split("/")[0] == "..":
+                raise ValueError(
+                    f"cache: '{self.cache}' leads out of the run directory; a relative path stays inside it "
+                    "(use an absolute path for a cache elsewhere)"
+                )
         return self
 
 
@@ -534,7 +549,7 @@ class ExponentialSchedule(_Warmup):
     type: Literal["exponential"] = "exponential"
     decay_steps: PositiveInt
     decay_rate: PositiveFloat
-    staircase: bool = False
+    staircase: StrictBool = False
 
 
 class PiecewiseSchedule(_Warmup):
@@ -602,7 +617,7 @@ class CheckpointPolicy(Section):
 
     every_steps: PositiveInt | None = None
     every_seconds: PositiveFloat | None = 60.0
-    every_epoch: bool = False
+    every_epoch: StrictBool = False
     keep: PositiveInt = 3
     """How many of the most recent checkpoints to keep."""
     monitor: str | None = None
@@ -631,10 +646,10 @@ class TrainerSection(Section):
     nan_max_retries: NonNegativeInt = 3
     evaluate: list[Literal["train", "validation", "test"]] = ["validation", "test"]
     """Splits evaluated when training ends (written to ``eval.json``)."""
-    progress: bool = True
+    progress: StrictBool = True
     profile_steps: list[NonNegativeInt] | None = None
     """``[first, last]``: write a TensorBoard profile of these steps to ``tensorboard/plugins/profile``."""
-    measure_input: bool = True
+    measure_input: StrictBool = True
     """Report how much of training waited for input (timed inside the training
     loop, every step), at the end and in run.json, with the likely fix when input
     is the bottleneck."""
@@ -664,10 +679,10 @@ class RuntimeSection(Section):
     (``trainkit launch`` sets it for local workers)."""
     cpu_devices: PositiveInt | None = None
     """Split the CPU into this many logical devices (for ``mirrored`` without GPUs)."""
-    deterministic: bool = False
+    deterministic: StrictBool = False
     """Deterministic ops and seeded everything: the same recipe gives the same weights."""
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
-    jit_compile: bool = False
+    jit_compile: StrictBool = False
     communication: Literal["auto", "ring", "nccl"] = "auto"
     """Cross-worker all-reduce of ``multi_worker_mirrored``: ``nccl`` needs GPUs."""
     tpu: str | None = None
@@ -700,9 +715,11 @@ class ExportSection(Section):
 class Recipe(Section):
     """One experiment. Build it with :func:`trainkit.load_recipe` or directly."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+    """A name, not a path: letters, digits, ``_``, ``-`` and ``.``, not starting
+    with ``.`` or ``-`` (``..`` would put the run outside ``runs/``)."""
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     data: DataSection
     model: ModelSection
     loss: Component

@@ -139,6 +139,28 @@ class RunDir:
             )
         return status
 
+    def check_place(self) -> None:
+        """Refuse, before anything is built or written, a run directory that could
+        not be written: under a regular file, on a read-only file system, with a
+        name too long for the file system, or holding symbolic links."""
+        for part in self.path.parts:
+            if len(os.fsencode(part)) > 255:
+                raise RunDirError(
+                    f"--run-dir {self.path}: the name '{part[:24]}...' is {len(os.fsencode(part))} bytes long; "
+                    "file systems allow at most 255 per name"
+                )
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--run-dir {self.path}: it is a file, not a folder; choose another --run-dir")
+        ancestor = self.path.absolute()
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise RunDirError(f"--run-dir {self.path}: {ancestor} is a file, so no folder can be made under it")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            why = "a read-only file system" if _read_only(ancestor) else "not writable by this user"
+            raise RunDirError(f"--run-dir {self.path}: {ancestor} is {why}; choose another --run-dir")
+        self.refuse_symlinks()
+
     def refuse_symlinks(self) -> None:
         """Refuse a run directory with a symbolic link anywhere inside it.
 
@@ -161,7 +183,7 @@ class RunDir:
 
     def check_compatible(self, recipe: Recipe) -> list[str]:
         """Raise if ``recipe`` may not continue the run here; return the allowed changes."""
-        self.refuse_symlinks()
+        self.check_place()
         if not self.exists():
             if self.path.exists() and any(p for p in self.path.iterdir() if p.name != ".lock"):
                 raise RunDirError(
@@ -308,6 +330,10 @@ def _read_regular(path: Path, limit: int = 1 << 20) -> bytes:
     if len(data) > limit:
         raise ValueError(f"it is larger than {limit // 1024} KiB, far more than trainkit writes there")
     return data
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
 
 
 def _first_line(err: BaseException) -> str:
