@@ -93,12 +93,14 @@ def train(
     from trainkit.training.fit import check_policy, fit
 
     built = build(recipe, trainer_class=trainer_class)  # all validation happens here
-    check_policy(built)
     # Everything user-supplied is checked before the run directory is touched:
     # the callbacks are made now (their constructors check their arguments), and
-    # one real step shows that optimizer, loss and metrics work with the data.
-    check_callbacks(built, make_callbacks(recipe))
+    # one real step shows that optimizer, loss and metrics work with the data
+    # (it also builds metrics that make their variables on first use).
+    callbacks_to_check = make_callbacks(recipe)
     rehearse(built)
+    check_policy(built)
+    check_callbacks(built, callbacks_to_check)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -300,9 +302,10 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     from trainkit.build import check_callbacks, make_callbacks, rehearse
     from trainkit.training.fit import check_policy
 
-    check_policy(built)
-    check_callbacks(built, make_callbacks(recipe))
+    callbacks = make_callbacks(recipe)
     rehearse(built)  # one training step and one evaluation step, weights restored after
+    check_policy(built)
+    check_callbacks(built, callbacks)
     # One batch read around data.cache: validating writes no cache files.
     x, y = next(iter(built.data._uncached().dataset("train", training=True)))
     return {

@@ -10,6 +10,7 @@ before training starts.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -234,15 +235,19 @@ def check_callbacks(built: Built, callbacks: list) -> None:
         for key in _CALLBACK_PATHS:
             value = built.recipe.trainer.callbacks[i].kwargs.get(key) if i < len(built.recipe.trainer.callbacks) else None
             if isinstance(value, str) and value:
-                _check_writable_place(Path(value), field=f"{field}.{key}", label=label)
+                # CSVLogger opens its file without making folders; the others make them.
+                _check_writable_place(Path(value), field=f"{field}.{key}", label=label, makes_folders=key != "filename")
 
 
-def _check_writable_place(path: Path, *, field: str, label: str) -> None:
-    """``path`` can be created: its nearest existing ancestor is a writable folder."""
+def _check_writable_place(path: Path, *, field: str, label: str, makes_folders: bool) -> None:
+    """``path`` can be created: its nearest existing ancestor is a writable folder
+    (its parent itself, for a callback that makes no folders)."""
     import errno
     import os
 
     ancestor = path.absolute().parent
+    if not makes_folders and not ancestor.is_dir():
+        raise ConfigError(f"{field}: {label} would write {path}, but the folder {ancestor} does not exist")
     while not ancestor.exists() and ancestor != ancestor.parent:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
@@ -283,8 +288,9 @@ def rehearse(built: Built) -> None:
     try:
         trainer.train(iter(strategy.experimental_distribute_dataset(data.training_stream().take(1))), 1)
         trainer.evaluate(data.distributed(strategy, "train", take=1))
-    except (ValueError, TypeError, tf.errors.OpError) as err:
-        raise ConfigError(f"{_blamed_section(err)}: one training step failed: {_first_line(err)[:300]}") from None
+    except (ValueError, TypeError, AttributeError, tf.errors.OpError) as err:
+        section, reason = _blame(err)
+        raise ConfigError(f"{section}: one training step failed: {reason[:300]}") from None
     finally:
         for variable, value in zip(unique, saved, strict=True):
             variable.assign(value)
@@ -293,16 +299,26 @@ def rehearse(built: Built) -> None:
         trainer.steps_run = 0
 
 
-def _blamed_section(err: BaseException) -> str:
-    """The recipe section whose Keras code raised ``err`` (from the traceback)."""
+def _blame(err: BaseException) -> tuple[str, str]:
+    """``(recipe section whose Keras code raised err, the reason in one line)``.
+
+    A graph-mode error carries the Python frames where its op was defined in its
+    message, and the actual reason after them.
+    """
     import traceback
 
-    for frame in reversed(traceback.extract_tb(err.__traceback__)):
-        path = frame.filename.replace("\\", "/")
+    message = (getattr(err, "message", None) or str(err)).strip()
+    files = [frame.filename for frame in traceback.extract_tb(err.__traceback__)]
+    files += re.findall(r'File "([^"]+)"', message)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != "Graph execution error:"]
+    reason = re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", reasons[-1] if reasons else type(err).__name__)
+    for path in reversed(files):
+        path = path.replace("\\", "/")
         for part, section in (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss")):
             if part in path:
-                return section
-    return "recipe"
+                return section, reason
+    return "recipe", reason
 
 
 def _first_line(err: BaseException) -> str:
