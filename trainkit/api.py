@@ -225,6 +225,38 @@ def _needs_recipe_file(directory: RunDir, err: ConfigError) -> ConfigError:
     )
 
 
+def evaluate(
+    run_dir: str | os.PathLike,
+    *,
+    split: str = "test",
+    checkpoint: str = "last",
+    recipe_file: str | os.PathLike | None = None,
+) -> dict[str, float]:
+    """Metrics of one of a run's kept checkpoints on a split.
+
+    ``checkpoint`` is ``last`` (the newest checkpoint that reads back), ``best``
+    (the best by ``trainer.checkpoint.monitor``), ``final`` (the state when
+    training ended), a step number (``120`` picks ``ckpt-120``) or a checkpoint
+    path (``runs/x/checkpoints/ckpt-120``). ``recipe_file``: the Python recipe
+    the run was trained from, imported to register its components (a run
+    directory never imports code by itself).
+    """
+    quiet_tensorflow()
+    directory = RunDir(run_dir)
+    recipe = distribute.in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))  # a cluster's run, evaluated here
+    from trainkit.build import build
+
+    try:
+        built = build(recipe)
+    except ConfigError as err:
+        if recipe_file is not None:
+            raise
+        raise _needs_recipe_file(directory, err) from None
+    built.data._check_split(split)
+    load_checkpoint_weights(built.model, directory, checkpoint)
+    return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+
+
 def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
     """Load the weights of the checkpoint ``which`` names into ``model``; returns its path."""
     from trainkit.training.checkpoint import (

@@ -286,8 +286,10 @@ def rehearse(built: Built) -> None:
     saved = [v.numpy() for v in unique]
     data = built.data._uncached()
     try:
-        trainer.train(iter(strategy.experimental_distribute_dataset(data.training_stream().take(1))), 1)
-        trainer.evaluate(data.distributed(strategy, "train", take=1))
+        trainer.trial(
+            iter(strategy.experimental_distribute_dataset(data.training_stream().take(1))),
+            data.distributed(strategy, "train", take=1),
+        )
     except (ValueError, TypeError, AttributeError, tf.errors.OpError) as err:
         section, reason = _blame(err)
         raise ConfigError(f"{section}: one training step failed: {reason[:300]}") from None
@@ -295,8 +297,6 @@ def rehearse(built: Built) -> None:
         for variable, value in zip(unique, saved, strict=True):
             variable.assign(value)
         trainer.reset_train_metrics()
-        trainer.loop_seconds = trainer.input_seconds = 0.0
-        trainer.steps_run = 0
 
 
 def _blame(err: BaseException) -> tuple[str, str]:

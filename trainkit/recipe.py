@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
@@ -41,6 +42,7 @@ from pydantic import (
     PrivateAttr,
     StrictBool,
     Tag,
+    field_validator,
     model_validator,
 )
 
@@ -712,10 +714,13 @@ class ExportSection(Section):
 # ------------------------------------------------------------------------- recipe
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
 class Recipe(Section):
     """One experiment. Build it with :func:`trainkit.load_recipe` or directly."""
 
-    name: Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")]
+    name: str
     """A name, not a path: letters, digits, ``_``, ``-`` and ``.``, not starting
     with ``.`` or ``-`` (``..`` would put the run outside ``runs/``)."""
     description: str = ""
@@ -728,6 +733,16 @@ class Recipe(Section):
     trainer: TrainerSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_not_a_path(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                "a recipe name is a name, not a path: 1 to 100 letters, digits, '_', '-' or '.', "
+                "starting with a letter, digit or '_'"
+            )
+        return value
 
     # The Python recipe file this came from (its registered components are
     # needed again to evaluate a run); not part of the recipe's identity.

@@ -140,6 +140,32 @@ def write_state(directory: Path, latest: str, paths: Sequence[str]) -> None:
     os.replace(tmp, directory / "checkpoint")
 
 
+def repair_state(directory: Path, warn: Callable[[str], None] | None = None) -> bool:
+    """Rebuild an unreadable ``checkpoint`` list from the checkpoint files; True if it did.
+
+    TensorFlow's ``CheckpointManager`` reads the list when it is made and fails on a
+    damaged one (binary garbage: UnicodeDecodeError), although the files beside it
+    say everything the list does.
+    """
+    state_file = Path(directory) / "checkpoint"
+    if not state_file.is_file():
+        return False
+    try:
+        tf.train.get_checkpoint_state(str(directory))
+        return False
+    except Exception as err:  # any failure to parse: the list is damaged
+        reason = _reason(err)
+    found = [p for p in candidates(directory) if Path(p + ".index").is_file()]
+    if found:
+        write_state(Path(directory), found[0], sorted(found, key=step_of))
+    else:
+        state_file.unlink()
+    (warn or _stderr)(
+        f"warning: {state_file} could not be read ({reason}); rebuilt it from the checkpoint files beside it"
+    )
+    return True
+
+
 class _CallbackState:
     """The scalar state of stateful Keras callbacks, mirrored in variables."""
 
@@ -244,6 +270,7 @@ class Checkpointer:
     def _manager(self, kind: str = "last") -> tf.train.CheckpointManager:
         if kind not in self._managers:
             directory = self.directory if kind == "last" else self.directory / kind
+            repair_state(directory)
             self._managers[kind] = tf.train.CheckpointManager(
                 self._checkpoint, str(directory), max_to_keep=self.keep if kind == "last" else 1
             )
@@ -352,6 +379,7 @@ class Checkpointer:
         """
         warn = warn or _stderr
         self._managers.pop("last", None)
+        repair_state(self.directory, warn)
         path, skipped = latest_readable(self.directory, self.restore)
         if path is None:
             if skipped:  # left as they are, for a person to look at

@@ -192,6 +192,10 @@ class Trainer:
         """Evaluate on every batch of a distributed dataset; returns the metrics."""
         for metric in self.eval_metrics:
             metric.reset_state()
+        self._eval_function()(distributed_dataset)
+        return _results(self.eval_metrics)
+
+    def _eval_function(self):
         if self._eval_fn is None:
 
             @tf.function
@@ -200,8 +204,18 @@ class Trainer:
                     self.strategy.run(self.test_step, args=(batch,))
 
             self._eval_fn = test_steps
-        self._eval_fn(distributed_dataset)
-        return _results(self.eval_metrics)
+        return self._eval_fn
+
+    def trial(self, train_iterator, eval_dataset) -> None:
+        """One training step and one evaluation pass through the compiled functions
+        the run will use, outside its accounting (no steps, times or calls counted).
+
+        For the checks before a run: the caller restores the variables afterwards.
+        """
+        if self._train_fn is None:
+            self._train_fn = self._make_train_fn()
+        self._train_fn(train_iterator, tf.constant(1, tf.int32))
+        self._eval_function()(eval_dataset)
 
     def reset_train_metrics(self) -> None:
         for metric in self.train_metrics:

@@ -110,7 +110,7 @@ class RunDir:
         )
         try:
             text = _read_regular(self.config).decode("utf-8")
-            data = parse_yaml(text, source=str(self.config))
+            data = parse_yaml(text, source=self.config.name)
             if not isinstance(data, dict):
                 raise ValueError(f"it holds {'nothing' if data is None else 'a ' + type(data).__name__}, not a recipe")
             return Recipe.model_validate(data)
@@ -192,6 +192,7 @@ class RunDir:
                 )
             return []
         old = self.read_recipe()
+        self.read_status()  # a damaged run.json is refused now, before anything is built
         changed = diff(old, recipe)
         forbidden = [key for key in changed if not is_resumable_change(key)]
         if forbidden:
@@ -342,7 +343,7 @@ def _first_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
     text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:200]
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def command_line() -> list[str]:
