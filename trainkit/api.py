@@ -22,6 +22,7 @@ from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runtime import quiet_tensorflow
+from trainkit.training import disk_full
 from trainkit.training.run_dir import RunDir, command_line
 
 DEFAULT_RUNS = "runs"
@@ -136,12 +137,22 @@ def train(
             _export(built, directory)
         directory.update_status(status="completed", ended=_now())
     except BaseException as err:
-        status = directory.read_status().get("status")
-        if status == "running":
-            if isinstance(err, KeyboardInterrupt):
-                directory.update_status(status="interrupted", ended=_now())
-            else:
-                directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
+        full = disk_full.is_disk_full(err)
+        if full:  # first make room: the status below must still be written
+            disk_full.remove_partial_files(directory.path)
+            err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
+        try:
+            status = directory.read_status().get("status")
+            if status == "running":
+                if isinstance(err, KeyboardInterrupt):
+                    directory.update_status(status="interrupted", ended=_now())
+                else:
+                    directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
+        except OSError:
+            if not full:
+                raise
+        if full:
+            raise err from None
         lost = distribute.as_worker_lost(err, built.strategy)
         if lost is not None:
             raise lost from None
@@ -150,6 +161,21 @@ def train(
         directory.release()
         distribute.remove_scratch(directory, role)
     return Run(recipe, shared.path, built.model, history, metrics, built)
+
+
+def _what_was_written(err: BaseException) -> str:
+    text = str(err)
+    if "SaveV2" in text or "ckpt-" in text:
+        return "a checkpoint"
+    if ".model.tmp.keras" in text or "saved_model" in text:
+        return "the exported model"
+    return "a file"
+
+
+def _state_bytes(built) -> int:
+    """Bytes of the model's and optimizer's variables: about what a checkpoint takes."""
+    variables = [*built.model.variables, *built.trainer.optimizer.variables]
+    return sum(int(v.numpy().nbytes) for v in variables)
 
 
 def _header(built, directory: RunDir) -> str:

@@ -29,7 +29,7 @@ examples:
   trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
-  4 lost another task of the cluster, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
+  4 lost another task of the cluster, 5 the disk filled up, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
   train again to resume.
 """
 

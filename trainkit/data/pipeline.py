@@ -593,6 +593,12 @@ def _split(whole: Split, section: DataSection) -> dict[str, Split]:
     n_train = n - n_val - n_test
     if n_train <= 0:
         raise ConfigError(f"data.splits: no examples left for training out of {n}")
+    for name, fraction, count in (("validation", fractions.validation, n_val), ("test", fractions.test, n_test)):
+        if fraction > 0 and count == 0:  # asked for, but too small to hold one example
+            raise ConfigError(
+                f"data.splits.{name}: {fraction:g} of {n} examples is no example at all; "
+                f"use at least {1 / n:.2g}, or 0 for no {name} split"
+            )
     ranges = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
     ranges = {k: v for k, v in ranges.items() if v[1] > v[0]}
     if whole.kind in ("arrays", "table"):

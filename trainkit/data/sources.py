@@ -24,6 +24,8 @@ from __future__ import annotations
 import csv
 import glob
 import inspect
+import os
+import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -192,8 +194,10 @@ def load_csv(source: CsvSource) -> Loaded:
             index = {c: i for i, c in enumerate(classes)}
             y = np.array([index[r[header.index(source.label)]] for r in rows], np.int64)
         else:
-            y = _column(rows, header.index(source.label), label_type, path, source.label)
-            y = y.astype(np.int64) if label_type == "int" else y.astype(np.float32)
+            if label_type == "int":
+                y = _class_column(rows, header.index(source.label), path, source.label)
+            else:
+                y = _column(rows, header.index(source.label), label_type, path, source.label).astype(np.float32)
         splits[split] = Split(size=len(rows), arrays=(x, y))
     return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None)
 
@@ -240,6 +244,30 @@ def _column(rows: list[list[str]], j: int, kind: str, path: str, name: str) -> n
             raise ConfigError(
                 f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is not a number"
             ) from None
+    return out
+
+
+def _class_column(rows: list[list[str]], j: int, path: str, name: str) -> np.ndarray:
+    """Class labels: exact integers only (``1e23`` or ``2.5`` would silently become another class)."""
+    out = np.empty(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        text = row[j].strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
+            if not (number.is_integer() and abs(number) < 2**53):
+                raise ConfigError(
+                    f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is not an exact integer, "
+                    "and class labels must be (declare the column float in data.source.column_types for a regression)"
+                ) from None
+            value = int(number)
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is too large for a class label")
+        out[i] = value
     return out
 
 
@@ -490,6 +518,10 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
         where = "data.source.files" + (f".{split}" if split != "all" else "")
         files = _expand(patterns, field_name=where)
 
+        if compression is None:
+            for file in files:
+                _check_whole_records(file, field_name=where)
+
         def stream(files=files):
             return tf.data.TFRecordDataset(files, compression_type=compression)
 
@@ -520,6 +552,34 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
     else:
         raise ConfigError(f"data.source.features.{source.label}: a label must be int64 (classes) or float32")
     return Loaded(splits, label_kind=kind, label_range=(int(low), int(high)) if low is not None else None)
+
+
+def _check_whole_records(path: str, *, field_name: str) -> None:
+    """Refuse a TFRecord file that ends inside a record.
+
+    TensorFlow's reader takes a file cut inside a record's 12-byte header for a
+    clean end, so a truncated file would silently train on fewer records. The
+    framing (8-byte length, 4-byte CRC, data, 4-byte CRC) is walked here by
+    seeking, without reading the data.
+    """
+    size = os.path.getsize(path)
+    records, offset = 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length = struct.unpack("<Q", header)[0]
+            end = offset + 12 + length + 4
+            if end > size:
+                break
+            f.seek(end)
+            offset, records = end, records + 1
+    if offset != size:
+        raise ConfigError(
+            f"{field_name}: {path} is truncated: it ends inside record {records + 1} after {records} whole "
+            f"record(s) ({size - offset} stray bytes at the end); restore the file, or cut it at byte {offset}"
+        )
 
 
 # --------------------------------------------------------------------- generators
