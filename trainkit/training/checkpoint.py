@@ -124,6 +124,14 @@ def _files_of(prefix: str) -> list[Path]:
     )
 
 
+def _same_files(a: str, b: str) -> bool:
+    """Whether two checkpoint prefixes are hard links to the same files."""
+    try:
+        return os.stat(a + ".index").st_ino == os.stat(b + ".index").st_ino
+    except OSError:
+        return False
+
+
 def write_state(directory: Path, latest: str, paths: Sequence[str]) -> None:
     """Rewrite TensorFlow's ``checkpoint`` list (relative paths, atomically).
 
@@ -312,9 +320,14 @@ class Checkpointer:
         no second write, and they outlive the rotation's deleting the original.
         """
         final = self._manager("final").latest_checkpoint
+        just_saved = self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest
         if final and step_of(final) == step and tf.io.gfile.exists(final + ".index"):
-            return final
-        if final is None and self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest:
+            if not (just_saved and step_of(self.latest) == step and not _same_files(final, self.latest)):
+                return final
+            # final/ links the files of an earlier save of this step, which the
+            # rotation has since rewritten (a damaged checkpoint set aside and the
+            # step trained again): link the new files instead.
+        if just_saved:
             linked = self._link("final", self.latest)
             if linked:
                 return linked
@@ -337,6 +350,9 @@ class Checkpointer:
         except OSError:
             return None
         write_state(folder, name, [name])  # the list last, as TensorFlow does
+        for old in folder.glob(f"{PREFIX}-*"):  # one checkpoint per kind, as its manager keeps
+            if old.is_file() and not old.name.startswith(f"{name}."):
+                old.unlink(missing_ok=True)
         self._managers.pop(kind, None)  # re-read the list on the next use
         return str(folder / name)
 
