@@ -313,7 +313,7 @@ def _blame(err: BaseException) -> tuple[str, str]:
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != "Graph execution error:"]
     reason = re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", reasons[-1] if reasons else type(err).__name__)
-    for path in reversed(files):
+    for path in files:  # outermost first: a metric's update may call into keras's losses
         path = path.replace("\\", "/")
         for part, section in (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss")):
             if part in path:

@@ -330,6 +330,8 @@ class Layered:
                 node = node.setdefault(key, {})
                 if node is None:
                     node = self._set_child(keys[: depth + 1], {})
+                elif isinstance(node, str):  # a component by name ("adam"): now with arguments
+                    node = self._set_child(keys[: depth + 1], {"type": node})
             else:
                 raise ConfigError(f"{here} ({source}): cannot set a key inside a {type(node).__name__}")
         last = keys[-1]
