@@ -141,6 +141,10 @@ def train(
         if full:  # first make room: the status below must still be written
             disk_full.remove_partial_files(directory.path)
             err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
+        explain = getattr(built.data, "explain_read_error", None)
+        unreadable = explain(err) if explain else None  # a bad image found mid-training
+        if unreadable is not None:
+            err = unreadable
         try:
             status = directory.read_status().get("status")
             if status == "running":
@@ -151,7 +155,7 @@ def train(
         except OSError:
             if not full:
                 raise
-        if full:
+        if full or unreadable is not None:
             raise err from None
         lost = distribute.as_worker_lost(err, built.strategy)
         if lost is not None:

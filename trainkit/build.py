@@ -167,8 +167,13 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
 
 def check_model_fits_data(recipe: Recipe, model, data) -> None:
     """One batch through the model and the loss; mistakes become one ConfigError line."""
+    import tensorflow as tf
+
     info = data.info
-    x, y = data.sample_batch(4)
+    try:
+        x, y = data.sample_batch(4)
+    except tf.errors.InvalidArgumentError as err:
+        raise (data.explain_read_error(err) or err) from None
     try:
         y_pred = model(x, training=False)
     except (ValueError, TypeError) as err:
@@ -201,8 +206,6 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
                 f"loss: {loss_name} needs labels 0 or 1, but the data has {info.num_classes} classes "
                 "(use SparseCategoricalCrossentropy with one output per class)"
             )
-    import tensorflow as tf
-
     try:
         make_loss(recipe, per_example=False)(y, y_pred)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
@@ -291,6 +294,9 @@ def rehearse(built: Built) -> None:
             data.distributed(strategy, "train", take=1),
         )
     except (ValueError, TypeError, AttributeError, tf.errors.OpError) as err:
+        unreadable = built.data.explain_read_error(err)
+        if unreadable is not None:
+            raise unreadable from None
         section, reason = _blame(err)
         raise ConfigError(f"{section}: one training step failed: {reason[:300]}") from None
     finally:

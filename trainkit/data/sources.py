@@ -352,6 +352,19 @@ def load_image_folder(source: ImageFolderSource) -> Loaded:
     )
 
 
+def first_unreadable_image(paths: Iterable[str], *, channels: int) -> tuple[str, str] | None:
+    """The first file of ``paths`` that does not decode as an image, with the reason."""
+    import tensorflow as tf
+
+    for path in paths:
+        path = path.decode() if isinstance(path, bytes) else str(path)
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        except tf.errors.OpError as err:
+            return path, _first_line(err)
+    return None
+
+
 def _image_loader(source: ImageFolderSource, first: str) -> Callable:
     import tensorflow as tf
 
