@@ -143,6 +143,19 @@ def test_a_truncated_tfrecord_file_is_refused_naming_it(tmp_path, extra):
         trainkit.validate(_tfrecord_recipe(str(path)))
 
 
+def test_a_tfrecord_cut_between_records_is_caught_on_resume(tmp_path):
+    from trainkit.errors import RunDirError
+
+    path = tmp_path / "data.tfrecord"
+    _write_records(path, 30)
+    recipe = {**_tfrecord_recipe(str(path)), "trainer": {"steps": 2, "progress": False}, "export": {"formats": []}}
+    trainkit.train(recipe, run_dir=tmp_path / "run")
+    os.truncate(path, os.path.getsize(path) // 30 * 20)  # 20 whole records: a well-formed, shorter file
+    longer = {**recipe, "trainer": {"steps": 4, "progress": False}}
+    with pytest.raises(RunDirError, match=r"trained on data of other sizes \(examples per split: train 24 -> 16"):
+        trainkit.train(longer, run_dir=tmp_path / "run")
+
+
 def _csv(tmp_path, label_values: list[str]):
     rows = ["a,b,label"] + [f"{i},{i % 3},{v}" for i, v in enumerate(label_values)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")

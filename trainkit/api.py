@@ -102,6 +102,8 @@ def train(
     rehearse(built)
     check_policy(built)
     check_callbacks(built, callbacks_to_check)
+    if not restart:
+        directory.check_same_data(built.data.info.sizes)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -123,7 +125,9 @@ def train(
         # Only now, validated and holding the lock, may a relative data.cache path
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
-        directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
+        directory.update_status(
+            distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
+        )
         if built.recipe.trainer.progress:
             print(_header(built, directory))
         if moved:

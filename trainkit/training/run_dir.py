@@ -139,6 +139,25 @@ class RunDir:
             )
         return status
 
+    def check_same_data(self, sizes: dict[str, int]) -> None:
+        """Refuse to resume on data of other sizes than the run started with.
+
+        A file cut exactly between two records, or images removed, reads as a
+        smaller dataset without any error: the count recorded at the start is
+        the only witness.
+        """
+        if not self.exists():
+            return
+        recorded = self.read_status().get("examples")
+        if not isinstance(recorded, dict):
+            return  # a run from before the count was recorded
+        changed = [f"{split} {recorded.get(split, 0)} -> {n}" for split, n in sizes.items() if recorded.get(split, 0) != n]
+        if changed:
+            raise RunDirError(
+                f"{self.path} was trained on data of other sizes (examples per split: {', '.join(changed)}); "
+                "a data file was cut short or changed: restore it, or use --restart to train on the data as it is now"
+            )
+
     def check_place(self) -> None:
         """Refuse, before anything is built or written, a run directory that could
         not be written: under a regular file, on a read-only file system, with a
