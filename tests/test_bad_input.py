@@ -219,6 +219,11 @@ def test_run_dir_checks_in_process(tmp_path):
     from trainkit.training.run_dir import RunDir
 
     (tmp_path / "file").write_text("x")
-    for path, expected in [(tmp_path / "file", "it is a file"), (tmp_path / "file" / "x" / "y", "is a file, so no folder")]:
+    for path, expected in [
+        (tmp_path / "file", "it is a file"),
+        (tmp_path / "file" / "x" / "y", "is a file, so no folder"),
+        (tmp_path, "it is the working directory or holds it"),  # the tests run in tmp_path
+        (tmp_path / "..", "it is the working directory or holds it"),
+    ]:
         with pytest.raises(RunDirError, match=expected):
             RunDir(path).check_place()

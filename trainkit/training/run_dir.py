@@ -170,6 +170,13 @@ class RunDir:
                 )
         if self.path.exists() and not self.path.is_dir():
             raise RunDirError(f"--run-dir {self.path}: it is a file, not a folder; choose another --run-dir")
+        if self.path.exists() and Path.cwd().resolve().is_relative_to(self.path.resolve()):
+            # --restart would move the working directory aside (EBUSY), and a run
+            # would mix its files with whatever else is there.
+            raise RunDirError(
+                f"--run-dir {self.path}: it is the working directory or holds it; a run directory is a folder "
+                "of its own (e.g. runs/NAME)"
+            )
         ancestor = self.path.absolute()
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
