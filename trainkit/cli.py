@@ -77,7 +77,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
 
-    p = commands.add_parser("validate", help="check a recipe, build its model and run one batch, without training")
+    p = commands.add_parser("validate", help="check a recipe: build it, run one training and one evaluation step, write nothing")
     _recipe_arguments(p)
 
     p = commands.add_parser("data", help="show a split (spec, size, labels, first examples) and time its pipeline")
@@ -126,7 +126,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     summary = api.validate(_load(args))
     for key, value in summary.items():
         print(f"{key:>16}: {value}")
-    print("ok: the recipe builds and a batch runs through the model and the loss")
+    print("ok: the recipe builds, and one training step and one evaluation step run (the weights are put back)")
     return 0
 
 
