@@ -46,6 +46,7 @@ import keras
 import tensorflow as tf
 
 from trainkit.errors import RunDirError
+from trainkit.training.run_dir import write_text_atomic
 
 PREFIX = "ckpt"
 _STEP = re.compile(rf"^{PREFIX}-(\d+)$")
@@ -143,9 +144,7 @@ def write_state(directory: Path, latest: str, paths: Sequence[str]) -> None:
     lines += [f'all_model_checkpoint_paths: "{Path(p).name}"' for p in paths]
     lines += [f"all_model_checkpoint_timestamps: {now:.6f}" for _ in paths]
     lines.append(f"last_preserved_timestamp: {now - 1:.6f}")
-    tmp = directory / ".checkpoint.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, directory / "checkpoint")
+    write_text_atomic(directory / "checkpoint", "\n".join(lines) + "\n")
 
 
 def repair_state(directory: Path, warn: Callable[[str], None] | None = None) -> bool:
