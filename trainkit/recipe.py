@@ -50,7 +50,7 @@ from pydantic import (
 #: holds many of them as int32, and nothing real comes near it; 10**20 would
 #: otherwise surface as an OverflowError deep inside a build.
 MAX_COUNT = 2**31 - 1
-PositiveInt = Annotated[int, Field(ge=1, le=MAX_COUNT)]
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 #: Seeds are unsigned 32-bit, as NumPy's and TensorFlow's seeding accept them.
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
