@@ -144,7 +144,7 @@ FIELDS = sorted(
 )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(FIELDS), value=VALUES)
 def test_every_field_takes_a_value_or_refuses_it_on_one_line(field, value):
     """Schema level (no TensorFlow): a value is taken, or refused as one ConfigError line."""
@@ -158,7 +158,7 @@ BUILT_FIELDS = ["optimizer.beta_1", "optimizer.weight_decay", "optimizer.clipnor
                 "loss.from_logits", "model.dropout", "model.hidden_units", "model.activation", "data.batch_size"]
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(BUILT_FIELDS), value=VALUES)
 def test_a_value_the_schema_takes_trains_a_step_or_is_refused_on_one_line(field, value):
     """Through ``validate``, which runs one real training and evaluation step."""
