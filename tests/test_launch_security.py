@@ -42,7 +42,16 @@ def _listening(pid: int) -> list[str]:
     return found
 
 
+def _private_networks_work() -> bool:
+    network, _ = private_network.start()
+    if network is None:
+        return False
+    network.close()
+    return True
+
+
 @pytest.mark.slow
+@pytest.mark.skipif(not _private_networks_work(), reason="this kernel allows no unprivileged user namespaces")
 def test_launched_workers_see_only_loopback_and_die_with_a_killed_launcher(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
     log = tmp_path / "launch.log"
@@ -95,3 +104,20 @@ def test_launched_workers_see_only_loopback_and_die_with_a_killed_launcher(tmp_p
     finally:
         if job.poll() is None:
             job.kill()
+
+
+def test_a_private_network_has_only_loopback_and_its_members_reach_each_other():
+    if not _private_networks_work():
+        pytest.skip("this kernel allows no unprivileged user namespaces")
+    network, _ = private_network.start()
+    try:
+        probe = (
+            "import socket, os; s = socket.socket(); s.bind(('0.0.0.0', 0)); s.listen(); "
+            "c = socket.create_connection(('127.0.0.1', s.getsockname()[1]), timeout=5); "
+            "print([l.split(':')[0].strip() for l in open('/proc/self/net/dev').readlines()[2:]], os.getuid())"
+        )
+        result = subprocess.run([sys.executable, "-c", probe], preexec_fn=network.join(), capture_output=True, text=True, timeout=30)  # noqa: PLW1509
+    finally:
+        network.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["['lo']", str(os.getuid())]  # files it writes belong to the user
