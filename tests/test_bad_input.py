@@ -89,7 +89,7 @@ def test_the_rehearsal_leaves_the_model_and_optimizer_as_they_were():
 
 
 @pytest.mark.slow  # TensorFlow tries the allocation first (~10 s)
-def test_a_model_too_large_for_memory_is_refused_before_it_is_made():
+def test_a_model_too_large_for_memory_is_one_line():
     _refused({"model.hidden_units": [10**11]}, "too large for this machine's memory")
     import keras
 
