@@ -9,6 +9,8 @@ built. The public API::
     trainkit.dataset(recipe, split) -> tf.data.Dataset
     trainkit.validate(recipe) -> dict
     trainkit.inspect_data(recipe, split="train", n=5) -> dict
+    trainkit.export(run_dir, formats=[...], checkpoint="final", out_dir=...) -> dict
+    trainkit.predict(run_dir, inputs, checkpoint=None) -> Predictions
     trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric
 """
 
@@ -33,8 +35,10 @@ __all__ = [
     "TrainkitError",
     "dataset",
     "evaluate",
+    "export",
     "inspect_data",
     "load_recipe",
+    "predict",
     "register_dataset",
     "register_layer",
     "register_loss",
@@ -53,4 +57,12 @@ def __getattr__(name: str):
         from trainkit import api
 
         return getattr(api, name)
+    if name == "predict":
+        from trainkit.serving.predict import predict
+
+        return predict
+    if name == "export":
+        from trainkit.serving.export import export
+
+        return export
     raise AttributeError(f"module 'trainkit' has no attribute {name!r}")

@@ -15,7 +15,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit import distribute
 from trainkit.errors import ConfigError, RunDirError
@@ -24,6 +24,9 @@ from trainkit.recipe import Recipe
 from trainkit.runtime import quiet_tensorflow
 from trainkit.training import disk_full
 from trainkit.training.run_dir import RunDir, command_line
+
+if TYPE_CHECKING:
+    from trainkit.serving.predict import Predictions
 
 DEFAULT_RUNS = "runs"
 
@@ -44,6 +47,12 @@ class Run:
         """Metrics of the trained model on ``split`` (``train``, ``validation``, ``test``)."""
         built = self._built
         return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+
+    def predict(self, inputs: Any, *, checkpoint: str | None = None) -> Predictions:
+        """Predictions on raw inputs (a NumPy array or a file): :func:`trainkit.predict`."""
+        from trainkit.serving.predict import predict
+
+        return predict(self.run_dir, inputs, checkpoint=checkpoint)
 
     def __repr__(self) -> str:
         return f"Run({self.recipe.name!r}, run_dir={str(self.run_dir)!r}, metrics={self.metrics})"
@@ -90,6 +99,7 @@ def train(
     else:
         changes = []
     from trainkit.build import build, check_callbacks, make_callbacks, rehearse
+    from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.checkpoint import candidates, step_of
     from trainkit.training.fit import check_policy, fit
 
@@ -128,6 +138,8 @@ def train(
         directory.update_status(
             distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
         )
+        if role.is_chief:
+            record_inputs(built, directory)  # inference.json: what export and predict need
         if built.recipe.trainer.progress:
             print(_header(built, directory))
         if moved:
@@ -138,7 +150,7 @@ def train(
         history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
         metrics = _final_evaluation(built, directory)
         if role.is_chief:
-            _export(built, directory)
+            export_trained(built, directory)
         directory.update_status(status="completed", ended=_now())
     except BaseException as err:
         full = disk_full.is_disk_full(err)
@@ -175,7 +187,7 @@ def _what_was_written(err: BaseException) -> str:
     text = str(err)
     if "SaveV2" in text or "ckpt-" in text:
         return "a checkpoint"
-    if ".model.tmp.keras" in text or "saved_model" in text:
+    if any(mark in text for mark in (".tmp.keras", "saved_model", ".tflite", ".onnx", "export")):
         return "the exported model"
     return "a file"
 
@@ -216,18 +228,6 @@ def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
     return results
 
 
-def _export(built, directory: RunDir) -> None:
-    formats = built.recipe.export.formats
-    if "keras" in formats:
-        from trainkit.export import portable_copy
-
-        tmp = directory.path / ".model.tmp.keras"
-        portable_copy(built.model, built.trainer.optimizer).save(tmp)
-        os.replace(tmp, directory.model_file)
-    if "saved_model" in formats:
-        built.model.export(str(directory.path / "saved_model"), verbose=False)
-
-
 def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
     """The recipe of a run directory (its ``config.yaml``).
 
@@ -248,7 +248,7 @@ def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLik
     return directory.read_recipe()
 
 
-def _needs_recipe_file(directory: RunDir, err: ConfigError) -> ConfigError:
+def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
     """``err`` with a hint when the run came from a Python recipe that was not named."""
     source = directory.read_status().get("recipe_source")
     if not source:
@@ -285,7 +285,7 @@ def evaluate(
     except ConfigError as err:
         if recipe_file is not None:
             raise
-        raise _needs_recipe_file(directory, err) from None
+        raise with_recipe_file_hint(directory, err) from None
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
     return built.trainer.evaluate(built.data.distributed(built.strategy, split))
@@ -344,13 +344,19 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
     return restore(path)
 
 
-def dataset(recipe: Recipe | str | os.PathLike, split: str = "train"):
-    """The batched ``tf.data.Dataset`` that feeds ``split`` (train: shuffled, epoch 0)."""
+def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bool = False):
+    """The batched ``tf.data.Dataset`` that feeds ``split`` (train: shuffled, epoch 0).
+
+    ``raw=True``: the split as the source gives it, in evaluation order, before
+    ``data.scale`` and the transforms -- what an exported model takes.
+    """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     from trainkit.data.pipeline import prepare
 
     data = prepare(recipe.data, seed=recipe.seed)
+    if raw:
+        return data.raw_dataset(split)
     return data.dataset(split, training=split == "train")
 
 

@@ -25,6 +25,8 @@ examples:
   trainkit train digits_cnn                         # into runs/digits_cnn (resumes if it exists)
   trainkit train digits_mlp -c digits_mlp_smoke optimizer.learning_rate=0.01 --run-dir runs/try
   trainkit eval runs/digits_cnn --split test --checkpoint best
+  trainkit export runs/digits_cnn --format saved_model --format onnx -o served/
+  trainkit predict runs/digits_cnn new_digits.npy -o predictions.csv
   trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
   trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
 
@@ -73,6 +75,23 @@ def make_parser() -> argparse.ArgumentParser:
         help="the Python recipe the run was trained from, to register its components "
         "(a run directory never runs code by itself)",
     )
+
+    p = commands.add_parser("export", help="export a run's checkpoint: model.keras, SavedModel, LiteRT, ONNX")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--format", action="append", dest="formats", metavar="F",
+        help="keras, saved_model, tflite or onnx (repeatable; default: all four)",
+    )
+    p.add_argument("--checkpoint", default="final", help="final (default), last, best, a step number or a checkpoint path")
+    p.add_argument("-o", "--output", metavar="DIR", help="where the files go (default: RUN_DIR/export-CHECKPOINT)")
+    p.add_argument("--quantize", choices=["none", "dynamic_range"], help="LiteRT weights (default: the recipe's export.quantize)")
+    p.add_argument("--recipe", metavar="FILE", help="the Python recipe the run was trained from, to register its components")
+
+    p = commands.add_parser("predict", help="predict raw inputs (CSV, .npy, JSON lines, a folder of images) with a run's model")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("input", metavar="INPUT", help="a CSV with the training columns, a .npy array, a .jsonl file or a folder of images")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the CSV here (default: print it)")
+    p.add_argument("--checkpoint", help="last, best, final or a step number (default: the run's model.keras)")
 
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
@@ -156,6 +175,33 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from trainkit.serving.export import export
+
+    written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
+    for name, entry in written["formats"].items():
+        checked = ""
+        if "max_difference_from_keras" in entry:
+            checked = f"  max difference from model.keras {entry['max_difference_from_keras']:.1e}"
+            if "accuracy_change" in entry:
+                checked += f", accuracy change {entry['accuracy_change']:+.4f} on {entry['examples_checked']} examples"
+        print(f"{name:>12}: {entry['file']}  {entry['bytes'] / 1024:,.1f} KiB  {entry['seconds']:.2f} s{checked}")
+    print(f"exported to {written['directory']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from trainkit.serving.predict import predict, write_csv
+
+    predictions = predict(args.run_dir, args.input, checkpoint=args.checkpoint)
+    if args.output:
+        write_csv(predictions, args.output)
+        print(f"{len(predictions.inputs)} predictions written to {args.output}")
+    else:
+        print(predictions.to_csv(), end="")
+    return 0
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     from trainkit import api
 
@@ -197,7 +243,7 @@ def _show(value) -> str:
     return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
 
 
-COMMANDS = {"data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
+COMMANDS = {"export": cmd_export, "predict": cmd_predict, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

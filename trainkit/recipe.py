@@ -443,6 +443,10 @@ class DataSection(Section):
     num_classes: PositiveInt | None = None
     """Declare the number of classes: every label must lie in ``0..num_classes-1``.
     Default: from the source's metadata, else the largest label + 1."""
+    class_names: list[str] | None = None
+    """A name per class, in label order; default: the source's (scikit-learn
+    ``target_names``, TFDS label names, image folder names, CSV text labels).
+    Kept in the run directory and the exports, and used by ``trainkit predict``."""
     scale: Literal["none", "standard", "minmax"] = "none"
     """Feature scaling of in-memory sources, fitted on the training split only
     (for any source: the ``normalize`` transform)."""
@@ -707,8 +711,19 @@ class RuntimeSection(Section):
         return self
 
 
+ExportFormat = Literal["keras", "saved_model", "tflite", "onnx"]
+
+
 class ExportSection(Section):
-    formats: list[Literal["keras", "saved_model"]] = ["keras"]
+    """What the end of training exports into the run directory: the inference
+    model (the fitted preprocessing as Keras layers, then the trained model), which
+    takes features as the data source gives them."""
+
+    formats: list[ExportFormat] = ["keras"]
+    """``keras`` (model.keras), ``saved_model`` (saved_model/, ``serving_default``),
+    ``tflite`` (model.tflite, LiteRT) and/or ``onnx`` (model.onnx)."""
+    quantize: Literal["none", "dynamic_range"] = "none"
+    """LiteRT only: ``dynamic_range`` stores weights as int8 (smaller file)."""
 
 
 # ------------------------------------------------------------------------- recipe

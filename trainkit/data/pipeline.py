@@ -74,6 +74,9 @@ class DataInfo:
     target_shape: tuple[int, ...]
     sizes: dict[str, int] = field(default_factory=dict)
     class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    """Names of the feature columns of a table source (CSV columns, scikit-learn's
+    ``feature_names``): what ``trainkit predict`` reads from a CSV header."""
     skipped: tuple[str, ...] = ()
     """Files skipped as unreadable (``skip_bad_images``)."""
 
@@ -125,8 +128,17 @@ class PreparedData:
         evaluation: transforms.TransformFn | None = None,
         ignore_errors: bool = False,
         cache_dir: str | os.PathLike | None = None,
+        raw_splits: dict[str, Split] | None = None,
+        scaler: Scaler | None = None,
+        statistics: dict[str, tuple[list[float], list[float]]] | None = None,
     ):
         self.section = section
+        # What the source gave, before data.scale and the transforms: the inputs an
+        # exported model takes (trainkit.serving rebuilds the preprocessing as layers
+        # from ``scaler`` and the fitted normalize ``statistics``).
+        self._raw = raw_splits if raw_splits is not None else splits
+        self.scaler = scaler
+        self.statistics = dict(statistics or {})
         self.seed = seed
         self.info = info
         self._splits = splits
@@ -299,6 +311,22 @@ class PreparedData:
     def distributed_training(self, strategy, *, start_epoch: int = 0, skip_batches: int = 0):
         stream = self.training_stream(start_epoch=start_epoch, skip_batches=skip_batches)
         return strategy.experimental_distribute_dataset(stream)
+
+    def raw_dataset(self, split: str, *, batch_size: int | None = None):
+        """``split`` as the source gives it, batched, in evaluation order: features
+        before ``data.scale`` and every transform (what an exported model takes)."""
+        import tensorflow as tf
+
+        self._check_split(split)
+        s = self._raw[split]
+        if s.arrays is not None:
+            ds = tf.data.Dataset.from_tensor_slices(s.arrays)
+        else:
+            ds = s.stream() if s.stream is not None else tf.data.Dataset.from_tensor_slices(s.table)
+            ds = self._map(ds, s.load or (lambda x, y: (x, y)))
+            if self._ignore_errors:
+                ds = ds.ignore_errors()
+        return ds.batch(batch_size or self.section.eval_batch_size or self.section.batch_size)
 
     def examples(self, split: str, n: int) -> list[tuple[Any, Any]]:
         """The first ``n`` examples of ``split`` as evaluation sees them (NumPy), unbatched."""
@@ -543,8 +571,11 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
         if s.size == 0:
             raise ConfigError(f"data: split '{name}' is empty")
     in_memory = all(s.kind == "arrays" for s in splits.values())
+    scaler = None
     if in_memory:
         splits = {k: _as_model_arrays(s) for k, s in splits.items()}
+    raw_splits = splits
+    if in_memory:
         scaler = Scaler.fit(section.scale, splits["train"].arrays[0]) if section.scale != "none" else None
         if scaler is not None:
             splits = {k: Split(s.size, arrays=(scaler(s.arrays[0]).astype(np.float32), s.arrays[1])) for k, s in splits.items()}
@@ -594,7 +625,8 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
 
     provisional = PreparedData(
         section, splits, seed=seed, info=None, static=static, augment=augment, evaluation=evaluation,
-        ignore_errors=loaded.ignore_errors, cache_dir=cache_dir,
+        ignore_errors=loaded.ignore_errors, cache_dir=cache_dir, raw_splits=raw_splits, scaler=scaler,
+        statistics=context.statistics,
     )
     info = _describe(provisional, label_info, loaded)
     provisional.info = info
@@ -796,9 +828,26 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
         num_classes=label_info["num_classes"],
         target_shape=_shape(y_spec) or (),
         sizes={k: s.size for k, s in data._splits.items()},
-        class_names=loaded.class_names,
+        class_names=_class_names(section, label_info, loaded),
+        feature_names=loaded.feature_names,
         skipped=tuple(loaded.skipped),
     )
+
+
+def _class_names(section: DataSection, label_info: dict, loaded: sources.Loaded) -> list[str] | None:
+    """``data.class_names``, else the source's names; one per class."""
+    num_classes = label_info["num_classes"]
+    if section.class_names is None:
+        names = loaded.class_names
+        return list(names) if names and num_classes and len(names) == num_classes else None
+    if label_info["task"] != "classification":
+        raise ConfigError("data.class_names: the labels are real numbers (a regression), which have no class names")
+    if len(section.class_names) != num_classes:
+        raise ConfigError(
+            f"data.class_names: {len(section.class_names)} name(s) for {num_classes} classes; give one name per class, "
+            f"in label order (label 0 first)"
+        )
+    return list(section.class_names)
 
 
 def _spec_text(spec) -> str:

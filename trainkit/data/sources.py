@@ -75,6 +75,8 @@ class Loaded:
     num_classes: int | None = None
     """Known from metadata (TFDS ClassLabel, class folders) or the label pass."""
     class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    """Names of the feature columns (CSV header, scikit-learn's ``feature_names``)."""
     label_kind: str | None = None
     """``class`` or ``real`` when known without looking at arrays."""
     label_range: tuple[int, int] | None = None
@@ -121,8 +123,14 @@ def load_sklearn(source: SklearnSource) -> Loaded:
         raise ConfigError(
             "data.source: type 'sklearn' needs scikit-learn: pip install 'trainkit[examples]'"
         ) from None
-    x, y = getattr(sklearn.datasets, _SKLEARN[source.name])(return_X_y=True)
-    return Loaded({"all": _arrays(x, y)})
+    bunch = getattr(sklearn.datasets, _SKLEARN[source.name])()
+    x, y = bunch.data, bunch.target
+    classes = bunch.get("target_names") if np.issubdtype(np.asarray(y).dtype, np.integer) else None
+    return Loaded(
+        {"all": _arrays(x, y)},
+        class_names=None if classes is None else [str(name) for name in classes],
+        feature_names=[str(name) for name in bunch.feature_names],
+    )
 
 
 def load_arrays(source: ArraysSource) -> Loaded:
@@ -199,7 +207,7 @@ def load_csv(source: CsvSource) -> Loaded:
             else:
                 y = _column(rows, header.index(source.label), label_type, path, source.label).astype(np.float32)
         splits[split] = Split(size=len(rows), arrays=(x, y))
-    return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None)
+    return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None, feature_names=list(features))
 
 
 def _read_csv(path: str, source: CsvSource) -> tuple[str, list[str], list[list[str]]]:

@@ -1,0 +1,199 @@
+"""Exported models that take features as the data source gives them.
+
+The end of training calls :func:`export_trained` (the formats of
+``export.formats`` into the run directory); ``trainkit export`` and
+:func:`trainkit.export` export any kept checkpoint of a run (:func:`export`).
+Each export is the inference model of :mod:`trainkit.serving.model` written by
+:mod:`trainkit.serving.formats`, beside ``export.json``: the metadata (task, class
+names, input, outputs) and, per format, its file, size, the seconds it took, and
+how far its outputs are from ``model.keras`` on up to :data:`CHECK_EXAMPLES`
+examples of the test split (LiteRT: the accuracy change too).
+
+``model.keras`` must load with plain ``keras.models.load_model`` -- no trainkit
+import, no custom objects. The trained model may hold trainkit's learning-rate
+schedule in its optimizer, so the export is compiled with an optimizer of the
+same kind whose learning rate is the schedule's current value.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainkit.errors import ConfigError
+from trainkit.serving import spec as inference_spec
+
+if TYPE_CHECKING:
+    import keras
+
+    from trainkit.build import Built
+    from trainkit.training.run_dir import RunDir
+
+FORMATS = ("keras", "saved_model", "tflite", "onnx")
+METADATA_FILE = "export.json"
+CHECK_EXAMPLES = 512
+
+
+def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
+    """A copy of ``model`` compiled like it, with a schedule-free optimizer of the same kind."""
+    import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    _compile_like(copy, model, optimizer)
+    return copy
+
+
+def _compile_like(target: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    config = optimizer.get_config()
+    config["learning_rate"] = float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate)
+    compiled = getattr(model, "_compile_config", None)
+    loss = model.loss if compiled is None else compiled.config.get("loss")
+    metrics = None if compiled is None else compiled.config.get("metrics")
+    target.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
+    # Built (fresh slots), so loading the file does not warn about missing optimizer variables.
+    target.optimizer.build(target.trainable_variables)
+
+
+def record_inputs(built: Built, directory: RunDir) -> None:
+    """Write the run's inference description (``inference.json``) into its directory."""
+    from trainkit.build import make_loss
+
+    spec = inference_spec.describe(built.recipe, built.data, built.model, make_loss(built.recipe, per_example=False))
+    inference_spec.write(directory.path, spec)
+
+
+def export_trained(built: Built, directory: RunDir) -> dict[str, Any]:
+    """The end of training: ``export.formats`` of the trained model into the run directory."""
+    spec = inference_spec.read(directory.path)
+    if spec is None:
+        record_inputs(built, directory)
+        spec = inference_spec.read(directory.path)
+    if spec.get("unsupported"):
+        print(f"warning: {spec['unsupported']}: only the trained model is exported (to model.keras)", file=sys.stderr)
+        if "keras" in built.recipe.export.formats:
+            from trainkit.serving.formats import write_keras
+
+            write_keras(portable_copy(built.model, built.trainer.optimizer), directory.model_file)
+        return {}
+    return _write(built, spec, list(built.recipe.export.formats), directory.path, quantize=built.recipe.export.quantize)
+
+
+def export(
+    run_dir: str | os.PathLike,
+    *,
+    formats: list[str] | None = None,
+    checkpoint: str = "final",
+    out_dir: str | os.PathLike | None = None,
+    quantize: str | None = None,
+    recipe_file: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Export a kept checkpoint of a run; returns the metadata written to ``export.json``.
+
+    ``formats`` defaults to all four; ``checkpoint`` is ``final`` (default), ``last``,
+    ``best``, a step number or a checkpoint path; ``out_dir`` defaults to
+    ``RUN_DIR/export-CHECKPOINT``; ``quantize`` (``none``/``dynamic_range``, LiteRT)
+    to the recipe's ``export.quantize``.
+    """
+    formats = list(formats or FORMATS)
+    for name in formats:
+        if name not in FORMATS:
+            from trainkit.errors import did_you_mean
+
+            raise ConfigError(f"--format: unknown format '{name}'; {did_you_mean(name, FORMATS)}")
+    if quantize is not None and quantize not in ("none", "dynamic_range"):
+        raise ConfigError(f"--quantize: '{quantize}' is not a quantization; use none or dynamic_range")
+    recorded = inference_spec.read(Path(run_dir))
+    if recorded is not None:
+        inference_spec.check_exportable(recorded)  # before building anything
+    built, spec, directory = load_run(run_dir, checkpoint, recipe_file=recipe_file)
+    inference_spec.check_exportable(spec)
+    label = Path(checkpoint).name if os.sep in checkpoint else checkpoint
+    out = Path(out_dir) if out_dir is not None else directory.path / f"export-{label}"
+    out.mkdir(parents=True, exist_ok=True)
+    return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
+
+
+def load_run(
+    run_dir: str | os.PathLike, checkpoint: str, *, recipe_file: str | os.PathLike | None = None
+) -> tuple[Built, dict[str, Any], RunDir]:
+    """A run's recipe built again, the weights of ``checkpoint`` loaded, and its
+    inference description (recorded when it trained, else described now).
+
+    ``recipe_file``: the Python recipe the run came from, for its components (a
+    run directory never imports code by itself: docs/security.md)."""
+    from trainkit import api, distribute
+    from trainkit.build import build, make_loss
+    from trainkit.errors import ConfigError
+    from trainkit.runtime import quiet_tensorflow
+    from trainkit.training.run_dir import RunDir
+
+    quiet_tensorflow()
+    recipe = distribute.in_one_process(api.load_run_recipe(run_dir, recipe_file=recipe_file))
+    directory = RunDir(run_dir)
+    try:
+        built = build(recipe)
+    except ConfigError as err:
+        if recipe_file is not None:
+            raise
+        raise api.with_recipe_file_hint(directory, err) from None
+    api.load_checkpoint_weights(built.model, directory, checkpoint)
+    spec = inference_spec.read(directory.path)
+    if spec is None:  # a run from before inference.json: the data gives the same numbers again
+        spec = inference_spec.describe(recipe, built.data, built.model, make_loss(recipe, per_example=False))
+    return built, spec, directory
+
+
+def build_inference_model(built: Built, spec: dict[str, Any]) -> keras.Model:
+    """The inference model of a built run, compiled like the trained model where
+    its outputs are the trained model's (so ``model.evaluate`` works on raw features)."""
+    from trainkit.serving.model import inference_model
+
+    model = inference_model(built.model, spec)
+    if spec["head"] in ("identity", "probabilities"):
+        _compile_like(model, built.model, built.trainer.optimizer)
+    return model
+
+
+def _write(built: Built, spec: dict[str, Any], formats: list[str], out: Path, *, quantize: str) -> dict[str, Any]:
+    import tempfile
+
+    from trainkit.serving import formats as writers
+    from trainkit.training.run_dir import write_json_atomic
+
+    model = build_inference_model(built, spec)
+    metadata = {k: spec[k] for k in ("recipe", "recipe_hash", "task", "num_classes", "class_names", "input", "outputs")}
+    written: dict[str, Any] = {}
+
+    def timed(name: str, fn) -> None:
+        start = time.perf_counter()
+        fn()
+        path = out / writers.FILES[name]
+        written[name] = {"file": path.name, "bytes": writers.size_of(path), "seconds": round(time.perf_counter() - start, 3)}
+
+    if "keras" in formats:
+        timed("keras", lambda: writers.write_keras(model, out / writers.FILES["keras"]))
+    if "saved_model" in formats:
+        timed("saved_model", lambda: writers.write_saved_model(model, spec, out / writers.FILES["saved_model"], metadata))
+    if "tflite" in formats:
+        def tflite() -> None:
+            saved = out / writers.FILES["saved_model"]
+            if "saved_model" in formats:
+                writers.write_tflite(saved, out / writers.FILES["tflite"], quantize=quantize)
+                return
+            with tempfile.TemporaryDirectory(prefix=".tflite-", dir=out) as scratch:
+                writers.write_saved_model(model, spec, Path(scratch) / "saved_model", metadata)
+                writers.write_tflite(Path(scratch) / "saved_model", out / writers.FILES["tflite"], quantize=quantize)
+
+        timed("tflite", tflite)
+        written["tflite"]["quantize"] = quantize
+    if "onnx" in formats:
+        timed("onnx", lambda: writers.write_onnx(model, spec, out / writers.FILES["onnx"], metadata))
+    from trainkit.serving.check import compare
+
+    compare(built, model, spec, out, written, limit=CHECK_EXAMPLES)
+    write_json_atomic(out / METADATA_FILE, {**metadata, "formats": written})
+    return {**metadata, "formats": written, "directory": str(out)}

@@ -1,0 +1,140 @@
+"""Writers of the four export formats, each atomic: written under a temporary
+name beside the target, then renamed over it.
+
+- ``keras``: ``model.keras``, plain ``keras.models.load_model`` (safe mode).
+- ``saved_model``: ``saved_model/`` with a ``serving_default`` signature taking
+  ``features`` and giving ``probabilities`` and ``class_ids`` (classification) or
+  ``predictions`` (regression); the metadata in ``assets.extra/trainkit.json``
+  (where TensorFlow Serving expects extra files).
+- ``tflite``: ``model.tflite`` converted from that SavedModel (same signature
+  names), optionally with dynamic-range quantization.
+- ``onnx``: ``model.onnx``, with the same input and output names, the metadata
+  in the model's ``metadata_props``. Keras's ``model.export(format="onnx")``
+  hands tf2onnx a function whose captured constants (Normalization's mean and
+  variance, stored as tensors rather than variables) become extra graph inputs;
+  freezing the serving function first (``convert_variables_to_constants_v2``)
+  folds them into the graph, so the ONNX model has the one ``features`` input.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+FILES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
+ONNX_OPSET = 17
+
+
+def serving_function(model: keras.Model, spec: dict[str, Any]):
+    """The ``serving_default`` function: named outputs fitting the task."""
+    raw = spec["input"]
+    signature = [tf.TensorSpec([None, *raw["shape"]], tf.as_dtype(raw["dtype"]), name=raw["name"])]
+    classification = spec["task"] == "classification"
+
+    def serve(features):
+        y = model(features, training=False)
+        if classification:
+            return {
+                "probabilities": tf.identity(y, name="probabilities"),
+                "class_ids": tf.identity(tf.argmax(y, axis=-1), name="class_ids"),
+            }
+        return {"predictions": tf.identity(y, name="predictions")}
+
+    return serve, signature
+
+
+def write_keras(model: keras.Model, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp.keras")
+    model.save(tmp)
+    os.replace(tmp, target)
+
+
+def write_saved_model(model: keras.Model, spec: dict[str, Any], target: Path, metadata: dict) -> None:
+    serve, signature = serving_function(model, spec)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve, input_signature=signature)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        archive.write_out(str(tmp), verbose=False)
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        (extra / "trainkit.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        _replace_dir(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_tflite(saved_model: Path, target: Path, *, quantize: str) -> None:
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
+    if quantize == "dynamic_range":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
+    flat = converter.convert()
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(flat)
+    os.replace(tmp, target)
+
+
+def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata: dict) -> None:
+    import onnx
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    serve, signature = serving_function(model, spec)
+    names = list(spec["outputs"])
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # tf2onnx calls TF1 graph utilities that warn about their deprecation
+    try:
+        frozen = convert_variables_to_constants_v2(tf.function(serve, input_signature=signature).get_concrete_function())
+        proto, _ = tf2onnx.convert.from_graph_def(
+            frozen.graph.as_graph_def(),
+            input_names=[f"{spec['input']['name']}:0"],
+            output_names=[f"{name}:0" for name in names],
+            opset=ONNX_OPSET,
+        )
+    finally:
+        logger.setLevel(level)
+    _strip_tensor_suffix(proto, [spec["input"]["name"], *names])
+    for key, value in (("trainkit", json.dumps(metadata)),):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    tmp = target.with_name(f".{target.name}.tmp")
+    onnx.save(proto, str(tmp))
+    os.replace(tmp, target)
+
+
+def _strip_tensor_suffix(proto, names: list[str]) -> None:
+    """Rename TensorFlow's ``features:0`` to ``features`` in the ONNX graph."""
+    renames = {f"{name}:0": name for name in names}
+    graph = proto.graph
+    for value in [*graph.input, *graph.output]:
+        value.name = renames.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``; an old one there is moved away first,
+    then removed, so ``target`` is never half written."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def size_of(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size

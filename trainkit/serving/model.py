@@ -1,0 +1,74 @@
+"""The inference model: the recorded preprocessing as Keras layers, then the trained
+model, then a head that gives probabilities (classification) or values.
+
+Only stock Keras layers are used (``Normalization``, ``Rescaling``, ``Reshape``,
+``Resizing``, ``CenterCrop``, ``Activation``, ``Concatenate``), so ``model.keras``
+loads with plain ``keras.models.load_model`` and ``safe_mode`` on.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+
+
+def inference_model(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
+    """``model`` (the trained one, taking preprocessed features) behind ``spec``'s preprocessing."""
+    raw = spec["input"]
+    inputs = keras.Input(tuple(raw["shape"]), dtype=raw["dtype"], name=raw["name"])
+    x = inputs
+    if raw["dtype"] != "float32":
+        x = keras.layers.Rescaling(1.0, name="as_float32")(x)  # Rescaling casts to its float dtype
+    for i, step in enumerate(spec["preprocessing"]):
+        x = _layer(step, rank=len(raw["shape"]), name=f"preprocess_{i}_{step['type']}")(x)
+    y = _uncompiled_copy(model)(x)
+    y = output_head(spec["head"], y)
+    name = "probabilities" if spec["task"] == "classification" else "predictions"
+    outputs = keras.layers.Identity(name=name)(y)
+    return keras.Model(inputs, outputs, name=f"{spec['recipe']}_inference".replace(".", "_").replace("-", "_"))
+
+
+def _uncompiled_copy(model: keras.Model) -> keras.Model:
+    """The same architecture and weights without the compile state: a nested model's
+    compile config (trainkit's learning-rate schedule) would be saved with it, and
+    plain Keras could not load the file."""
+    copy = type(model).from_config(model.get_config())  # (clone_model would compile the copy too)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def _layer(step: dict[str, Any], *, rank: int, name: str) -> keras.layers.Layer:
+    kind = step["type"]
+    if kind == "normalize":
+        mean, std = np.asarray(step["mean"], np.float32), np.asarray(step["std"], np.float32)
+        if step["per"] == "element":  # data.scale: one statistic per feature value
+            axis = tuple(range(1, rank + 1)) if rank > 1 else -1
+            return keras.layers.Normalization(axis=axis, mean=mean, variance=np.square(std), name=name)
+        if mean.size == 1:  # one statistic for every value
+            return keras.layers.Normalization(axis=None, mean=float(mean[0]), variance=float(std[0]) ** 2, name=name)
+        return keras.layers.Normalization(axis=-1, mean=mean, variance=np.square(std), name=name)
+    if kind == "rescale":
+        return keras.layers.Rescaling(step["scale"], step["offset"], name=name)
+    if kind == "cast_float":
+        return keras.layers.Rescaling(1.0, name=name)
+    if kind == "reshape":
+        return keras.layers.Reshape(tuple(step["shape"]), name=name)
+    if kind == "resize":
+        height, width = step["size"]
+        return keras.layers.Resizing(height, width, interpolation=step["method"], name=name)
+    if kind == "center_crop":
+        height, width = step["size"]
+        return keras.layers.CenterCrop(height, width, name=name)
+    raise ValueError(f"unknown preprocessing step {kind!r}")  # spec.describe writes only the kinds above
+
+
+def output_head(kind: str, y):
+    if kind == "softmax":
+        return keras.layers.Softmax(name="softmax")(y)
+    if kind in ("binary", "binary_logits"):
+        positive = keras.layers.Activation("sigmoid", name="sigmoid")(y) if kind == "binary_logits" else y
+        negative = keras.layers.Rescaling(-1.0, 1.0, name="one_minus")(positive)  # 1 - p
+        return keras.layers.Concatenate(name="both_classes")([negative, positive])
+    return y
