@@ -31,10 +31,13 @@ test-fast: setup
 lint: setup
 	$(BIN)/ruff check .
 
-## Benchmarks: input wait of the CNN recipes, then trainkit vs Keras fit vs hand-written loops; writes BENCHMARKS.md.
+## Benchmarks: input wait of the CNN recipes, trainkit vs Keras fit vs hand-written loops (the loop, then the
+## whole job in fresh processes), then cost as the data grows; writes BENCHMARKS.md. A few minutes each.
 bench: setup
 	$(BIN)/python benchmarks/input_wait.py
 	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/job.py
+	$(BIN)/python benchmarks/scale.py
 
 clean:
 	rm -rf runs .pytest_cache

@@ -36,6 +36,8 @@ BASE = [
     "trainer.log_every_steps=5",
     "trainer.checkpoint.every_steps=10",
     "trainer.checkpoint.monitor=val_accuracy",
+    # The smoke config is quiet, which silences resume notices too; these tests read them.
+    "trainer.progress=true",
 ]
 
 # TensorFlow's C++ start-up chatter, printed before any trainkit code runs.

@@ -40,7 +40,7 @@ def test_the_process_ends_without_waiting_for_a_pending_release(tmp_path):
     assert marker.read_text() == "exit handlers ran"
 
 
-def test_with_nothing_pending_the_process_ends_normally(tmp_path):
+def test_with_nothing_pending_exit_handlers_run_and_output_is_flushed(tmp_path):
     marker = tmp_path / "marker"
     done = _end(marker, "none")
     assert (done.returncode, done.stdout, marker.read_text()) == (3, "the run's last line", "exit handlers ran")

@@ -9,6 +9,11 @@ built. The public API::
     trainkit.dataset(recipe, split) -> tf.data.Dataset
     trainkit.validate(recipe) -> dict
     trainkit.inspect_data(recipe, split="train", n=5) -> dict
+    trainkit.load_run(run_dir) -> Run;  run.history, run.metrics, run.model, run.plot()
+    trainkit.compare([run_dir, ...]) -> a table of final metrics and differing recipe fields
+    trainkit.Interrupted (a KeyboardInterrupt), trainkit.Terminated: training stopped by
+        SIGINT/SIGTERM with a checkpoint saved (``.checkpoint``); train again to resume
+    trainkit.request_stop(): the same orderly stop for a training in a background thread
     trainkit.export(run_dir, formats=[...], checkpoint="final", out_dir=...) -> dict
     trainkit.predict(run_dir, inputs, checkpoint=None) -> Predictions
     trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric
@@ -25,19 +30,28 @@ from trainkit.registry import (
     register_model,
     register_transform,
 )
+from trainkit.signals import request_stop
+from trainkit.training.stops import Diverged, Interrupted, Terminated, TrainingStopped
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "Diverged",
+    "Interrupted",
     "Recipe",
     "RunDirError",
+    "Terminated",
+    "TrainingStopped",
     "TrainkitError",
+    "compare",
     "dataset",
     "evaluate",
     "export",
     "inspect_data",
     "load_recipe",
+    "load_run",
+    "plot_runs",
     "predict",
     "register_dataset",
     "register_layer",
@@ -45,6 +59,7 @@ __all__ = [
     "register_metric",
     "register_model",
     "register_transform",
+    "request_stop",
     "train",
     "validate",
 ]
@@ -53,10 +68,14 @@ __all__ = [
 def __getattr__(name: str):
     # The functions that build things live in trainkit.api; importing it is
     # still cheap (TensorFlow loads inside the calls).
-    if name in ("train", "evaluate", "dataset", "validate", "inspect_data", "Run"):
+    if name in ("train", "evaluate", "dataset", "validate", "inspect_data"):
         from trainkit import api
 
         return getattr(api, name)
+    if name in ("Run", "load_run", "compare", "plot_runs"):
+        from trainkit import runs
+
+        return getattr(runs, name)
     if name == "predict":
         from trainkit.serving.predict import predict
 

@@ -11,51 +11,21 @@
 
 from __future__ import annotations
 
+import functools
 import os
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from trainkit import distribute
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
+from trainkit.runs import Run, read_history
 from trainkit.runtime import quiet_tensorflow
-from trainkit.training import disk_full
-from trainkit.training.run_dir import RunDir, command_line
-
-if TYPE_CHECKING:
-    from trainkit.serving.predict import Predictions
+from trainkit.training.run_dir import RunDir
+from trainkit.training.sinks import warn
 
 DEFAULT_RUNS = "runs"
-
-
-@dataclass
-class Run:
-    """A finished (or resumed and finished) training run."""
-
-    recipe: Recipe
-    run_dir: Path
-    model: Any
-    history: dict[str, list] = field(default_factory=dict)
-    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
-    """Final metrics per evaluated split, as in ``eval.json``."""
-    _built: Any = None
-
-    def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Metrics of the trained model on ``split`` (``train``, ``validation``, ``test``)."""
-        built = self._built
-        return built.trainer.evaluate(built.data.distributed(built.strategy, split))
-
-    def predict(self, inputs: Any, *, checkpoint: str | None = None) -> Predictions:
-        """Predictions on raw inputs (a NumPy array or a file): :func:`trainkit.predict`."""
-        from trainkit.serving.predict import predict
-
-        return predict(self.run_dir, inputs, checkpoint=checkpoint)
-
-    def __repr__(self) -> str:
-        return f"Run({self.recipe.name!r}, run_dir={str(self.run_dir)!r}, metrics={self.metrics})"
 
 
 def _as_recipe(recipe: Recipe | str | os.PathLike) -> Recipe:
@@ -86,146 +56,35 @@ def train(
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
     """
+    import time
+
+    from trainkit.training import report
+
+    # The job's start, for run.json's phases: the process's (the CLI) or this call's.
+    started = report.PROCESS_STARTED or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     if distribute.serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
-    directory = RunDir(run_dir or default_run_dir(recipe))
-    moved = None
-    directory.check_place()  # a folder that can be written, without links: before anything is built
-    if not restart:
-        changes = directory.check_compatible(recipe)  # read-only: refuses before anything is built
-    else:
-        changes = []
-    from trainkit.build import build, check_callbacks, make_callbacks, rehearse
-    from trainkit.serving.export import export_trained, record_inputs
-    from trainkit.training.checkpoint import candidates, step_of
-    from trainkit.training.fit import check_policy, fit
+    from trainkit.runtime import preserved_process_state
+    from trainkit.training.lifecycle import train_run
+    from trainkit.training.stops import TrainingStopped
 
-    built = build(recipe, trainer_class=trainer_class)  # all validation happens here
-    # Everything user-supplied is checked before the run directory is touched:
-    # the callbacks are made now (their constructors check their arguments), and
-    # one real step shows that optimizer, loss and metrics work with the data
-    # (it also builds metrics that make their variables on first use).
-    callbacks_to_check = make_callbacks(recipe)
-    rehearse(built)
-    check_policy(built)
-    check_callbacks(built, callbacks_to_check)
-    if not restart:
-        directory.check_same_data(built.data.info.sizes)
-    # Multi-worker: only the chief writes the run directory; the other workers
-    # write to a scratch directory, removed at the end, starting from a copy of
-    # the chief's checkpoints so that every worker resumes (and later decides
-    # its saves) exactly as the chief does.
-    role = distribute.role(built.strategy)
-    shared, directory = directory, distribute.writable_run_dir(directory, role)
-    if not role.is_chief:
-        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
-        if not restart:
-            distribute.copy_checkpoints(shared, directory)
-    if restart and directory.path.exists() and role.is_chief:
-        directory.acquire()  # never move a run that a live process is training
-        moved = directory.set_aside()
-    directory.acquire()
+    target = Path(run_dir or default_run_dir(recipe))
     try:
-        found = candidates(directory.checkpoints)
-        distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
-        directory.start(recipe, command=command_line(), recipe_source=_source_of(recipe), resumed=bool(found))
-        # Only now, validated and holding the lock, may a relative data.cache path
-        # write its files (inside the run directory, so a resumed run reuses them).
-        built.data.use_cache_dir(directory.path)
-        directory.update_status(
-            distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
-        )
-        if role.is_chief:
-            record_inputs(built, directory)  # inference.json: what export and predict need
-        if built.recipe.trainer.progress:
-            print(_header(built, directory))
-        if moved:
-            print(f"the previous run in {directory.path} was moved to {moved}")
-        if changes and role.is_chief:
-            print(f"resuming with changed settings: {', '.join(changes)}")
-        callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
-        history = fit(built, directory, callbacks=callback_objects + list(callbacks or []))
-        metrics = _final_evaluation(built, directory)
-        if role.is_chief:
-            export_trained(built, directory)
-        directory.update_status(status="completed", ended=_now())
-    except BaseException as err:
-        full = disk_full.is_disk_full(err)
-        if full:  # first make room: the status below must still be written
-            disk_full.remove_partial_files(directory.path)
-            err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
-        explain = getattr(built.data, "explain_read_error", None)
-        unreadable = explain(err) if explain else None  # a bad image found mid-training
-        if unreadable is not None:
-            err = unreadable
-        try:
-            status = directory.read_status().get("status")
-            if status == "running":
-                if isinstance(err, KeyboardInterrupt):
-                    directory.update_status(status="interrupted", ended=_now())
-                else:
-                    directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=_now())
-        except OSError:
-            if not full:
-                raise
-        if full or unreadable is not None:
-            raise err from None
-        lost = distribute.as_worker_lost(err, built.strategy)
-        if lost is not None:
-            raise lost from None
+        with preserved_process_state():
+            trained = train_run(
+                recipe, target, restart=restart, callbacks=callbacks,
+                trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
+            )
+    except TrainingStopped as stop:
+        # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
+        stop.run = Run(recipe, target)
         raise
-    finally:
-        directory.release()
-        distribute.remove_scratch(directory, role)
-    return Run(recipe, shared.path, built.model, history, metrics, built)
-
-
-def _what_was_written(err: BaseException) -> str:
-    text = str(err)
-    if "SaveV2" in text or "ckpt-" in text:
-        return "a checkpoint"
-    if any(mark in text for mark in (".tmp.keras", "saved_model", ".tflite", ".onnx", "export")):
-        return "the exported model"
-    return "a file"
-
-
-def _state_bytes(built) -> int:
-    """Bytes of the model's and optimizer's variables: about what a checkpoint takes."""
-    variables = [*built.model.variables, *built.trainer.optimizer.variables]
-    return sum(int(v.numpy().nbytes) for v in variables)
-
-
-def _header(built, directory: RunDir) -> str:
-    info, recipe = built.data.info, built.recipe
-    return (
-        f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
-        f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
-        f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
-        f"{distribute.batch_text(recipe, built.strategy)}"
-    )
-
-
-def _now() -> str:
-    import time
-
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _final_evaluation(built, directory: RunDir) -> dict[str, dict[str, float]]:
-    from trainkit.training.run_dir import write_json_atomic
-
-    results = {}
-    for split in built.recipe.trainer.evaluate:
-        if built.data.has_split(split):
-            results[split] = built.trainer.evaluate(built.data.distributed(built.strategy, split))
-            if built.recipe.trainer.progress:
-                shown = "  ".join(f"{k} {v:.4g}" for k, v in results[split].items())
-                print(f"{split}: {shown}")
-    write_json_atomic(directory.eval_json, results)
-    return results
+    built = trained.built
+    # The history of every epoch the run has trained, not only this call's (a resumed run).
+    return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
 
 
 def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
@@ -259,6 +118,22 @@ def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
     )
 
 
+def _leaves_process_as_it_was(function):
+    """Seeds, determinism, precision policy and Keras serializables restored after ``function``
+    (which builds a recipe, and so applies its runtime section to the process)."""
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        quiet_tensorflow()
+        from trainkit.runtime import preserved_process_state
+
+        with preserved_process_state():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_leaves_process_as_it_was
 def evaluate(
     run_dir: str | os.PathLike,
     *,
@@ -281,18 +156,21 @@ def evaluate(
     from trainkit.build import build
 
     try:
-        built = build(recipe)
+        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
     except ConfigError as err:
         if recipe_file is not None:
             raise
         raise with_recipe_file_hint(directory, err) from None
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
-    return built.trainer.evaluate(built.data.distributed(built.strategy, split))
+    return built.trainer.evaluate_split(built.data, split)
 
 
-def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
-    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path."""
+def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str = "--checkpoint") -> str:
+    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path.
+
+    ``field`` is the option or recipe field that named it, for error messages.
+    """
     from trainkit.training.checkpoint import (
         candidates,
         latest_readable,
@@ -309,14 +187,14 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             restore_model_weights(model, path)
         except Exception as err:
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunDirError(f"--checkpoint: {path} cannot be read back: {reason[:160]}") from None
+            raise RunDirError(f"{field}: {path} cannot be read back: {reason[:160]}") from None
         return path
 
     if which in ("last", "best", "final"):
         where = ckpts if which == "last" else ckpts / which
         path, skipped = latest_readable(where, lambda p: restore_model_weights(model, p))
         for bad, reason in skipped:
-            print(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it", file=sys.stderr)
+            warn(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it")
         if path:
             return path
         if which == "final" and directory.model_file.is_file():
@@ -324,12 +202,12 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
             return str(directory.model_file)
         if which == "best" and not skipped:
             raise RunDirError(
-                f"--checkpoint best: {where} holds no checkpoint; set trainer.checkpoint.monitor "
+                f"{field} best: {where} holds no checkpoint; set trainer.checkpoint.monitor "
                 "(e.g. val_loss) to keep the best one"
             )
         if which == "final" and not skipped:
-            raise RunDirError(f"--checkpoint final: {directory.path} has not finished training; {choices}")
-        raise RunDirError(f"--checkpoint {which}: {where} holds no readable checkpoint")
+            raise RunDirError(f"{field} final: {directory.path} has not finished training; {choices}")
+        raise RunDirError(f"{field} {which}: {where} holds no readable checkpoint")
     if which.isdigit():
         for folder in kept:
             path = folder / f"ckpt-{int(which)}"
@@ -337,11 +215,17 @@ def load_checkpoint_weights(model, directory: RunDir, which: str) -> str:
                 return restore(str(path))
         steps = sorted({step_of(p) for folder in kept for p in candidates(folder)})
         shown = ", ".join(map(str, steps)) or "none"
-        raise ConfigError(f"--checkpoint: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
+        raise ConfigError(f"{field}: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
     path = which[: -len(".index")] if which.endswith(".index") else which
     if not Path(f"{path}.index").is_file():
-        raise ConfigError(f"--checkpoint: no checkpoint at {which}; {choices}")
+        raise ConfigError(f"{field}: no checkpoint at {which}; {choices}")
     return restore(path)
+
+
+def _init_line(report: dict) -> str:
+    from trainkit.models.warm_start import summary_line
+
+    return summary_line(report)
 
 
 def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bool = False):
@@ -360,6 +244,7 @@ def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bo
     return data.dataset(split, training=split == "train")
 
 
+@_leaves_process_as_it_was
 def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     """Check a recipe end to end without training: schema, components, data, one batch.
 
@@ -372,7 +257,7 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     built = build(recipe)
     info = built.data.info
     from trainkit.build import check_callbacks, make_callbacks, rehearse
-    from trainkit.training.fit import check_policy
+    from trainkit.training.lifecycle import check_policy
 
     callbacks = make_callbacks(recipe)
     rehearse(built)  # one training step and one evaluation step, weights restored after
@@ -387,8 +272,11 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         "task": info.task,
         "classes": info.num_classes,
         "examples": info.sizes,
-        "batch": [list(x.shape), list(y.shape)],
+        "batch": [{k: list(v.shape) for k, v in x.items()} if isinstance(x, dict) else list(x.shape), list(y.shape)],
         "parameters": int(built.model.count_params()),
+        **(built.finetune or {}),
+        **({"sources": {u.field: f"{u.source} (digest {u.digest})" for u in built.sources}} if built.sources else {}),
+        **({"init": _init_line(built.init_report)} if built.init_report else {}),
         "steps_per_epoch": built.steps_per_epoch,
         "total_steps": built.total_steps,
         "strategy": distribute.describe(built.strategy),

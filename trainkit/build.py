@@ -11,7 +11,7 @@ before training starts.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,8 @@ def make_callbacks(recipe: Recipe, *, tensorboard_dir: str | None = None) -> lis
 
 def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
     budgets = []
+    if recipe.trainer.stages:
+        budgets.append(sum(stage.epochs for stage in recipe.trainer.stages) * steps_per_epoch)
     if recipe.trainer.epochs:
         budgets.append(recipe.trainer.epochs * steps_per_epoch)
     if recipe.trainer.steps:
@@ -116,19 +118,38 @@ class Built:
     trainer: Any
     steps_per_epoch: int
     total_steps: int
+    sources: list = field(default_factory=list)
+    """The pretrained sources the model came from (:class:`trainkit.models.pretrained.SourceUse`)."""
+    init_report: dict | None = None
+    """What ``model.init`` restored (``None``: no init, or a resumed run)."""
+    stages: Any = None
+    """The run's :class:`trainkit.training.stages.Stages`, if it has ``trainer.stages``."""
+    finetune: dict | None = None
+    """Frozen layers, parameter counts and each trainable variable's learning-rate group."""
 
 
-def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str | None = None) -> Built:
+def build(
+    recipe: Recipe,
+    *,
+    trainer_class: type | None = None,
+    cache_dir: str | None = None,
+    run_dir: str | Path | None = None,
+    keep_source_copy: bool = False,
+) -> Built:
     """Strategy, data, model and trainer for ``recipe``, checked to fit together.
 
     ``cache_dir`` is where a relative ``data.cache`` path is kept (the run directory).
+    ``run_dir``: the run this continues or evaluates, whose copy of its pretrained
+    source stands in for a source that is gone, and whose checkpoints make
+    ``model.init`` unnecessary. ``keep_source_copy``: take a copy of the pretrained
+    source for the run directory (``SourceUse.saved``).
     """
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
     from trainkit.data.pipeline import prepare
-    from trainkit.models import build_model
-    from trainkit.optim import make_optimizer
+    from trainkit.optim import make_optimizer, scale_learning_rates
     from trainkit.training.loop import Trainer
+    from trainkit.training.stages import Stages
 
     data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
     if data.steps_per_epoch() == 0:
@@ -138,11 +159,33 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
         )
     steps_per_epoch = data.steps_per_epoch()
     steps = total_steps(recipe, steps_per_epoch)
+    stages = Stages.of(recipe, steps_per_epoch=steps_per_epoch)
     with strategy.scope():
-        model = build_model(recipe.model, data.info)
+        model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
         check_model_fits_data(recipe, model, data)
         optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
-        optimizer = make_optimizer(optimizer_section, total_steps=steps)
+        factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
+        optimizer = make_optimizer(optimizer_section, total_steps=steps, stage_factors=factors)
+        finetune_summary = None
+        if recipe.optimizer.groups or recipe.model.freeze or stages or sources or recipe.model.lora_rank:
+            from trainkit.models import finetune
+
+            groups = recipe.optimizer.groups
+            group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
+            scale_learning_rates(
+                optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
+            )
+            finetune_summary = finetune.summary(model, variables, groups, group_index)
+        # Built on every variable a stage may unfreeze, so that the optimizer's
+        # state (and so its checkpoints) has the same shape in every stage.
+        optimizer.build(variables)
+        if recipe.runtime.precision == "mixed_float16":
+            # As Keras's compile() does: float16 gradients underflow without loss
+            # scaling, and the loop's scale_loss() scales only with this wrapper.
+            import keras
+
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+            optimizer.build(variables)
         # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
         # then loads ready for model.evaluate); trainkit's loop does the training.
         model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))
@@ -162,7 +205,61 @@ def build(recipe: Recipe, *, trainer_class: type | None = None, cache_dir: str |
             jit_compile=recipe.runtime.jit_compile,
             measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
         )
-    return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps)
+    recipe._source_digests = {use.field: use.digest for use in sources}
+    return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps, sources, init_report, stages, finetune_summary)
+
+
+def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: bool) -> tuple[Any, list, dict | None, list]:
+    """The model with its pretrained weights, LoRA and frozen layers; its sources,
+    the ``model.init`` report, and the variables the optimizer must know."""
+    from trainkit.models import finetune
+    from trainkit.models.build import build_with_sources
+    from trainkit.models.pretrained import STORED_SOURCE, is_available, keras_bytes
+
+    run_path = Path(run_dir) if run_dir is not None else None
+    model, sources = build_with_sources(
+        recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None
+    )
+    stored = run_path / STORED_SOURCE if run_path else None
+    for use in sources:
+        if keep_source_copy and not (stored and stored.is_file()):
+            use.saved = keras_bytes(use.model)  # before LoRA and freezing change it
+    init_report = None
+    spec = recipe.model.init
+    if spec is not None:
+        from trainkit.training.checkpoint import candidates
+
+        continuing = run_path is not None and bool(candidates(run_path / "checkpoints"))
+        # A run that continues restores its checkpoint: the init source is only
+        # read (when it is still there) for its digest, never needed.
+        if not (continuing and not is_available(spec.source)):
+            from trainkit.models.warm_start import restore_matching
+
+            init_report, use = restore_matching(model, spec)
+            sources.append(use)
+            if continuing:
+                init_report = None
+    every_variable = list(model.trainable_variables)
+    if recipe.model.lora_rank:
+        _enable_lora(model, recipe.model.lora_rank)
+    if recipe.model.freeze:
+        finetune.freeze(model, recipe.model.freeze)
+    unfreezes = bool(stages and any(stage.unfreeze for stage in stages.stages))
+    if stages:
+        stages.check(model)
+    return model, sources, init_report, every_variable if unfreezes else list(model.trainable_variables)
+
+
+def _enable_lora(model, rank: int) -> None:
+    from trainkit.models.finetune import layers_of
+
+    backbones = [layer for layer in [model, *layers_of(model)] if hasattr(layer, "enable_lora") and hasattr(layer, "layers")]
+    if not backbones:
+        raise ConfigError(
+            "model.lora_rank: the model has no KerasHub backbone to put LoRA on (no layer with enable_lora); "
+            "use a KerasHub preset as model.source"
+        )
+    backbones[0].enable_lora(rank)
 
 
 def check_model_fits_data(recipe: Recipe, model, data) -> None:

@@ -29,6 +29,7 @@ examples:
   trainkit predict runs/digits_cnn new_digits.npy -o predictions.csv
   trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
   trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
+  trainkit plot runs/a runs/b -o curves.png         # learning curves of runs
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
   4 lost another task of the cluster, 5 the disk filled up, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
@@ -105,6 +106,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=3, metavar="N", help="how many examples to show (default 3)")
     p.add_argument("--seconds", type=float, default=5.0, help="time budget of the throughput pass (default 5)")
 
+    p = commands.add_parser("plot", help="draw the learning curves of one or more runs into an image")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png; .png, .svg, .pdf)")
+
     commands.add_parser("ls", help="list recipes and configs with their descriptions")
     return parser
 
@@ -144,7 +149,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     summary = api.validate(_load(args))
     for key, value in summary.items():
-        print(f"{key:>16}: {value}")
+        if isinstance(value, dict) and key in ("learning_rate", "sources"):
+            print(f"{key:>20}:")
+            for name, shown in value.items():
+                print(f"{'':>18}{name}: {shown}")
+        else:
+            print(f"{key:>20}: {value}")
     print("ok: the recipe builds, and one training step and one evaluation step run (the weights are put back)")
     return 0
 
@@ -172,6 +182,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, recipe_file=args.recipe)
     print(json.dumps({args.split: results}, indent=2))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    import os
+
+    from trainkit.runs import load_run, plot_runs
+
+    runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
+    figure = plot_runs(runs)
+    output = args.output
+    tmp = f"{output}.tmp{os.path.splitext(output)[1]}"
+    figure.savefig(tmp, dpi=100)
+    os.replace(tmp, output)
+    print(f"wrote {output}")
     return 0
 
 
@@ -243,7 +268,7 @@ def _show(value) -> str:
     return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
 
 
-COMMANDS = {"export": cmd_export, "predict": cmd_predict, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
+COMMANDS = {"export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -263,8 +288,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
+    from trainkit.training.stops import TrainingStopped
+
     try:
         return COMMANDS[args.command](args)
+    except TrainingStopped as err:  # (before KeyboardInterrupt: SIGINT's stop is one)
+        print(f"{err.label}: {err}", file=sys.stderr)
+        return err.exit_code
     except TrainkitError as err:
         print(f"{getattr(err, 'label', 'error')}: {err}", file=sys.stderr)
         return getattr(err, "exit_code", 2)

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError, TrainkitError
 from trainkit.recipe import DataSection, Recipe, RuntimeSection
+from trainkit.training.sinks import say
 
 if TYPE_CHECKING:
     from trainkit.training.run_dir import RunDir
@@ -438,7 +439,7 @@ def serve_if_server_task(runtime: RuntimeSection) -> bool:
     server = tf.distribute.Server(
         tf.train.ClusterSpec(info.cluster), job_name=info.task_type, task_index=info.task_id, protocol="grpc", start=True
     )
-    print(f"{info.name} serving at {info.address} for the parameter-server chief", flush=True)
+    say(f"{info.name} serving at {info.address} for the parameter-server chief")
     chief = info.cluster["chief"][0]
     host, _, port = chief.rpartition(":")
     seen, gone_since = False, None
@@ -449,7 +450,7 @@ def serve_if_server_task(runtime: RuntimeSection) -> bool:
         elif seen:
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since >= CHIEF_GONE_SECONDS:
-                print(f"{info.name}: the chief at {chief} is gone; stopping", flush=True)
+                say(f"{info.name}: the chief at {chief} is gone; stopping")
                 del server
                 return True
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from trainkit import private_network
 from trainkit.errors import ConfigError
 from trainkit.signals import SignalRecorder
+from trainkit.training import sinks
 
 #: After one process fails, how long the others get to stop by themselves
 #: (a worker blocked in a collective only notices when it fails, ~15 s).
@@ -126,7 +127,7 @@ def launch(
 
     def say(text: str) -> None:
         with lock:
-            print(text, file=out, flush=True)
+            sinks.say(text, out)
 
     kind = "parameter-server cluster" if parameter_server else "multi-worker cluster"
     network, why_not = private_network.start()

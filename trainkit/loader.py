@@ -228,8 +228,11 @@ def _import_recipe_module(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    from trainkit.runtime import startup_noise_filtered
+
     try:
-        spec.loader.exec_module(module)
+        with startup_noise_filtered():  # a recipe file that imports keras at the top
+            spec.loader.exec_module(module)
     except Exception as err:  # a user's recipe file: report where, in one line
         raise ConfigError(f"{path}: failed to load: {_where_in(path, err)}") from err
     return module

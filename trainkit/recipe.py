@@ -40,9 +40,11 @@ from pydantic import (
     Field,
     PositiveFloat,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     StrictBool,
     Tag,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -60,6 +62,22 @@ class Section(BaseModel):
     """A strict recipe section: unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class _OmitsUnusedFields(BaseModel):
+    """A section whose optional fields named in ``_omitted_when_default`` are left
+    out of its data while they hold their default: recipes that do not use them
+    print and hash exactly as before the fields existed (runs stay resumable)."""
+
+    _omitted_when_default: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name in self._omitted_when_default:
+            if getattr(self, name) == type(self).model_fields[name].get_default(call_default_factory=True):
+                data.pop(name, None)
+        return data
 
 
 class Component(BaseModel):
@@ -517,13 +535,35 @@ class DataSection(Section):
 # -------------------------------------------------------------------------- model
 
 
-class ModelSection(BaseModel):
-    """``type`` names a model builder (``sequential``, ``functional``, ``mlp``, ``cnn``
-    or one a recipe registers); the other keys are that builder's arguments."""
+class InitSection(Section):
+    """Weights for a recipe's own architecture from another model (``model.init``)."""
+
+    source: Annotated[str, Field(min_length=1)]
+    """A trainkit run directory or a ``.keras`` file."""
+    source_checkpoint: str = "final"
+    """Of a run directory: ``last``, ``best``, ``final`` or a step number."""
+    skip: list[str] = Field(default_factory=list)
+    """Regexes over variable paths (``layer/name``) never loaded from the source."""
+    strict: bool = False
+    """``true``: every variable of the model must be restored (none missing or of another shape)."""
+
+
+class ModelSection(_OmitsUnusedFields):
+    """``type`` names a model builder (``sequential``, ``functional``, ``mlp``, ``cnn``,
+    ``pretrained`` or one a recipe registers); the other keys are that builder's
+    arguments, except the fine-tuning fields below, which apply to any model."""
 
     model_config = ConfigDict(extra="allow")
+    _omitted_when_default: ClassVar[tuple[str, ...]] = ("freeze", "init", "lora_rank")
 
     type: str
+    freeze: list[str] = Field(default_factory=list)
+    """Regexes over layer names: matching layers are not trained (a frozen
+    BatchNormalization runs in inference mode). Each must match a layer."""
+    init: InitSection | None = None
+    """Restore every variable whose layer name and shape match from another model."""
+    lora_rank: PositiveInt | None = None
+    """LoRA of this rank on a KerasHub backbone (its ``enable_lora``)."""
 
     @property
     def kwargs(self) -> dict[str, Any]:
@@ -582,16 +622,27 @@ Schedule = Annotated[
 ]
 
 
-class OptimizerSection(BaseModel):
+class ParameterGroup(Section):
+    """Trainable variables whose path (``layer/name``) matches ``match`` (a regex)
+    take steps of ``learning_rate_multiplier`` times the optimizer's."""
+
+    match: Annotated[str, Field(min_length=1)]
+    learning_rate_multiplier: Annotated[float, Field(ge=0)]
+
+
+class OptimizerSection(_OmitsUnusedFields):
     """``type`` names a Keras optimizer; other keys are its arguments
     (``weight_decay``, ``clipnorm``, ``global_clipnorm``, ``use_ema``,
     ``gradient_accumulation_steps``, ...)."""
 
     model_config = ConfigDict(extra="allow")
+    _omitted_when_default: ClassVar[tuple[str, ...]] = ("groups",)
 
     type: str = "adam"
     learning_rate: PositiveFloat = 1e-3
     schedule: Schedule | None = None
+    groups: list[ParameterGroup] = Field(default_factory=list)
+    """Per-variable learning-rate multipliers; each trainable variable falls in at most one group."""
 
     @model_validator(mode="before")
     @classmethod
@@ -634,7 +685,19 @@ class CheckpointPolicy(Section):
     accuracy-like names (acc, auc, precision, recall, f1, iou), else smaller."""
 
 
-class TrainerSection(Section):
+class Stage(Section):
+    """One stage of a fine-tuning run, with its own budget."""
+
+    epochs: PositiveInt
+    unfreeze: Literal["all"] | list[str] | None = None
+    """At the stage's start: ``all`` layers trainable again, or those matching these regexes."""
+    learning_rate: PositiveFloat | None = None
+    """The optimizer's learning rate from this stage on (a schedule still multiplies it)."""
+
+
+class TrainerSection(Section, _OmitsUnusedFields):
+    _omitted_when_default: ClassVar[tuple[str, ...]] = ("stages",)
+
     epochs: PositiveInt | None = None
     steps: PositiveInt | None = None
     """The budget: training stops at whichever of ``epochs`` and ``steps`` comes first."""
@@ -660,9 +723,19 @@ class TrainerSection(Section):
     loop, every step), at the end and in run.json, with the likely fix when input
     is the bottleneck."""
 
+    stages: list[Stage] | None = None
+    """Fine-tuning stages run one after another; they replace ``epochs``."""
+
     @model_validator(mode="after")
     def _has_budget(self) -> TrainerSection:
-        if self.epochs is None and self.steps is None:
+        if self.stages is not None:
+            if not self.stages:
+                raise ValueError("stages: give at least one stage, or leave stages out")
+            if self.epochs is not None:
+                raise ValueError("set trainer.stages or trainer.epochs, not both (each stage has its own epochs)")
+            if self.stages[0].unfreeze is not None:
+                raise ValueError("stages.0.unfreeze: the first stage trains what model.freeze leaves; unfreeze from stage 2 on")
+        elif self.epochs is None and self.steps is None:
             raise ValueError("set a training budget: trainer.epochs and/or trainer.steps")
         if self.profile_steps is not None and (
             len(self.profile_steps) != 2 or self.profile_steps[0] >= self.profile_steps[1]
@@ -762,6 +835,9 @@ class Recipe(Section):
     # The Python recipe file this came from (its registered components are
     # needed again to evaluate a run); not part of the recipe's identity.
     _source: str | None = PrivateAttr(default=None)
+    # Digests of the pretrained weights a built recipe uses, by field
+    # (model.source, model.init.source): part of its identity once built.
+    _source_digests: dict[str, str] = PrivateAttr(default_factory=dict)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Recipe) and self.to_dict() == other.to_dict()
@@ -782,7 +858,10 @@ class Recipe(Section):
     @property
     def hash(self) -> str:
         """A stable digest of everything in the recipe (12 hex digits)."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        identity = self.to_dict()
+        if self._source_digests:
+            identity["source_digests"] = dict(self._source_digests)
+        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 

@@ -44,12 +44,24 @@ class Registry:
         self._provided = provider is None
 
     def register(self, name: str | None = None, *, overwrite: bool = False) -> Callable:
-        """Decorator adding ``fn`` under ``name`` (default: the function's name)."""
+        """Decorator adding ``fn`` under ``name`` (default: the function's name).
+
+        Registering a name again from the same module replaces the entry
+        quietly: a notebook cell run twice, a recipe file loaded twice in one
+        process. The same name from a different module is a clash, named with
+        both modules, unless ``overwrite``.
+        """
 
         def add(obj: Any) -> Any:
             key = name or obj.__name__
-            if key in self._entries and not overwrite and self._entries[key] is not obj:
-                raise ValueError(f"{self.kind} '{key}' is already registered")
+            old = self._entries.get(key)
+            if old is not None and old is not obj and not overwrite:
+                old_module, new_module = _module_of(old), _module_of(obj)
+                if old_module is None or old_module != new_module:
+                    raise ConfigError(
+                        f"{self.kind} '{key}' is already registered by {old_module or 'trainkit'}; "
+                        f"{new_module} registers another one: pick another name"
+                    )
             self._entries[key] = obj
             return obj
 
@@ -94,6 +106,12 @@ class Registry:
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+def _module_of(obj: Any) -> str | None:
+    """The module that defined ``obj``; None for Keras's own classes (never replaced)."""
+    module = getattr(obj, "__module__", None)
+    return None if module is None or module.startswith("keras") else module
 
 
 def _subclasses_in(module: Any, base: type) -> dict[str, Any]:

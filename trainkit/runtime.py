@@ -7,8 +7,14 @@ its devices, and the global seed must be set before a dataset is built.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 from trainkit.errors import ConfigError
 from trainkit.recipe import RuntimeSection
@@ -16,9 +22,59 @@ from trainkit.recipe import RuntimeSection
 log = logging.getLogger(__name__)
 
 
+#: TensorFlow's C++ start-up lines (absl log format), e.g. ``I0000 00:00:17.. port.cc:153] oneDNN ...``
+#: and ``E0000 ... failed call to cuInit``.
+_STARTUP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog|[IWE]\d{4} \d\d:\d\d:\d\d"
+    r"|To enable the following instructions: .* rebuild TensorFlow)"  # (the line after cpu_feature_guard's)
+)
+
+
 def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter off the user's terminal."""
+    """Keep TensorFlow's C++ start-up chatter off the user's terminal and notebook.
+
+    TensorFlow 2.21 logs through absl before its logging is initialised, so
+    ``TF_CPP_MIN_LOG_LEVEL`` does not silence those lines (measured); they are
+    filtered out of the import instead (:func:`startup_noise_filtered`).
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return
+    with startup_noise_filtered():
+        import tensorflow as tf
+
+        # Looking for devices loads the platforms (CUDA's "failed call to cuInit"
+        # on a machine without a GPU) without starting the runtime, which would
+        # fix the logical devices too early.
+        tf.config.list_physical_devices()
+
+
+@contextlib.contextmanager
+def startup_noise_filtered() -> Iterator[None]:
+    """Run a block that may import TensorFlow with its start-up lines kept off stderr.
+
+    They are written to file descriptor 2 by C++ code: the block runs with that
+    descriptor pointed at a temporary file, and every other line written there
+    (a real error) is passed on to stderr afterwards. Nothing to do once
+    TensorFlow is imported.
+    """
+    if "tensorflow" in sys.modules:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not _STARTUP_NOISE.match(line):
+                    sys.stderr.write(line)
 
 
 def split_cpu(count: int) -> None:
@@ -94,4 +150,114 @@ def configure(runtime: RuntimeSection, *, seed: int):
     keras.utils.set_random_seed(seed)
     _set_op_determinism(runtime.deterministic)
     keras.mixed_precision.set_global_policy(runtime.precision)
+    from trainkit.training.sinks import warn
+
+    for warning in slow_option_warnings(runtime, strategy):
+        warn(f"warning: {warning}")
     return strategy
+
+
+#: Measured here (2-core Xeon with AMX, TF 2.21, digits_cnn, steady steps after
+#: the first): how many times slower a training step ran with the option, on a CPU.
+CPU_SLOWDOWN = {"mixed_float16": 150.0, "jit_compile": 11.0}
+
+
+def slow_option_warnings(runtime: RuntimeSection, strategy) -> list[str]:
+    """One line per chosen option that makes training slower on this hardware.
+
+    float16 pays off only where the hardware computes in it (GPUs with tensor
+    cores); a CPU emulates it, op by op. bfloat16 ran *faster* than float32
+    here, on a CPU with bfloat16 instructions (AMX); without them it is
+    emulated too. XLA compiled a small CNN slower than TensorFlow's own CPU
+    kernels (oneDNN).
+    """
+    if not on_cpu(strategy):
+        return []
+    out = []
+    if runtime.precision == "mixed_float16":
+        out.append(
+            f"runtime.precision=mixed_float16 on a CPU: a small CNN trained about {CPU_SLOWDOWN['mixed_float16']:.0f}x "
+            "slower than with float32 here; use float32 (or mixed_bfloat16 on a CPU with AMX) unless a GPU runs this recipe"
+        )
+    if runtime.precision == "mixed_bfloat16" and not _cpu_has_bfloat16():
+        out.append(
+            "runtime.precision=mixed_bfloat16 on a CPU without bfloat16 instructions (avx512_bf16, amx_bf16): "
+            "TensorFlow emulates it, slower than float32; use float32 unless a TPU or GPU runs this recipe"
+        )
+    if runtime.jit_compile:
+        out.append(
+            f"runtime.jit_compile=true on a CPU: a small CNN trained about {CPU_SLOWDOWN['jit_compile']:.0f}x slower "
+            "than without XLA here; set runtime.jit_compile=false unless a GPU or TPU runs this recipe"
+        )
+    return out
+
+
+def _cpu_has_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions (True where that cannot be read)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # not Linux: say nothing rather than guess
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def on_cpu(strategy) -> bool:
+    """Whether ``strategy`` computes on CPUs only (no GPU and not a TPU)."""
+    import tensorflow as tf
+
+    if type(strategy).__name__.startswith("TPUStrategy"):
+        return False
+    return not tf.config.list_logical_devices("GPU")
+
+
+@contextlib.contextmanager
+def preserved_process_state() -> Iterator[None]:
+    """Run a block (a training) and leave the process's global state as it found it.
+
+    :func:`configure` sets process-wide things (seeds, op determinism, the mixed
+    precision policy); a notebook that trains one recipe and then another, or
+    does its own work in between, should not inherit them. Keras serializables
+    registered during the block are dropped again, except trainkit's own
+    (registered once, when their module is first imported, and needed to load
+    every model trainkit saves).
+    """
+    import random
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+    from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
+
+    python_random, numpy_random = random.getstate(), np.random.get_state()
+    tf_seed = context.global_seed()
+    keras_seed = global_state.get_global_attribute("global_random_seed")
+    keras_generator = global_state.get_global_attribute("global_seed_generator")
+    policy = keras.mixed_precision.global_policy()
+    deterministic = op_determinism_enabled()
+    custom_objects = dict(keras.saving.get_custom_objects())
+    try:
+        yield
+    finally:
+        random.setstate(python_random)
+        np.random.set_state(numpy_random)
+        tf.random.set_seed(tf_seed)
+        global_state.set_global_attribute("global_random_seed", keras_seed)
+        global_state.set_global_attribute("global_seed_generator", keras_generator)
+        keras.mixed_precision.set_global_policy(policy)
+        if deterministic and not op_determinism_enabled():
+            tf.config.experimental.enable_op_determinism()
+        elif not deterministic:
+            _restore_nondeterminism()
+        registered = keras.saving.get_custom_objects()
+        for name in [n for n in registered if n not in custom_objects and not n.startswith("trainkit>")]:
+            del registered[name]
+
+
+def _restore_nondeterminism() -> None:
+    global _determinism_set_by_us
+    if op_determinism_enabled():
+        from tensorflow.python.framework import config as tf_config
+
+        tf_config.disable_op_determinism()
+    _determinism_set_by_us = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any
 
 from pydantic import ConfigDict, ValidationError, create_model
@@ -29,6 +30,7 @@ def _context(info: DataInfo) -> dict[str, Any]:
 def check_builder_arguments(section: ModelSection) -> None:
     """Names and types of a builder's arguments, checked against its signature."""
     import trainkit.models.builders  # noqa: F401  (registers the built-in builders)
+    import trainkit.models.pretrained  # noqa: F401  (registers 'pretrained')
 
     builder = registry.models.get(section.type, field="model.type")
     kwargs = section.kwargs
@@ -60,7 +62,26 @@ def check_builder_arguments(section: ModelSection) -> None:
 
 def build_model(section: ModelSection, info: DataInfo):
     """The ``keras.Model`` a recipe's ``model`` section describes, for this data."""
+    return build_with_sources(section, info)[0]
+
+
+def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: Path | None = None) -> tuple[Any, list]:
+    """The model, and the pretrained sources (:class:`~trainkit.models.pretrained.SourceUse`) it came from.
+
+    ``stored_source``: a run's copy of its ``model.source``, used when the source is gone.
+    """
     check_builder_arguments(section)
+    if section.type == "pretrained":
+        from trainkit.models import pretrained
+
+        kwargs = dict(section.kwargs)
+        kwargs["source_checkpoint"] = str(kwargs.get("source_checkpoint", "final"))
+        model, use = pretrained.build(
+            **{"head": "keep", "cut_at": None, "output_activation": "auto", **kwargs},
+            task=info.task, num_outputs=info.num_outputs, stored=stored_source,
+            input_shape=info.feature_shape if isinstance(info.feature_shape, dict) else tuple(info.feature_shape),
+        )
+        return model, [use]
     builder = registry.models.get(section.type, field="model.type")
     wanted = inspect.signature(builder).parameters
     context = {k: v for k, v in _context(info).items() if k in wanted}
@@ -83,7 +104,7 @@ def build_model(section: ModelSection, info: DataInfo):
     if not isinstance(model, keras.Model):
         raise ConfigError(f"model: builder '{section.type}' must return a keras.Model, got {type(model).__name__}")
     check_fits_in_memory(model, field="model")
-    return model
+    return model, []
 
 
 #: Bytes per parameter while training: the weight, its gradient and two optimizer

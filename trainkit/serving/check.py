@@ -35,7 +35,10 @@ def compare(built: Built, model: keras.Model, spec: dict[str, Any], out: Path, w
             break
     raw = np.concatenate(raw_x)[:limit]
     y = np.concatenate(labels)[:limit]
-    reference = np.asarray(model.predict(raw, verbose=0, batch_size=128))
+    # Called directly, not through predict(): predict() traces a function per
+    # model, a fixed cost of every run, and after five runs in one process
+    # TensorFlow warns about retracing.
+    reference = np.concatenate([np.asarray(model(raw[i : i + 128], training=False)) for i in range(0, len(raw), 128)])
     classification = spec["task"] == "classification"
     if "keras" in written:
         import keras

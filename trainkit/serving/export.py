@@ -41,19 +41,30 @@ def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> 
     """A copy of ``model`` compiled like it, with a schedule-free optimizer of the same kind."""
     import keras
 
+    from trainkit.serving.model import copy_weights
+
     copy = keras.models.clone_model(model)
-    copy.set_weights(model.get_weights())
+    copy_weights(model, copy)
     _compile_like(copy, model, optimizer)
     return copy
 
 
 def _compile_like(target: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+    import keras
+
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        # The optimizer proper (mixed_float16); compile() may wrap it again.
+        optimizer = optimizer.inner_optimizer
     config = optimizer.get_config()
     config["learning_rate"] = float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate)
     compiled = getattr(model, "_compile_config", None)
     loss = model.loss if compiled is None else compiled.config.get("loss")
     metrics = None if compiled is None else compiled.config.get("metrics")
     target.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
+    if isinstance(target.optimizer, keras.optimizers.LossScaleOptimizer):
+        # compile() wrapped it (mixed_float16 policy); unwrapped, the file loads
+        # without a variable-count warning where it is usually loaded: in float32.
+        target.optimizer = target.optimizer.inner_optimizer
     # Built (fresh slots), so loading the file does not warn about missing optimizer variables.
     target.optimizer.build(target.trainable_variables)
 
@@ -135,7 +146,7 @@ def load_run(
     recipe = distribute.in_one_process(api.load_run_recipe(run_dir, recipe_file=recipe_file))
     directory = RunDir(run_dir)
     try:
-        built = build(recipe)
+        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
     except ConfigError as err:
         if recipe_file is not None:
             raise

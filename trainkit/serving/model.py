@@ -35,8 +35,31 @@ def _uncompiled_copy(model: keras.Model) -> keras.Model:
     compile config (trainkit's learning-rate schedule) would be saved with it, and
     plain Keras could not load the file."""
     copy = type(model).from_config(model.get_config())  # (clone_model would compile the copy too)
-    copy.set_weights(model.get_weights())
+    copy_weights(model, copy)
     return copy
+
+
+def copy_weights(model: keras.Model, copy: keras.Model) -> None:
+    """``model``'s weights into ``copy``, a model built from its config.
+
+    A model with LoRA (``model.lora_rank``) has more weights than its config
+    builds (KerasHub's backbone configs leave LoRA out): then the weights go
+    through a Keras weights file, which holds each LoRA kernel merged into its
+    base kernel.
+    """
+    if not any(getattr(layer, "lora_enabled", False) for layer in model._flatten_layers()):
+        copy.set_weights(model.get_weights())
+        return
+    import tempfile
+    import warnings
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as scratch, warnings.catch_warnings():
+        # The file holds the trained optimizer's variables too; the copy has its own.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        path = Path(scratch) / "model.weights.h5"
+        model.save_weights(path)
+        copy.load_weights(path)
 
 
 def _layer(step: dict[str, Any], *, rank: int, name: str) -> keras.layers.Layer:

@@ -37,7 +37,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -47,6 +46,7 @@ import tensorflow as tf
 
 from trainkit.errors import RunDirError
 from trainkit.training.run_dir import write_text_atomic
+from trainkit.training.sinks import warn
 
 PREFIX = "ckpt"
 _STEP = re.compile(rf"^{PREFIX}-(\d+)$")
@@ -311,16 +311,18 @@ class Checkpointer:
         """A checkpoint to resume from, among the last ``keep``."""
         return self._write("last", step=step, epoch=epoch, step_in_epoch=step_in_epoch)
 
-    def save_final(self, *, step: int, epoch: int, step_in_epoch: int) -> str:
+    def save_final(self, *, step: int, epoch: int, step_in_epoch: int, same_as_last: bool = True) -> str:
         """The state at the end of training, kept apart from the rotation.
 
         When that very state was just saved to the rotation (as it is at the end
         of every budget), ``final/`` gets hard links to its files: the same bytes,
         no second write, and they outlive the rotation's deleting the original.
+        ``same_as_last=False`` says the weights changed since (``use_ema``'s
+        averages swapped in): then ``final/`` is written anew.
         """
         final = self._manager("final").latest_checkpoint
-        just_saved = self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest
-        if final and step_of(final) == step and tf.io.gfile.exists(final + ".index"):
+        just_saved = same_as_last and self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest
+        if same_as_last and final and step_of(final) == step and tf.io.gfile.exists(final + ".index"):
             if not (just_saved and step_of(self.latest) == step and not _same_files(final, self.latest)):
                 return final
             # final/ links the files of an earlier save of this step, which the
@@ -476,4 +478,4 @@ def restore_model_weights(model, path: str) -> None:
 
 
 def _stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    warn(text)

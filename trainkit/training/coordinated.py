@@ -2,7 +2,7 @@
 
 Under ``ParameterServerStrategy`` the variables live on the ps tasks, the
 workers run training steps, and the chief's ``ClusterCoordinator`` schedules
-them asynchronously. :func:`trainkit.training.fit.fit` stays the same loop: the
+them asynchronously. :class:`trainkit.training.controller.Controller` stays the same loop: the
 trainer and the data it is given change instead.
 
 - :func:`coordinated_trainer_class` wraps a :class:`~trainkit.training.loop.Trainer`
@@ -88,6 +88,7 @@ class CoordinatedData:
     def __init__(self, data, strategy):
         self._data = data
         self._strategy = strategy
+        self._evaluation_sets: dict = {}
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._data, name)
@@ -107,7 +108,14 @@ class CoordinatedData:
 
         return coordinator.create_per_worker_dataset(per_worker_dataset)  # fit calls iter()
 
+    def evaluation_cycle(self, strategy, split: str, *, take: int | None = None) -> None:
+        """None: the chief evaluates a plain dataset of its own (see :meth:`distributed`)."""
+        return None
+
     def distributed(self, strategy, split: str, *, take: int | None = None) -> tf.data.Dataset:
         """An evaluation split for the chief: the plain dataset, every example once."""
-        ds = self._data.dataset(split)
-        return ds.take(take) if take is not None else ds
+        kept = self._evaluation_sets.get((split, take))
+        if kept is None:  # built once, as PreparedData.distributed does
+            ds = self._data.dataset(split)
+            kept = self._evaluation_sets[(split, take)] = ds.take(take) if take is not None else ds
+        return kept

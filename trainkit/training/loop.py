@@ -16,9 +16,9 @@ for the same global batch, short last batches included.
 Override points, as in Keras's ``Model``: :meth:`compute_loss`,
 :meth:`train_step` and :meth:`test_step` run in replica context; subclass and
 pass your class to :func:`trainkit.train` to change them. As in Keras 3's own
-``fit``, the training step is traced without AutoGraph (converting it cost a
-quarter of a second of start-up for nothing): branch on tensors with
-``tf.cond`` / ``tf.where``, not Python ``if``.
+``fit``, the training and evaluation steps are traced without AutoGraph
+(converting them cost a quarter of a second of start-up for nothing): branch on
+tensors with ``tf.cond`` / ``tf.where``, not Python ``if``.
 
 The metric values are computed inside the same compiled call and returned
 with it, so reading them after a call costs no extra device round trips. The
@@ -90,6 +90,7 @@ class Trainer:
         self.optimizer.build(self.model.trainable_variables)
         self._train_fn = None
         self._eval_fn = None
+        self._eval_steps_fn = None
         #: Seconds the training calls spent inside their loops, and of those,
         #: waiting for the next batch; and the steps they ran.
         self.loop_seconds = 0.0
@@ -188,23 +189,69 @@ class Trainer:
 
         return train_steps
 
+    def trainable_variables_changed(self) -> None:
+        """Trace the training step again: the variables it trains were traced into it."""
+        self._train_fn = None
+
     def evaluate(self, distributed_dataset) -> dict[str, float]:
-        """Evaluate on every batch of a distributed dataset; returns the metrics."""
-        for metric in self.eval_metrics:
-            metric.reset_state()
-        self._eval_function()(distributed_dataset)
+        """Evaluate on every batch of a distributed dataset; returns the metrics.
+
+        One traced function serves every evaluation of the run (validation and
+        the final evaluations alike): it takes an iterator, whose type is the
+        same for every split of one data, so it is traced once. Pass the same
+        dataset object each time (:meth:`PreparedData.distributed` keeps one per
+        split) and the pipeline is not rebuilt either; each call iterates it anew.
+        """
+        self._reset_eval_metrics()
+        if self._eval_fn is None:
+            self._eval_fn = self._make_eval_fn()
+        self._eval_fn(iter(distributed_dataset))
         return _results(self.eval_metrics)
 
-    def _eval_function(self):
-        if self._eval_fn is None:
+    def evaluate_split(self, data, split: str, *, take: int | None = None) -> dict[str, float]:
+        """Evaluate on a split of ``data`` (a :class:`PreparedData`), its first ``take`` batches if given.
 
-            @tf.function
-            def test_steps(dataset):
-                for batch in dataset:
-                    self.strategy.run(self.test_step, args=(batch,))
+        An in-memory split is read from one iterator kept for the whole run
+        (:meth:`PreparedData.evaluation_cycle`), exactly one pass per call;
+        any other from its kept dataset, iterated anew.
+        """
+        cycle = data.evaluation_cycle(self.strategy, split, take=take)
+        if cycle is None:
+            return self.evaluate(data.distributed(self.strategy, split, take=take))
+        self._reset_eval_metrics()
+        if self._eval_steps_fn is None:
+            self._eval_steps_fn = self._make_eval_steps_fn()
+        self._eval_steps_fn(cycle.iterator, tf.constant(cycle.batches, tf.int32))
+        return _results(self.eval_metrics)
 
-            self._eval_fn = test_steps
-        return self._eval_fn
+    def _reset_eval_metrics(self) -> None:
+        for metric in self.eval_metrics:
+            metric.reset_state()
+
+    def _make_eval_fn(self):
+        @tf.function(autograph=False)
+        def test_steps(iterator):
+            def more(optional):
+                return optional.has_value()
+
+            def one_step(optional):
+                self.strategy.run(self.test_step, args=(optional.get_value(),))
+                return [iterator.get_next_as_optional()]
+
+            tf.while_loop(more, one_step, [iterator.get_next_as_optional()])
+
+        return test_steps
+
+    def _make_eval_steps_fn(self):
+        @tf.function(autograph=False)
+        def test_steps(iterator, num_steps):
+            def one_step(i):
+                self.strategy.run(self.test_step, args=(next(iterator),))
+                return [i + 1]
+
+            tf.while_loop(lambda i: i < num_steps, one_step, [tf.constant(0, tf.int32)])
+
+        return test_steps
 
     def trial(self, train_iterator, eval_dataset) -> None:
         """One training step and one evaluation pass through the compiled functions
@@ -215,7 +262,15 @@ class Trainer:
         if self._train_fn is None:
             self._train_fn = self._make_train_fn()
         self._train_fn(train_iterator, tf.constant(1, tf.int32))
-        self._eval_function()(eval_dataset)
+        # Its own evaluation function: the run's are traced once each, for the
+        # run's own datasets (eval_traces), never for this rehearsal's.
+        self._reset_eval_metrics()
+        self._make_eval_fn()(iter(eval_dataset))
+
+    @property
+    def eval_traces(self) -> int:
+        """How many times the evaluation functions have been traced (at most 2 a run)."""
+        return sum(fn.experimental_get_tracing_count() for fn in (self._eval_fn, self._eval_steps_fn) if fn is not None)
 
     def reset_train_metrics(self) -> None:
         for metric in self.train_metrics:

@@ -1,4 +1,4 @@
-"""Where a run's numbers go: the console, ``metrics.jsonl`` and TensorBoard.
+"""Where a run's numbers go: ``metrics.jsonl`` and TensorBoard.
 
 Logging sits on the training hot path (every ``log_every_steps``), so it keeps
 its files open and leaves flushing to TensorBoard's writer thread and to epoch
@@ -11,7 +11,6 @@ scalar and 40 ms for the first, about a tenth of a tiny model's training time.
 from __future__ import annotations
 
 import json
-import sys
 import time
 from typing import Any
 
@@ -21,26 +20,15 @@ from trainkit.training.run_dir import open_for_append
 PROCESS_STARTED: float | None = None
 
 
-def format_metrics(values: dict[str, float], prefix: str = "") -> str:
-    return "  ".join(f"{prefix}{k} {v:.4g}" for k, v in values.items())
+class MetricsLog:
+    """Each log event into ``metrics.jsonl`` and TensorBoard (the console is a sink's job)."""
 
-
-class Reporter:
-    """Sends each log event to every sink; prints only when ``progress`` is on."""
-
-    def __init__(self, run_dir, *, progress: bool, total_steps: int, epochs: int | None):
+    def __init__(self, run_dir, *, start_step: int = 0):
         self.run_dir = run_dir
-        self.progress = progress
-        self.total_steps = total_steps
-        self.epochs = epochs
         self._writers = {split: ScalarWriter(run_dir.tensorboard / split) for split in ("train", "validation")}
         self._last_time = time.perf_counter()
-        self._last_step = 0
+        self._last_step = start_step
         self._events = open_for_append(run_dir.metrics_log)  # one line, one write
-
-    def say(self, text: str) -> None:
-        if self.progress:
-            print(text, file=sys.stdout, flush=True)
 
     def steps_per_second(self, step: int) -> float:
         now = time.perf_counter()
@@ -60,13 +48,6 @@ class Reporter:
     def flush(self) -> None:
         for writer in self._writers.values():
             writer.flush()
-
-    def train_progress(self, *, step: int, epoch: int, values: dict[str, float], rate: float) -> None:
-        of_epochs = f"/{self.epochs}" if self.epochs else ""
-        self.say(
-            f"step {step}/{self.total_steps}  epoch {epoch + 1}{of_epochs}  "
-            f"{format_metrics(values)}  ({rate:.1f} steps/s)"
-        )
 
     def close(self) -> None:
         for writer in self._writers.values():

@@ -32,6 +32,7 @@ from typing import Any
 
 from trainkit.errors import RunDirError, TrainkitError
 from trainkit.recipe import Recipe, diff, is_resumable_change
+from trainkit.training.sinks import warn
 
 
 def _now() -> str:
@@ -273,10 +274,9 @@ class RunDir:
             os.write(fd, json.dumps(info).encode())
             self._lock_fd = fd
             if stale and stale.get("pid") != os.getpid():
-                print(
+                warn(
                     f"note: {self.path} had a stale lock of process {stale.get('pid')} "
                     f"(since {stale.get('since', '?')}), which no longer holds it; taken over",
-                    file=sys.stderr,
                 )
             return
 

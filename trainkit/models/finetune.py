@@ -1,0 +1,140 @@
+"""Which layers train: ``model.freeze``, a stage's ``unfreeze`` and ``optimizer.groups``.
+
+Every pattern is a regular expression searched in layer names (``freeze``,
+``unfreeze``) or in variable paths such as ``conv_0/kernel`` (``groups``), and
+every pattern must match something: a pattern that matches nothing is almost
+always a typo, and training with it would silently train the wrong layers.
+Freezing sets ``layer.trainable = False``, so a frozen BatchNormalization runs
+in inference mode (Keras semantics) and its variables get no gradient.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from trainkit.errors import ConfigError
+
+
+def layers_of(model) -> list[Any]:
+    """The model's layers, nested models' layers after them (depth first)."""
+    out = []
+    for layer in model.layers:
+        out.append(layer)
+        if hasattr(layer, "layers"):
+            out.extend(layers_of(layer))
+    return out
+
+
+def _names(model) -> str:
+    names = [layer.name for layer in layers_of(model)]
+    shown = ", ".join(names[:40])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
+
+
+def _compile(pattern: str, field: str):
+    try:
+        return re.compile(pattern)
+    except re.error as err:
+        raise ConfigError(f"{field}: '{pattern}' is not a valid regular expression: {err}") from None
+
+
+def matching_layers(model, patterns: Sequence[str], *, field: str) -> list[Any]:
+    """Layers whose name one of ``patterns`` finds; each pattern must find one."""
+    layers = layers_of(model)
+    found: list[Any] = []
+    for i, pattern in enumerate(patterns):
+        regex = _compile(pattern, f"{field}.{i}")
+        hits = [layer for layer in layers if regex.search(layer.name)]
+        if not hits:
+            raise ConfigError(f"{field}.{i}: '{pattern}' matches no layer of the model; its layers: {_names(model)}")
+        found.extend(hit for hit in hits if hit not in found)
+    return found
+
+
+def _set_trainable(layer, value: bool) -> None:
+    # Nested layers too, one by one: a KerasHub backbone loaded from a .keras
+    # file did not pass its own flag down (its variables stayed trainable).
+    for each in [layer, *layers_of(layer)] if hasattr(layer, "layers") else [layer]:
+        each.trainable = value
+
+
+def freeze(model, patterns: Sequence[str], *, field: str = "model.freeze") -> list[str]:
+    """Freeze the layers ``patterns`` match; returns their names."""
+    layers = matching_layers(model, patterns, field=field)
+    for layer in layers:
+        _set_trainable(layer, False)
+    return [layer.name for layer in layers]
+
+
+def unfreeze(model, which: str | Sequence[str], *, field: str) -> None:
+    """Make layers trainable again: ``"all"`` or those the patterns match."""
+    if which == "all":
+        _set_trainable(model, True)
+        return
+    for layer in matching_layers(model, which, field=field):
+        _set_trainable(layer, True)
+
+
+def check_patterns(model, patterns: Sequence[str], *, field: str) -> None:
+    """Raise now, before training, if a pattern a later stage uses matches no layer."""
+    matching_layers(model, patterns, field=field)
+
+
+def group_of_variables(model, variables: Sequence[Any], groups: Sequence[Any]) -> list[int | None]:
+    """For each variable, the index of the ``optimizer.groups`` entry its path matches
+    (``None``: no group). Every group must match, and no variable may match two."""
+    regexes = [_compile(g.match, f"optimizer.groups.{i}.match") for i, g in enumerate(groups)]
+    out: list[int | None] = []
+    used = set()
+    for variable in variables:
+        hits = [i for i, regex in enumerate(regexes) if regex.search(variable.path)]
+        if len(hits) > 1:
+            a, b = hits[:2]
+            raise ConfigError(
+                f"optimizer.groups: the variable {variable.path} matches both group {a} ('{groups[a].match}') "
+                f"and group {b} ('{groups[b].match}'); each variable may be in one group only"
+            )
+        out.append(hits[0] if hits else None)
+        used.update(hits)
+    for i, group in enumerate(groups):
+        if i not in used:
+            paths = ", ".join(v.path for v in variables[:30])
+            raise ConfigError(
+                f"optimizer.groups.{i}.match: '{group.match}' matches no trainable variable; "
+                f"the variables: {paths}; the layers: {_names(model)}"
+            )
+    return out
+
+
+def summary(model, variables: Sequence[Any], groups: Sequence[Any], group_index: Sequence[int | None]) -> dict[str, Any]:
+    """What trains and how fast: for ``trainkit validate``."""
+    import numpy as np
+
+    def count(vs) -> int:
+        return int(sum(np.prod(v.shape) for v in vs))
+
+    frozen: list[str] = []
+
+    def outermost_frozen(parent) -> None:  # a frozen backbone is one name, not its hundred layers
+        for layer in parent.layers:
+            if not layer.trainable and layer.weights:
+                frozen.append(layer.name)
+            elif hasattr(layer, "layers"):
+                outermost_frozen(layer)
+
+    outermost_frozen(model)
+    trainable = {id(v) for v in model.trainable_variables}
+    per_variable = {}
+    for variable, index in zip(variables, group_index, strict=True):
+        if id(variable) not in trainable:
+            continue
+        multiplier = 1.0 if index is None else groups[index].learning_rate_multiplier
+        per_variable[variable.path] = f"group {index} (x{multiplier:g})" if index is not None else "x1"
+    return {
+        "frozen_layers": frozen,
+        "trainable_parameters": count(model.trainable_variables),
+        "total_parameters": count(model.weights),
+        "learning_rate": per_variable,
+    }

@@ -1,0 +1,328 @@
+"""Pretrained sources: ``model.type: pretrained`` and ``model.init``.
+
+A source is one of:
+
+- a trainkit run directory: its recipe's model with the weights of
+  ``source_checkpoint`` (``final``, ``last``, ``best`` or a step number);
+- a ``.keras`` file;
+- a KerasHub preset directory (``save_to_preset``), or a ``kaggle://`` /
+  ``hf://`` handle when the network is reachable.
+
+``head: replace`` drops the source's output layer (or everything after
+``cut_at``) and adds a dense head sized from the data, as the builders do.
+
+A run keeps the source model it started from in ``pretrained_source.keras``, so
+evaluating, exporting or resuming it never needs the original again; the
+recipe's identity holds a digest of the source's weights (:func:`digest`), so a
+source that changed under a run is noticed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from trainkit import registry
+from trainkit.errors import ConfigError, TrainkitError
+
+#: Inside a run directory: the source model as the run first loaded it.
+STORED_SOURCE = "pretrained_source.keras"
+
+_ONLINE_SCHEMES = ("kaggle://", "hf://")
+_APPLICATIONS = "keras.applications."
+_KINDS = (
+    "a trainkit run directory, a .keras file, a KerasHub preset directory, a kaggle:// or hf:// handle, "
+    "or keras.applications.NAME (with model.weights: FILE)"
+)
+
+
+@dataclass
+class SourceUse:
+    """One pretrained source a built recipe used."""
+
+    field: str
+    source: str
+    digest: str
+    model: Any
+    """The source model as loaded (before any head change)."""
+    saved: bytes | None = None
+    """The source model as a ``.keras`` file, taken before freezing or LoRA changed it."""
+
+
+def keras_bytes(model) -> bytes:
+    """``model`` as the bytes of a ``.keras`` file (Keras saves to a path only)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.keras"
+        model.save(path)
+        return path.read_bytes()
+
+
+def digest(model) -> str:
+    """A digest of every weight's path, shape and bytes (16 hex digits), LoRA's left out."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for variable in model.weights:
+        if "lora_kernel" in variable.path:
+            continue  # added by model.lora_rank, not the source's
+        value = np.ascontiguousarray(variable.numpy())
+        h.update(f"{variable.path}:{value.dtype}:{value.shape};".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()[:16]
+
+
+def is_available(source: str) -> bool:
+    """Whether the source can be read here (a local path that exists, or an online handle)."""
+    return source.startswith(_ONLINE_SCHEMES) or Path(source).exists()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def _online(host: str, seconds: float = 3.0) -> bool:
+    if os.environ.get("TRAINKIT_OFFLINE"):
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=seconds).close()
+    except OSError:
+        return False
+    return True
+
+
+def is_headless(source: str, model) -> bool:
+    """A source without a classification head (a KerasHub backbone, a
+    keras.applications model without its top): ``head: replace`` adds one on top."""
+    return source.startswith(_APPLICATIONS) or hasattr(model, "enable_lora")  # (a KerasHub Backbone)
+
+
+def load_source(
+    source: str,
+    *,
+    checkpoint: str = "final",
+    field: str,
+    weights: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> Any:
+    """The keras.Model a source names, with its weights."""
+    import keras
+
+    if source.startswith(_APPLICATIONS):
+        return _load_application(source, weights, input_shape, field=field)
+    if source.startswith(_ONLINE_SCHEMES):
+        host = "www.kaggle.com" if source.startswith("kaggle://") else "huggingface.co"
+        if not _online(host):
+            raise ConfigError(
+                f"{field}: {source} needs a download from {host}, which cannot be reached from here; "
+                "on a machine with network run keras_hub.models.Backbone.from_preset"
+                f"('{source}').save_to_preset('DIR') (a task class for its preprocessor too), "
+                f"copy DIR here and set {field}: DIR"
+            )
+        return _load_preset(source, field=field)
+    path = Path(source)
+    if not path.exists():
+        hint = " (a KerasHub preset name needs the network: write kaggle://OWNER/MODEL/keras/PRESET)" if "/" not in source else ""
+        raise ConfigError(f"{field}: '{source}' does not exist; give {_KINDS}{hint}")
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return _load_run(path, checkpoint, field=field)
+    if path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file():
+        return _load_preset(str(path), field=field)
+    if path.is_file() and path.suffix == ".keras":
+        try:
+            return keras.saving.load_model(path, compile=False)
+        except Exception as err:
+            raise ConfigError(f"{field}: {source} cannot be loaded as a Keras model: {_first_line(err)}") from None
+    raise ConfigError(f"{field}: '{source}' is not {_KINDS}")
+
+
+def _load_run(path: Path, checkpoint: str, *, field: str):
+    """A run's model: its recipe's architecture (built for its data) with a checkpoint's
+    weights. (Its ``model.keras`` is the inference model, preprocessing included.)"""
+    from trainkit.api import load_checkpoint_weights, load_run_recipe
+    from trainkit.data.pipeline import prepare
+    from trainkit.models.build import build_with_sources
+    from trainkit.training.run_dir import RunDir
+
+    directory = RunDir(path)
+    try:
+        recipe = load_run_recipe(path)
+        info = prepare(recipe.data, seed=recipe.seed).info
+        model, _ = build_with_sources(recipe.model, info, stored_source=path / STORED_SOURCE)
+        load_checkpoint_weights(model, directory, str(checkpoint), field=f"{field}_checkpoint")
+    except TrainkitError as err:
+        raise ConfigError(f"{field}: the run {path} cannot be loaded: {err}" if field not in str(err) else str(err)) from None
+    return model
+
+
+def _load_application(source: str, weights: str | None, input_shape, *, field: str):
+    import keras
+
+    from trainkit.errors import did_you_mean
+
+    name = source[len(_APPLICATIONS):]
+    choices = [n for n in dir(keras.applications) if n[:1].isupper()]
+    if name not in choices:
+        raise ConfigError(f"{field}: keras.applications has no model '{name}'; {did_you_mean(name, choices)}")
+    if weights is None or not Path(weights).is_file():
+        given = f"'{weights}' does not exist; " if weights else ""
+        raise ConfigError(
+            f"model.weights: {given}{source} needs its pretrained weights, which keras.applications would download "
+            f"(no download here): on a machine with network run keras.applications.{name}(include_top=False, "
+            "weights='imagenet'), copy its file from ~/.keras/models/ here and set model.weights: FILE"
+        )
+    try:
+        return getattr(keras.applications, name)(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
+    except Exception as err:
+        raise ConfigError(f"model.weights: {weights} does not fit {source} on inputs {list(input_shape or [])}: {_first_line(err)}") from None
+
+
+def _load_preset(preset: str, *, field: str):
+    try:
+        import keras_hub
+    except ImportError:
+        raise ConfigError(f"{field}: {preset} is a KerasHub preset; install the hub extra (pip install -e .[hub])") from None
+    try:
+        return keras_hub.models.Backbone.from_preset(preset)
+    except Exception as err:
+        raise ConfigError(f"{field}: the KerasHub preset {preset} cannot be loaded: {_first_line(err)}") from None
+
+
+def with_head(
+    source_model,
+    *,
+    head: str,
+    cut_at: str | None,
+    task: str,
+    num_outputs: int,
+    output_activation: str | None,
+    headless: bool = False,
+    input_shape: tuple[int, ...] | None = None,
+):
+    """``head: keep`` returns the source model; ``replace`` cuts it and adds a new head."""
+    import keras
+
+    if output_activation == "auto":
+        output_activation = "softmax" if task == "classification" else None
+    if headless:
+        return _on_top(source_model, head, cut_at, num_outputs, output_activation, input_shape)
+    if head == "keep":
+        if cut_at is not None:
+            raise ConfigError("model.cut_at: only with head: replace (keep uses the source's own head)")
+        return source_model
+    names = [layer.name for layer in source_model.layers]
+    if cut_at is not None:
+        if cut_at not in names:
+            from trainkit.errors import did_you_mean
+
+            raise ConfigError(f"model.cut_at: the source has no layer '{cut_at}'; {did_you_mean(cut_at, names)}")
+        features = source_model.get_layer(cut_at).output
+    else:
+        features = source_model.layers[-1].input
+    if isinstance(features, list | tuple | dict):
+        raise ConfigError("model.cut_at: the cut leaves several tensors; cut at a layer with one output")
+    if len(features.shape) > 2:
+        features = keras.layers.Flatten(name="head_flatten")(features)
+    kept = names[: names.index(cut_at) + 1] if cut_at is not None else names[:-1]
+    name = "new_output" if "output" in kept else "output"
+    outputs = keras.layers.Dense(num_outputs, activation=output_activation, name=name)(features)
+    return keras.Model(source_model.inputs, outputs, name=f"{source_model.name}_finetuned")
+
+
+def _on_top(backbone, head: str, cut_at: str | None, num_outputs: int, activation: str | None, input_shape):
+    """A head on a headless source, kept whole as one nested layer (so that LoRA
+    and freeze patterns can name it)."""
+    import keras
+
+    if head != "replace" or cut_at is not None:
+        raise ConfigError("model.head: this source has no head of its own; use head: replace (without cut_at)")
+    given = backbone.input
+    if isinstance(given, dict):
+        inputs = {name: keras.Input(shape=t.shape[1:], dtype=t.dtype, name=name) for name, t in given.items()}
+    else:
+        inputs = keras.Input(shape=input_shape or given.shape[1:], name="features")
+    x = backbone(inputs)
+    if isinstance(x, dict):
+        if "pooled_output" not in x:
+            raise ConfigError(f"model.source: the backbone's outputs {sorted(x)} have no pooled_output to put a head on")
+        x = x["pooled_output"]
+    if len(x.shape) == 4:
+        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
+    elif len(x.shape) == 3:
+        x = keras.layers.GlobalAveragePooling1D(name="head_pool")(x)
+    outputs = keras.layers.Dense(num_outputs, activation=activation, name="output")(x)
+    return keras.Model(inputs, outputs, name=f"{backbone.name}_finetuned")
+
+
+def _load_stored(stored: Path):
+    """A run's copy of its source; KerasHub's classes are registered first if it holds one."""
+    import zipfile
+
+    import keras
+
+    with zipfile.ZipFile(stored) as archive:
+        config = archive.read("config.json")
+    if b"keras_hub" in config:
+        import keras_hub  # noqa: F401
+    return keras.saving.load_model(stored, compile=False)
+
+
+@registry.register_model("pretrained")
+def pretrained(
+    *,
+    input_shape: tuple[int, ...],
+    num_outputs: int,
+    task: str,
+    source: str,
+    source_checkpoint: str | int = "final",
+    head: Literal["keep", "replace"] = "keep",
+    cut_at: str | None = None,
+    weights: str | None = None,
+    output_activation: str | None = "auto",
+):
+    """A model from a pretrained source (see :mod:`trainkit.models.pretrained`).
+
+    ``weights``: the weights file of a ``keras.applications.NAME`` source.
+    """
+    model, _ = build(
+        source=source, source_checkpoint=str(source_checkpoint), head=head, cut_at=cut_at, weights=weights,
+        input_shape=input_shape, task=task, num_outputs=num_outputs, output_activation=output_activation, stored=None,
+    )
+    return model
+
+
+def build(
+    *,
+    source: str,
+    source_checkpoint: str,
+    head: str,
+    cut_at: str | None,
+    task: str,
+    num_outputs: int,
+    output_activation: str | None,
+    stored: Path | None,
+    weights: str | None = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> tuple[Any, SourceUse]:
+    """The model and its source; ``stored`` (a run's copy of its source) stands in
+    for a source that is no longer there."""
+    local = not source.startswith((*_ONLINE_SCHEMES, _APPLICATIONS))
+    gone = not is_available(source) if local else (weights is not None and not Path(weights).is_file()) or not weights
+    if stored is not None and stored.is_file() and (gone or source.startswith(_ONLINE_SCHEMES)):
+        source_model = _load_stored(stored)  # (an online handle is never fetched twice)
+    else:
+        source_model = load_source(
+            source, checkpoint=source_checkpoint, field="model.source", weights=weights, input_shape=input_shape
+        )
+    use = SourceUse("model.source", source, digest(source_model), source_model)
+    model = with_head(
+        source_model, head=head, cut_at=cut_at, task=task, num_outputs=num_outputs, output_activation=output_activation,
+        headless=is_headless(source, source_model), input_shape=input_shape,
+    )
+    return model, use

@@ -1,0 +1,267 @@
+"""A run's life in its directory: lock, status, training, final evaluation, export.
+
+:func:`train_run` is what :func:`trainkit.train` does: check the run directory
+against the recipe (read-only, before anything is built), build, take the lock,
+write ``config.yaml`` and ``run.json``, hand the built objects to a
+:class:`~trainkit.training.controller.Controller`, evaluate the final model,
+export it (:mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
+``diverged``, with ``ended``) whatever happens.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainkit import distribute
+from trainkit.errors import ConfigError, did_you_mean
+from trainkit.recipe import Recipe
+from trainkit.training import disk_full
+from trainkit.training.phases import Phases
+from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
+from trainkit.training.sinks import Sink, make_sink, say
+
+
+@dataclass
+class Trained:
+    """What one training call produced."""
+
+    run_dir: Path
+    built: Any
+    history: dict[str, list]
+    metrics: dict[str, dict[str, float]]
+
+
+def metric_names(built) -> list[str]:
+    """The names a run reports (``loss``, ``accuracy``, ``val_loss``, ...), for monitors."""
+    names = list(built.trainer.result())
+    if "validation" in built.data.arrays:
+        names += [f"val_{name}" for name in names]
+    return names
+
+
+def check_policy(built) -> None:
+    """Checks of the trainer section that need the built run; raise before anything is written."""
+    monitor = built.recipe.trainer.checkpoint.monitor
+    if monitor is not None:
+        names = metric_names(built)
+        if monitor not in names:
+            hint = did_you_mean(monitor, names)
+            no_val = "" if "validation" in built.data.arrays else " (there is no validation split)"
+            raise ConfigError(
+                f"trainer.checkpoint.monitor: '{monitor}' is not a metric of this run{no_val}; {hint}"
+            )
+
+
+def train_run(
+    recipe: Recipe,
+    run_dir: str | os.PathLike,
+    *,
+    restart: bool = False,
+    callbacks: list | None = None,
+    trainer_class: type | None = None,
+    recipe_source: str | None = None,
+    sink: Sink | None = None,
+    started: float | None = None,
+) -> Trained:
+    """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
+
+    ``started`` (``time.time()``) is when the job began, the process's start or
+    the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
+    there to here, where TensorFlow and trainkit are imported.
+    """
+    from trainkit.build import build, check_callbacks, make_callbacks, rehearse
+    from trainkit.serving.export import export_trained, record_inputs
+    from trainkit.training.checkpoint import Checkpointer, candidates, step_of
+    from trainkit.training.controller import Controller, now
+
+    phases = Phases()
+    phases.add("start_up", time.time() - started if started else 0.0)
+    directory = RunDir(run_dir)
+    directory.check_place()  # a folder that can be written, without links: before anything is built
+    changes = [] if restart else directory.check_compatible(recipe)  # read-only: refuses before building
+    with phases.timed("build"):
+        # All validation happens here; a run that continues lends its copy of a pretrained source.
+        built = build(
+            recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True
+        )
+    # Everything user-supplied is checked before the run directory is touched:
+    # the callbacks are made now (their constructors check their arguments), and
+    # one real step shows that optimizer, loss and metrics work with the data
+    # (it also builds metrics that make their variables on first use).
+    callbacks_to_check = make_callbacks(recipe)
+    rehearse(built)
+    check_policy(built)
+    check_callbacks(built, callbacks_to_check)
+    if not restart:
+        check_sources(directory, built)
+        directory.check_same_data(built.data.info.sizes)
+    # Multi-worker: only the chief writes the run directory; the other workers
+    # write to a scratch directory, removed at the end, starting from a copy of
+    # the chief's checkpoints so that every worker resumes (and later decides
+    # its saves) exactly as the chief does.
+    role = distribute.role(built.strategy)
+    sink = sink or make_sink(recipe.trainer.progress, chief=role.is_chief)
+    shared, directory = directory, distribute.writable_run_dir(directory, role)
+    if not role.is_chief:
+        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
+        if not restart:
+            distribute.copy_checkpoints(shared, directory)
+    moved = None
+    if restart and directory.path.exists() and role.is_chief:
+        directory.acquire()  # never move a run that a live process is training
+        moved = directory.set_aside()
+    directory.acquire()
+    try:
+        found = candidates(directory.checkpoints)
+        distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
+        directory.start(recipe, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
+        if role.is_chief:
+            keep_sources(built, directory, sink)
+        # Only now, validated and holding the lock, may a relative data.cache path
+        # write its files (inside the run directory, so a resumed run reuses them).
+        built.data.use_cache_dir(directory.path)
+        directory.update_status(
+            distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
+        )
+        if role.is_chief:
+            record_inputs(built, directory)  # inference.json: what export and predict need
+        sink.line(header(built, directory))
+        if moved:
+            sink.notice(f"the previous run in {directory.path} was moved to {moved}")
+        if changes and role.is_chief:
+            sink.notice(f"resuming with changed settings: {', '.join(changes)}")
+        callback_objects = make_callbacks(recipe, tensorboard_dir=str(directory.tensorboard / "keras"))
+        callback_objects += list(callbacks or [])
+        policy = built.recipe.trainer
+        checkpointer = Checkpointer(
+            directory.checkpoints,
+            model=built.model,
+            optimizer=built.trainer.optimizer,
+            metrics=built.trainer.train_metrics,
+            keep=policy.checkpoint.keep,
+            callbacks=callback_objects,
+            monitor=policy.checkpoint.monitor,
+            mode=policy.checkpoint.mode,
+        )
+        controller = Controller(
+            trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
+            run_dir=directory, checkpointer=checkpointer, sink=sink, callbacks=callback_objects,
+            steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
+            events=(built.stages,) if built.stages else (),
+        )
+        history = controller.run()
+        with phases.timed("final_evaluation"):
+            metrics = final_evaluation(controller, built, directory, sink)
+        if role.is_chief:
+            with phases.timed("export"):
+                export_trained(built, directory)
+        directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
+    except BaseException as err:
+        full = disk_full.is_disk_full(err)
+        if full:  # first make room: the status below must still be written
+            disk_full.remove_partial_files(directory.path)
+            err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
+        explain = getattr(built.data, "explain_read_error", None)
+        unreadable = explain(err) if explain else None  # a bad image found mid-training
+        if unreadable is not None:
+            err = unreadable
+        try:
+            status = directory.read_status()
+            if status.get("status") == "running":
+                if isinstance(err, KeyboardInterrupt):
+                    directory.update_status(status="interrupted", ended=now())
+                else:
+                    directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=now())
+            elif not status.get("ended"):  # interrupted or diverged, said by the controller
+                directory.update_status(ended=now())
+        except OSError:
+            if not full:
+                raise
+        if full or unreadable is not None:
+            raise err from None
+        lost = distribute.as_worker_lost(err, built.strategy)
+        if lost is not None:
+            raise lost from None
+        raise
+    finally:
+        directory.release()
+        distribute.remove_scratch(directory, role)
+    return Trained(shared.path, built, history, metrics)
+
+
+def _what_was_written(err: BaseException) -> str:
+    text = str(err)
+    if "SaveV2" in text or "ckpt-" in text:
+        return "a checkpoint"
+    if any(mark in text for mark in (".tmp.keras", "saved_model", ".tflite", ".onnx", "export")):
+        return "the exported model"
+    return "a file"
+
+
+def _state_bytes(built) -> int:
+    """Bytes of the model's and optimizer's variables: about what a checkpoint takes."""
+    variables = [*built.model.variables, *built.trainer.optimizer.variables]
+    return sum(int(v.numpy().nbytes) for v in variables)
+
+
+def check_sources(directory: RunDir, built) -> None:
+    """Refuse to continue a run whose pretrained source changed since it started."""
+    from trainkit.errors import RunDirError
+
+    recorded = directory.read_status().get("sources") or {}
+    for use in built.sources:
+        before = recorded.get(use.field)
+        if before and before["digest"] != use.digest:
+            raise RunDirError(
+                f"{directory.path} was trained from {use.field} {use.source} with weights digest {before['digest']}, "
+                f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
+            )
+    # A source read no more (model.init of a continued run whose source is gone)
+    # keeps its recorded digest in the recipe's identity.
+    for name, before in recorded.items():
+        built.recipe._source_digests.setdefault(name, before["digest"])
+
+
+def keep_sources(built, directory: RunDir, sink: Sink) -> None:
+    """Record the sources' digests, keep a copy of ``model.source`` (so evaluating,
+    exporting or resuming never needs it again) and write the init report."""
+    from trainkit.models.pretrained import STORED_SOURCE
+
+    if not built.sources:
+        return
+    directory.update_status(sources={u.field: {"source": u.source, "digest": u.digest} for u in built.sources})
+    stored = directory.path / STORED_SOURCE
+    for use in built.sources:
+        if use.field == "model.source" and use.saved is not None and not stored.is_file():
+            tmp = directory.path / f".tmp.{STORED_SOURCE}"
+            tmp.write_bytes(use.saved)
+            os.replace(tmp, stored)
+    if built.init_report is not None:
+        from trainkit.models.warm_start import summary_line
+
+        write_json_atomic(directory.path / "init.json", built.init_report)
+        say(summary_line(built.init_report))  # shown with progress off too, like a resume
+
+
+def header(built, directory: RunDir) -> str:
+    info, recipe = built.data.info, built.recipe
+    return (
+        f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
+        f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
+        f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
+        f"{distribute.batch_text(recipe, built.strategy)}"
+    )
+
+
+def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[str, dict[str, float]]:
+    results = {}
+    for split in built.recipe.trainer.evaluate:
+        if built.data.has_split(split):
+            results[split] = controller.evaluate(split, hooks=False)
+            sink.result(split, results[split])
+    write_json_atomic(directory.eval_json, results)
+    return results
