@@ -51,17 +51,34 @@ def install(faults: list[str]) -> None:
                 time.sleep(float(args[0]))
         return results
 
-    def evaluate(self, dataset):
+    original_evaluate_split = loop.Trainer.evaluate_split
+    inside_split = False
+
+    def count_evaluation():
         nonlocal evals
         evals += 1
         for fault in faults:
             kind, *args = fault.split(":")
             if kind == "kill-in-eval" and evals == int(args[0]):
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    def evaluate(self, dataset):
+        if not inside_split:  # (evaluate_split may evaluate through this: one call)
+            count_evaluation()
         return original_evaluate(self, dataset)
+
+    def evaluate_split(self, data, split, *, take=None):
+        nonlocal inside_split
+        count_evaluation()
+        inside_split = True
+        try:
+            return original_evaluate_split(self, data, split, take=take)
+        finally:
+            inside_split = False
 
     loop.Trainer.train = train
     loop.Trainer.evaluate = evaluate
+    loop.Trainer.evaluate_split = evaluate_split
 
     if any(f.startswith(("kill-in-save:", "torn-save:")) for f in faults):
         from tensorflow.python.checkpoint import checkpoint_management
