@@ -13,6 +13,8 @@ Faults (each patches one seam, then the real CLI runs in this process):
                            in the middle of writing it)
 - ``slow:SECONDS``         sleep this long after each training call (keeps a run
                            alive long enough for a signal from outside)
+- ``enospc-in-export``     the exported model's file write fails half-way with
+                           ENOSPC (a full disk), as ``zipfile`` would see it
 
 Steps counted here are those run by this process (a resumed process starts at 0).
 """
@@ -49,17 +51,34 @@ def install(faults: list[str]) -> None:
                 time.sleep(float(args[0]))
         return results
 
-    def evaluate(self, dataset):
+    original_evaluate_split = loop.Trainer.evaluate_split
+    inside_split = False
+
+    def count_evaluation():
         nonlocal evals
         evals += 1
         for fault in faults:
             kind, *args = fault.split(":")
             if kind == "kill-in-eval" and evals == int(args[0]):
                 os.kill(os.getpid(), signal.SIGKILL)
+
+    def evaluate(self, dataset):
+        if not inside_split:  # (evaluate_split may evaluate through this: one call)
+            count_evaluation()
         return original_evaluate(self, dataset)
+
+    def evaluate_split(self, data, split, *, take=None):
+        nonlocal inside_split
+        count_evaluation()
+        inside_split = True
+        try:
+            return original_evaluate_split(self, data, split, take=take)
+        finally:
+            inside_split = False
 
     loop.Trainer.train = train
     loop.Trainer.evaluate = evaluate
+    loop.Trainer.evaluate_split = evaluate_split
 
     if any(f.startswith(("kill-in-save:", "torn-save:")) for f in faults):
         from tensorflow.python.checkpoint import checkpoint_management
@@ -79,6 +98,20 @@ def install(faults: list[str]) -> None:
             return original_update(save_dir, model_checkpoint_path, *args, **kwargs)
 
         checkpoint_management.update_checkpoint_state_internal = update
+
+    if "enospc-in-export" in faults:
+        import errno
+
+        import keras
+
+        def save(self, filepath, *args, **kwargs):
+            Path(filepath).write_bytes(b"PK\x03\x04 half a zip")  # what a full disk leaves behind
+            try:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            except OSError as inner:  # chained, as the real failure is
+                raise OSError(errno.ENOSPC, f"No space left on device: {filepath}") from inner
+
+        keras.Model.save = save
 
 
 if __name__ == "__main__":

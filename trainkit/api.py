@@ -88,17 +88,35 @@ def train(
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
 
 
-def load_run_recipe(run_dir: str | os.PathLike) -> Recipe:
-    """The recipe of a run directory, with its recipe module's components registered."""
+def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
+    """The recipe of a run directory (its ``config.yaml``).
+
+    A run directory is data: it never makes trainkit run code, whatever its
+    run.json says (a copied or edited run directory must not be able to). A run
+    whose recipe registered its own components needs them registered again:
+    either already in this process (a notebook that trained it), or by the
+    recipe file the caller names in ``recipe_file`` (``trainkit eval --recipe``),
+    which is imported because the caller chose it.
+    """
     directory = RunDir(run_dir)
     if not directory.exists():
         raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
-    source = directory.read_status().get("recipe_source")
-    if source and Path(source).is_file():
-        from trainkit.loader import _import_recipe_module
+    if recipe_file is not None:
+        from trainkit.loader import import_recipe_file
 
-        _import_recipe_module(Path(source))
-    return load_recipe(directory.config)
+        import_recipe_file(Path(recipe_file), option="--recipe")
+    return directory.read_recipe()
+
+
+def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
+    """``err`` with a hint when the run came from a Python recipe that was not named."""
+    source = directory.read_status().get("recipe_source")
+    if not source:
+        return err
+    return ConfigError(
+        f"{err}; this run was trained from the recipe file {source}, whose components a run directory "
+        f"never imports by itself: name it with --recipe {source} (recipe_file= in Python)"
+    )
 
 
 def _leaves_process_as_it_was(function):
@@ -122,20 +140,28 @@ def evaluate(
     *,
     split: str = "test",
     checkpoint: str = "last",
+    recipe_file: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """Metrics of one of a run's kept checkpoints on a split.
 
     ``checkpoint`` is ``last`` (the newest checkpoint that reads back), ``best``
     (the best by ``trainer.checkpoint.monitor``), ``final`` (the state when
     training ended), a step number (``120`` picks ``ckpt-120``) or a checkpoint
-    path (``runs/x/checkpoints/ckpt-120``).
+    path (``runs/x/checkpoints/ckpt-120``). ``recipe_file``: the Python recipe
+    the run was trained from, imported to register its components (a run
+    directory never imports code by itself).
     """
     quiet_tensorflow()
-    recipe = distribute.in_one_process(load_run_recipe(run_dir))  # a cluster's run, evaluated here
     directory = RunDir(run_dir)
+    recipe = distribute.in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))  # a cluster's run, evaluated here
     from trainkit.build import build
 
-    built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
+    try:
+        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
+    except ConfigError as err:
+        if recipe_file is not None:
+            raise
+        raise with_recipe_file_hint(directory, err) from None
     built.data._check_split(split)
     load_checkpoint_weights(built.model, directory, checkpoint)
     return built.trainer.evaluate_split(built.data, split)
@@ -232,12 +258,15 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
 
     built = build(recipe)
     info = built.data.info
+    from trainkit.build import check_callbacks, make_callbacks, rehearse
+    from trainkit.training.lifecycle import check_policy
+
+    callbacks = make_callbacks(recipe)
+    rehearse(built)  # one training step and one evaluation step, weights restored after
+    check_policy(built)
+    check_callbacks(built, callbacks)
     # One batch read around data.cache: validating writes no cache files.
-    data = built.data._uncached()
-    x, y = next(iter(data.dataset("train", training=True)))
-    built.trainer.evaluate(built.strategy.experimental_distribute_dataset(
-        data.dataset("train").take(1)
-    ))
+    x, y = next(iter(built.data._uncached().dataset("train", training=True)))
     return {
         "recipe": recipe.name,
         "hash": recipe.hash,

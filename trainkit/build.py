@@ -11,13 +11,14 @@ before training starts.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from trainkit import distribute, registry, runtime
 from trainkit.components import check_arguments, instantiate
-from trainkit.errors import ConfigError, TrainkitError, first_line
+from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
 from trainkit.recipe import Component, Recipe
 
 # "accuracy" means the accuracy that fits the loss, as in Keras's compile().
@@ -308,8 +309,13 @@ def _enable_lora(model, rank: int) -> None:
 
 def check_model_fits_data(recipe: Recipe, model, data) -> None:
     """One batch through the model and the loss; mistakes become one ConfigError line."""
+    import tensorflow as tf
+
     info = data.info
-    x, y = data.sample_batch(4)
+    try:
+        x, y = data.sample_batch(4)
+    except tf.errors.InvalidArgumentError as err:
+        raise (data.explain_read_error(err) or err) from None
     try:
         y_pred = model(x, training=False)
     except TrainkitError:
@@ -344,8 +350,6 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
                 f"loss: {loss_name} needs labels 0 or 1, but the data has {info.num_classes} classes "
                 "(use SparseCategoricalCrossentropy with one output per class)"
             )
-    import tensorflow as tf
-
     try:
         make_loss(recipe, per_example=False)(y, y_pred)
     except (ValueError, TypeError, tf.errors.InvalidArgumentError) as err:
@@ -354,3 +358,122 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
             f"outputs of shape {tuple(y_pred.shape[1:])}: {first_line(err)}"
         ) from None
 
+
+#: Callback arguments that name a file or folder the callback writes.
+_CALLBACK_PATHS = ("filename", "filepath", "log_dir", "backup_dir")
+
+
+def check_callbacks(built: Built, callbacks: list, *, run_dir: str | os.PathLike | None = None) -> None:
+    """What Keras callbacks only find out mid-training: a monitor the run never
+    reports, a file in a folder that cannot exist. Raise before anything is written.
+
+    Relative paths are checked where :func:`make_callbacks` puts them, inside
+    ``run_dir`` (which trainkit itself makes) when one is given."""
+    names = list(built.trainer.result())
+    if built.data.has_split("validation"):
+        names += [f"val_{name}" for name in names]
+    for i, callback in enumerate(callbacks):
+        field = f"trainer.callbacks.{i}"
+        label = type(callback).__name__
+        monitor = getattr(callback, "monitor", None)
+        if isinstance(monitor, str) and monitor not in names:
+            no_val = "" if built.data.has_split("validation") else " (there is no validation split)"
+            raise ConfigError(
+                f"{field}.monitor: {label} watches '{monitor}', which this run does not report{no_val}; "
+                f"{did_you_mean(monitor, names)}"
+            )
+        for key in _CALLBACK_PATHS:
+            value = built.recipe.trainer.callbacks[i].kwargs.get(key) if i < len(built.recipe.trainer.callbacks) else None
+            if isinstance(value, str) and value:
+                path = Path(value)
+                if run_dir is not None and not path.is_absolute():
+                    path = Path(run_dir) / path
+                    if path.parent == Path(run_dir):
+                        continue  # straight inside the run directory, which trainkit makes
+                # CSVLogger opens its file without making folders; the others make them.
+                _check_writable_place(path, field=f"{field}.{key}", label=label, makes_folders=key != "filename")
+
+
+def _check_writable_place(path: Path, *, field: str, label: str, makes_folders: bool) -> None:
+    """``path`` can be created: its nearest existing ancestor is a writable folder
+    (its parent itself, for a callback that makes no folders)."""
+    import errno
+    import os
+
+    ancestor = path.absolute().parent
+    if not makes_folders and not ancestor.is_dir():
+        raise ConfigError(f"{field}: {label} would write {path}, but the folder {ancestor} does not exist")
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{field}: {label} would write {path}, but {ancestor} is a file, not a folder")
+    for part in path.parts:
+        if len(os.fsencode(part)) > 255:
+            raise ConfigError(f"{field}: {label} would write {path}, whose name '{part[:20]}...' is longer than 255 bytes")
+    if not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"{field}: {label} would write {path}, but {ancestor} is not writable ({os.strerror(errno.EACCES)})")
+
+
+def rehearse(built: Built) -> None:
+    """One real training step and one evaluation step, then every variable as it was.
+
+    Arguments are checked by name before anything is built, but only running
+    the optimizer, the loss and the metrics shows that their values work together
+    (``beta_1: abc``, ``weight_decay: [1]``, a ``precision`` metric on sparse
+    multiclass labels). This runs before the run directory is touched, so such a
+    mistake is one line with nothing written. The model's, optimizer's and
+    metrics' variables (and the random generators' state) are put back, so the
+    run that follows is the run it would have been without the rehearsal.
+
+    Clusters are skipped: their steps are collective across workers, each of which
+    checks the same recipe by itself.
+    """
+    import tensorflow as tf
+
+    from trainkit.training.checkpoint import seed_generator_states
+
+    strategy, trainer = built.strategy, built.trainer
+    if distribute.is_parameter_server(strategy) or distribute.is_multi_worker(strategy):
+        return
+    metric_variables = [v for m in (*trainer.train_metrics, *trainer.eval_metrics) for v in m.variables]
+    variables = [*built.model.variables, *trainer.optimizer.variables, *metric_variables, *seed_generator_states(built.model)]
+    unique = list({id(v): v for v in variables}.values())
+    saved = [v.numpy() for v in unique]
+    data = built.data._uncached()
+    try:
+        trainer.trial(
+            iter(strategy.experimental_distribute_dataset(data.training_stream().take(1))),
+            data.distributed(strategy, "train", take=1),
+        )
+    except (ValueError, TypeError, AttributeError, tf.errors.OpError) as err:
+        unreadable = built.data.explain_read_error(err)
+        if unreadable is not None:
+            raise unreadable from None
+        section, reason = _blame(err)
+        raise ConfigError(f"{section}: one training step failed: {reason[:300]}") from None
+    finally:
+        for variable, value in zip(unique, saved, strict=True):
+            variable.assign(value)
+        trainer.reset_train_metrics()
+
+
+def _blame(err: BaseException) -> tuple[str, str]:
+    """``(recipe section whose Keras code raised err, the reason in one line)``.
+
+    A graph-mode error carries the Python frames where its op was defined in its
+    message, and the actual reason after them.
+    """
+    import traceback
+
+    message = (getattr(err, "message", None) or str(err)).strip()
+    files = [frame.filename for frame in traceback.extract_tb(err.__traceback__)]
+    files += re.findall(r'File "([^"]+)"', message)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != "Graph execution error:"]
+    reason = re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", reasons[-1] if reasons else type(err).__name__)
+    for path in files:  # outermost first: a metric's update may call into keras's losses
+        path = path.replace("\\", "/")
+        for part, section in (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss")):
+            if part in path:
+                return section, reason
+    return "recipe", reason

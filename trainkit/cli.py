@@ -32,7 +32,7 @@ examples:
   trainkit plot runs/digits_cnn runs/try -o curves.png  # learning curves of runs
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
-  4 lost another task of the cluster, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
+  4 lost another task of the cluster, 5 the disk filled up, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
   train again to resume.
 """
 
@@ -71,6 +71,11 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
     p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
+    p.add_argument(
+        "--recipe", metavar="FILE",
+        help="the Python recipe the run was trained from, to register its components "
+        "(a run directory never runs code by itself)",
+    )
 
     p = commands.add_parser("export", help="export a run's checkpoint: model.keras, SavedModel, LiteRT, ONNX")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -81,6 +86,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="final", help="final (default), last, best, a step number or a checkpoint path")
     p.add_argument("-o", "--output", metavar="DIR", help="where the files go (default: RUN_DIR/export-CHECKPOINT)")
     p.add_argument("--quantize", choices=["none", "dynamic_range"], help="LiteRT weights (default: the recipe's export.quantize)")
+    p.add_argument("--recipe", metavar="FILE", help="the Python recipe the run was trained from, to register its components")
 
     p = commands.add_parser("predict", help="predict raw inputs (CSV, .npy, JSON lines, a folder of images) with a run's model")
     p.add_argument("run_dir", metavar="RUN_DIR")
@@ -91,7 +97,7 @@ def make_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
 
-    p = commands.add_parser("validate", help="check a recipe, build its model and run one batch, without training")
+    p = commands.add_parser("validate", help="check a recipe: build it, run one training and one evaluation step, write nothing")
     _recipe_arguments(p)
 
     p = commands.add_parser("data", help="show a split (spec, size, labels, first examples) and time its pipeline")
@@ -149,7 +155,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
                 print(f"{'':>18}{name}: {shown}")
         else:
             print(f"{key:>20}: {value}")
-    print("ok: the recipe builds and a batch runs through the model and the loss")
+    print("ok: the recipe builds, and one training step and one evaluation step run (the weights are put back)")
     return 0
 
 
@@ -174,7 +180,7 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainkit import api
 
-    results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint)
+    results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, recipe_file=args.recipe)
     print(json.dumps({args.split: results}, indent=2))
     return 0
 
@@ -197,7 +203,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from trainkit.serving.export import export
 
-    written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize)
+    written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
     for name, entry in written["formats"].items():
         checked = ""
         if "max_difference_from_keras" in entry:

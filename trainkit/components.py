@@ -43,11 +43,42 @@ def check_arguments(
     names, _ = accepted_arguments(target)
     names |= set(also_accepted)
     provided = set(provided)
-    for key in kwargs:
+    defaults = _defaults(target)
+    for key, value in kwargs.items():
         if key in provided:
             raise ConfigError(f"{field}: '{key}' is set by trainkit from the data; remove it")
         if key not in names:
             raise ConfigError(f"{field}: {label} has no argument '{key}'; {did_you_mean(key, names - provided)}")
+        if key in defaults:
+            _check_kind(value, defaults[key], field=f"{field}.{key}", label=label)
+
+
+def _defaults(target: Callable) -> dict[str, Any]:
+    fn = target.__init__ if inspect.isclass(target) else target
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
+
+
+#: Numeric arguments that take text too (TensorBoard's ``profile_batch: "10,20"``).
+_TEXT_ALSO = {"profile_batch": True}
+
+
+def _check_kind(value: Any, default: Any, *, field: str, label: str) -> None:
+    """Refuse a value of the wrong kind for an argument whose default shows its kind.
+
+    Keras takes ``from_logits="abc"`` as true and ``patience="3"`` fails only
+    mid-training; a boolean argument takes a boolean, a numeric one a number.
+    (Other kinds are left to the component: many accept several.)
+    """
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{field}: {label} takes true or false here, got {value!r}")
+    elif isinstance(default, int | float) and not _TEXT_ALSO.get(field.rsplit(".", 1)[-1]):
+        if isinstance(value, bool | str | dict):
+            raise ConfigError(f"{field}: {label} takes a number here (default {default!r}), got {value!r}")
 
 
 def instantiate(target: Callable, kwargs: dict[str, Any], *, field: str, label: str, also_accepted: Iterable[str] = ()) -> Any:

@@ -31,9 +31,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from trainkit import private_network
 from trainkit.errors import ConfigError
 from trainkit.signals import SignalRecorder
 from trainkit.training import sinks
@@ -129,29 +130,55 @@ def launch(
             sinks.say(text, out)
 
     kind = "parameter-server cluster" if parameter_server else "multi-worker cluster"
-    say(f"[launch] {resolved.name}: {kind} of {', '.join(_counts(tasks))} on 127.0.0.1, run directory {run_dir}")
+    network, why_not = private_network.start()
+    where = "127.0.0.1 in a private network (loopback only)" if network else "127.0.0.1"
+    say(f"[launch] {resolved.name}: {kind} of {', '.join(_counts(tasks))} on {where}, run directory {run_dir}")
+    if network is None:
+        say(
+            f"[launch] warning: {why_not}; TensorFlow's gRPC servers listen on every interface of this "
+            "machine, without authentication: use it only on a trusted network (docs/security.md)"
+        )
     stop = SignalRecorder()
-    with stop:
-        for task in tasks:
-            env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1"}
-            task.process = subprocess.Popen(
-                command,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                text=True,
-                bufsize=1,
-                start_new_session=True,  # Ctrl-C reaches the launcher, which passes it on
-            )
-            task.reader = threading.Thread(target=_stream, args=(task, say), daemon=True)
-            task.reader.start()
-            say(f"[launch] {task.name}: pid {task.process.pid}, {task.address}")
-        code = _supervise(tasks, say, stop, parameter_server=parameter_server)
+    try:
+        with stop:
+            code = _run_tasks(tasks, command, say, stop, network, parameter_server=parameter_server)
+    finally:
+        if network is not None:
+            network.close()
     for task in tasks:
         if task.reader:
             task.reader.join(timeout=5)
     return code
+
+
+def _run_tasks(
+    tasks: list[Task],
+    command: list[str],
+    say: Callable[[str], None],
+    stop: SignalRecorder,
+    network: private_network.PrivateNetwork | None,
+    *,
+    parameter_server: bool,
+) -> int:
+    """Start every task (each dies with the launcher, even by SIGKILL) and supervise the job."""
+    preexec = network.join() if network else private_network.die_with_parent
+    for task in tasks:
+        env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1"}
+        task.process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # Ctrl-C reaches the launcher, which passes it on
+            preexec_fn=preexec,  # noqa: PLW1509 - forked from the launcher's main thread
+        )
+        task.reader = threading.Thread(target=_stream, args=(task, say), daemon=True)
+        task.reader.start()
+        say(f"[launch] {task.name}: pid {task.process.pid}, {task.address}")
+    return _supervise(tasks, say, stop, parameter_server=parameter_server)
 
 
 def _counts(tasks: Sequence[Task]) -> list[str]:

@@ -133,10 +133,33 @@ def _read_yaml(path: Path) -> Any:
     return parse_yaml(text, source=str(path))
 
 
+#: Bounds on YAML input. A recipe or config is a few hundred values; these are
+#: far above that and far below what an alias bomb or deeply nested input needs
+#: to exhaust memory or the stack (PyYAML composes and constructs recursively).
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_DEPTH = 64
+MAX_YAML_VALUES = 100_000
+"""Values after expanding aliases: nine levels of nine ``*a`` already make 387 million."""
+
+
 def parse_yaml(text: str, *, source: str) -> Any:
-    """Safe YAML: plain data only; a tag that would build a Python object is an error."""
+    """Safe YAML: plain data only; a tag that would build a Python object is an error.
+
+    Input is bounded before it is built (size, nesting depth, values with aliases
+    expanded), so a hostile file is refused on one line at once, never built.
+    """
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(
+            f"{source}: {len(text):,} characters of YAML, more than the {MAX_YAML_BYTES:,} a recipe or config may have"
+        )
+    loader = _StrictSafeLoader(text)
     try:
-        return yaml.load(text, Loader=_StrictSafeLoader)  # noqa: S506 - a SafeLoader subclass
+        _check_depth(text, source)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_expanded_size(node, source)
+        return loader.construct_document(node)
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f"{source}, line {mark.line + 1}" if mark else source
@@ -146,6 +169,54 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise ConfigError(f"YAML error in {where}: {problem}") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"YAML error in {source}: {err}") from None
+    finally:
+        loader.dispose()
+
+
+def _check_depth(text: str, source: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_YAML_DEPTH`, from the token stream (not recursive)."""
+    opening = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken, yaml.FlowSequenceStartToken)
+    closing = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, opening):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(
+                    f"YAML error in {source}, line {token.start_mark.line + 1}: nested more than "
+                    f"{MAX_YAML_DEPTH} levels deep; a recipe or config is never that deep"
+                )
+        elif isinstance(token, closing):
+            depth -= 1
+
+
+def _check_expanded_size(root: yaml.Node, source: str) -> None:
+    """Refuse a document whose aliases expand to more than :data:`MAX_YAML_VALUES` values."""
+    sizes: dict[int, int] = {}
+    in_progress: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in in_progress:
+            raise ConfigError(f"YAML error in {source}, line {node.start_mark.line + 1}: an alias refers to itself")
+        in_progress.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        in_progress.discard(key)
+        if total > MAX_YAML_VALUES:
+            raise ConfigError(
+                f"YAML error in {source}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
+                "a recipe or config never needs that many (an alias bomb?)"
+            )
+        sizes[key] = total
+        return total
+
+    size(root)
 
 
 def _kind(data: Any) -> str:
@@ -165,6 +236,13 @@ def _import_recipe_module(path: Path) -> Any:
     except Exception as err:  # a user's recipe file: report where, in one line
         raise ConfigError(f"{path}: failed to load: {_where_in(path, err)}") from err
     return module
+
+
+def import_recipe_file(path: Path, *, option: str) -> Any:
+    """Import a Python recipe file the user named (``option`` says where), registering its components."""
+    if path.suffix != ".py" or not path.is_file():
+        raise ConfigError(f"{option} {path}: not a Python recipe file (.py); name the recipe the run was trained from")
+    return _import_recipe_module(path)
 
 
 def _where_in(path: Path, err: BaseException) -> str:
@@ -257,6 +335,8 @@ class Layered:
                 node = node.setdefault(key, {})
                 if node is None:
                     node = self._set_child(keys[: depth + 1], {})
+                elif isinstance(node, str):  # a component by name ("adam"): now with arguments
+                    node = self._set_child(keys[: depth + 1], {"type": node})
             else:
                 raise ConfigError(f"{here} ({source}): cannot set a key inside a {type(node).__name__}")
         last = keys[-1]

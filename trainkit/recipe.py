@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import posixpath
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
@@ -37,15 +39,23 @@ from pydantic import (
     Discriminator,
     Field,
     PositiveFloat,
-    PositiveInt,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    StrictBool,
     Tag,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
-NonNegativeInt = Annotated[int, Field(ge=0)]
+#: The largest count (batch size, steps, buffer, ...) a recipe may give: TensorFlow
+#: holds many of them as int32, and nothing real comes near it; 10**20 would
+#: otherwise surface as an OverflowError deep inside a build.
+MAX_COUNT = 2**31 - 1
+PositiveInt = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+#: Seeds are unsigned 32-bit, as NumPy's and TensorFlow's seeding accept them.
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class Section(BaseModel):
@@ -132,7 +142,7 @@ class TfdsSource(Section):
     data_dir: str | None = None
     """Where prepared datasets live; default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
     splits: dict[SplitName, str] = Field(default_factory=lambda: {"train": "train", "test": "test"})
-    as_supervised: bool = True
+    as_supervised: StrictBool = True
     """Read ``(features, label)`` from the dataset's supervised keys."""
     features: str | list[str] | None = None
     """Feature key(s) of each example (instead of the supervised keys); a list gives a dict."""
@@ -183,7 +193,7 @@ class ImageFolderSource(Section):
     extensions: list[str] = Field(default_factory=lambda: [".png", ".jpg", ".jpeg", ".bmp", ".gif"])
     class_names: list[str] | None = None
     """Class folders in label order; default: every subfolder, sorted."""
-    skip_bad_images: bool = False
+    skip_bad_images: StrictBool = False
     """Skip (and count) files that are not readable images instead of failing."""
 
 
@@ -193,7 +203,7 @@ class TfrecordFeature(Section):
     dtype: Literal["float32", "int64", "string"] = "float32"
     shape: list[NonNegativeInt] = Field(default_factory=list)
     """Shape of the value (``[]``: a scalar); for an image, its decoded ``[height, width, channels]``."""
-    image: bool = False
+    image: StrictBool = False
     """A string holding an encoded image (PNG, JPEG, ...): decoded to uint8."""
     channels: Literal[0, 1, 3, 4] = 0
     """Channels of a decoded image (0: as stored)."""
@@ -439,7 +449,7 @@ class DataSection(Section):
     source: Source
     splits: SplitFractions = Field(default_factory=SplitFractions)
     """How a source without its own splits is divided (deterministically, by ``split_seed``)."""
-    split_seed: int = 0
+    split_seed: Seed = 0
     batch_size: PositiveInt = 32
     """The global batch size: split across replicas under a distribution strategy."""
     eval_batch_size: PositiveInt | None = None
@@ -473,7 +483,7 @@ class DataSection(Section):
     ``center_crop`` to ``[24, 24]`` here. Training and evaluation examples must
     end up with the same shapes and dtypes (checked before training). Random
     transforms and ``normalize`` are refused here."""
-    cache: bool | str = False
+    cache: StrictBool | str = False
     """``true``/``memory``: keep decoded, transformed examples in memory after the
     first epoch; a path: in files there, written during the first epoch. A
     relative path is inside the run directory (``runs/NAME/PATH/train``, ...),
@@ -482,12 +492,12 @@ class DataSection(Section):
     memory and nothing is written. In-memory sources need no cache."""
     parallel_calls: PositiveInt | Literal["auto"] = "auto"
     """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
-    deterministic: bool = True
+    deterministic: StrictBool = True
     """Keep the element order of parallel maps; ``false`` may be faster (the order
     then varies, and so does a resumed run)."""
-    prefetch: bool | PositiveInt = True
+    prefetch: StrictBool | PositiveInt = True
     """Prefetch batches (``true``: AUTOTUNE, a number: that many)."""
-    drop_remainder: bool = False
+    drop_remainder: StrictBool = False
 
     @model_validator(mode="after")
     def _transform_placement(self) -> DataSection:
@@ -512,6 +522,13 @@ class DataSection(Section):
                 )
         if isinstance(self.cache, str) and not self.cache.strip():
             raise ValueError("cache: give true, 'memory' or a path")
+        if isinstance(self.cache, str) and not posixpath.isabs(self.cache):
+            # A relative path is inside the run directory; '..' would leave it.
+            if posixpath.normpath(self.cache.replace("\\", "/")).split("/")[0] == "..":
+                raise ValueError(
+                    f"cache: '{self.cache}' leads out of the run directory; a relative path stays inside it "
+                    "(use an absolute path for a cache elsewhere)"
+                )
         return self
 
 
@@ -578,7 +595,7 @@ class ExponentialSchedule(_Warmup):
     type: Literal["exponential"] = "exponential"
     decay_steps: PositiveInt
     decay_rate: PositiveFloat
-    staircase: bool = False
+    staircase: StrictBool = False
 
 
 class PiecewiseSchedule(_Warmup):
@@ -657,7 +674,7 @@ class CheckpointPolicy(Section):
 
     every_steps: PositiveInt | None = None
     every_seconds: PositiveFloat | None = 60.0
-    every_epoch: bool = False
+    every_epoch: StrictBool = False
     keep: PositiveInt = 3
     """How many of the most recent checkpoints to keep."""
     monitor: str | None = "auto"
@@ -700,10 +717,10 @@ class TrainerSection(Section, _OmitsUnusedFields):
     nan_max_retries: NonNegativeInt = 3
     evaluate: list[Literal["train", "validation", "test"]] = ["validation", "test"]
     """Splits evaluated when training ends (written to ``eval.json``)."""
-    progress: bool = True
+    progress: StrictBool = True
     profile_steps: list[NonNegativeInt] | None = None
     """``[first, last]``: write a TensorBoard profile of these steps to ``tensorboard/plugins/profile``."""
-    measure_input: bool = True
+    measure_input: StrictBool = True
     """Report how much of training waited for input (timed inside the training
     loop, every step), at the end and in run.json, with the likely fix when input
     is the bottleneck."""
@@ -743,10 +760,10 @@ class RuntimeSection(Section):
     (``trainkit launch`` sets it for local workers)."""
     cpu_devices: PositiveInt | None = None
     """Split the CPU into this many logical devices (for ``mirrored`` without GPUs)."""
-    deterministic: bool = False
+    deterministic: StrictBool = False
     """Deterministic ops and seeded everything: the same recipe gives the same weights."""
     precision: Literal["float32", "mixed_float16", "mixed_bfloat16"] = "float32"
-    jit_compile: bool = False
+    jit_compile: StrictBool = False
     communication: Literal["auto", "ring", "nccl"] = "auto"
     """Cross-worker all-reduce of ``multi_worker_mirrored``: ``nccl`` needs GPUs."""
     tpu: str | None = None
@@ -787,12 +804,17 @@ class ExportSection(Section):
 # ------------------------------------------------------------------------- recipe
 
 
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+
+
 class Recipe(Section):
     """One experiment. Build it with :func:`trainkit.load_recipe` or directly."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    name: str
+    """A name, not a path: letters, digits, ``_``, ``-`` and ``.``, not starting
+    with ``.`` or ``-`` (``..`` would put the run outside ``runs/``)."""
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     data: DataSection
     model: ModelSection
     loss: Component
@@ -801,6 +823,16 @@ class Recipe(Section):
     trainer: TrainerSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_not_a_path(cls, value: str) -> str:
+        if not _NAME.fullmatch(value):
+            raise ValueError(
+                "a recipe name is a name, not a path: 1 to 100 letters, digits, '_', '-' or '.', "
+                "starting with a letter, digit or '_'"
+            )
+        return value
 
     # The Python recipe file this came from (its registered components are
     # needed again to evaluate a run); not part of the recipe's identity.

@@ -136,14 +136,20 @@ class Run:
         unfinished run). It takes preprocessed features, as in training;
         ``model.keras`` is the inference model that takes raw ones (:meth:`predict`)."""
         if self._model is None:
-            from trainkit.api import load_checkpoint_weights
+            from trainkit.api import load_checkpoint_weights, with_recipe_file_hint
             from trainkit.build import build
+            from trainkit.errors import ConfigError
             from trainkit.runtime import preserved_process_state
 
             directory = RunDir(self.run_dir)
-            recipe = self.recipe  # registers the recipe module's components first
-            with preserved_process_state():  # building applies the recipe's seeds
-                built = build(recipe, run_dir=directory.path)
+            # A run directory never imports code: a Python recipe's components must be
+            # registered already (the notebook that trained it), else the hint says how.
+            recipe = self.recipe
+            try:
+                with preserved_process_state():  # building applies the recipe's seeds
+                    built = build(recipe, run_dir=directory.path)
+            except ConfigError as err:
+                raise with_recipe_file_hint(directory, err) from None
             load_checkpoint_weights(built.model, directory, "final" if self.status == "completed" else "last")
             self._model = built.model
         return self._model

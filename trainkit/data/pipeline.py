@@ -174,6 +174,30 @@ class PreparedData:
         clone._cache_dir = None
         return clone
 
+    def explain_read_error(self, err: BaseException) -> ConfigError | None:
+        """For an error that reading an image folder raised mid-pipeline, the one
+        line naming the file (TensorFlow's decode error names none); else None.
+
+        Only runs when something already failed: it decodes the folder's files
+        one by one until one fails.
+        """
+        import tensorflow as tf
+
+        if not isinstance(err, tf.errors.InvalidArgumentError) or self.section.source.type != "image_folder":
+            return None
+        channels = self.section.source.channels
+        for split in self._splits.values():
+            if split.table is None:
+                continue
+            found = sources.first_unreadable_image(split.table[0], channels=channels)
+            if found:
+                path, reason = found
+                return ConfigError(
+                    f"data.source: {path} is not a readable image ({reason}); remove it, or set "
+                    "data.source.skip_bad_images: true to skip such files"
+                )
+        return None
+
     def use_cache_dir(self, directory: str | os.PathLike) -> None:
         """Keep the files of a relative ``data.cache`` path under ``directory`` (the run
         directory) from now on. Pipelines already built keep their cache.
@@ -696,6 +720,12 @@ def _split(whole: Split, section: DataSection) -> dict[str, Split]:
     n_train = n - n_val - n_test
     if n_train <= 0:
         raise ConfigError(f"data.splits: no examples left for training out of {n}")
+    for name, fraction, count in (("validation", fractions.validation, n_val), ("test", fractions.test, n_test)):
+        if fraction > 0 and count == 0:  # asked for, but too small to hold one example
+            raise ConfigError(
+                f"data.splits.{name}: {fraction:g} of {n} examples is no example at all; "
+                f"use at least {1 / n:.2g}, or 0 for no {name} split"
+            )
     ranges = {"train": (0, n_train), "validation": (n_train, n_train + n_val), "test": (n_train + n_val, n)}
     ranges = {k: v for k, v in ranges.items() if v[1] > v[0]}
     if whole.kind in ("arrays", "table"):

@@ -24,6 +24,8 @@ from __future__ import annotations
 import csv
 import glob
 import inspect
+import os
+import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from trainkit import registry
-from trainkit.errors import ConfigError, TrainkitError, did_you_mean, user_code_error
+from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line, user_code_error
 from trainkit.recipe import (
     ArraysSource,
     CsvSource,
@@ -205,8 +207,10 @@ def load_csv(source: CsvSource) -> Loaded:
             index = {c: i for i, c in enumerate(classes)}
             y = np.array([index[r[header.index(source.label)]] for r in rows], np.int64)
         else:
-            y = _column(rows, header.index(source.label), label_type, path, source.label)
-            y = y.astype(np.int64) if label_type == "int" else y.astype(np.float32)
+            if label_type == "int":
+                y = _class_column(rows, header.index(source.label), path, source.label)
+            else:
+                y = _column(rows, header.index(source.label), label_type, path, source.label).astype(np.float32)
         splits[split] = Split(size=len(rows), arrays=(x, y))
     return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None, feature_names=list(features))
 
@@ -253,6 +257,30 @@ def _column(rows: list[list[str]], j: int, kind: str, path: str, name: str) -> n
             raise ConfigError(
                 f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is not a number"
             ) from None
+    return out
+
+
+def _class_column(rows: list[list[str]], j: int, path: str, name: str) -> np.ndarray:
+    """Class labels: exact integers only (``1e23`` or ``2.5`` would silently become another class)."""
+    out = np.empty(len(rows), np.int64)
+    for i, row in enumerate(rows):
+        text = row[j].strip()
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                number = float(text)
+            except ValueError:
+                number = float("nan")
+            if not (number.is_integer() and abs(number) < 2**53):
+                raise ConfigError(
+                    f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is not an exact integer, "
+                    "and class labels must be (declare the column float in data.source.column_types for a regression)"
+                ) from None
+            value = int(number)
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is too large for a class label")
+        out[i] = value
     return out
 
 
@@ -337,6 +365,19 @@ def load_image_folder(source: ImageFolderSource) -> Loaded:
     )
 
 
+def first_unreadable_image(paths: Iterable[str], *, channels: int) -> tuple[str, str] | None:
+    """The first file of ``paths`` that does not decode as an image, with the reason."""
+    import tensorflow as tf
+
+    for path in paths:
+        path = path.decode() if isinstance(path, bytes) else str(path)
+        try:
+            tf.io.decode_image(tf.io.read_file(path), channels=channels, expand_animations=False)
+        except tf.errors.OpError as err:
+            return path, first_line(err)
+    return None
+
+
 def _image_loader(source: ImageFolderSource, first: str) -> Callable:
     import tensorflow as tf
 
@@ -382,7 +423,7 @@ def load_tfds(source: TfdsSource) -> Loaded:
             f"{did_you_mean(source.name, tfds.list_builders(with_community_datasets=False))}"
         ) from None
     except (ValueError, AssertionError) as err:  # e.g. an unknown version
-        raise ConfigError(f"data.source: TFDS dataset '{name}': {_first_line(err)}") from None
+        raise ConfigError(f"data.source: TFDS dataset '{name}': {first_line(err)}") from None
     info = builder.info
     if source.as_supervised and source.features is None and not info.supervised_keys:
         raise ConfigError(
@@ -410,7 +451,7 @@ def load_tfds(source: TfdsSource) -> Loaded:
         except (ValueError, KeyError) as err:
             known = list(info.splits.keys())
             base = expression.split("[")[0]
-            hint = f"{did_you_mean(base, known)}" if known else _first_line(err)
+            hint = f"{did_you_mean(base, known)}" if known else first_line(err)
             raise ConfigError(
                 f"data.source.splits.{split}: TFDS dataset '{source.name}' has no split '{expression}'; {hint}"
             ) from None
@@ -503,6 +544,10 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
         where = "data.source.files" + (f".{split}" if split != "all" else "")
         files = _expand(patterns, field_name=where)
 
+        if compression is None:
+            for file in files:
+                _check_whole_records(file, field_name=where)
+
         def stream(files=files):
             return tf.data.TFRecordDataset(files, compression_type=compression)
 
@@ -517,9 +562,9 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
                     lo = batch.min() if lo is None else min(lo, batch.min())
                     hi = batch.max() if hi is None else max(hi, batch.max())
         except tf.errors.DataLossError as err:
-            raise ConfigError(f"{where}: not a readable TFRecord file ({_first_line(err)})") from None
+            raise ConfigError(f"{where}: not a readable TFRecord file ({first_line(err)})") from None
         except tf.errors.InvalidArgumentError as err:
-            raise ConfigError(f"data.source.features.{source.label}: the label cannot be parsed as given: {_first_line(err)}") from None
+            raise ConfigError(f"data.source.features.{source.label}: the label cannot be parsed as given: {first_line(err)}") from None
         if count == 0:
             raise ConfigError(f"{where}: the TFRecord files hold no records: the dataset is empty")
         if lo is not None:
@@ -533,6 +578,34 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
     else:
         raise ConfigError(f"data.source.features.{source.label}: a label must be int64 (classes) or float32")
     return Loaded(splits, label_kind=kind, label_range=(int(low), int(high)) if low is not None else None)
+
+
+def _check_whole_records(path: str, *, field_name: str) -> None:
+    """Refuse a TFRecord file that ends inside a record.
+
+    TensorFlow's reader takes a file cut inside a record's 12-byte header for a
+    clean end, so a truncated file would silently train on fewer records. The
+    framing (8-byte length, 4-byte CRC, data, 4-byte CRC) is walked here by
+    seeking, without reading the data.
+    """
+    size = os.path.getsize(path)
+    records, offset = 0, 0
+    with open(path, "rb") as f:
+        while offset < size:
+            header = f.read(8)
+            if len(header) < 8:
+                break
+            length = struct.unpack("<Q", header)[0]
+            end = offset + 12 + length + 4
+            if end > size:
+                break
+            f.seek(end)
+            offset, records = end, records + 1
+    if offset != size:
+        raise ConfigError(
+            f"{field_name}: {path} is truncated: it ends inside record {records + 1} after {records} whole "
+            f"record(s) ({size - offset} stray bytes at the end); restore the file, or cut it at byte {offset}"
+        )
 
 
 # --------------------------------------------------------------------- generators
@@ -585,7 +658,7 @@ def _call_generator(fn: Callable, name: str, kwargs: dict) -> Iterable:
     try:
         return iter(fn(**kwargs))
     except TypeError as err:
-        raise ConfigError(f"data.source: dataset '{name}' cannot be called with {kwargs}: {_first_line(err)}") from None
+        raise ConfigError(f"data.source: dataset '{name}' cannot be called with {kwargs}: {first_line(err)}") from None
 
 
 def _user_generator(examples: Iterable, name: str) -> Iterator:
@@ -609,11 +682,6 @@ def _spec_of(value: Any):
 
 
 # -------------------------------------------------------------------------------
-
-
-def _first_line(err: BaseException) -> str:
-    text = getattr(err, "message", None) or str(err)
-    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
 
 
 LOADERS: dict[str, Callable[[Any], Loaded]] = {

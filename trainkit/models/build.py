@@ -85,14 +85,63 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
     builder = registry.models.get(section.type, field="model.type")
     wanted = inspect.signature(builder).parameters
     context = {k: v for k, v in _context(info).items() if k in wanted}
+    import keras
+    import tensorflow as tf
+
     try:
         model = builder(**context, **section.kwargs)
     except TrainkitError:
         raise
+    except (tf.errors.ResourceExhaustedError, MemoryError) as err:
+        shape = _oom_shape(err)
+        raise ConfigError(
+            f"model: builder '{section.type}' made a model too large for this machine's memory"
+            f"{f' (a weight of shape {shape})' if shape else ''}; make it smaller"
+        ) from None
     except Exception as err:  # a builder is user code: any failure is one line, exit 2
         raise user_code_error(err, f"model: builder '{section.type}'") from None
-    import keras
 
     if not isinstance(model, keras.Model):
         raise ConfigError(f"model: builder '{section.type}' must return a keras.Model, got {type(model).__name__}")
+    check_fits_in_memory(model, field="model")
     return model, []
+
+
+#: Bytes per parameter while training: the weight, its gradient and two optimizer
+#: slots (Adam's moments), in float32. Activations come on top.
+TRAINING_BYTES_PER_PARAMETER = 4 * 4
+
+
+def check_fits_in_memory(model, *, field: str, available: int | None = None) -> None:
+    """Refuse a model whose parameters alone could not be trained in the memory there is."""
+    parameters = int(model.count_params())
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+    available = available_memory() if available is None else available
+    if available and needed > available:
+        raise ConfigError(
+            f"{field}: {parameters:,} parameters need about {_gib(needed)} to train (weights, gradients, "
+            f"optimizer state), more than the {_gib(available)} of memory available; make the model smaller"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
+def _oom_shape(err: BaseException) -> str:
+    import re
+
+    match = re.search(r"tensor with shape\s*(\[[0-9, ]+\])", str(err))
+    return match.group(1) if match else ""

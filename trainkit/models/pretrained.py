@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainkit import registry
-from trainkit.errors import ConfigError, TrainkitError
+from trainkit.errors import ConfigError, TrainkitError, first_line
 
 #: Inside a run directory: the source model as the run first loaded it.
 STORED_SOURCE = "pretrained_source.keras"
@@ -82,11 +82,6 @@ def is_available(source: str) -> bool:
     return source.startswith(_ONLINE_SCHEMES) or Path(source).exists()
 
 
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0][:200] if text else type(err).__name__
-
-
 def _online(host: str, seconds: float = 3.0) -> bool:
     if os.environ.get("TRAINKIT_OFFLINE"):
         return False
@@ -138,7 +133,7 @@ def load_source(
         try:
             return keras.saving.load_model(path, compile=False)
         except Exception as err:
-            raise ConfigError(f"{field}: {source} cannot be loaded as a Keras model: {_first_line(err)}") from None
+            raise ConfigError(f"{field}: {source} cannot be loaded as a Keras model: {first_line(err)[:200]}") from None
     raise ConfigError(f"{field}: '{source}' is not {_KINDS}")
 
 
@@ -180,7 +175,7 @@ def _load_application(source: str, weights: str | None, input_shape, *, field: s
     try:
         return getattr(keras.applications, name)(include_top=False, weights=weights, input_shape=input_shape, pooling="avg")
     except Exception as err:
-        raise ConfigError(f"model.weights: {weights} does not fit {source} on inputs {list(input_shape or [])}: {_first_line(err)}") from None
+        raise ConfigError(f"model.weights: {weights} does not fit {source} on inputs {list(input_shape or [])}: {first_line(err)[:200]}") from None
 
 
 def _load_preset(preset: str, *, field: str):
@@ -191,7 +186,7 @@ def _load_preset(preset: str, *, field: str):
     try:
         return keras_hub.models.Backbone.from_preset(preset)
     except Exception as err:
-        raise ConfigError(f"{field}: the KerasHub preset {preset} cannot be loaded: {_first_line(err)}") from None
+        raise ConfigError(f"{field}: the KerasHub preset {preset} cannot be loaded: {first_line(err)[:200]}") from None
 
 
 def with_head(

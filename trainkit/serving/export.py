@@ -100,6 +100,7 @@ def export(
     checkpoint: str = "final",
     out_dir: str | os.PathLike | None = None,
     quantize: str | None = None,
+    recipe_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Export a kept checkpoint of a run; returns the metadata written to ``export.json``.
 
@@ -119,7 +120,7 @@ def export(
     recorded = inference_spec.read(Path(run_dir))
     if recorded is not None:
         inference_spec.check_exportable(recorded)  # before building anything
-    built, spec, directory = load_run(run_dir, checkpoint)
+    built, spec, directory = load_run(run_dir, checkpoint, recipe_file=recipe_file)
     inference_spec.check_exportable(spec)
     label = Path(checkpoint).name if os.sep in checkpoint else checkpoint
     out = Path(out_dir) if out_dir is not None else directory.path / f"export-{label}"
@@ -127,18 +128,29 @@ def export(
     return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
 
 
-def load_run(run_dir: str | os.PathLike, checkpoint: str) -> tuple[Built, dict[str, Any], RunDir]:
+def load_run(
+    run_dir: str | os.PathLike, checkpoint: str, *, recipe_file: str | os.PathLike | None = None
+) -> tuple[Built, dict[str, Any], RunDir]:
     """A run's recipe built again, the weights of ``checkpoint`` loaded, and its
-    inference description (recorded when it trained, else described now)."""
+    inference description (recorded when it trained, else described now).
+
+    ``recipe_file``: the Python recipe the run came from, for its components (a
+    run directory never imports code by itself: docs/security.md)."""
     from trainkit import api, distribute
     from trainkit.build import build, make_loss
+    from trainkit.errors import ConfigError
     from trainkit.runtime import quiet_tensorflow
     from trainkit.training.run_dir import RunDir
 
     quiet_tensorflow()
-    recipe = distribute.in_one_process(api.load_run_recipe(run_dir))
+    recipe = distribute.in_one_process(api.load_run_recipe(run_dir, recipe_file=recipe_file))
     directory = RunDir(run_dir)
-    built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
+    try:
+        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
+    except ConfigError as err:
+        if recipe_file is not None:
+            raise
+        raise api.with_recipe_file_hint(directory, err) from None
     api.load_checkpoint_weights(built.model, directory, checkpoint)
     spec = inference_spec.read(directory.path)
     if spec is None:  # a run from before inference.json: the data gives the same numbers again

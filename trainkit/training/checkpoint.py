@@ -45,6 +45,7 @@ import keras
 import tensorflow as tf
 
 from trainkit.errors import RunDirError
+from trainkit.training.run_dir import write_text_atomic
 from trainkit.training.sinks import warn
 
 PREFIX = "ckpt"
@@ -124,6 +125,14 @@ def _files_of(prefix: str) -> list[Path]:
     )
 
 
+def _same_files(a: str, b: str) -> bool:
+    """Whether two checkpoint prefixes are hard links to the same files."""
+    try:
+        return os.stat(a + ".index").st_ino == os.stat(b + ".index").st_ino
+    except OSError:
+        return False
+
+
 def write_state(directory: Path, latest: str, paths: Sequence[str]) -> None:
     """Rewrite TensorFlow's ``checkpoint`` list (relative paths, atomically).
 
@@ -135,9 +144,33 @@ def write_state(directory: Path, latest: str, paths: Sequence[str]) -> None:
     lines += [f'all_model_checkpoint_paths: "{Path(p).name}"' for p in paths]
     lines += [f"all_model_checkpoint_timestamps: {now:.6f}" for _ in paths]
     lines.append(f"last_preserved_timestamp: {now - 1:.6f}")
-    tmp = directory / ".checkpoint.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, directory / "checkpoint")
+    write_text_atomic(directory / "checkpoint", "\n".join(lines) + "\n")
+
+
+def repair_state(directory: Path, warn: Callable[[str], None] | None = None) -> bool:
+    """Rebuild an unreadable ``checkpoint`` list from the checkpoint files; True if it did.
+
+    TensorFlow's ``CheckpointManager`` reads the list when it is made and fails on a
+    damaged one (binary garbage: UnicodeDecodeError), although the files beside it
+    say everything the list does.
+    """
+    state_file = Path(directory) / "checkpoint"
+    if not state_file.is_file():
+        return False
+    try:
+        tf.train.get_checkpoint_state(str(directory))
+        return False
+    except Exception as err:  # any failure to parse: the list is damaged
+        reason = _reason(err)
+    found = [p for p in candidates(directory) if Path(p + ".index").is_file()]
+    if found:
+        write_state(Path(directory), found[0], sorted(found, key=step_of))
+    else:
+        state_file.unlink()
+    (warn or _stderr)(
+        f"warning: {state_file} could not be read ({reason}); rebuilt it from the checkpoint files beside it"
+    )
+    return True
 
 
 class _CallbackState:
@@ -244,6 +277,7 @@ class Checkpointer:
     def _manager(self, kind: str = "last") -> tf.train.CheckpointManager:
         if kind not in self._managers:
             directory = self.directory if kind == "last" else self.directory / kind
+            repair_state(directory)
             self._managers[kind] = tf.train.CheckpointManager(
                 self._checkpoint, str(directory), max_to_keep=self.keep if kind == "last" else 1
             )
@@ -287,10 +321,14 @@ class Checkpointer:
         averages swapped in): then ``final/`` is written anew.
         """
         final = self._manager("final").latest_checkpoint
+        just_saved = same_as_last and self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest
         if same_as_last and final and step_of(final) == step and tf.io.gfile.exists(final + ".index"):
-            return final
-        linkable = same_as_last and final is None
-        if linkable and self.saved_at.get("last") == (step, epoch, step_in_epoch) and self.latest:
+            if not (just_saved and step_of(self.latest) == step and not _same_files(final, self.latest)):
+                return final
+            # final/ links the files of an earlier save of this step, which the
+            # rotation has since rewritten (a damaged checkpoint set aside and the
+            # step trained again): link the new files instead.
+        if just_saved:
             linked = self._link("final", self.latest)
             if linked:
                 return linked
@@ -313,6 +351,9 @@ class Checkpointer:
         except OSError:
             return None
         write_state(folder, name, [name])  # the list last, as TensorFlow does
+        for old in folder.glob(f"{PREFIX}-*"):  # one checkpoint per kind, as its manager keeps
+            if old.is_file() and not old.name.startswith(f"{name}."):
+                old.unlink(missing_ok=True)
         self._managers.pop(kind, None)  # re-read the list on the next use
         return str(folder / name)
 
@@ -355,6 +396,7 @@ class Checkpointer:
         """
         warn = warn or _stderr
         self._managers.pop("last", None)
+        repair_state(self.directory, warn)
         path, skipped = latest_readable(self.directory, self.restore)
         if path is None:
             if skipped:  # left as they are, for a person to look at

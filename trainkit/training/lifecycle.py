@@ -19,6 +19,7 @@ from typing import Any
 from trainkit import distribute
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.recipe import Recipe
+from trainkit.training import disk_full
 from trainkit.training.phases import Phases
 from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
 from trainkit.training.sinks import Sink, make_sink, say
@@ -72,7 +73,7 @@ def train_run(
     the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
     there to here, where TensorFlow and trainkit are imported.
     """
-    from trainkit.build import build, make_callbacks
+    from trainkit.build import build, check_callbacks, make_callbacks, rehearse
     from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.checkpoint import Checkpointer, candidates, step_of
     from trainkit.training.controller import Controller, now
@@ -80,6 +81,7 @@ def train_run(
     phases = Phases()
     phases.add("start_up", time.time() - started if started else 0.0)
     directory = RunDir(run_dir)
+    directory.check_place()  # a folder that can be written, without links: before anything is built
     changes = [] if restart else directory.check_compatible(recipe)  # read-only: refuses before building
     previous = directory.read_recipe() if changes else None  # (config.yaml is rewritten below)
     with phases.timed("build"):
@@ -87,9 +89,17 @@ def train_run(
         built = build(
             recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True
         )
+    # Everything user-supplied is checked before the run directory is touched:
+    # the callbacks are made now (their constructors check their arguments), and
+    # one real step shows that optimizer, loss and metrics work with the data
+    # (it also builds metrics that make their variables on first use).
+    callbacks_to_check = make_callbacks(recipe, run_dir=directory.path)
+    rehearse(built)
     check_policy(built)
+    check_callbacks(built, callbacks_to_check, run_dir=directory.path)
     if not restart:
         check_sources(directory, built)
+        directory.check_same_data(built.data.info.sizes)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
@@ -118,7 +128,9 @@ def train_run(
         # Only now, validated and holding the lock, may a relative data.cache path
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
-        directory.update_status(distribution=distribute.batch_plan(recipe, built.strategy))
+        directory.update_status(
+            distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
+        )
         if role.is_chief:
             record_inputs(built, directory)  # inference.json: what export and predict need
         sink.line(header(built, directory))
@@ -154,14 +166,28 @@ def train_run(
                 export_trained(built, directory)
         directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
     except BaseException as err:
-        status = directory.read_status()
-        if status.get("status") == "running":
-            if isinstance(err, KeyboardInterrupt):
-                directory.update_status(status="interrupted", ended=now())
-            else:
-                directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=now())
-        elif not status.get("ended"):  # interrupted or diverged, said by the controller
-            directory.update_status(ended=now())
+        full = disk_full.is_disk_full(err)
+        if full:  # first make room: the status below must still be written
+            disk_full.remove_partial_files(directory.path)
+            err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
+        explain = getattr(built.data, "explain_read_error", None)
+        unreadable = explain(err) if explain else None  # a bad image found mid-training
+        if unreadable is not None:
+            err = unreadable
+        try:
+            status = directory.read_status()
+            if status.get("status") == "running":
+                if isinstance(err, KeyboardInterrupt):
+                    directory.update_status(status="interrupted", ended=now())
+                else:
+                    directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=now())
+            elif not status.get("ended"):  # interrupted or diverged, said by the controller
+                directory.update_status(ended=now())
+        except OSError:
+            if not full:
+                raise
+        if full or unreadable is not None:
+            raise err from None
         lost = distribute.as_worker_lost(err, built.strategy)
         if lost is not None:
             raise lost from None
@@ -185,6 +211,21 @@ def schedule_note(built, previous: Recipe, step: int) -> str | None:
         new_total=built.total_steps,
         step=step,
     )
+
+
+def _what_was_written(err: BaseException) -> str:
+    text = str(err)
+    if "SaveV2" in text or "ckpt-" in text:
+        return "a checkpoint"
+    if any(mark in text for mark in (".tmp.keras", "saved_model", ".tflite", ".onnx", "export")):
+        return "the exported model"
+    return "a file"
+
+
+def _state_bytes(built) -> int:
+    """Bytes of the model's and optimizer's variables: about what a checkpoint takes."""
+    variables = [*built.model.variables, *built.trainer.optimizer.variables]
+    return sum(int(v.numpy().nbytes) for v in variables)
 
 
 def check_sources(directory: RunDir, built) -> None:

@@ -253,6 +253,20 @@ class Trainer:
 
         return test_steps
 
+    def trial(self, train_iterator, eval_dataset) -> None:
+        """One training step and one evaluation pass through the compiled functions
+        the run will use, outside its accounting (no steps, times or calls counted).
+
+        For the checks before a run: the caller restores the variables afterwards.
+        """
+        if self._train_fn is None:
+            self._train_fn = self._make_train_fn()
+        self._train_fn(train_iterator, tf.constant(1, tf.int32))
+        # Its own evaluation function: the run's are traced once each, for the
+        # run's own datasets (eval_traces), never for this rehearsal's.
+        self._reset_eval_metrics()
+        self._make_eval_fn()(iter(eval_dataset))
+
     @property
     def eval_traces(self) -> int:
         """How many times the evaluation functions have been traced (at most 2 a run)."""

@@ -14,6 +14,8 @@ import json
 import time
 from typing import Any
 
+from trainkit.training.run_dir import open_for_append
+
 #: Set by the CLI when the process starts, to report the time to the first step.
 PROCESS_STARTED: float | None = None
 
@@ -26,7 +28,7 @@ class MetricsLog:
         self._writers = {split: ScalarWriter(run_dir.tensorboard / split) for split in ("train", "validation")}
         self._last_time = time.perf_counter()
         self._last_step = start_step
-        self._events = open(run_dir.metrics_log, "a", buffering=1)  # one line, one write
+        self._events = open_for_append(run_dir.metrics_log)  # one line, one write
 
     def steps_per_second(self, step: int) -> float:
         now = time.perf_counter()

@@ -19,6 +19,7 @@ different recipe is refused (the differing keys are listed) unless only keys in
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.errors import RunDirError
+from trainkit.errors import RunDirError, TrainkitError
 from trainkit.recipe import Recipe, diff, is_resumable_change
 from trainkit.training.sinks import warn
 
@@ -38,15 +39,48 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
+def _create_new(path: Path) -> int:
+    """A new file at ``path`` for writing; whatever was there (a symlink too) is replaced, never followed."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so a reader never sees half of it (temporary file, fsync, rename).
+
+    The temporary file is created new (``O_EXCL | O_NOFOLLOW``) and renamed over
+    ``path``: a symlink at either name is replaced, its target never written. On
+    any failure (a full disk) the temporary file is removed and ``path`` is untouched.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with os.fdopen(_create_new(tmp), "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON so a reader never sees half a file (write, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def open_for_append(path: Path):
+    """A text file opened for appending lines, refusing to follow a symlink at ``path``."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise RunDirError(f"{path} is a symbolic link; trainkit never writes through one (remove it)") from None
+        raise
+    return os.fdopen(fd, "a", buffering=1)
 
 
 class RunDir:
@@ -69,13 +103,114 @@ class RunDir:
         return self.config.is_file()
 
     def read_recipe(self) -> Recipe:
-        return Recipe.from_yaml(self.config.read_text())
+        """The run's recipe; a damaged ``config.yaml`` is one line saying how to recover."""
+        from trainkit.loader import parse_yaml
+
+        recover = (
+            "restore it from a copy, or train with --restart to start over (the old run is kept aside)"
+        )
+        try:
+            text = _read_regular(self.config).decode("utf-8")
+            data = parse_yaml(text, source=self.config.name)
+            if not isinstance(data, dict):
+                raise ValueError(f"it holds {'nothing' if data is None else 'a ' + type(data).__name__}, not a recipe")
+            return Recipe.model_validate(data)
+        except UnicodeDecodeError:
+            reason = "it is not UTF-8 text"
+        except (TrainkitError, ValueError, OSError) as err:
+            reason = _os_reason(err)
+        raise RunDirError(f"{self.config} cannot be read back ({reason}); {recover}")
 
     def read_status(self) -> dict[str, Any]:
-        return json.loads(self.run_json.read_text()) if self.run_json.is_file() else {}
+        """run.json as a dict (``{}`` when there is none); a damaged one is one line."""
+        try:
+            raw = _read_regular(self.run_json)
+        except FileNotFoundError:
+            return {}
+        except OSError as err:
+            raise RunDirError(f"{self.run_json} cannot be read ({_os_reason(err)})") from None
+        try:
+            status = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            status = None
+        if not isinstance(status, dict):
+            raise RunDirError(
+                f"{self.run_json} is not trainkit's status (JSON object) file; delete it (the run's "
+                "config.yaml and checkpoints still resume) or restore it from a copy"
+            )
+        return status
+
+    def check_same_data(self, sizes: dict[str, int]) -> None:
+        """Refuse to resume on data of other sizes than the run started with.
+
+        A file cut exactly between two records, or images removed, reads as a
+        smaller dataset without any error: the count recorded at the start is
+        the only witness.
+        """
+        if not self.exists():
+            return
+        recorded = self.read_status().get("examples")
+        if not isinstance(recorded, dict):
+            return  # a run from before the count was recorded
+        changed = [f"{split} {recorded.get(split, 0)} -> {n}" for split, n in sizes.items() if recorded.get(split, 0) != n]
+        if changed:
+            raise RunDirError(
+                f"{self.path} was trained on data of other sizes (examples per split: {', '.join(changed)}); "
+                "a data file was cut short or changed: restore it, or use --restart to train on the data as it is now"
+            )
+
+    def check_place(self) -> None:
+        """Refuse, before anything is built or written, a run directory that could
+        not be written: under a regular file, on a read-only file system, with a
+        name too long for the file system, or holding symbolic links."""
+        for part in self.path.parts:
+            if len(os.fsencode(part)) > 255:
+                raise RunDirError(
+                    f"--run-dir {self.path}: the name '{part[:24]}...' is {len(os.fsencode(part))} bytes long; "
+                    "file systems allow at most 255 per name"
+                )
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirError(f"--run-dir {self.path}: it is a file, not a folder; choose another --run-dir")
+        if self.path.exists() and Path.cwd().resolve().is_relative_to(self.path.resolve()):
+            # --restart would move the working directory aside (EBUSY), and a run
+            # would mix its files with whatever else is there.
+            raise RunDirError(
+                f"--run-dir {self.path}: it is the working directory or holds it; a run directory is a folder "
+                "of its own (e.g. runs/NAME)"
+            )
+        ancestor = self.path.absolute()
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise RunDirError(f"--run-dir {self.path}: {ancestor} is a file, so no folder can be made under it")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            why = "a read-only file system" if _read_only(ancestor) else "not writable by this user"
+            raise RunDirError(f"--run-dir {self.path}: {ancestor} is {why}; choose another --run-dir")
+        self.refuse_symlinks()
+
+    def refuse_symlinks(self) -> None:
+        """Refuse a run directory with a symbolic link anywhere inside it.
+
+        trainkit writes files in a run directory (a lock, logs, checkpoints) that
+        a copied or shared directory could otherwise point elsewhere: a link
+        named ``.lock`` or ``metrics.jsonl`` would have trainkit overwrite or
+        append to its target. The directory itself may be a link (``runs ->
+        /data/runs``); what is inside it may not.
+        """
+        if not self.path.is_dir():
+            return
+        for root, dirs, files in os.walk(self.path):
+            for name in [*dirs, *files]:
+                entry = Path(root) / name
+                if entry.is_symlink():
+                    raise RunDirError(
+                        f"{self.path} holds a symbolic link, {entry}; trainkit never writes through links "
+                        "in a run directory: replace it with the file itself, or use another --run-dir"
+                    )
 
     def check_compatible(self, recipe: Recipe) -> list[str]:
         """Raise if ``recipe`` may not continue the run here; return the allowed changes."""
+        self.check_place()
         if not self.exists():
             if self.path.exists() and any(p for p in self.path.iterdir() if p.name != ".lock"):
                 raise RunDirError(
@@ -84,6 +219,7 @@ class RunDir:
                 )
             return []
         old = self.read_recipe()
+        self.read_status()  # a damaged run.json is refused now, before anything is built
         changed = diff(old, recipe)
         forbidden = [key for key in changed if not is_resumable_change(key)]
         if forbidden:
@@ -103,9 +239,15 @@ class RunDir:
         ``.lock`` left by a killed run is stale by construction and is taken
         over; no PID-liveness guess (and no PID reuse) is involved.
         """
+        self.refuse_symlinks()
         self.path.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            except OSError as err:
+                if err.errno == errno.ELOOP:  # a link made since the check above
+                    raise RunDirError(f"{self.lock_file} is a symbolic link; remove it") from None
+                raise
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -140,7 +282,7 @@ class RunDir:
 
     def _lock_holder(self) -> dict[str, Any] | None:
         try:
-            holder = json.loads(self.lock_file.read_text())
+            holder = json.loads(_read_regular(self.lock_file))
         except (OSError, ValueError):
             return None
         return holder if isinstance(holder, dict) else None
@@ -171,9 +313,7 @@ class RunDir:
     # -- writing ----------------------------------------------------------------
 
     def write_config(self, recipe: Recipe) -> None:
-        tmp = self.path / ".config.yaml.tmp"
-        tmp.write_text(recipe.to_yaml())
-        os.replace(tmp, self.config)
+        write_text_atomic(self.config, recipe.to_yaml())
 
     def update_status(self, **fields: Any) -> dict[str, Any]:
         status = self.read_status()
@@ -207,6 +347,29 @@ class RunDir:
             resumed_at=[*previous.get("resumed_at", []), _now()] if resumed else [],
             ended=None,
         )
+
+
+def _read_regular(path: Path, limit: int = 1 << 20) -> bytes:
+    """The bytes of a small regular file, never through a symlink, at most ``limit``."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"it is larger than {limit // 1024} KiB, far more than trainkit writes there")
+    return data
+
+
+def _read_only(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _os_reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.errno == errno.ELOOP:
+        return "it is a symbolic link"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def command_line() -> list[str]:
