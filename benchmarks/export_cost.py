@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from markdown_section import replace_section
+
 ROOT = Path(__file__).resolve().parent.parent
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 BEGIN = "<!-- export: benchmarks/export_cost.py -->"
@@ -134,14 +136,8 @@ def main() -> None:
         "Training keeps the preprocessing in the tf.data pipeline; the layers go in front of the model for export.",
         END,
     ]
-    report = ROOT / "BENCHMARKS.md"
-    text = report.read_text()
     section = "\n".join(lines)
-    if BEGIN in text and END in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    report.write_text(text)
+    replace_section(BEGIN, END, section)
     print(section)
 
 

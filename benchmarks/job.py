@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from markdown_section import replace_section
+
 _STARTED = time.time()  # in a worker: the counterpart of trainkit's start-up clock (cli.py)
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -260,15 +262,6 @@ def report(table: dict, repeats: int, note: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    """Replace the section between BEGIN and END in BENCHMARKS.md (or append it)."""
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
 
 
 def main() -> None:
@@ -301,7 +294,7 @@ def main() -> None:
     table = summarise(samples)
     (HERE / "job.json").write_text(json.dumps({"samples": samples, "table": table}, indent=2))
     if not args.quick:
-        write_section(report(table, repeats, args.note))
+        replace_section(BEGIN, END, report(table, repeats, args.note))
     print(json.dumps(table, indent=2))
 
 

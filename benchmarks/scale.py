@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from markdown_section import replace_section
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 DATA = HERE / ".scale_data"
@@ -220,14 +222,6 @@ def report(table: dict, sizes: list[int], repeats: int, note: str) -> str:
     return "\n".join(lines)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "BENCHMARKS.md"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + text + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
 
 
 def main() -> None:
@@ -262,7 +256,7 @@ def main() -> None:
     table = summarise(samples)
     (HERE / "scale.json").write_text(json.dumps({"samples": {s: {str(n): r for n, r in v.items()} for s, v in samples.items()}, "table": table}, indent=2))
     if not args.quick:
-        write_section(report(table, sizes, repeats, args.note))
+        replace_section(BEGIN, END, report(table, sizes, repeats, args.note))
         plot(table, sizes)
     print(json.dumps(table, indent=2))
 

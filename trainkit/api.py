@@ -67,7 +67,7 @@ def train(
     recipe = _as_recipe(recipe)
     if distribute.serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
-        return Run(recipe, Path(run_dir or default_run_dir(recipe)), model=None)
+        return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
     from trainkit.runtime import preserved_process_state
     from trainkit.training.lifecycle import train_run
     from trainkit.training.stops import TrainingStopped

@@ -166,7 +166,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     report.PROCESS_STARTED = _STARTED
     recipe = _load(args)
     run = api.train(recipe, run_dir=args.run_dir, restart=args.restart)
-    if run.model is not None:  # (None: a parameter-server cluster's worker or ps task, which only served)
+    # trainer.progress: false silences everything but warnings and errors.
+    if not run.served_only and recipe.trainer.progress:
         print(f"run directory: {run.run_dir}")
     return 0
 

@@ -85,8 +85,12 @@ class Run:
         history: dict[str, list] | None = None,
         metrics: dict[str, dict[str, float]] | None = None,
         built: Any = None,
+        *,
+        served_only: bool = False,
     ):
         self.run_dir = Path(run_dir)
+        #: True for a parameter-server cluster's worker or ps task: it served the chief, which trained.
+        self.served_only = served_only
         self._recipe = recipe
         self._model = model
         self._history = history

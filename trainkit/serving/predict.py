@@ -80,7 +80,10 @@ def predict(run_dir: str | os.PathLike, inputs: Any, *, checkpoint: str | None =
     inference_spec.check_exportable(spec)
     names, features = read_inputs(inputs, spec)
     model = _model(directory, spec, checkpoint)
-    outputs = np.asarray(model.predict(features, verbose=0, batch_size=256))
+    # The model called eagerly, batch by batch: Keras's predict() traces a new function for
+    # every loaded model, and from the fifth call in one process TensorFlow warns of retracing.
+    batches = [np.asarray(model(features[i : i + 256], training=False)) for i in range(0, len(features), 256)]
+    outputs = np.concatenate(batches) if batches else np.zeros((0, *model.output_shape[1:]), np.float32)
     if spec["task"] == "classification":
         return Predictions(names, spec["task"], spec["class_names"], probabilities=outputs, class_ids=outputs.argmax(-1))
     return Predictions(names, spec["task"], None, values=outputs)
