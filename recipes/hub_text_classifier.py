@@ -1,7 +1,7 @@
 """Fine-tune a KerasHub BERT backbone from a preset, with LoRA, as a text classifier.
 
 Run:      trainkit train hub_text_classifier       (needs the network: KerasHub fetches
-          kaggle://keras/bert/keras/bert_tiny_en_uncased, about 17 MB)
+          kaggle://keras/bert/keras/bert_tiny_en_uncased)
 Offline:  on a machine with network run
             python -c "import keras_hub; keras_hub.models.Backbone.from_preset('kaggle://keras/bert/keras/bert_tiny_en_uncased').save_to_preset('presets/bert_tiny_en_uncased')"
           copy presets/bert_tiny_en_uncased here, then
