@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import textwrap
 
@@ -67,3 +68,42 @@ def test_lora_on_a_local_preset_trains_few_parameters_and_the_run_outlives_the_p
     assert evaluated.returncode == 0, evaluated.stderr
     expected = json.loads((run / "eval.json").read_text())["test"]
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_the_hub_text_classifier_recipe_trains_offline_on_a_tiny_preset_and_its_handle_fails_fast(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    preset = tmp_path / "presets" / "hub_text_tiny"
+    made = subprocess.run(
+        [sys.executable, str(ROOT / "recipes" / "hub_text_classifier.py"), "--make-tiny-preset", str(preset)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert made.returncode == 0, made.stderr
+    assert (preset / "config.json").is_file() and (preset / "metadata.json").is_file()
+
+    smoke = ("hub_text_classifier", "-c", "hub_text_classifier_smoke", f"model.source={preset}")
+    validated = run_cli("validate", *smoke, cwd=tmp_path)
+    assert validated.returncode == 0, validated.stderr
+    counts = dict(line.strip().split(": ", 1) for line in validated.stdout.splitlines() if "_parameters:" in line)
+    assert 0 < int(counts["trainable_parameters"]) < int(counts["total_parameters"]) / 5  # LoRA: a few factors train
+
+    trained = run_cli("train", *smoke, "--run-dir", "run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+
+    # The recipe's own source is an online handle: offline it fails at once, in one line.
+    started = time.monotonic()
+    offline = run_cli("train", "hub_text_classifier", "--run-dir", "online", cwd=tmp_path, env={"TRAINKIT_OFFLINE": "1"})
+    assert offline.returncode == 2, offline.stderr
+    assert time.monotonic() - started < 60  # (the interpreter's start included; the check itself is immediate)
+    message = offline.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert "kaggle://keras/bert/keras/bert_tiny_en_uncased" in message and "save_to_preset" in message
+    assert not (tmp_path / "online").exists()
