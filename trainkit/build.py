@@ -359,6 +359,14 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
         ) from None
 
 
+def metric_names(built: Built) -> list[str]:
+    """The names a run reports (``loss``, ``accuracy``, ``val_loss``, ...), for monitors."""
+    names = list(built.trainer.result())
+    if built.data.has_split("validation"):  # in memory or streamed
+        names += [f"val_{name}" for name in names]
+    return names
+
+
 #: Callback arguments that name a file or folder the callback writes.
 _CALLBACK_PATHS = ("filename", "filepath", "log_dir", "backup_dir")
 
@@ -369,9 +377,7 @@ def check_callbacks(built: Built, callbacks: list, *, run_dir: str | os.PathLike
 
     Relative paths are checked where :func:`make_callbacks` puts them, inside
     ``run_dir`` (which trainkit itself makes) when one is given."""
-    names = list(built.trainer.result())
-    if built.data.has_split("validation"):
-        names += [f"val_{name}" for name in names]
+    names = metric_names(built)
     for i, callback in enumerate(callbacks):
         field = f"trainer.callbacks.{i}"
         label = type(callback).__name__

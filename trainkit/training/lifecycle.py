@@ -35,22 +35,16 @@ class Trained:
     metrics: dict[str, dict[str, float]]
 
 
-def metric_names(built) -> list[str]:
-    """The names a run reports (``loss``, ``accuracy``, ``val_loss``, ...), for monitors."""
-    names = list(built.trainer.result())
-    if "validation" in built.data.arrays:
-        names += [f"val_{name}" for name in names]
-    return names
-
-
 def check_policy(built) -> None:
     """Checks of the trainer section that need the built run; raise before anything is written."""
     monitor = built.recipe.trainer.checkpoint.monitor
     if monitor is not None:
+        from trainkit.build import metric_names
+
         names = metric_names(built)
         if monitor not in names:
             hint = did_you_mean(monitor, names)
-            no_val = "" if "validation" in built.data.arrays else " (there is no validation split)"
+            no_val = "" if built.data.has_split("validation") else " (there is no validation split)"
             raise ConfigError(
                 f"trainer.checkpoint.monitor: '{monitor}' is not a metric of this run{no_val}; {hint}"
             )
