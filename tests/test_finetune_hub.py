@@ -64,7 +64,8 @@ def test_lora_on_a_local_preset_trains_few_parameters_and_the_run_outlives_the_p
     trained = run_cli("train", str(recipe), "--run-dir", str(run), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     shutil.rmtree(preset)
-    evaluated = run_cli("eval", str(run), "--split", "test", cwd=tmp_path)
+    # (--recipe: the recipe registers its dataset; a run directory never imports it by itself)
+    evaluated = run_cli("eval", str(run), "--split", "test", "--recipe", str(recipe), cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     expected = json.loads((run / "eval.json").read_text())["test"]
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(expected)
