@@ -72,8 +72,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
     p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
     p.add_argument(
-        "--recipe", metavar="FILE",
-        help="the Python recipe the run was trained from, to register its components "
+        "--recipe", metavar="RECIPE",
+        help="the Python recipe (file or name) the run was trained from, to register its components "
         "(a run directory never runs code by itself)",
     )
 
@@ -86,7 +86,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="final", help="final (default), last, best, a step number or a checkpoint path")
     p.add_argument("-o", "--output", metavar="DIR", help="where the files go (default: RUN_DIR/export-CHECKPOINT)")
     p.add_argument("--quantize", choices=["none", "dynamic_range"], help="LiteRT weights (default: the recipe's export.quantize)")
-    p.add_argument("--recipe", metavar="FILE", help="the Python recipe the run was trained from, to register its components")
+    p.add_argument("--recipe", metavar="RECIPE", help="the Python recipe (file or name) the run was trained from, to register its components")
 
     p = commands.add_parser("predict", help="predict raw inputs (CSV, .npy, JSON lines, a folder of images) with a run's model")
     p.add_argument("run_dir", metavar="RUN_DIR")

@@ -238,10 +238,19 @@ def _import_recipe_module(path: Path) -> Any:
     return module
 
 
-def import_recipe_file(path: Path, *, option: str) -> Any:
-    """Import a Python recipe file the user named (``option`` says where), registering its components."""
+def import_recipe_file(path: str | os.PathLike, *, option: str) -> Any:
+    """Import a Python recipe the user named (``option`` says where), registering its components.
+
+    ``path`` is a ``.py`` file or, as ``trainkit train`` takes it, a recipe's name.
+    """
+    text = str(path)
+    path = Path(text)
+    if path.suffix != ".py" and os.sep not in text and text in available():
+        path = available()[text]
     if path.suffix != ".py" or not path.is_file():
-        raise ConfigError(f"{option} {path}: not a Python recipe file (.py); name the recipe the run was trained from")
+        raise ConfigError(
+            f"{option} {text}: not a Python recipe file (.py) or recipe name; name the recipe the run was trained from"
+        )
     return _import_recipe_module(path)
 
 
