@@ -98,7 +98,8 @@ def model_and_optimizer(name: str, job: dict, steps: int):
     return keras.Model(inputs, outputs), keras.optimizers.Adam(learning_rate)
 
 
-def keras_fit_job(name: str, out: Path) -> None:
+def seeded_job(name: str):
+    """``(job, training arrays, validation, test, model, optimizer)``, the same for every method."""
     import keras
 
     job = JOBS[name]
@@ -106,6 +107,11 @@ def keras_fit_job(name: str, out: Path) -> None:
     (x, y), val, test = digits(job)
     steps = job["epochs"] * -(-len(x) // job["batch"])
     model, optimizer = model_and_optimizer(name, job, steps)
+    return job, (x, y), val, test, model, optimizer
+
+
+def keras_fit_job(name: str, out: Path) -> None:
+    job, (x, y), val, test, model, optimizer = seeded_job(name)
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(x, y, batch_size=job["batch"], epochs=job["epochs"], validation_data=val, verbose=0)
     for split in (val, test):
@@ -117,11 +123,7 @@ def hand_loop_job(name: str, out: Path) -> None:
     import keras
     import tensorflow as tf
 
-    job = JOBS[name]
-    keras.utils.set_random_seed(0)
-    (x, y), val, test = digits(job)
-    steps = job["epochs"] * -(-len(x) // job["batch"])
-    model, optimizer = model_and_optimizer(name, job, steps)
+    job, (x, y), val, test, model, optimizer = seeded_job(name)
     loss_fn = keras.losses.SparseCategoricalCrossentropy()
     train_loss, val_loss = keras.metrics.Mean(), keras.metrics.Mean()
     train_acc, val_acc = keras.metrics.SparseCategoricalAccuracy(), keras.metrics.SparseCategoricalAccuracy()

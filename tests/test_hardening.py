@@ -184,15 +184,22 @@ def test_atomic_writes_replace_a_symlink_instead_of_writing_through_it(tmp_path)
 # ------------------------------------------------- eval never imports run code
 
 
-@pytest.mark.slow
-def test_eval_never_imports_the_recipe_source_a_run_json_names(tmp_path, tiny_run):
+def _copy_naming_a_hostile_source(tiny_run, tmp_path, name: str):
+    """A copy of ``tiny_run`` whose run.json names a recipe source that would leave a marker
+    file if it ever ran; returns ``(run, source, marker)``."""
     run = _copy(tiny_run, tmp_path / "run")
     marker = tmp_path / "pwned"
-    evil = tmp_path / "evil.py"
+    evil = tmp_path / name
     evil.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     status = json.loads((run / "run.json").read_text())
     status["recipe_source"] = str(evil)
     (run / "run.json").write_text(json.dumps(status))
+    return run, evil, marker
+
+
+@pytest.mark.slow
+def test_eval_never_imports_the_recipe_source_a_run_json_names(tmp_path, tiny_run):
+    run, evil, marker = _copy_naming_a_hostile_source(tiny_run, tmp_path, "evil.py")
 
     line = _one_line(run_cli("eval", str(run), cwd=tmp_path, timeout=120))
     assert not marker.exists()
@@ -207,13 +214,7 @@ def test_eval_never_imports_the_recipe_source_a_run_json_names(tmp_path, tiny_ru
 
 
 def test_in_process_eval_of_a_copied_run_does_not_import_its_source(tmp_path, tiny_run):
-    run = _copy(tiny_run, tmp_path / "run")
-    marker = tmp_path / "pwned"
-    evil = tmp_path / "evil2.py"
-    evil.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
-    status = json.loads((run / "run.json").read_text())
-    status["recipe_source"] = str(evil)
-    (run / "run.json").write_text(json.dumps(status))
+    run, _, marker = _copy_naming_a_hostile_source(tiny_run, tmp_path, "evil2.py")
     assert "loss" in api.evaluate(run, split="test")  # the builder is registered in this process
     assert not marker.exists()
 
