@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit import distribute
-from trainkit.errors import ConfigError, RunDirError
+from trainkit.errors import ConfigError, RunDirError, first_line
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runs import Run, read_history
@@ -187,8 +187,7 @@ def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str 
         try:
             restore_model_weights(model, path)
         except Exception as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunDirError(f"{field}: {path} cannot be read back: {reason[:160]}") from None
+            raise RunDirError(f"{field}: {path} cannot be read back: {first_line(err, limit=160)}") from None
         return path
 
     if which in ("last", "best", "final"):

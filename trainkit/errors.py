@@ -46,10 +46,12 @@ def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 12) -> str:
     return f"valid: {shown}{more}"
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
+def first_line(err: BaseException, *, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name when it has none),
+    cut to ``limit`` characters when given."""
     text = (getattr(err, "message", None) or str(err)).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line[:limit] if limit else line
 
 
 def _is_download_failure(err: BaseException) -> bool:

@@ -44,7 +44,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from trainkit.errors import RunDirError
+from trainkit.errors import RunDirError, first_line
 from trainkit.training.run_dir import write_text_atomic
 from trainkit.training.sinks import warn
 
@@ -113,9 +113,7 @@ def latest_readable(directory: str | os.PathLike, restore: Callable[[str], None]
 
 
 def _reason(err: BaseException) -> str:
-    text = (getattr(err, "message", None) or str(err)).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line[:160]
+    return first_line(err, limit=160)
 
 
 def _files_of(prefix: str) -> list[Path]:

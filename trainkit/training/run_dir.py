@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.errors import RunDirError, TrainkitError
+from trainkit.errors import RunDirError, TrainkitError, first_line
 from trainkit.recipe import Recipe, diff, is_resumable_change
 from trainkit.training.sinks import warn
 
@@ -368,8 +368,7 @@ def _os_reason(err: BaseException) -> str:
         return "it is a symbolic link"
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+    return first_line(err, limit=300)
 
 
 def command_line() -> list[str]:
