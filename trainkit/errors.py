@@ -24,6 +24,12 @@ class ConfigError(TrainkitError, ValueError):
     exit_code = USAGE_EXIT_CODE
 
 
+class MissingExtra(TrainkitError):
+    """An optional dependency is not installed: the message names the extra to install."""
+
+    exit_code = USAGE_EXIT_CODE
+
+
 class RunDirError(TrainkitError):
     """A run directory that cannot be used: another recipe lives there, or it is locked."""
 
