@@ -9,6 +9,7 @@ the Python API lets it propagate so notebooks show it too.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 USAGE_EXIT_CODE = 2
@@ -54,9 +55,18 @@ def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 12) -> str:
 
 def first_line(err: BaseException, *, limit: int | None = None) -> str:
     """The first line of an exception's message (its type name when it has none),
-    cut to ``limit`` characters when given."""
-    text = (getattr(err, "message", None) or str(err)).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
+    cut to ``limit`` characters when given.
+
+    Keras wraps an error raised inside a layer's ``call`` in a message whose first
+    line only names the layer ("Exception encountered when calling Resizing.call()."):
+    the cause, the next line, is taken instead.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", getattr(err, "message", None) or str(err)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        line = f"{lines[0].split()[-1].removesuffix('.call().')}: {lines[1]}"
+    else:
+        line = lines[0] if lines else type(err).__name__
     return line[:limit] if limit else line
 
 
