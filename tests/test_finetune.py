@@ -279,3 +279,19 @@ def test_a_keras_application_takes_its_weights_from_a_local_file(tmp_path):
     assert summary["sources"]["model.source"].endswith(f"(digest {digest(pretrained)})")
     assert summary["frozen_layers"] == ["mobilenetv2_1.00_32"]
     assert summary["trainable_parameters"] == 1280 * 10 + 10  # the new head alone
+
+
+def test_a_replaced_head_keeps_the_source_input_structure_so_calls_do_not_warn():
+    import warnings
+
+    import keras
+    import numpy as np
+
+    from trainkit.models.pretrained import with_head
+
+    features = keras.Input((4,), name="features")
+    source = keras.Model(features, keras.layers.Dense(3, name="output")(keras.layers.Dense(5, name="hidden")(features)))
+    model = with_head(source, head="replace", cut_at=None, task="classification", num_outputs=2, output_activation=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras: "The structure of `inputs` doesn't match the expected structure"
+        assert model(np.zeros((2, 4), np.float32)).shape == (2, 2)
