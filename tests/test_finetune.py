@@ -81,6 +81,14 @@ def test_frozen_layers_and_a_zero_multiplier_group_hold_their_weights_and_a_stag
     result = run_cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), "trainer.progress=true")
     assert result.returncode == 0, result.stderr
     assert "stage 2/2 from step 23" in result.stdout
+    # The stage is announced after the epoch that stage 1 trained, and each epoch's
+    # line and log show the learning rate its steps used; the epoch count is known.
+    lines = result.stdout.splitlines()
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2 "))
+    assert first_epoch < next(i for i, line in enumerate(lines) if line.startswith("stage 2/2 from step 23"))
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = {e["step"]: e["learning_rate"] for e in epochs if e["split"] == "epoch"}
+    assert rates[46] == pytest.approx(5e-4) and rates[23] != pytest.approx(5e-4)
     before, after = layer_weights(source_run / "model.keras"), layer_weights(tmp_path / "run" / "model.keras")
     assert same(before["conv_0"], after["conv_0"])  # frozen throughout
     assert not np.array_equal(before["conv_1"][0], after["conv_1"][0])  # unfrozen in stage 2
