@@ -49,6 +49,17 @@ def test_show_prints_yaml_that_loads_back_to_the_same_recipe(tmp_path):
     assert header == f"# digits_mlp  (hash {recipe.hash})"
 
 
+def test_show_lists_the_model_builders_own_defaults_as_comments_outside_the_hash():
+    result = run_cli("show", "digits_cnn", "model.pool=false")
+    assert result.returncode == 0, result.stderr
+    header, body = result.stdout.split("\n", 1)
+    comments = body[body.index("# model builder 'cnn' defaults"):].splitlines()[1:]
+    assert comments == ["#   kernel_size: 3", "#   batch_norm: false", "#   activation: relu", "#   output_activation: auto"]
+    recipe = Recipe.from_yaml(body)  # the comments are not part of the recipe ...
+    assert recipe.model.kwargs["pool"] is False and "kernel_size" not in recipe.model.kwargs
+    assert header == f"# digits_cnn  (hash {recipe.hash})"  # ... nor of its hash
+
+
 BAD_INPUT = [
     (["trainer.epoch=3"], "did you mean 'epochs'"),
     (["trainer.epochs=abc"], "trainer.epochs"),

@@ -124,7 +124,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     recipe = _load(args)
     print(f"# {recipe.name}  (hash {recipe.hash})")
     print(recipe.to_yaml(), end="")
+    _print_builder_defaults(recipe)
     return 0
+
+
+def _print_builder_defaults(recipe) -> None:
+    """The model builder's own defaults, as comments: the recipe leaves them to the
+    builder, so they are neither in its YAML nor in its hash."""
+    import yaml
+
+    from trainkit.models.build import builder_defaults
+
+    defaults = builder_defaults(recipe.model)
+    if not defaults:
+        return
+    print(f"# model builder '{recipe.model.type}' defaults (the builder's own, not in the recipe or its hash; set any under model:):")
+    for line in yaml.safe_dump(defaults, sort_keys=False, default_flow_style=False).splitlines():
+        print(f"#   {line}")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
