@@ -144,4 +144,6 @@ def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
         run_dir=directory, checkpointer=checkpointer, sink=QuietSink(), callbacks=[],
         steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, events=(event,),
     ).run()
-    assert event.fired_at == [13, 26, 39]  # 45 steps: exact, though 20 steps run per call
+    # 45 steps: exact, though 20 steps run per call; each fires before the step it is
+    # due at trains (as a stage begins before its first step), step 0 included.
+    assert event.fired_at == [0, 13, 26, 39]

@@ -81,6 +81,14 @@ def test_frozen_layers_and_a_zero_multiplier_group_hold_their_weights_and_a_stag
     result = run_cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), "trainer.progress=true")
     assert result.returncode == 0, result.stderr
     assert "stage 2/2 from step 23" in result.stdout
+    # The stage is announced after the epoch that stage 1 trained, and each epoch's
+    # line and log show the learning rate its steps used; the epoch count is known.
+    lines = result.stdout.splitlines()
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/2 "))
+    assert first_epoch < next(i for i, line in enumerate(lines) if line.startswith("stage 2/2 from step 23"))
+    epochs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rates = {e["step"]: e["learning_rate"] for e in epochs if e["split"] == "epoch"}
+    assert rates[46] == pytest.approx(5e-4) and rates[23] != pytest.approx(5e-4)
     before, after = layer_weights(source_run / "model.keras"), layer_weights(tmp_path / "run" / "model.keras")
     assert same(before["conv_0"], after["conv_0"])  # frozen throughout
     assert not np.array_equal(before["conv_1"][0], after["conv_1"][0])  # unfrozen in stage 2
@@ -279,3 +287,19 @@ def test_a_keras_application_takes_its_weights_from_a_local_file(tmp_path):
     assert summary["sources"]["model.source"].endswith(f"(digest {digest(pretrained)})")
     assert summary["frozen_layers"] == ["mobilenetv2_1.00_32"]
     assert summary["trainable_parameters"] == 1280 * 10 + 10  # the new head alone
+
+
+def test_a_replaced_head_keeps_the_source_input_structure_so_calls_do_not_warn():
+    import warnings
+
+    import keras
+    import numpy as np
+
+    from trainkit.models.pretrained import with_head
+
+    features = keras.Input((4,), name="features")
+    source = keras.Model(features, keras.layers.Dense(3, name="output")(keras.layers.Dense(5, name="hidden")(features)))
+    model = with_head(source, head="replace", cut_at=None, task="classification", num_outputs=2, output_activation=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Keras: "The structure of `inputs` doesn't match the expected structure"
+        assert model(np.zeros((2, 4), np.float32)).shape == (2, 2)

@@ -33,8 +33,12 @@ from trainkit.registry import (
     register_transform,
 )
 from trainkit.signals import request_stop
+from trainkit.startup import filter_tensorflow_import
 from trainkit.training.stops import Diverged, Interrupted, Terminated, TrainingStopped
 from trainkit.version import __version__ as __version__
+
+# A notebook that imports Keras or TensorFlow after trainkit gets no C++ start-up lines.
+filter_tensorflow_import()
 
 __all__ = [
     "ConfigError",

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from trainkit.console import say
-from trainkit.errors import ConfigError, TrainkitError
+from trainkit.errors import ConfigError, TrainkitError, first_line
 from trainkit.recipe import DataSection, Recipe, RuntimeSection
 
 if TYPE_CHECKING:
@@ -308,8 +308,7 @@ def _tpu_strategy(runtime: RuntimeSection):
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
     except Exception as err:  # (resolvers raise URLError, KeyError, ValueError, OpError, ...)
-        first = (getattr(err, "message", None) or str(err)).strip().splitlines()
-        raise ConfigError(f"runtime.tpu: cannot use TPU '{name}': {first[0] if first else type(err).__name__}") from None
+        raise ConfigError(f"runtime.tpu: cannot use TPU '{name}': {first_line(err)}") from None
 
 
 def _gce_metadata_answers(*, timeout: float) -> bool:
@@ -569,8 +568,7 @@ def as_worker_lost(err: BaseException, strategy) -> WorkerLost | None:
         return None
     if type(err).__name__ not in _LOST_ERRORS:
         return None
-    text = re.sub(r"\{\{[^}]*\}\}\s*", "", getattr(err, "message", None) or str(err)).strip().splitlines()
-    detail = text[0][:160].rstrip(" :") if text else type(err).__name__
+    detail = re.sub(r"\{\{[^}]*\}\}\s*", "", first_line(err, limit=160)).rstrip(" :")
     return WorkerLost(
         f"lost contact with another task of the cluster ({type(err).__name__}: {detail}); "
         "the job cannot continue -- restart it to resume from the last checkpoint"

@@ -9,6 +9,7 @@ the Python API lets it propagate so notebooks show it too.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 USAGE_EXIT_CODE = 2
@@ -20,6 +21,12 @@ class TrainkitError(Exception):
 
 class ConfigError(TrainkitError, ValueError):
     """A recipe, config, override or dataset that cannot be used as given."""
+
+    exit_code = USAGE_EXIT_CODE
+
+
+class MissingExtra(TrainkitError):
+    """An optional dependency is not installed: the message names the extra to install."""
 
     exit_code = USAGE_EXIT_CODE
 
@@ -46,10 +53,21 @@ def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 12) -> str:
     return f"valid: {shown}{more}"
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when it has none)."""
-    text = (getattr(err, "message", None) or str(err)).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+def first_line(err: BaseException, *, limit: int | None = None) -> str:
+    """The first line of an exception's message (its type name when it has none),
+    cut to ``limit`` characters when given.
+
+    Keras wraps an error raised inside a layer's ``call`` in a message whose first
+    line only names the layer ("Exception encountered when calling Resizing.call()."):
+    the cause, the next line, is taken instead.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", getattr(err, "message", None) or str(err)).strip()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
+        line = f"{lines[0].split()[-1].removesuffix('.call().')}: {lines[1]}"
+    else:
+        line = lines[0] if lines else type(err).__name__
+    return line[:limit] if limit else line
 
 
 def _is_download_failure(err: BaseException) -> bool:

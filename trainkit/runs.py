@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit.errors import RunDirError, TrainkitError
+from trainkit.errors import MissingExtra, RunDirError
 from trainkit.recipe import Recipe
 from trainkit.rundir import RunDir
 
@@ -30,10 +30,6 @@ if TYPE_CHECKING:
 
 #: Fields of a ``metrics.jsonl`` event that are not metrics.
 _BOOKKEEPING = {"time", "step", "epoch", "split", "input_wait_fraction", "steps_per_second"}
-
-
-class MissingExtra(TrainkitError):
-    """An optional dependency is not installed."""
 
 
 def read_history(run_dir: str | os.PathLike) -> dict[str, list]:

@@ -105,8 +105,9 @@ class Scaler:
         spread = np.where(spread > 0, spread, 1.0)  # constant features stay constant
         return cls(offset.astype(np.float32), spread.astype(np.float32))
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        return (x - self.offset) / self.scale
+    def step(self) -> transforms.Step:
+        """The scaling as a preprocessing step (a ``Normalization`` layer, one statistic per value)."""
+        return {"type": "normalize", "field": "data.scale", "mean": self.offset.tolist(), "std": self.scale.tolist(), "per": "element"}
 
 
 @dataclass(frozen=True)
@@ -137,16 +138,16 @@ class PreparedData:
         ignore_errors: bool = False,
         cache_dir: str | os.PathLike | None = None,
         raw_splits: dict[str, Split] | None = None,
-        scaler: Scaler | None = None,
-        statistics: dict[str, tuple[list[float], list[float]]] | None = None,
+        preprocessing: tuple[list[transforms.Step], str | None] = ([], None),
     ):
         self.section = section
         # What the source gave, before data.scale and the transforms: the inputs an
-        # exported model takes (trainkit.serving rebuilds the preprocessing as layers
-        # from ``scaler`` and the fitted normalize ``statistics``).
+        # exported model takes.
         self._raw = raw_splits if raw_splits is not None else splits
-        self.scaler = scaler
-        self.statistics = dict(statistics or {})
+        self.preprocessing, self.not_exportable = preprocessing
+        """The steps of the Keras preprocessing layers this pipeline applies for
+        evaluation, in order (what trainkit.serving puts in front of the model), and
+        why the other transforms keep it from being exported (None: they don't)."""
         self.seed = seed
         self.info = info
         self._splits = splits
@@ -642,66 +643,62 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
         if s.size == 0:
             raise ConfigError(f"data: split '{name}' is empty")
     in_memory = all(s.kind == "arrays" for s in splits.values())
-    scaler = None
     if in_memory:
         splits = {k: _as_model_arrays(s) for k, s in splits.items()}
-    raw_splits = splits
-    if in_memory:
-        scaler = Scaler.fit(section.scale, splits["train"].arrays[0]) if section.scale != "none" else None
-        if scaler is not None:
-            splits = {k: Split(s.size, arrays=(scaler(s.arrays[0]).astype(np.float32), s.arrays[1])) for k, s in splits.items()}
     elif section.scale != "none":
         raise ConfigError(
             f"data.scale: '{section.scale}' scaling is for in-memory sources; for a "
             f"'{section.source.type}' source use data.transforms: [{{type: normalize}}] (statistics from the training split)"
         )
-
+    raw_splits = splits
     label_info = _labels(section, loaded, splits)
-    num_classes = label_info["num_classes"]
+    static, augment, evaluation = _transforms(section, splits, seed=seed, num_classes=label_info["num_classes"])
+    if in_memory and static:
+        splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, transforms.chain(static), k)) for k, s in splits.items()}
+    provisional = PreparedData(
+        section, splits, seed=seed, info=None, static=transforms.chain(static), augment=augment,
+        evaluation=transforms.chain(evaluation) if evaluation else None,
+        ignore_errors=loaded.ignore_errors, cache_dir=cache_dir, raw_splits=raw_splits,
+        preprocessing=transforms.exported_steps([*static, *evaluation]),
+    )
+    provisional.info = _describe(provisional, label_info, loaded)
+    return provisional
+
+
+def _transforms(section: DataSection, splits: dict[str, Split], *, seed: int, num_classes: int | None):
+    """The transforms of every split (``data.scale``, ``data.feature_shape`` and
+    ``data.transforms``), of training (``data.augment``) and of evaluation
+    (``data.eval_transforms``); each fitted transform fitted on the training split
+    as the transforms before it leave it."""
     specs = list(section.transforms)
     fields = [f"data.transforms.{i}" for i in range(len(specs))]
     if section.feature_shape:
         specs.insert(0, ReshapeTransform(shape=list(section.feature_shape)))
         fields.insert(0, "data.feature_shape")
-    for i, spec in enumerate(specs):
-        if transforms.is_random(spec):
-            raise ConfigError(f"{fields[i]}: transform '{spec.type}' is random: put it in data.augment (training only)")
-    context = transforms.Context(num_classes=num_classes)
-
-    # Transforms are resolved in order; a normalize without statistics gets them
-    # from the training split as transformed by the transforms before it.
-    fns: list[transforms.TransformFn] = []
     for spec, field_name in zip(specs, fields, strict=True):
-        if spec.type == "normalize" and spec.mean is None:
-            context.statistics[field_name] = _statistics(section, splits, transforms.chain(fns), seed)
-        fns.append(transforms.make(spec, field_name=field_name, context=context))
-    static = transforms.chain(fns)
-    augment = transforms.chain([transforms.make(s, field_name=f"data.augment.{i}", context=context) for i, s in enumerate(section.augment)]) if section.augment else None
-    evaluation = None
-    if section.eval_transforms:
-        eval_fns = []
-        for i, spec in enumerate(section.eval_transforms):
-            field_name = f"data.eval_transforms.{i}"
-            transforms.check(spec, field_name=field_name)
-            if transforms.is_random(spec):
-                raise ConfigError(
-                    f"{field_name}: transform '{spec.type}' is random, but evaluation must see the same examples "
-                    "every time: put it in data.augment (training only)"
-                )
-            eval_fns.append(transforms.make(spec, field_name=field_name, context=context))
-        evaluation = transforms.chain(eval_fns)
-
-    if in_memory and fns:
-        splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, static, k)) for k, s in splits.items()}
-
-    provisional = PreparedData(
-        section, splits, seed=seed, info=None, static=static, augment=augment, evaluation=evaluation,
-        ignore_errors=loaded.ignore_errors, cache_dir=cache_dir, raw_splits=raw_splits, scaler=scaler,
-        statistics=context.statistics,
-    )
-    info = _describe(provisional, label_info, loaded)
-    provisional.info = info
-    return provisional
+        if transforms.is_random(spec):
+            raise ConfigError(f"{field_name}: transform '{spec.type}' is random: put it in data.augment (training only)")
+    context = transforms.Context(num_classes=num_classes)
+    static: list[transforms.Transform] = []
+    scaler = Scaler.fit(section.scale, splits["train"].arrays[0]) if section.scale != "none" else None
+    if scaler is not None:
+        static.append(transforms.from_step(scaler.step()))
+    for spec, field_name in zip(specs, fields, strict=True):
+        if transforms.needs_fit(spec):
+            context.fitted[field_name] = transforms.fit(spec, _training_features(section, splits, transforms.chain(static), seed))
+        static.append(transforms.make(spec, field_name=field_name, context=context))
+    augment = [transforms.make(s, field_name=f"data.augment.{i}", context=context) for i, s in enumerate(section.augment)]
+    evaluation = []
+    for i, spec in enumerate(section.eval_transforms):
+        field_name = f"data.eval_transforms.{i}"
+        transforms.check(spec, field_name=field_name)
+        if transforms.is_random(spec):
+            raise ConfigError(
+                f"{field_name}: transform '{spec.type}' is random, but evaluation must see the same examples "
+                "every time: put it in data.augment (training only)"
+            )
+        evaluation.append(transforms.make(spec, field_name=field_name, context=context))
+    return static, transforms.chain(augment) if augment else None, evaluation
 
 
 def _split(whole: Split, section: DataSection) -> dict[str, Split]:
@@ -785,32 +782,20 @@ def _apply_in_memory(arrays, fn, split: str):
     return tf.nest.map_structure(lambda *p: np.concatenate(p), *parts)
 
 
-def _statistics(section: DataSection, splits: dict[str, Split], before, seed: int) -> tuple[list[float], list[float]]:
-    """Per-channel (last axis) mean and std of the training features after ``before``."""
+def _training_features(section: DataSection, splits: dict[str, Split], before, seed: int):
+    """The training split's features after ``before``, as NumPy batches (one pass, no cache)."""
     import tensorflow as tf
 
-    provisional = PreparedData(section, {"train": splits["train"]}, seed=seed, info=None, static=before, augment=None)
     s = splits["train"]
     if s.kind == "arrays":
         ds = tf.data.Dataset.from_tensor_slices(s.arrays).map(plain(lambda x, y: before(x, y)))
-    else:
-        ds = provisional._base("train", None, training=False)
-        if provisional._cached():  # statistics are a one-off pass: do not fill a cache with it
-            provisional = PreparedData(section.model_copy(update={"cache": False}), {"train": s}, seed=seed, info=None, static=before, augment=None)
-            ds = provisional._base("train", None, training=False)
-    total = total_sq = None
-    count = 0
+    else:  # a one-off pass: it must not fill a cache
+        uncached = section.model_copy(update={"cache": False})
+        ds = PreparedData(uncached, {"train": s}, seed=seed, info=None, static=before, augment=None)._base("train", None, training=False)
     for x, _ in ds.batch(256).as_numpy_iterator():
         if isinstance(x, dict):
             raise ConfigError("data.transforms: normalize of dict features needs explicit mean and std")
-        x = x.astype(np.float64).reshape(-1, x.shape[-1] if x.ndim > 1 else 1)
-        total = x.sum(0) if total is None else total + x.sum(0)
-        total_sq = (x**2).sum(0) if total_sq is None else total_sq + (x**2).sum(0)
-        count += len(x)
-    mean = total / count
-    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0))
-    std = np.where(std > 0, std, 1.0)
-    return [float(v) for v in mean], [float(v) for v in std]
+        yield x
 
 
 def _labels(section: DataSection, loaded: sources.Loaded, splits: dict[str, Split]) -> dict[str, Any]:

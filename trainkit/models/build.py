@@ -28,6 +28,22 @@ def _context(info: DataInfo) -> dict[str, Any]:
     }
 
 
+def builder_defaults(section: ModelSection) -> dict[str, Any]:
+    """The builder's own defaults of the arguments ``section`` does not set (they
+    live in the builder's signature, not in the recipe or its hash)."""
+    import trainkit.models.builders  # noqa: F401  (registers the built-in builders)
+    import trainkit.models.pretrained  # noqa: F401  (registers 'pretrained')
+
+    builder = registry.models.get(section.type, field="model.type")
+    given = section.kwargs
+    return {
+        param.name: list(param.default) if isinstance(param.default, tuple) else param.default
+        for param in inspect.signature(builder).parameters.values()
+        if param.name not in CONTEXT_ARGUMENTS and param.name not in given and param.default is not inspect.Parameter.empty
+        and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
+    }
+
+
 def check_builder_arguments(section: ModelSection) -> None:
     """Names and types of a builder's arguments, checked against its signature."""
     import trainkit.models.builders  # noqa: F401  (registers the built-in builders)

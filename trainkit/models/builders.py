@@ -21,7 +21,7 @@ from typing import Any
 
 from trainkit import registry
 from trainkit.components import LAYER_BASE_KWARGS, instantiate
-from trainkit.errors import ConfigError, did_you_mean
+from trainkit.errors import ConfigError, did_you_mean, first_line
 
 LayerList = list[dict[str, Any] | str]
 
@@ -41,8 +41,7 @@ def _apply(layer, tensors, *, field: str):
     try:
         return layer(tensors)
     except (TypeError, ValueError) as err:
-        message = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{field}: {type(layer).__name__} does not fit its input: {message}") from None
+        raise ConfigError(f"{field}: {type(layer).__name__} does not fit its input: {first_line(err)}") from None
 
 
 @registry.register_model("sequential")

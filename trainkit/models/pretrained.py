@@ -216,7 +216,9 @@ def with_head(
     kept = names[: names.index(cut_at) + 1] if cut_at is not None else names[:-1]
     name = "new_output" if "output" in kept else "output"
     outputs = keras.layers.Dense(num_outputs, activation=output_activation, name=name)(features)
-    return keras.Model(source_model.inputs, outputs, name=f"{source_model.name}_finetuned")
+    # source_model.input is the structure the source declares (one tensor for one
+    # input): its .inputs list would make every call with one tensor warn.
+    return keras.Model(source_model.input, outputs, name=f"{source_model.name}_finetuned")
 
 
 def _on_top(backbone, head: str, cut_at: str | None, num_outputs: int, activation: str | None, input_shape):

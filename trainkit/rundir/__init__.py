@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.errors import ConfigError, RunDirError, TrainkitError
+from trainkit.errors import ConfigError, RunDirError, TrainkitError, first_line
 from trainkit.files import read_regular, write_json_atomic, write_text_atomic
 from trainkit.recipe import Recipe, diff, is_resumable_change
 from trainkit.rundir.lock import RunLock, now
@@ -291,8 +291,7 @@ def _os_reason(err: BaseException) -> str:
         return "it is a symbolic link"
     if isinstance(err, OSError) and err.strerror:
         return err.strerror
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+    return first_line(err, limit=300)
 
 
 def command_line() -> list[str]:

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, MissingExtra
 from trainkit.rundir import RunDir
 from trainkit.serving import spec as inference_spec
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from trainkit.plan import Built
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
+# The modules a format's writer imports beyond TensorFlow (the ``export`` extra).
+_FORMAT_MODULES = {"onnx": ("tf2onnx", "onnx")}
 METADATA_FILE = "export.json"
 CHECK_EXAMPLES = 512
 
@@ -92,7 +94,27 @@ def export_trained(built: Built, directory: RunDir) -> dict[str, Any]:
 
             write_keras(portable_copy(built.model, built.trainer.optimizer), directory.model_file)
         return {}
+    require_writers(built.recipe.export.formats)
     return _write(built, spec, list(built.recipe.export.formats), directory.path, quantize=built.recipe.export.quantize)
+
+
+def require_writers(formats: list[str]) -> None:
+    """Refuse, in one line naming the extra, a format whose writer is not installed."""
+    for name in formats:
+        missing = [module for module in _FORMAT_MODULES.get(name, ()) if not _importable(module)]
+        if missing:
+            raise MissingExtra(
+                f"export to {name} needs {' and '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} "
+                "not installed; install the extra: pip install 'trainkit[export]'"
+            )
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    if module in sys.modules:  # (None there: made unimportable, as a test does)
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def export(
@@ -119,6 +141,7 @@ def export(
             raise ConfigError(f"--format: unknown format '{name}'; {did_you_mean(name, FORMATS)}")
     if quantize is not None and quantize not in ("none", "dynamic_range"):
         raise ConfigError(f"--quantize: '{quantize}' is not a quantization; use none or dynamic_range")
+    require_writers(formats)
     recorded = inference_spec.read(Path(run_dir))
     if recorded is not None:
         inference_spec.check_exportable(recorded)  # before building anything

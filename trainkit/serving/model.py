@@ -1,5 +1,6 @@
-"""The inference model: the recorded preprocessing as Keras layers, then the trained
-model, then a head that gives probabilities (classification) or values.
+"""The inference model: the recorded preprocessing as Keras layers (made by
+:data:`trainkit.data.transforms.LAYERS`, as the training pipeline makes them), then
+the trained model, then a head that gives probabilities (classification) or values.
 
 Only stock Keras layers are used (``Normalization``, ``Rescaling``, ``Reshape``,
 ``Resizing``, ``CenterCrop``, ``Activation``, ``Concatenate``), so ``model.keras``
@@ -11,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-import numpy as np
+
+from trainkit.data.transforms import preprocessing_layer
 
 
 def inference_model(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
@@ -20,9 +22,9 @@ def inference_model(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
     inputs = keras.Input(tuple(raw["shape"]), dtype=raw["dtype"], name=raw["name"])
     x = inputs
     if raw["dtype"] != "float32":
-        x = keras.layers.Rescaling(1.0, name="as_float32")(x)  # Rescaling casts to its float dtype
+        x = preprocessing_layer({"type": "cast_float"}, rank=len(raw["shape"]), name="as_float32")(x)
     for i, step in enumerate(spec["preprocessing"]):
-        x = _layer(step, rank=len(raw["shape"]), name=f"preprocess_{i}_{step['type']}")(x)
+        x = preprocessing_layer(step, rank=len(raw["shape"]), name=f"preprocess_{i}_{step['type']}")(x)
     y = _uncompiled_copy(model)(x)
     y = output_head(spec["head"], y)
     name = "probabilities" if spec["task"] == "classification" else "predictions"
@@ -60,31 +62,6 @@ def copy_weights(model: keras.Model, copy: keras.Model) -> None:
         path = Path(scratch) / "model.weights.h5"
         model.save_weights(path)
         copy.load_weights(path)
-
-
-def _layer(step: dict[str, Any], *, rank: int, name: str) -> keras.layers.Layer:
-    kind = step["type"]
-    if kind == "normalize":
-        mean, std = np.asarray(step["mean"], np.float32), np.asarray(step["std"], np.float32)
-        if step["per"] == "element":  # data.scale: one statistic per feature value
-            axis = tuple(range(1, rank + 1)) if rank > 1 else -1
-            return keras.layers.Normalization(axis=axis, mean=mean, variance=np.square(std), name=name)
-        if mean.size == 1:  # one statistic for every value
-            return keras.layers.Normalization(axis=None, mean=float(mean[0]), variance=float(std[0]) ** 2, name=name)
-        return keras.layers.Normalization(axis=-1, mean=mean, variance=np.square(std), name=name)
-    if kind == "rescale":
-        return keras.layers.Rescaling(step["scale"], step["offset"], name=name)
-    if kind == "cast_float":
-        return keras.layers.Rescaling(1.0, name=name)
-    if kind == "reshape":
-        return keras.layers.Reshape(tuple(step["shape"]), name=name)
-    if kind == "resize":
-        height, width = step["size"]
-        return keras.layers.Resizing(height, width, interpolation=step["method"], name=name)
-    if kind == "center_crop":
-        height, width = step["size"]
-        return keras.layers.CenterCrop(height, width, name=name)
-    raise ValueError(f"unknown preprocessing step {kind!r}")  # spec.describe writes only the kinds above
 
 
 def output_head(kind: str, y):

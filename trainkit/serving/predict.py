@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from trainkit.errors import ConfigError, RunDirError
+from trainkit.errors import ConfigError, RunDirError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 
@@ -132,7 +132,7 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
         try:
             array = np.load(path, allow_pickle=False)
         except (ValueError, OSError) as err:
-            raise ConfigError(f"{path}: not a readable .npy array ({str(err).splitlines()[0]})") from None
+            raise ConfigError(f"{path}: not a readable .npy array ({first_line(err)})") from None
         return _from_array(array, expected, str(path), dtype)
     if suffix == ".csv":
         return _read_csv(path, spec, dtype)

@@ -2,7 +2,8 @@
 
 The inference model is the fitted preprocessing (``data.scale`` statistics,
 ``data.feature_shape``, the deterministic ``data.transforms`` and
-``data.eval_transforms``) as Keras layers in front of the trained model. Its
+``data.eval_transforms``) as Keras layers in front of the trained model: the very
+steps the ``tf.data`` pipeline applies (:mod:`trainkit.data.transforms`). Its
 description -- the raw input (shape, dtype, column names, image settings), the
 preprocessing steps with their fitted numbers, the task, the class names and how
 the model's outputs become probabilities -- is written to ``inference.json`` in
@@ -42,29 +43,8 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
         shape, dtype = [], "float32"
     else:
         shape, dtype = [int(d) for d in raw_x.shape[1:]], raw_x.dtype.name
-    steps: list[dict[str, Any]] = []
-    if data.scaler is not None:
-        steps.append(
-            {
-                "type": "normalize",
-                "field": "data.scale",
-                "mean": data.scaler.offset.tolist(),
-                "std": data.scaler.scale.tolist(),
-                "per": "element",
-            }
-        )
-    if section.feature_shape:
-        steps.append({"type": "reshape", "field": "data.feature_shape", "shape": list(section.feature_shape)})
-    for group in ("transforms", "eval_transforms"):
-        for i, transform in enumerate(getattr(section, group)):
-            field_name = f"data.{group}.{i}"
-            try:
-                step = _step(transform, field_name, data.statistics)
-            except _Unsupported as reason:
-                unsupported = unsupported or str(reason)
-                continue
-            if step is not None:
-                steps.append(step)
+    steps = list(data.preprocessing)  # the layers the pipeline applies: one definition
+    unsupported = unsupported or data.not_exportable
     columns = info.feature_names if len(shape) == 1 and info.feature_names and len(info.feature_names) == shape[0] else None
     source = section.source
     image = None
@@ -104,35 +84,6 @@ def _outputs(model) -> int:
     if isinstance(shape, list):
         shape = shape[0]
     return int(shape[-1]) if len(shape) > 1 and shape[-1] else 1
-
-
-class _Unsupported(Exception):
-    """A transform that has no Keras layer counterpart."""
-
-
-def _step(transform: Any, field_name: str, statistics: dict) -> dict[str, Any] | None:
-    kind = transform.type
-    if hasattr(transform, "kwargs"):
-        raise _Unsupported(f"{field_name}: registered transform '{kind}' has no Keras layer to export it with")
-    if kind == "scale":
-        return {"type": "rescale", "field": field_name, "scale": transform.factor, "offset": transform.offset}
-    if kind == "normalize":
-        mean, std = (transform.mean, transform.std) if transform.mean is not None else statistics[field_name]
-        as_list = (lambda v: [float(x) for x in v]) if isinstance(mean, list) else (lambda v: [float(v)])
-        return {"type": "normalize", "field": field_name, "mean": as_list(mean), "std": as_list(std), "per": "channel"}
-    if kind in ("one_hot",) or getattr(transform, "target", "features") == "label":
-        return None  # label-side: not part of inference
-    if kind == "cast":
-        if transform.dtype != "float32":
-            raise _Unsupported(f"{field_name}: a cast of the features to {transform.dtype} is not exported")
-        return {"type": "cast_float", "field": field_name}
-    if kind == "resize":
-        return {"type": "resize", "field": field_name, "size": list(transform.size), "method": transform.method}
-    if kind == "center_crop":
-        return {"type": "center_crop", "field": field_name, "size": list(transform.size)}
-    if kind == "reshape":
-        return {"type": "reshape", "field": field_name, "shape": list(transform.shape)}
-    raise _Unsupported(f"{field_name}: transform '{kind}' is not exported")
 
 
 def write(directory: Path, spec: dict[str, Any]) -> None:

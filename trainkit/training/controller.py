@@ -145,6 +145,7 @@ class Controller:
         #: training, validation and checkpoint saves are added here.
         self.phases = phases if phases is not None else Phases()
         self._first_call_done = False
+        self._schedule = _schedule_of(trainer.optimizer)
 
     # -- the run ------------------------------------------------------------------
 
@@ -152,9 +153,7 @@ class Controller:
         """Train to the end of the budget (or an early stop); the epochs run here as a history."""
         resumed_from = self._resume()
         if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
-            for event in self._actions:
-                if event.due(self.position):
-                    event.fire(self)
+            self._fire_due()
         self.metrics_log = MetricsLog(self.run_dir, start_step=self.position.step)
         iterator = iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
@@ -173,7 +172,8 @@ class Controller:
                 self.model.stop_training = True
         if self.policy.nan_policy == "rollback" and self.checkpointer.latest is None:
             self.save()  # something to roll back to
-        self.sink.start(total_steps=self.total_steps, epochs=self.policy.epochs, position=self.position)
+        whole_epochs = self.total_steps % self.steps_per_epoch == 0  # (stages too: they count epochs)
+        self.sink.start(total_steps=self.total_steps, epochs=self.policy.epochs or (self.epochs if whole_epochs else None), position=self.position)
         with contextlib.ExitStack() as stack:
             stack.callback(self.sink.finish)
             stack.callback(self.metrics_log.close)
@@ -223,7 +223,16 @@ class Controller:
         self._end_epoch(results, epoch_clock)
         return True
 
+    def _fire_due(self) -> None:
+        """Fire the actions due at this position (a stage beginning here), before its
+        step trains: after the previous epoch's line and logs, which belong to the
+        stage that trained them."""
+        for event in self._actions:
+            if event.due(self.position):
+                event.fire(self)
+
     def _run_chunk(self, iterator, consensus, flag) -> dict[str, float]:
+        self._fire_due()
         n = steps_until_next(self.events, self.position, self.chunk)
         self.profile.at(self.position)
         self.callbacks.on_train_batch_begin(self.position.step_in_epoch)
@@ -246,9 +255,6 @@ class Controller:
         if self._batch_hooks:
             self._check_trainable("on_train_batch_end")
         self.sink.advance(position)
-        for event in self._actions:
-            if event.due(position):
-                event.fire(self)
         if self.log_due.due(position):
             rate = self.metrics_log.steps_per_second(position.step)
             self.metrics_log.log(split="train", step=position.step, epoch=position.epoch, values=results, steps_per_second=rate)
@@ -327,8 +333,12 @@ class Controller:
         return {f"val_{k}": v for k, v in results.items()}
 
     def learning_rate(self) -> float:
-        """The optimizer's learning rate now (a schedule's value at the current step)."""
-        return float(keras.ops.convert_to_numpy(self.trainer.optimizer.learning_rate))
+        """The learning rate the last step trained with (a schedule's value at that
+        step: the optimizer's own ``learning_rate`` is the next step's)."""
+        optimizer = self.trainer.optimizer
+        if self._schedule is None or int(optimizer.iterations) == 0:
+            return float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+        return float(keras.ops.convert_to_numpy(self._schedule(int(optimizer.iterations) - 1)))
 
     # -- checkpoints ----------------------------------------------------------------
 
@@ -431,11 +441,10 @@ class Controller:
         )
         if measured and not waited and trainer.steps_run:
             self.sink.line("input wait: not measured (runtime.deterministic forbids the timing ops)")
-        if waited:
+        hint = waited.hint(self.data) if waited else None
+        if hint:  # (nothing to change: nothing said; the fraction is in run.json)
             self.sink.line(waited.summary())
-            hint = waited.hint(self.data)
-            if hint:
-                self.sink.notice(hint)
+            self.sink.notice(hint)
 
     def costs(self) -> dict:
         checkpointer = self.checkpointer
@@ -467,6 +476,12 @@ class Controller:
                 f"{len(now_ids)}) in {hook} at step {self.position.step}; the training step is compiled "
                 "for a fixed set of variables: change trainability between runs (resume with a new recipe) instead"
             )
+
+
+def _schedule_of(optimizer) -> keras.optimizers.schedules.LearningRateSchedule | None:
+    """The learning-rate schedule an optimizer was made with (None: a rate)."""
+    rate = optimizer.get_config().get("learning_rate")
+    return keras.optimizers.schedules.deserialize(rate) if isinstance(rate, dict) else None
 
 
 def now() -> str:
