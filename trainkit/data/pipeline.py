@@ -139,6 +139,7 @@ class PreparedData:
         cache_dir: str | os.PathLike | None = None,
         raw_splits: dict[str, Split] | None = None,
         preprocessing: tuple[list[transforms.Step], str | None] = ([], None),
+        on_batches: tuple[transforms.TransformFn | None, transforms.TransformFn | None] = (None, None),
     ):
         self.section = section
         # What the source gave, before data.scale and the transforms: the inputs an
@@ -154,6 +155,9 @@ class PreparedData:
         self._static = static
         self._augment = augment
         self._evaluation = evaluation
+        # (static, evaluation) transforms applied to whole batches; None where one
+        # of them needs single examples (then records are parsed one at a time).
+        self._on_batches = on_batches
         self._ignore_errors = ignore_errors
         self._cache_dir = Path(cache_dir) if cache_dir else None
         self._bases: dict = {}
@@ -592,7 +596,51 @@ class PreparedData:
                 indices = indices.concatenate(tf.data.Dataset.from_tensors(order[full * batch_size :]))
             x, y = self._columns(split)
             return indices.map(plain(lambda i: (tf.nest.map_structure(lambda c: tf.gather(c, i), x), tf.gather(y, i))))
+        load = self._batch_loader(split, shard, training=training)
+        if load is not None:
+            return self._map(self._batched_records(split, epoch, shard, training=training, batch_size=batch_size), load)
         return self._elements(split, epoch, training=training, shard=shard).batch(batch_size, drop_remainder=drop)
+
+    def _records(self, split: str, shard):
+        """The raw records of a streamed split (this pipeline's shard), built once."""
+        import tensorflow as tf
+
+        key = ("records", split, shard)
+        if key not in self._bases:
+            with tf.init_scope():  # built once, eagerly, even when first asked for inside flat_map
+                ds = self._splits[split].stream()
+                self._bases[key] = ds.shard(*shard) if shard else ds
+        return self._bases[key]
+
+    def _batch_loader(self, split: str, shard, *, training: bool) -> Callable | None:
+        """A batch of raw records to a transformed batch, where every step can take a
+        whole batch: the source parses batches (``load_batch``), the records have one
+        shape, no cache or skipped records, no per-example augmentation. Else None."""
+        import tensorflow as tf
+
+        s, (static, evaluation) = self._splits[split], self._on_batches
+        evaluates = self._evaluates(training)
+        if s.load_batch is None or static is None or (evaluates and evaluation is None):
+            return None
+        if self._cached() or self._ignore_errors or (training and self._augment is not None):
+            return None
+        if not all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(self._records(split, shard).element_spec)):
+            return None  # records of different shapes (decoded images) cannot be batched before their transforms
+
+        def fn(records):
+            x, y = static(*s.load_batch(records))
+            return evaluation(x, y) if evaluates else (x, y)
+
+        return fn
+
+    def _batched_records(self, split: str, epoch, shard, *, training: bool, batch_size: int):
+        """One epoch of raw records, batched: shuffled (training) by the same seeded
+        buffer, over records, that shuffles parsed examples otherwise, so the batches
+        hold the same examples in the same order either way."""
+        ds = self._records(split, shard)
+        if training and self.section.shuffle_buffer > 0:
+            ds = _seeded_shuffle(ds, self.section.shuffle_buffer, self._epoch_seed(epoch, _SHUFFLE_SALT))
+        return ds.batch(batch_size, drop_remainder=self.section.drop_remainder and training)
 
     def _finish(self, ds, *, sharded: bool = False):
         import tensorflow as tf
@@ -660,6 +708,7 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
         evaluation=transforms.chain(evaluation) if evaluation else None,
         ignore_errors=loaded.ignore_errors, cache_dir=cache_dir, raw_splits=raw_splits,
         preprocessing=transforms.exported_steps([*static, *evaluation]),
+        on_batches=(transforms.chain_on_batches(static), transforms.chain_on_batches(evaluation)),
     )
     provisional.info = _describe(provisional, label_info, loaded)
     return provisional
@@ -754,7 +803,7 @@ def _stream_range(whole: Split, a: int, b: int, split_seed: int) -> Split:
 
         return stream().enumerate().filter(plain(keep)).map(plain(lambda i, record: record))
 
-    return Split(b - a, stream=part, load=whole.load)
+    return Split(b - a, stream=part, load=whole.load, load_batch=whole.load_batch)
 
 
 def _as_model_arrays(s: Split) -> Split:

@@ -61,6 +61,9 @@ class Split:
     """A fresh ``tf.data.Dataset`` of raw records, always in the same order."""
     load: Callable[..., Any] | None = None
     """Raw record (or table row) to ``(x, y)``; traced inside ``Dataset.map``."""
+    load_batch: Callable[..., Any] | None = None
+    """A batch of raw records to a batch of ``(x, y)`` (``tf.io.parse_example`` on a
+    whole batch); None where a record needs ops of its own (image decoding)."""
 
     @property
     def kind(self) -> str:
@@ -460,7 +463,8 @@ def load_tfds(source: TfdsSource) -> Loaded:
             size = int(ds.reduce(np.int64(0), lambda n, _: n + 1))
         if size == 0:
             raise ConfigError(f"data.source.splits.{split}: TFDS split '{expression}' is empty")
-        splits[split] = Split(size=size, stream=_tfds_stream(builder, expression, keys), load=_tfds_load(keys, label_key))
+        load = _tfds_load(keys, label_key)  # picks keys: the same on a batch as on one example
+        splits[split] = Split(size=size, stream=_tfds_stream(builder, expression, keys), load=load, load_batch=load)
     num_classes = None
     if label_key is not None:
         label_feature = info.features[label_key]
@@ -526,17 +530,7 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
     compression = None if source.compression == "none" else source.compression
     label_spec = specs[source.label]
 
-    def load(record):
-        example = tf.io.parse_single_example(record, parse_spec)
-        x = {}
-        for key in inputs:
-            value = example[key]
-            if specs[key].image:
-                value = tf.io.decode_image(value, channels=specs[key].channels, expand_animations=False)
-                if specs[key].shape:
-                    value = tf.ensure_shape(value, specs[key].shape)
-            x[key] = value
-        return (x[inputs[0]] if len(inputs) == 1 else x), example[source.label]
+    load, load_batch = _tfrecord_loaders(source, parse_spec, inputs)
 
     splits = {}
     low, high, kind = None, None, None
@@ -570,7 +564,7 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
         if lo is not None:
             low = lo if low is None else min(low, lo)
             high = hi if high is None else max(high, hi)
-        splits[split] = Split(size=count, stream=stream, load=load)
+        splits[split] = Split(size=count, stream=stream, load=load, load_batch=load_batch)
     if label_spec.dtype == "int64":
         kind = "class"
     elif label_spec.dtype == "float32":
@@ -578,6 +572,35 @@ def load_tfrecord(source: TfrecordSource) -> Loaded:
     else:
         raise ConfigError(f"data.source.features.{source.label}: a label must be int64 (classes) or float32")
     return Loaded(splits, label_kind=kind, label_range=(int(low), int(high)) if low is not None else None)
+
+
+def _tfrecord_loaders(source: TfrecordSource, parse_spec: dict, inputs: list[str]) -> tuple[Callable, Callable | None]:
+    """The per-record ``load`` and, unless an input is an image (``decode_image`` takes
+    one image at a time), the ``load_batch`` that parses a whole batch of records at once."""
+    import tensorflow as tf
+
+    specs = source.features
+
+    def load_batch(records):
+        example = tf.io.parse_example(records, parse_spec)
+        x = {key: example[key] for key in inputs}
+        return (x[inputs[0]] if len(inputs) == 1 else x), example[source.label]
+
+    batchable = not any(specs[key].image for key in inputs)  # decode_image takes one image at a time
+
+    def load(record):
+        example = tf.io.parse_single_example(record, parse_spec)
+        x = {}
+        for key in inputs:
+            value = example[key]
+            if specs[key].image:
+                value = tf.io.decode_image(value, channels=specs[key].channels, expand_animations=False)
+                if specs[key].shape:
+                    value = tf.ensure_shape(value, specs[key].shape)
+            x[key] = value
+        return (x[inputs[0]] if len(inputs) == 1 else x), example[source.label]
+
+    return load, load_batch if batchable else None
 
 
 def _check_whole_records(path: str, *, field_name: str) -> None:

@@ -77,6 +77,9 @@ class Transform:
     fn: TransformFn
     step: Step | None = None
     not_exported: str | None = None
+    on_batches: TransformFn | None = None
+    """The same transform applied to a whole batch at once (same values, example by
+    example); None where it works one example at a time (random and registered ones)."""
 
     def __call__(self, x: Any, y: Any, seed: Any = None) -> tuple[Any, Any]:
         return self.fn(x, y, seed)
@@ -231,7 +234,19 @@ def from_step(step: Step, *, kind: str | None = None) -> Transform:
                 layers[key] = layer
         return layers[key](batch)[0]
 
-    return Transform(_features(one, field_name, kind or step["type"]), step=step)
+    def whole(v, seed):
+        if v.dtype != tf.float32:
+            v = tf.cast(v, tf.float32)
+        key = ("batch", *v.shape[1:])
+        if key not in layers:
+            with tf.init_scope():
+                layer = preprocessing_layer(step, rank=v.shape.rank - 1, name=name)
+                layer.build(v.shape)
+                layers[key] = layer
+        return layers[key](v)
+
+    kind = kind or step["type"]
+    return Transform(_features(one, field_name, kind), step=step, on_batches=_features(whole, field_name, kind))
 
 
 def exported_steps(chain: Iterable[Transform]) -> tuple[list[Step], str | None]:
@@ -311,7 +326,7 @@ def _one_hot(spec: Any, field_name: str, context: Context) -> Transform:
     depth = spec.num_classes or context.num_classes
     if not depth:
         raise ConfigError(f"{field_name}: one_hot needs class labels (set num_classes or data.num_classes)")
-    return Transform(_guarded(lambda x, y, s: (x, tf.one_hot(tf.cast(y, tf.int32), depth)), field_name, "one_hot"))
+    return _same_on_batches(_guarded(lambda x, y, s: (x, tf.one_hot(tf.cast(y, tf.int32), depth)), field_name, "one_hot"))
 
 
 def _cast(spec: Any, field_name: str, context: Context) -> Transform:
@@ -320,9 +335,10 @@ def _cast(spec: Any, field_name: str, context: Context) -> Transform:
 
     dtype = tf.as_dtype(spec.dtype)
     if spec.target == "label":
-        return Transform(_guarded(lambda x, y, s: (x, tf.cast(y, dtype)), field_name, "cast"))
+        return _same_on_batches(_guarded(lambda x, y, s: (x, tf.cast(y, dtype)), field_name, "cast"))
     reason = f"{field_name}: a cast of the features to {spec.dtype} is not exported"
-    return Transform(_features(lambda v, s: tf.cast(v, dtype), field_name, "cast"), not_exported=reason)
+    fn = _features(lambda v, s: tf.cast(v, dtype), field_name, "cast")
+    return Transform(fn, not_exported=reason, on_batches=fn)
 
 
 def _rename(spec: Any, field_name: str, context: Context) -> Transform:
@@ -333,7 +349,8 @@ def _rename(spec: Any, field_name: str, context: Context) -> Transform:
         _need_keys(x, mapping, field_name)
         return {mapping.get(k, k): v for k, v in x.items()}, y
 
-    return Transform(_guarded(rename, field_name, "rename"), not_exported=f"{field_name}: transform 'rename' is not exported")
+    fn = _guarded(rename, field_name, "rename")  # picks keys: the same on a batch
+    return Transform(fn, not_exported=f"{field_name}: transform 'rename' is not exported", on_batches=fn)
 
 
 def _select(spec: Any, field_name: str, context: Context) -> Transform:
@@ -344,7 +361,8 @@ def _select(spec: Any, field_name: str, context: Context) -> Transform:
         _need_keys(x, [keys] if isinstance(keys, str) else keys, field_name)
         return (x[keys] if isinstance(keys, str) else {k: x[k] for k in keys}), y
 
-    return Transform(_guarded(select, field_name, "select"), not_exported=f"{field_name}: transform 'select' is not exported")
+    fn = _guarded(select, field_name, "select")  # picks keys: the same on a batch
+    return Transform(fn, not_exported=f"{field_name}: transform 'select' is not exported", on_batches=fn)
 
 
 def _random_crop(spec: Any, field_name: str, context: Context) -> Transform:
@@ -411,6 +429,11 @@ _FUNCTIONS: dict[str, Callable[[Any, str, Context], Transform]] = {
 }
 
 
+def _same_on_batches(fn: TransformFn) -> Transform:
+    """A transform whose function treats a batch as it treats one example (elementwise ops)."""
+    return Transform(fn, on_batches=fn)
+
+
 def _guarded(fn: TransformFn, field_name: str, kind: str) -> TransformFn:
     """Shape and type mistakes found while tracing become one ConfigError line."""
 
@@ -455,6 +478,13 @@ def _describe(x: Any) -> str:
     shape = getattr(x, "shape", None)
     dtype = getattr(getattr(x, "dtype", None), "name", "")
     return f"{dtype}{list(shape) if shape is not None else ''}"
+
+
+def chain_on_batches(fns: list[Transform]) -> TransformFn | None:
+    """:func:`chain` applied to whole batches, or None if a transform needs single examples."""
+    if any(fn.on_batches is None for fn in fns):
+        return None
+    return chain([Transform(fn.on_batches) for fn in fns])
 
 
 def chain(fns: list[Transform]) -> TransformFn:
