@@ -125,3 +125,23 @@ def test_input_wait_report_flags_a_slow_pipeline(tmp_path, capsys):
     print(f"slow pipeline: input_wait_fraction {fraction}")
     assert fraction > 0.5
     assert "input is the bottleneck" in out and "data.cache" in out
+
+
+def test_trainkit_data_times_each_stage_of_a_streamed_pipeline(tmp_path):
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(tmp_path / "d.tfrecord")) as writer:
+        for i in range(64):
+            feature = {
+                "x": tf.train.Feature(float_list=tf.train.FloatList(value=[float(i), float(-i)])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 2])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    source = {"type": "tfrecord", "files": str(tmp_path / "d.tfrecord"), "label": "label", "inputs": "x",
+              "features": {"x": {"dtype": "float32", "shape": [2]}, "label": {"dtype": "int64"}}}
+    recipe = write_recipe(tmp_path / "r.yaml", source, batch_size=8, transforms=[{"type": "normalize", "mean": 1.0, "std": 2.0}])
+    result = run_cli("data", recipe, "--split", "train", "-n", "1", "--seconds", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("  by stage (each includes the ones before; examples/s):")
+    assert [line.split()[0] for line in lines[start + 1 : start + 5]] == ["read", "parse", "transform", "batch"]

@@ -162,7 +162,8 @@ def inspect_data(
     distribution, the first ``n`` examples (evaluation order, NumPy), and the
     throughput of the split's pipeline (the training pipeline for ``train``:
     shuffled and augmented as epoch 0) over one epoch or ``seconds``, whichever
-    ends first. Writes nothing.
+    ends first, and that of each of its stages (``stage_examples_per_second``:
+    read, parse, transform, batch, a quarter of ``seconds`` each). Writes nothing.
     """
 
 
@@ -199,8 +200,32 @@ def inspect_data(
         "label_distribution_examples": scan["seen"],
         "first_examples": data.examples(split, n),
         "examples_per_second": scan["rate"],
+        "stage_examples_per_second": _stage_rates(data, split, seconds / 4),
         "skipped_files": list(info.skipped),
     }
+
+
+def _stage_rates(data, split: str, seconds: float) -> dict[str, float | None]:
+    """Examples per second of the pipeline of ``split`` cut after each stage (read,
+    parse, transform, batch: each includes the ones before), over one epoch or
+    ``seconds`` a stage, the first element (start-up) not counted; None where one
+    element was all there was."""
+    import time
+
+    import tensorflow as tf
+
+    rates: dict[str, float | None] = {}
+    for name, ds, batched in data.stages(split, training=split == "train"):
+        iterator = iter(ds)
+        next(iterator, None)  # start-up: threads, the first file, tracing
+        examples, start = 0, time.perf_counter()
+        for element in iterator:
+            examples += int(tf.nest.flatten(element)[0].shape[0]) if batched else 1
+            if time.perf_counter() - start > seconds:
+                break
+        elapsed = time.perf_counter() - start
+        rates[name] = examples / elapsed if examples and elapsed > 0 else None
+    return rates
 
 
 def _scan_labels(ds, info, split: str, seconds: float) -> dict[str, Any]:

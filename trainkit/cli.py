@@ -305,7 +305,21 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"  example {i}: label {_show(y)}  features {_show(x)}")
     rate = report["examples_per_second"]
     print(f"  pipeline alone: {rate:,.0f} examples/s" if rate else "  pipeline alone: too few batches to time")
+    _print_stages(report["stage_examples_per_second"])
     return 0
+
+
+def _print_stages(rates: dict[str, float | None]) -> None:
+    """Examples per second after each stage; the stage that loses the most is the one to fix."""
+    print("  by stage (each includes the ones before; examples/s):")
+    previous, worst, worst_drop = None, None, 1.0
+    for name, rate in rates.items():
+        print(f"    {name:<10} " + (f"{rate:>12,.0f}" if rate else "  too short to time"))
+        if rate and previous and rate / previous < worst_drop:
+            worst, worst_drop = name, rate / previous
+        previous = rate or previous
+    if worst is not None and worst_drop < 0.5:
+        print(f"  slowest stage: {worst} (to {worst_drop:.0%} of the rate before it)")
 
 
 def _show(value) -> str:

@@ -315,6 +315,31 @@ class PreparedData:
         """
         return self.training_stream(start_epoch=start_epoch, skip_batches=skip_batches, input_context=input_context)
 
+    def stages(self, split: str, *, training: bool) -> list[tuple[str, Any, bool]]:
+        """The pipeline of ``split`` cut after each stage, to time them one by one:
+        ``(name, dataset, batched)`` for ``read`` (raw records or rows), ``parse``
+        (decoding), ``transform`` (``data.transforms``, and ``eval_transforms`` or
+        augmentation) and ``batch`` (the whole pipeline, shuffled and prefetched).
+        Each includes the stages before it; ``batched`` says whether its elements are
+        batches. Parsing and transforms run per batch where the pipeline does so."""
+        import tensorflow as tf
+
+        self._check_split(split)
+        s = self._splits[split]
+        _, batch_size = self._per_pipeline(None, None, training)
+        read = self._records(split, None) if s.stream is not None else tf.data.Dataset.from_tensor_slices(self._columns(split))
+        by_batch = self._batch_loader(split, None, training=training)
+        if by_batch is not None:
+            parse, transform = self._map(read.batch(batch_size), s.load_batch), self._map(read.batch(batch_size), by_batch)
+        else:
+            load = s.load or (lambda x, y: (x, y))
+            parse, transform = self._map(read, lambda *raw: load(*raw)), self._map(read, self._loader(split, training=training))
+            if training and self._augment is not None:
+                augment = self._augment
+                transform = self._map(transform.enumerate(), lambda i, e: augment(*e, tf.stack([i, tf.constant(0, tf.int64)])))
+        batched = by_batch is not None
+        return [("read", read, False), ("parse", parse, batched), ("transform", transform, batched), ("batch", self.dataset(split, training=training), True)]
+
     def distributed(self, strategy, split: str, *, take: int | None = None):
         """One epoch of an evaluation split, spread over the strategy's replicas.
 
