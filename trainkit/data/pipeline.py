@@ -652,8 +652,8 @@ class PreparedData:
         if not all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(self._records(split, shard).element_spec)):
             return None  # records of different shapes (decoded images) cannot be batched before their transforms
 
-        def fn(records):
-            x, y = static(*s.load_batch(records))
+        def fn(*records):  # one tensor, or (x, y) from a supervised TFDS dataset
+            x, y = static(*s.load_batch(*records))
             return evaluation(x, y) if evaluates else (x, y)
 
         return fn
