@@ -41,3 +41,8 @@ def provenance(loads: list[float]) -> str:
     seen = f"{min(loads):.2f}..{max(loads):.2f}" if loads else "unknown"
     verdict = "" if comparable(loads) else f" **Taken above load {MAX_LOAD}: not comparable; rerun on an idle machine.**"
     return f"Command: `{command}`; {when}; one-minute load average during the runs {seen}.{verdict}"
+
+
+def verdict(met: bool, loads: list[float]) -> str:
+    """Whether a goal was met, or "not comparable" when the figure was taken above MAX_LOAD."""
+    return ("yes" if met else "no") if comparable(loads) else "not comparable"

@@ -1,0 +1,174 @@
+"""Streamed data against the same data in memory: TFRecord files and a TFDS dataset
+(mock data) against in-memory arrays, training steps per second (goal: >= 0.8).
+
+Run with ``python benchmarks/streamed.py [--repeats 3] [--steps 300] [--examples 20000]``;
+``--quick`` is a check that it runs (a few steps, no report).
+
+Each case trains the same model with the same optimizer, batch size, transforms and
+seed, ``--steps`` steps with no evaluation or export, in a fresh process, once from
+a streamed source and once from the same examples held in memory; the rate is
+trainkit's own (``run.json`` ``steps_per_second``: the same clock over the same span,
+the training steps, for both). Cases:
+
+- ``digits_mlp`` / ``digits_cnn``: scikit-learn's digits tiled to ``--examples``,
+  written to a TFRecord file (``tfrecord``) or registered as arrays (``memory``);
+  pixels scaled by ``normalize`` (mean 0, std 16), the CNN's reshaped to 8x8x1.
+- ``mnist_cnn``: TFDS mock data (``tfds.testing.mock_data``) of ``--examples``
+  examples read by the TFDS source without a cache (``tfds``), against the same
+  examples read into memory first (``memory``).
+
+Writes the "Streamed" section of BENCHMARKS.md and ``benchmarks/streamed.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from machine import load, provenance, ratio, spread
+from markdown_section import replace_section
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BEGIN, END = "<!-- streamed: written by benchmarks/streamed.py -->", "<!-- /streamed -->"
+CASES = {"digits_mlp": ["tfrecord", "memory"], "digits_cnn": ["tfrecord", "memory"], "mnist_cnn": ["tfds", "memory"]}
+GOAL = 0.8
+
+
+def digits(examples: int):
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    reps = -(-examples // len(x))
+    return np.tile(x.astype("float32"), (reps, 1))[:examples], np.tile(y.astype("int64"), reps)[:examples]
+
+
+def write_tfrecord(path: Path, x, y) -> None:
+    import tensorflow as tf
+
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for row, label in zip(x, y, strict=True):
+            feature = {"x": tf.train.Feature(float_list=tf.train.FloatList(value=row.tolist())),
+                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
+def digits_data(name: str, method: str, examples: int, tmp: Path) -> dict:
+    import trainkit
+
+    x, y = digits(examples)
+    if method == "tfrecord":
+        write_tfrecord(tmp / "train.tfrecord", x, y)
+        source = {"type": "tfrecord", "files": {"train": str(tmp / "train.tfrecord")}, "inputs": "x", "label": "label",
+                  "features": {"x": {"dtype": "float32", "shape": [64]}, "label": {"dtype": "int64"}}}
+    else:
+        trainkit.register_dataset("streamed_bench_digits")(lambda: {"train": (x, y)})
+        source = {"type": "arrays", "name": "streamed_bench_digits"}
+    shape = {"feature_shape": [8, 8, 1]} if name == "digits_cnn" else {}
+    return {"source": source, "transforms": [{"type": "normalize", "mean": 0.0, "std": 16.0}], **shape}
+
+
+def mnist_data(method: str) -> dict:
+    """The mock split streamed by the TFDS source, or read into memory first."""
+    import numpy as np
+    import tensorflow_datasets as tfds
+
+    import trainkit
+
+    source = {"type": "tfds", "name": "mnist", "splits": {"train": "train"}}
+    if method == "memory":
+        examples = list(tfds.as_numpy(tfds.builder("mnist").as_dataset(split="train", as_supervised=True)))
+        x, y = np.stack([e[0] for e in examples]), np.array([e[1] for e in examples])
+        trainkit.register_dataset("streamed_bench_mnist")(lambda: {"train": (x, y)})
+        source = {"type": "arrays", "name": "streamed_bench_mnist"}
+    return {"source": source, "transforms": [{"type": "scale", "factor": 1 / 255}], "cache": False}
+
+
+def worker(name: str, method: str, steps: int, examples: int) -> None:
+    """Train one case and print its steps/s (trainkit's run.json) as one JSON line."""
+    import contextlib
+
+    import trainkit
+
+    mock = contextlib.nullcontext()
+    if name == "mnist_cnn":
+        import tensorflow_datasets as tfds
+
+        mock = tfds.testing.mock_data(num_examples=examples)
+    with mock, tempfile.TemporaryDirectory() as tmp:
+        base = trainkit.load_recipe(name).model_dump(mode="json")
+        data = mnist_data(method) if name == "mnist_cnn" else digits_data(name, method, examples, Path(tmp))
+        base["data"] = {"batch_size": base["data"]["batch_size"], "splits": {"validation": 0, "test": 0}, **data}
+        base["trainer"] = {"steps": steps, "progress": False, "evaluate": []}
+        base["export"] = {"formats": []}
+        recipe = trainkit.load_recipe(base)
+        trainkit.train(recipe, run_dir=Path(tmp) / "run")
+        status = json.loads((Path(tmp) / "run" / "run.json").read_text())
+    print(json.dumps({"steps_per_second": status["steps_per_second"]}), flush=True)
+
+
+def measure(name: str, method: str, steps: int, examples: int) -> dict:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "TRAINKIT_HOME": str(ROOT)}
+    before = load()
+    argv = [sys.executable, __file__, "--worker", name, method, str(steps), str(examples)]
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"{name}/{method} failed:\n{out.stderr[-3000:]}")
+    return {"steps_per_second": json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"], "loads": [before, load()]}
+
+
+def report(samples: dict, args: argparse.Namespace) -> str:
+    loads = [v for by in samples.values() for runs in by.values() for r in runs for v in r["loads"]]
+    lines = [BEGIN, "## Streamed against in memory (`benchmarks/streamed.py`)", "", provenance(loads), "",
+             f"Training steps/s from trainkit's run.json over {args.steps} steps, median (min..max) of {args.repeats} fresh "
+             f"processes per source, methods alternating; {args.examples} examples. Goal: streamed >= {GOAL}x in memory.", "",
+             "| recipe | streamed source | streamed steps/s | in memory steps/s | streamed / memory | goal met? |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for name, by_method in samples.items():
+        streamed, memory = CASES[name][0], "memory"
+        ours = [r["steps_per_second"] for r in by_method[streamed]]
+        theirs = [r["steps_per_second"] for r in by_method[memory]]
+        quotient = statistics.median(ours) / statistics.median(theirs)
+        case_loads = [v for runs in by_method.values() for r in runs for v in r["loads"]]
+        shown = ratio(quotient, case_loads)
+        met = ("yes" if quotient >= GOAL else "no") if shown.endswith("x") else "not comparable"
+        lines.append(f"| {name} | {streamed} | {spread(ours, '.1f')} | {spread(theirs, '.1f')} | {shown} | {met} |")
+    return "\n".join([*lines, "", END])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--examples", type=int, default=20000)
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--quick", action="store_true", help="one repeat of 10 steps on 512 examples, no report")
+    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        name, method, steps, examples = args.worker
+        worker(name, method, int(steps), int(examples))
+        return
+    if args.quick:
+        args.repeats, args.steps, args.examples = 1, 10, 512
+    samples = {name: {m: [] for m in CASES[name]} for name in args.cases}
+    for repeat in range(args.repeats):
+        for name in args.cases:
+            for method in CASES[name][repeat % 2 :] + CASES[name][: repeat % 2]:
+                result = measure(name, method, args.steps, args.examples)
+                samples[name][method].append(result)
+                print(f"[{repeat + 1}/{args.repeats}] {name:10} {method:8} {result['steps_per_second']:8.1f} steps/s  load {result['loads'][0]:.2f}", flush=True)
+    (HERE / "streamed.json").write_text(json.dumps(samples, indent=2))
+    if not args.quick:
+        replace_section(BEGIN, END, report(samples, args))
+
+
+if __name__ == "__main__":
+    main()
