@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup train test test-fast lint bench clean
+.PHONY: setup train test test-fast lint bench bench-gpu clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/job.py
 	$(BIN)/python benchmarks/scale.py
+	$(BIN)/python benchmarks/streamed.py
+
+## On a machine with a GPU (prints one line and exits 0 without one): trainkit vs Keras fit per precision and XLA.
+bench-gpu: setup
+	$(BIN)/python benchmarks/accelerator.py
 
 clean:
 	rm -rf runs .pytest_cache
