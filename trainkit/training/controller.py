@@ -37,6 +37,7 @@ checkpoint (the offending ones among them) are skipped, up to
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import signal
 import time
@@ -145,7 +146,6 @@ class Controller:
         #: training, validation and checkpoint saves are added here.
         self.phases = phases if phases is not None else Phases()
         self._first_call_done = False
-        self._schedule = _schedule_of(trainer.optimizer)
 
     # -- the run ------------------------------------------------------------------
 
@@ -331,6 +331,10 @@ class Controller:
         position = self.position
         self.metrics_log.log(split="validation", step=position.step, epoch=position.epoch, values=results)
         return {f"val_{k}": v for k, v in results.items()}
+
+    @functools.cached_property
+    def _schedule(self) -> keras.optimizers.schedules.LearningRateSchedule | None:
+        return _schedule_of(self.trainer.optimizer)
 
     def learning_rate(self) -> float:
         """The learning rate the last step trained with (a schedule's value at that
