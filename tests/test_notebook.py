@@ -86,7 +86,9 @@ def test_a_terminal_gets_one_progress_line(tmp_path):
     shown = b"".join(chunks).decode()
     assert "\r" in shown and "45/45" in shown  # the bar redrawn in place up to the last step
     assert "step 5/45" not in shown  # no log line per log event (plain output, not a terminal, has them)
-    assert len([line for line in shown.split("\n") if line.strip()]) <= 8  # header, bar, summary, results
+    training, next_steps = shown.split("next:\r\n")  # then the commands to run next
+    assert len([line for line in training.split("\n") if line.strip()]) <= 8  # header, bar, summary, results
+    assert len([line for line in next_steps.split("\n") if line.strip()]) == 4
 
 
 def test_progress_false_is_silent_even_when_resuming(tmp_path):
