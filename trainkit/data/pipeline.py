@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainkit.data import sources, transforms
+from trainkit.data import series, sources, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
@@ -642,7 +642,10 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
 
     ``cache_dir`` is where a relative ``data.cache`` path goes (the run directory).
     """
-    loaded = sources.load(section.source)
+    if section.source.type == "timeseries":  # cut by data.splits in time order, then windowed
+        loaded = series.load_timeseries(section.source, section.splits)
+    else:
+        loaded = sources.load(section.source)
     splits = loaded.splits if "all" not in loaded.splits else _split(loaded.splits["all"], section)
     for name, s in splits.items():
         if s.size == 0:
