@@ -141,3 +141,55 @@ def test_a_split_shorter_than_a_window_exits_2_before_anything_is_written(tmp_pa
     assert "data.splits.validation: 0.2 of the 80 rows is 16 row(s), shorter than one window" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+# A fresh process without trainkit: both exports fed the raw (unscaled) windows.
+_SERVE = """
+import sys, numpy as np, keras, tensorflow as tf
+export, windows, result = sys.argv[1:]
+x = np.load(windows)
+model = keras.models.load_model(export + "/model.keras", safe_mode=True)
+served = tf.saved_model.load(export + "/saved_model").signatures["serving_default"]
+(saved,) = served(features=tf.constant(x)).values()
+assert not [m for m in sys.modules if m.split(".")[0] == "trainkit"], "trainkit was imported"
+np.savez(result, keras=model.predict(x, verbose=0), saved_model=saved.numpy())
+"""
+
+
+@pytest.mark.slow
+def test_exports_take_the_raw_window_and_agree_with_the_trained_model(tmp_path):
+    import subprocess
+    import sys
+
+    recipe = trainkit.load_recipe(str(series_recipe(tmp_path)), overrides={"export.formats": ["keras", "saved_model"]})
+    run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    raw = np.concatenate([x.numpy() for x, _ in trainkit.dataset(recipe, "test", raw=True)])
+    scaled = np.concatenate([x.numpy() for x, _ in trainkit.dataset(recipe, "test")])
+    assert raw[:, :, 1].min() >= 1000  # temperature as written, unscaled
+    assert not np.allclose(raw, scaled)
+    expected = run.model.predict(scaled, verbose=0)
+    np.save(tmp_path / "windows.npy", raw)
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE, str(tmp_path / "run"), str(tmp_path / "windows.npy"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = np.load(tmp_path / "out.npz")
+    for name in ("keras", "saved_model"):
+        np.testing.assert_allclose(outputs[name], expected, atol=1e-5, rtol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_a_killed_series_run_resumes_bit_identical(tmp_path):
+    from _checkpoint_helpers import assert_same_weights, train
+
+    series_recipe(tmp_path)
+    base = ["series.yaml", "trainer.progress=true"]  # 3 epochs of 6 steps, a checkpoint every 5
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train(reference, base=base).returncode == 0
+    killed = train(run, base=base, faults=("kill-after-train:8",))
+    assert killed.returncode == -9
+    resumed = train(run, base=base)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "at step 5 " in resumed.stdout
+    assert_same_weights(run, reference)
