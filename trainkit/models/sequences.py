@@ -21,10 +21,10 @@ that rules cuDNN out is warned about once, with the reason.
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Literal
 
 from trainkit import registry
+from trainkit.console import warn
 from trainkit.errors import ConfigError
 
 #: The recurrent-layer arguments that keep cuDNN eligible (Keras's own conditions).
@@ -46,7 +46,7 @@ def warn_once(text: str) -> None:
     """A warning shown once per process (a model may be built more than once)."""
     if text not in _warned:
         _warned.add(text)
-        warnings.warn(text, UserWarning, stacklevel=3)
+        warn(f"warning: {text}")
 
 
 def _token_ids(input_shape: tuple[int, ...], vocab_size: int | None, name: str) -> bool:
