@@ -26,6 +26,7 @@ from typing import Any, Literal
 from trainkit import registry
 from trainkit.console import warn
 from trainkit.errors import ConfigError
+from trainkit.models.builders import output_layer
 
 #: The recurrent-layer arguments that keep cuDNN eligible (Keras's own conditions).
 CUDNN_ARGUMENTS: dict[str, Any] = {
@@ -64,20 +65,6 @@ def _token_ids(input_shape: tuple[int, ...], vocab_size: int | None, name: str) 
             f"the data has {list(input_shape)}"
         )
     return False
-
-
-def sequence_head(keras, x, *, task: str, num_outputs: int, output_activation: str | None, target_scale: TargetScale):
-    """The output layer; for regression, standardized outputs rescaled to the targets' units."""
-    if output_activation == "auto":
-        output_activation = "softmax" if task == "classification" else None
-    y = keras.layers.Dense(num_outputs, activation=output_activation, name="output")(x)
-    if task == "regression" and target_scale is not None:
-        mean, std = target_scale
-        scalar = len(mean) == 1
-        y = keras.layers.Rescaling(
-            std[0] if scalar else list(std), mean[0] if scalar else list(mean), name="target_units"
-        )(y)
-    return y
 
 
 def _pool(keras, x, pooling: str, name: str = "pool"):
@@ -154,7 +141,7 @@ def rnn(
         x = _pool(keras, x, pooling)
     for i, width in enumerate(dense_units):
         x = keras.layers.Dense(width, activation="relu", name=f"dense_{i}")(x)
-    outputs = sequence_head(
+    outputs = output_layer(
         keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation, target_scale=target_scale
     )
     return keras.Model(inputs, outputs, name="rnn")
@@ -207,7 +194,7 @@ def transformer(
     x = _pool(keras, x, pooling)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
-    outputs = sequence_head(
+    outputs = output_layer(
         keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation, target_scale=target_scale
     )
     return keras.Model(inputs, outputs, name="transformer")
