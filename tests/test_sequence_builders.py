@@ -111,3 +111,21 @@ def test_builders_train_a_step():
         history = model.fit(x, y, epochs=1, batch_size=8, verbose=0)
         assert np.isfinite(history.history["loss"][0])
         assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+
+
+def test_vocab_size_is_filled_in_from_the_data_and_a_different_one_is_refused():
+    from trainkit.data.pipeline import DataInfo
+    from trainkit.models.build import build_model
+    from trainkit.recipe import ModelSection
+
+    info = DataInfo(feature_shape=(6,), task="classification", num_classes=2, target_shape=(), vocab_size=30)
+    model = build_model(ModelSection(type="rnn", units=[4]), info)
+    assert model.get_layer("embedding").input_dim == 30
+    assert build_model(ModelSection(type="rnn", units=[4], vocab_size=30), info).get_layer("embedding").input_dim == 30
+    with pytest.raises(ConfigError, match=r"model.vocab_size: 50, but the data has 30; remove it"):
+        build_model(ModelSection(type="rnn", units=[4], vocab_size=50), info)
+    # Token ids made elsewhere: the recipe gives the size.
+    plain = DataInfo(feature_shape=(6,), task="classification", num_classes=2, target_shape=())
+    assert build_model(ModelSection(type="rnn", units=[4], vocab_size=50), plain).get_layer("embedding").input_dim == 50
+    with pytest.raises(ConfigError, match="'target_scale' is set by trainkit from the data"):
+        build_model(ModelSection(type="rnn", units=[4], target_scale=[[0.0], [1.0]]), plain)
