@@ -93,12 +93,18 @@ def test_bad_series_settings_are_one_line(tmp_path, change, expected):
         prepare(section, seed=0)
 
 
-def test_a_gap_in_the_series_names_its_row(tmp_path):
+@pytest.mark.parametrize("gap", ["nan", ""])
+def test_a_gap_in_a_used_column_names_its_row(tmp_path, gap):
     path = tmp_path / "s.csv"
-    path.write_text("load\n1\n2\nnan\n4\n")
-    section = DataSection.model_validate({"source": {"type": "timeseries", "path": str(path), "sequence_length": 1}})
-    with pytest.raises(ConfigError, match=r"s.csv, row 4, column 'load' is nan"):
+    path.write_text(f"load,unused\n1,1\n2,\n{gap},3\n4,4\n")
+    section = DataSection.model_validate(
+        {"source": {"type": "timeseries", "path": str(path), "columns": ["load"], "sequence_length": 1},
+         "splits": {"train": 0.6, "validation": 0.2, "test": 0.2}}
+    )
+    with pytest.raises(ConfigError, match=r"s.csv, row 4, column 'load' has no number \(empty, nan or inf\)"):
         prepare(section, seed=0)
+    path.write_text("load,unused\n1,1\n2,\n3,3\n4,4\n5,5\n6,6\n7,7\n8,8\n9,9\n10,10\n")
+    assert prepare(section, seed=0).info.feature_shape == (1, 1)  # a gap in a column left out is no matter
 
 
 def test_a_registered_series_of_columns_or_an_array(tmp_path):

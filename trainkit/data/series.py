@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from trainkit import registry
-from trainkit.data.sources import Loaded, Split, _column, _infer_type, _read_csv
+from trainkit.data.sources import Loaded, Split, _read_csv
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean, user_code_error
 from trainkit.recipe import SplitFractions, TimeseriesSource
 
@@ -43,6 +43,7 @@ def load_timeseries(source: TimeseriesSource, fractions: SplitFractions) -> Load
         )
     if not targets:
         raise ConfigError(f"{FIELD}.targets: name at least one column to forecast")
+    _check_complete(table, [*columns, *targets], source, where)
     x = np.stack([table[c] for c in columns], axis=1).astype(np.float32)
     y = np.stack([table[c] for c in targets], axis=1).astype(np.float32)
     splits = {
@@ -81,26 +82,43 @@ def _windows(x: np.ndarray, y: np.ndarray, source: TimeseriesSource, *, name: st
 
 
 def _read_series(source: TimeseriesSource) -> tuple[dict[str, np.ndarray], str, list[str]]:
-    """The numeric columns of the series by name (in order), what to call the series
-    in errors, and the names of its text columns (a date, say: never an input)."""
-    if source.path is not None:
-        path, header, rows = _read_csv(source.path, source)
-        table = {}
-        for j, name in enumerate(header):
-            if _infer_type([r[j] for r in rows]) != "string":
-                table[name] = _column(rows, j, "float", path, name)
-        where, skipped = path, [h for h in header if h not in table]
-    else:
-        table, where, skipped = _registered(source), f"dataset '{source.name}'", []
-    for name, values in table.items():
-        bad = np.flatnonzero(~np.isfinite(values))
+    """The numeric columns of the series by name (in order; a gap is NaN), what to
+    call the series in errors, and the names of its text columns (a date, say)."""
+    if source.path is None:
+        return _registered(source), f"dataset '{source.name}'", []
+    path, header, rows = _read_csv(source.path, source)
+    table, text = {}, []
+    for j, name in enumerate(header):
+        values = _numbers([row[j] for row in rows])
+        if values is None:
+            text.append(name)
+        else:
+            table[name] = values
+    return table, path, text
+
+
+def _numbers(cells: list[str]) -> np.ndarray | None:
+    """A column's cells as numbers, an empty cell as NaN; None for a text column."""
+    out = np.empty(len(cells), np.float64)
+    for i, cell in enumerate(cells):
+        cell = cell.strip()
+        try:
+            out[i] = float(cell) if cell else np.nan
+        except ValueError:
+            return None
+    return out
+
+
+def _check_complete(table: dict[str, np.ndarray], names: list[str], source: TimeseriesSource, where: str) -> None:
+    """Refuse a gap (an empty cell, NaN, infinity) in a column the windows use."""
+    for name in names:
+        bad = np.flatnonzero(~np.isfinite(table[name]))
         if bad.size:
             row = f"row {bad[0] + 2}" if source.path is not None else f"index {bad[0]}"
             raise ConfigError(
-                f"{FIELD}: {where}, {row}, column '{name}' is {values[bad[0]]}; a series needs a number in every row "
-                "(fill or drop the gaps first)"
+                f"{FIELD}: {where}, {row}, column '{name}' has no number (empty, nan or inf); a series needs "
+                "a number in every row (fill or drop the gaps first)"
             )
-    return table, where, skipped
 
 
 def _registered(source: TimeseriesSource) -> dict[str, np.ndarray]:
