@@ -193,7 +193,7 @@ def build(
     from trainkit.training.loop import Trainer
     from trainkit.training.stages import Stages
 
-    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
+    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir, run_dir=run_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "

@@ -127,6 +127,7 @@ def train_run(
             distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
         )
         if role.is_chief:
+            built.data.write_fitted(directory.path)  # the vocabulary: a resumed run reads it back
             record_inputs(built, directory)  # inference.json: what export and predict need
         sink.line(header(built, directory))
         if moved:
