@@ -873,6 +873,17 @@ class ExportSection(Section):
     """LiteRT only: ``dynamic_range`` stores weights as int8 (smaller file)."""
 
 
+#: Why an export format cannot take raw strings (a run with ``data.text``): measured
+#: with TF 2.21, tf2onnx 1.17 and ai-edge-litert.
+NO_STRING_INPUTS = {
+    "tflite": (
+        "LiteRT converts the text tokenizer only as TensorFlow ops (Select TF ops: StringLower, RegexReplace, "
+        "a lookup table), and the ai-edge-litert interpreter cannot run them (it has no Flex delegate)"
+    ),
+    "onnx": "ONNX has no string ops for the text tokenizer, so an ONNX model cannot take raw strings",
+}
+
+
 # ------------------------------------------------------------------------- recipe
 
 
@@ -895,6 +906,16 @@ class Recipe(Section):
     trainer: TrainerSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _text_exports(self) -> Recipe:
+        for name in self.export.formats:
+            if self.data.text is not None and name in NO_STRING_INPUTS:
+                raise ValueError(
+                    f"export.formats: {name} cannot take the raw text this run's exports take: {NO_STRING_INPUTS[name]}; "
+                    "export keras and/or saved_model"
+                )
+        return self
 
     @field_validator("name")
     @classmethod
