@@ -149,6 +149,7 @@ def recipe_file(tmp_path: Path, **data) -> Path:
                 "GlobalAveragePooling1D",
                 {"type": "Dense", "units": 8, "activation": "relu"},
                 {"type": "Dropout", "rate": 0.1},
+                {"type": "Dense", "units": 8, "activation": "relu"},
                 {"type": "Dense", "units": 2},
             ],
         },
