@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import ROOT, run_cli
@@ -47,6 +48,17 @@ def test_show_prints_yaml_that_loads_back_to_the_same_recipe(tmp_path):
     recipe = Recipe.from_yaml(body)
     assert recipe.trainer.epochs == 4
     assert header == f"# digits_mlp  (hash {recipe.hash})"
+
+
+def test_show_lists_the_model_builders_own_defaults_as_comments_outside_the_hash():
+    result = run_cli("show", "digits_cnn", "model.pool=false")
+    assert result.returncode == 0, result.stderr
+    header, body = result.stdout.split("\n", 1)
+    comments = body[body.index("# model builder 'cnn' defaults"):].splitlines()[1:]
+    assert comments == ["#   kernel_size: 3", "#   batch_norm: false", "#   activation: relu", "#   output_activation: auto"]
+    recipe = Recipe.from_yaml(body)  # the comments are not part of the recipe ...
+    assert recipe.model.kwargs["pool"] is False and "kernel_size" not in recipe.model.kwargs
+    assert header == f"# digits_cnn  (hash {recipe.hash})"  # ... nor of its hash
 
 
 BAD_INPUT = [
@@ -143,3 +155,28 @@ def test_train_then_eval_then_refuse_another_recipe(tmp_path):
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and (aside[0] / "config.yaml").read_bytes() == before["config.yaml"]
     assert Recipe.from_yaml((run / "config.yaml").read_text()).optimizer.learning_rate == 0.5
+
+
+def test_a_short_training_ends_with_what_to_do_next_named_as_it_was_run_and_no_idle_hint(tmp_path):
+    # As `make train` runs it: .venv/bin/trainkit, with trainkit not on the PATH.
+    script = Path(sys.executable).parent / "trainkit"
+    if not script.is_file():
+        pytest.skip("no trainkit script beside this Python")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3", "HOME": str(tmp_path)}
+    run = tmp_path / "run"
+    done = subprocess.run(
+        [str(script), "train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", str(run), "trainer.progress=true",
+         "trainer.epochs=null", "trainer.steps=3"],
+        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    after = lines[lines.index("next:") + 1 :]
+    assert [line.split("#")[0].strip() for line in after] == [
+        f"{script} eval {run} --split test",
+        f"{script} plot {run} -o curves.png",
+        f"{script} export {run}",
+        f"{script} predict {run} INPUT",
+    ]
+    # The input wait of a short step is the handover of a ready batch: nothing to change, nothing said.
+    assert "input wait" not in done.stdout and "Nothing needs changing" not in done.stdout

@@ -79,12 +79,11 @@ def test_input_wait_hint_never_proposes_a_larger_batch():
 
     r = recipe("digits_cnn")
     plain = prepare(r.data, seed=r.seed)
-    # A tiny step waiting only for the handover of a ready batch (0.2 ms): not the pipeline.
-    handover = InputWait(fraction=0.4, step_seconds=0.0005, compute_seconds=0.0003, steps=100).hint(plain)
-    assert "fixed cost of handing each batch" in handover and "no data.* setting" in handover
-    assert "batch_size" not in handover
+    # A tiny step waiting only for the handover of a ready batch (0.2 ms): not the pipeline,
+    # nothing to change, nothing said.
+    assert InputWait(fraction=0.4, step_seconds=0.0005, compute_seconds=0.0003, steps=100).hint(plain) is None
     # In memory with nothing to apply per example, a longer wait is still the handover.
-    assert "fixed cost of handing each batch" in InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100).hint(plain)
+    assert InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100).hint(plain) is None
     # A pipeline with per-example work (8 ms a step waiting): fixes that keep the results first,
     # the one that changes them said to, and never a larger batch.
     mapped = recipe("digits_cnn", **{"data.augment": [{"type": "random_flip", "mode": "horizontal"}], "data.parallel_calls": 1})

@@ -222,3 +222,28 @@ def test_a_recipe_file_that_imports_keras_keeps_tensorflow_start_up_lines_out(tm
     assert shown.returncode == 0, shown.stderr
     assert "name: nb_tiny" in shown.stdout
     assert not re.search(r"I0000|cuInit|absl|oneDNN", shown.stderr), shown.stderr
+
+
+NOISE = re.compile(r"I0000|E0000|cuInit|absl::InitializeLog|rebuild TensorFlow")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first_cell", ["import trainkit\nimport keras\nimport tensorflow as tf", "import keras\nimport tensorflow as tf\nimport trainkit"])
+def test_a_notebook_importing_keras_after_or_before_trainkit_gets_no_tensorflow_start_up_lines(tmp_path, monkeypatch, first_cell):
+    import nbclient
+    import nbformat
+
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)  # trainkit itself must keep the noise out
+    train = (
+        "recipe = trainkit.load_recipe('digits_mlp', configs=['digits_mlp_smoke'], "
+        "overrides={'trainer.epochs': None, 'trainer.steps': 3, 'trainer.progress': False})\n"
+        "run = trainkit.train(recipe, run_dir='run')\n"
+        "print(float(tf.reduce_sum(tf.ones(3))))"
+    )
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(first_cell), nbformat.v4.new_code_cell(train)])
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    outputs = ["\n".join(out.get("text", "") for out in cell.outputs) for cell in notebook.cells]
+    assert "3.0" in outputs[1] and not NOISE.search(outputs[1])  # the training cell: no cuInit line
+    if first_cell.startswith("import trainkit"):  # (imported before trainkit, TensorFlow speaks before it can be kept quiet)
+        assert not NOISE.search(outputs[0])

@@ -124,7 +124,23 @@ def cmd_show(args: argparse.Namespace) -> int:
     recipe = _load(args)
     print(f"# {recipe.name}  (hash {recipe.hash})")
     print(recipe.to_yaml(), end="")
+    _print_builder_defaults(recipe)
     return 0
+
+
+def _print_builder_defaults(recipe) -> None:
+    """The model builder's own defaults, as comments: the recipe leaves them to the
+    builder, so they are neither in its YAML nor in its hash."""
+    import yaml
+
+    from trainkit.models.build import builder_defaults
+
+    defaults = builder_defaults(recipe.model)
+    if not defaults:
+        return
+    print(f"# model builder '{recipe.model.type}' defaults (the builder's own, not in the recipe or its hash; set any under model:):")
+    for line in yaml.safe_dump(defaults, sort_keys=False, default_flow_style=False).splitlines():
+        print(f"#   {line}")
 
 
 def cmd_ls(args: argparse.Namespace) -> int:
@@ -169,7 +185,33 @@ def cmd_train(args: argparse.Namespace) -> int:
     # trainer.progress: false silences everything but warnings and errors.
     if not run.served_only and recipe.trainer.progress:
         print(f"run directory: {run.run_dir}")
+        print(next_steps(run.run_dir))
     return 0
+
+
+def next_steps(run_dir) -> str:
+    """What to do with a trained run, as command lines to copy (named as this
+    command was run, e.g. ``.venv/bin/trainkit`` where ``trainkit`` is not on the PATH)."""
+    import shlex
+    import shutil
+    from pathlib import Path
+
+    from trainkit.serving import spec as inference_spec
+
+    program = sys.argv[0] if sys.argv[0].endswith("trainkit") and not shutil.which("trainkit") else "trainkit"
+    run = shlex.quote(str(run_dir))
+    lines = [
+        (f"{program} eval {run} --split test", "metrics of a split, from any checkpoint (--checkpoint)"),
+        (f"{program} plot {run} -o curves.png", "the learning curves"),
+    ]
+    recorded = inference_spec.read(Path(run_dir))
+    if recorded is not None and not recorded.get("unsupported"):
+        lines += [
+            (f"{program} export {run}", "the model with its preprocessing: .keras, SavedModel, LiteRT, ONNX"),
+            (f"{program} predict {run} INPUT", "INPUT: a CSV with the training columns, a .npy array, .jsonl or a folder of images"),
+        ]
+    width = max(len(command) for command, _ in lines)
+    return "next:\n" + "\n".join(f"  {command:<{width}}  # {what}" for command, what in lines)
 
 
 def cmd_launch(args: argparse.Namespace) -> int:

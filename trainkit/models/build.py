@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,22 @@ def _context(info: DataInfo) -> dict[str, Any]:
         "num_outputs": info.num_outputs,
         "num_classes": info.num_classes,
         "task": info.task,
+    }
+
+
+def builder_defaults(section: ModelSection) -> dict[str, Any]:
+    """The builder's own defaults of the arguments ``section`` does not set (they
+    live in the builder's signature, not in the recipe or its hash)."""
+    import trainkit.models.builders  # noqa: F401  (registers the built-in builders)
+    import trainkit.models.pretrained  # noqa: F401  (registers 'pretrained')
+
+    builder = registry.models.get(section.type, field="model.type")
+    given = section.kwargs
+    return {
+        param.name: list(param.default) if isinstance(param.default, tuple) else param.default
+        for param in inspect.signature(builder).parameters.values()
+        if param.name not in CONTEXT_ARGUMENTS and param.name not in given and param.default is not inspect.Parameter.empty
+        and param.kind not in (param.VAR_KEYWORD, param.VAR_POSITIONAL)
     }
 
 
@@ -65,10 +82,13 @@ def build_model(section: ModelSection, info: DataInfo):
     return build_with_sources(section, info)[0]
 
 
-def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: Path | None = None) -> tuple[Any, list]:
+def build_with_sources(
+    section: ModelSection, info: DataInfo, *, stored_source: Path | None = None, runs: Mapping[str, Any] | None = None
+) -> tuple[Any, list]:
     """The model, and the pretrained sources (:class:`~trainkit.models.pretrained.SourceUse`) it came from.
 
     ``stored_source``: a run's copy of its ``model.source``, used when the source is gone.
+    ``runs``: the models of sources that are run directories, restored by the plan.
     """
     check_builder_arguments(section)
     if section.type == "pretrained":
@@ -78,7 +98,7 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
         kwargs["source_checkpoint"] = str(kwargs.get("source_checkpoint", "final"))
         model, use = pretrained.build(
             **{"head": "keep", "cut_at": None, "output_activation": "auto", **kwargs},
-            task=info.task, num_outputs=info.num_outputs, stored=stored_source,
+            task=info.task, num_outputs=info.num_outputs, stored=stored_source, runs=runs,
             input_shape=info.feature_shape if isinstance(info.feature_shape, dict) else tuple(info.feature_shape),
         )
         return model, [use]

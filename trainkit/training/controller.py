@@ -441,11 +441,10 @@ class Controller:
         )
         if measured and not waited and trainer.steps_run:
             self.sink.line("input wait: not measured (runtime.deterministic forbids the timing ops)")
-        if waited:
+        hint = waited.hint(self.data) if waited else None
+        if hint:  # (nothing to change: nothing said; the fraction is in run.json)
             self.sink.line(waited.summary())
-            hint = waited.hint(self.data)
-            if hint:
-                self.sink.notice(hint)
+            self.sink.notice(hint)
 
     def costs(self) -> dict:
         checkpointer = self.checkpointer

@@ -49,8 +49,8 @@ class InputWait:
         Only changes that keep the results come first; one that changes them
         says so. When the wait is no more than handing a ready batch to the step
         (HANDOVER_SECONDS), the pipeline keeps up and no data setting shortens
-        it: then the hint says so rather than proposing a larger batch, which
-        would change the experiment.
+        it: nothing needs changing, so there is no hint (a larger batch would
+        change the experiment). A short run's steps are that short.
         """
         if self.fraction < BOTTLENECK_FRACTION:
             return None
@@ -72,12 +72,7 @@ class InputWait:
         if self.wait_seconds <= HANDOVER_SECONDS or not (fixes or reorder):
             # (In memory with no per-example work, the pipeline is one gather a
             # batch: what is left of the wait is the handover, whatever it costs.)
-            return (
-                f"input wait: {self.fraction:.0%} of training, {self.wait_seconds * 1000:.2f} ms a step, is the fixed "
-                "cost of handing each batch to the step, not the pipeline (which keeps up): no data.* setting "
-                "shortens it, and it weighs only because the step is short. Nothing needs changing; "
-                "trainer.measure_input: false drops the two timing ops a step (results unchanged)"
-            )
+            return None
         text = ("input is the bottleneck: " + "; ".join(fixes) + " (results unchanged)") if fixes else "input is the bottleneck"
         if reorder:
             text += "; data.deterministic: false lets parallel maps finish out of order (faster, but the order of examples, and so the results, change)"
