@@ -14,7 +14,7 @@ from conftest import run_cli
 
 import trainkit
 
-RECIPES = ["digits_cnn", "digits_mlp", "binary_classifier", "linear_regression"]
+RECIPES = ["digits_cnn", "digits_mlp", "binary_classifier", "linear_regression", "sunspots_lstm"]
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -60,3 +60,14 @@ def test_linear_regression_matches_closed_form_least_squares(tmp_path):
 
     run = trainkit.train(recipe, run_dir=tmp_path / "run")
     assert run.metrics["test"]["loss"] == pytest.approx(closed_form_mse, rel=0.02)
+
+
+@pytest.mark.slow
+def test_sunspots_lstm_beats_persistence_on_its_test_years(tmp_path):
+    """Next year's sunspot number: lower test RMSE than "next year = this year"."""
+    recipe = trainkit.load_recipe("sunspots_lstm", overrides={"trainer.progress": False})
+    run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    pairs = [(x.numpy(), y.numpy()) for x, y in trainkit.dataset(recipe, "test", raw=True)]
+    windows, targets = np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
+    persistence = float(np.sqrt(np.mean((windows[:, -1, 0] - targets[:, 0]) ** 2)))
+    assert run.metrics["test"]["rmse"] < 0.8 * persistence

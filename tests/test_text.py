@@ -102,7 +102,7 @@ def test_tfds_text_datasets_give_strings_as_tfds_does(tmp_path):
         raw, _ = next(iter(data.raw_dataset("train", batch_size=4)))
         assert raw.dtype.name == "string"
         assert data.info.num_classes == 2 and data.info.feature_shape == (12,)
-        assert 2 < data.info.vocabulary_size <= 40
+        assert 2 < data.info.vocab_size <= 40
 
 
 # --------------------------------------------------------------------- vectorize
@@ -124,7 +124,7 @@ def test_multi_hot_and_tf_idf_give_one_value_per_vocabulary_entry(tmp_path):
     for mode in ("multi_hot", "tf_idf"):
         section = DataSection.model_validate({"source": source, "text": {"type": "vectorize", "output_mode": mode, "max_tokens": 30}})
         data = prepare(section, seed=0)
-        assert data.info.feature_shape == (data.info.vocabulary_size,)
+        assert data.info.feature_shape == (data.info.vocab_size,)
         x, _ = data.examples("train", 1)[0]
         assert x.max() > 0 and (mode == "multi_hot" or x.dtype == np.float32)
 

@@ -281,6 +281,47 @@ class GeneratorSource(Section):
     splits: list[SplitName] | None = None
 
 
+ColumnName = Annotated[str | int, Field(union_mode="left_to_right")]
+
+
+class TimeseriesSource(Section):
+    """Windows over a series: ``sequence_length`` rows of ``columns`` as the inputs,
+    the ``targets`` ``horizon`` rows after the window's last row as the label
+    (the pairing of ``keras.utils.timeseries_dataset_from_array``).
+
+    The series is a CSV file (``path``: a header row, one column per variable,
+    rows in time order) or a dataset a recipe registers (``name``: a function
+    returning a ``[time, variables]`` array, whose columns are named ``0``, ``1``,
+    ..., or a dict of 1-D columns). ``data.splits`` cut the rows in time order
+    (train first, then validation, then test) and no window crosses a cut.
+    """
+
+    type: Literal["timeseries"] = "timeseries"
+    path: str | None = None
+    name: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    """Keyword arguments of the registered dataset ``name``."""
+    columns: list[ColumnName] | None = None
+    """The input variables; default: every numeric column."""
+    targets: list[ColumnName] | None = None
+    """The variables to forecast; default: the only input column, when there is one."""
+    sequence_length: PositiveInt
+    """Rows (time steps) in each input window."""
+    horizon: PositiveInt = 1
+    """How many rows after a window's last row its target is (1: the next row)."""
+    stride: PositiveInt = 1
+    """Rows between the starts of consecutive windows."""
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+
+    @model_validator(mode="after")
+    def _one_series(self) -> TimeseriesSource:
+        if (self.path is None) == (self.name is None):
+            raise ValueError("give the series as path (a CSV file) or name (a registered dataset), one of them")
+        if self.kwargs and self.name is None:
+            raise ValueError("kwargs are the arguments of a registered dataset (name)")
+        return self
+
+
 Source = Annotated[
     SklearnSource
     | ArraysSource
@@ -290,7 +331,8 @@ Source = Annotated[
     | ImageFolderSource
     | TextFolderSource
     | TfrecordSource
-    | GeneratorSource,
+    | GeneratorSource
+    | TimeseriesSource,
     Field(discriminator="type"),
 ]
 

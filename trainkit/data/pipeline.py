@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trainkit.console import warn
-from trainkit.data import sources, text, transforms
+from trainkit.data import series, sources, text, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
@@ -79,8 +79,12 @@ class DataInfo:
     ``feature_names``): what ``trainkit predict`` reads from a CSV header."""
     skipped: tuple[str, ...] = ()
     """Files skipped as unreadable (``skip_bad_images``, ``skip_bad_files``)."""
-    vocabulary_size: int | None = None
-    """Token ids lie in ``0..vocabulary_size-1`` (``data.text``): an embedding's input size."""
+    vocab_size: int | None = None
+    """Size of the token vocabulary of tokenized text (``data.text``), padding and OOV included."""
+    target_scale: tuple[list[float], list[float]] | None = None
+    """Mean and standard deviation of each regression target over the training split
+    (in-memory sources): builders that declare ``target_scale`` predict standardized
+    targets and rescale them."""
 
     @property
     def num_outputs(self) -> int:
@@ -650,7 +654,10 @@ def prepare(
     ``cache_dir`` is where a relative ``data.cache`` path goes (the run directory).
     ``run_dir``: the run this continues, whose fitted vocabulary (``data.text``) is reused.
     """
-    loaded = sources.load(section.source)
+    if section.source.type == "timeseries":  # cut by data.splits in time order, then windowed
+        loaded = series.load_timeseries(section.source, section.splits)
+    else:
+        loaded = sources.load(section.source)
     splits = loaded.splits if "all" not in loaded.splits else _split(loaded.splits["all"], section)
     for name, s in splits.items():
         if s.size == 0:
@@ -943,8 +950,20 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
         class_names=_class_names(section, label_info, loaded),
         feature_names=loaded.feature_names,
         skipped=tuple(loaded.skipped),
-        vocabulary_size=text.vocabulary_size(data.text_step) if data.text_step else None,
+        vocab_size=text.vocabulary_size(data.text_step) if data.text_step else None,
+        target_scale=_target_scale(data._splits["train"], label_info["task"]),
     )
+
+
+def _target_scale(train: Split, task: str) -> tuple[list[float], list[float]] | None:
+    """Mean and std per regression target over the training split (in memory only)."""
+    if task != "regression" or train.arrays is None:
+        return None
+    y = np.asarray(train.arrays[1], np.float64)
+    y = y.reshape(len(y), -1)
+    std = y.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    return [float(v) for v in y.mean(axis=0)], [float(v) for v in std]
 
 
 def _array_spec(arrays) -> tuple:

@@ -16,7 +16,10 @@ from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import ModelSection
 
 # Filled in by trainkit from the data, never written in a recipe.
-CONTEXT_ARGUMENTS = ("input_shape", "num_outputs", "num_classes", "task")
+CONTEXT_ARGUMENTS = ("input_shape", "num_outputs", "num_classes", "task", "target_scale")
+# Filled in from the data when the data knows them (``vocab_size``: data.text's
+# vocabulary), else a recipe may set them (token ids made elsewhere).
+DATA_FILLED_ARGUMENTS = ("vocab_size",)
 
 
 def _context(info: DataInfo) -> dict[str, Any]:
@@ -25,6 +28,7 @@ def _context(info: DataInfo) -> dict[str, Any]:
         "num_outputs": info.num_outputs,
         "num_classes": info.num_classes,
         "task": info.task,
+        "target_scale": info.target_scale,
     }
 
 
@@ -44,10 +48,25 @@ def builder_defaults(section: ModelSection) -> dict[str, Any]:
     }
 
 
+def _data_filled(section: ModelSection, info: DataInfo, wanted) -> dict[str, Any]:
+    """The :data:`DATA_FILLED_ARGUMENTS` a builder declares and the data reports."""
+    filled = {}
+    for name in DATA_FILLED_ARGUMENTS:
+        value = getattr(info, name, None)
+        if name not in wanted or value is None:
+            continue
+        given = section.kwargs.get(name)
+        if given is not None and given != value:
+            raise ConfigError(f"model.{name}: {given}, but the data has {value}; remove it (it is filled in from the data)")
+        filled[name] = value
+    return filled
+
+
 def check_builder_arguments(section: ModelSection) -> None:
     """Names and types of a builder's arguments, checked against its signature."""
     import trainkit.models.builders  # noqa: F401  (registers the built-in builders)
     import trainkit.models.pretrained  # noqa: F401  (registers 'pretrained')
+    import trainkit.models.sequences  # noqa: F401  (registers 'rnn' and 'transformer')
 
     builder = registry.models.get(section.type, field="model.type")
     kwargs = section.kwargs
@@ -105,11 +124,12 @@ def build_with_sources(
     builder = registry.models.get(section.type, field="model.type")
     wanted = inspect.signature(builder).parameters
     context = {k: v for k, v in _context(info).items() if k in wanted}
+    kwargs = {**section.kwargs, **_data_filled(section, info, wanted)}
     import keras
     import tensorflow as tf
 
     try:
-        model = builder(**context, **section.kwargs)
+        model = builder(**context, **kwargs)
     except TrainkitError:
         raise
     except (tf.errors.ResourceExhaustedError, MemoryError) as err:

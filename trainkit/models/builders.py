@@ -98,10 +98,29 @@ def functional(
     return keras.Model(model_inputs if len(model_inputs) > 1 else model_inputs[0], model_outputs, name="functional")
 
 
-def _head(keras, x, *, task: str, num_outputs: int, output_activation: str | None):
+def output_layer(
+    keras,
+    x,
+    *,
+    task: str,
+    num_outputs: int,
+    output_activation: str | None,
+    target_scale: tuple[list[float], list[float]] | None = None,
+):
+    """The head: one unit per class (softmax for ``output_activation: auto``) or per target.
+
+    With ``target_scale`` (the training targets' mean and std) a regression head
+    predicts standardized targets and a fixed ``Rescaling`` returns them in the
+    targets' units: the loss, metrics and exports never see the standardization.
+    """
     if output_activation == "auto":
         output_activation = "softmax" if task == "classification" else None
-    return keras.layers.Dense(num_outputs, activation=output_activation, name="output")(x)
+    y = keras.layers.Dense(num_outputs, activation=output_activation, name="output")(x)
+    if task == "regression" and target_scale is not None:
+        mean, std = target_scale
+        scalar = len(mean) == 1
+        y = keras.layers.Rescaling(std[0] if scalar else list(std), mean[0] if scalar else list(mean), name="target_units")(y)
+    return y
 
 
 @registry.register_model("mlp")
@@ -132,7 +151,7 @@ def mlp(
         x = keras.layers.Activation(activation, name=f"act_{i}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
-    outputs = _head(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
+    outputs = output_layer(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
     return keras.Model(inputs, outputs, name="mlp")
 
 
@@ -174,7 +193,7 @@ def cnn(
         x = keras.layers.Dense(units, activation=activation, name=f"dense_{i}")(x)
         if dropout:
             x = keras.layers.Dropout(dropout, name=f"dropout_{i}")(x)
-    outputs = _head(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
+    outputs = output_layer(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
     return keras.Model(inputs, outputs, name="cnn")
 
 
@@ -228,5 +247,5 @@ def resnet(
             x = keras.layers.Add(name=f"{name}_add")([shortcut, y])
             x = keras.layers.Activation("relu", name=f"{name}_out")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = _head(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
+    outputs = output_layer(keras, x, task=task, num_outputs=num_outputs, output_activation=output_activation)
     return keras.Model(inputs, outputs, name="resnet")
