@@ -275,3 +275,20 @@ def test_trainkit_data_shows_tokens_next_to_the_raw_text(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "out of vocabulary 0.0% of words; cut by sequence_length 0.0% of examples" in result.stdout
     assert result.stdout.count("tokens [") == 2 and "text '" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["text_lstm", "text_transformer"])
+def test_text_recipes_train_on_tfds_imdb_reviews_and_serve_raw_reviews(tmp_path, name):
+    import keras
+    import tensorflow_datasets as tfds
+
+    recipe = trainkit.load_recipe(name, configs=[f"{name}_smoke"])
+    with tfds.testing.mock_data(num_examples=24):
+        run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    assert np.isfinite(run.metrics["test"]["loss"])
+    if name == "text_transformer":
+        import keras_hub  # noqa: F401  (its layers are in the model)
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    probabilities = model.predict(np.array(["A lovely film.", "Dull."], dtype=object), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
