@@ -261,6 +261,15 @@ def test_bad_text_input_is_one_line_exit_2_and_writes_nothing(tmp_path, override
     assert not (tmp_path / "run").exists()
 
 
+def test_a_wrong_key_or_text_beside_numbers_is_one_line(tmp_path):
+    (tmp_path / "r.jsonl").write_text(json.dumps({"text": "good film", "stars": 1.5, "label": 1}) + "\n")
+    source = {"type": "jsonl", "path": str(tmp_path / "r.jsonl"), "label": "lable"}
+    with pytest.raises(ConfigError, match=r"data.source.label: no key 'lable' .*did you mean 'label'"):
+        prepare(text_data(source), seed=0)
+    with pytest.raises(ConfigError, match=r"column 'text' holds text; a text column must be the only feature"):
+        prepare(text_data({**source, "label": "label"}), seed=0)
+
+
 def test_an_empty_text_folder_is_one_line_exit_2(tmp_path):
     (tmp_path / "reviews" / "pos").mkdir(parents=True)
     recipe_file(tmp_path, source={"type": "text_folder", "path": "reviews"})
