@@ -202,6 +202,7 @@ def inspect_data(
         "examples_per_second": scan["rate"],
         "stage_examples_per_second": _stage_rates(data, split, seconds / 4),
         "skipped_files": list(info.skipped),
+        "text": _text_report(data, split, n),
     }
 
 
@@ -226,6 +227,25 @@ def _stage_rates(data, split: str, seconds: float) -> dict[str, float | None]:
         elapsed = time.perf_counter() - start
         rates[name] = examples / elapsed if examples and elapsed > 0 else None
     return rates
+
+
+def _text_report(data, split: str, n: int, limit: int = 10_000) -> dict[str, Any] | None:
+    """The tokenizer (``data.text``) on up to ``limit`` raw texts of ``split``: vocabulary size,
+    out-of-vocabulary rate, share cut by ``sequence_length``; and the first ``n`` raw texts."""
+    import numpy as np
+
+    from trainkit.data import text
+
+    if data.text_step is None:
+        return None
+    texts, seen = [], 0
+    for x, _ in data.raw_dataset(split, batch_size=1024):
+        texts.append(x.numpy())
+        seen += len(texts[-1])
+        if seen >= limit:
+            break
+    raw = np.concatenate(texts)[:limit] if texts else np.zeros((0,), object)
+    return {**text.statistics(data.text_step, raw), "raw_examples": [t.decode("utf-8", "replace") for t in raw[:n]]}
 
 
 def _scan_labels(ds, info, split: str, seconds: float) -> dict[str, Any]:

@@ -301,7 +301,18 @@ def cmd_data(args: argparse.Namespace) -> int:
         print(f"  targets:      min {dist['min']:.4g}  mean {dist['mean']:.4g}  max {dist['max']:.4g}")
     if report["skipped_files"]:
         print(f"  skipped:      {len(report['skipped_files'])} unreadable file(s), e.g. {report['skipped_files'][0]}")
+    tokens = report.get("text")
+    if tokens:
+        print(
+            f"  text:         vocabulary {tokens['vocabulary_size']} tokens; out of vocabulary {tokens['out_of_vocabulary_rate']:.1%} "
+            f"of words; cut by sequence_length {tokens['cut_by_sequence_length']:.1%} of examples (of {tokens['examples']})"
+        )
     for i, (x, y) in enumerate(report["first_examples"]):
+        if tokens and i < len(tokens["raw_examples"]):
+            raw = tokens["raw_examples"][i]
+            print(f"  example {i}: label {_show(y)}  text {raw[:100]!r}{'...' if len(raw) > 100 else ''}")
+            print(f"             tokens {_show_tokens(x)}")
+            continue
         print(f"  example {i}: label {_show(y)}  features {_show(x)}")
     rate = report["examples_per_second"]
     print(f"  pipeline alone: {rate:,.0f} examples/s" if rate else "  pipeline alone: too few batches to time")
@@ -320,6 +331,14 @@ def _print_stages(rates: dict[str, float | None]) -> None:
         previous = rate or previous
     if worst is not None and worst_drop < 0.5:
         print(f"  slowest stage: {worst} (to {worst_drop:.0%} of the rate before it)")
+
+
+def _show_tokens(value) -> str:
+    import numpy as np
+
+    array = np.asarray(value).reshape(-1)
+    shown = np.array2string(array[:24], precision=3, separator=", ", max_line_width=10**6)
+    return shown[:-1] + ", ...]" if array.size > 24 else shown
 
 
 def _show(value) -> str:

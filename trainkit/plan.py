@@ -207,7 +207,7 @@ def build(
 
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
-    data = setup_data(recipe, strategy)
+    data = setup_data(recipe, strategy, run_dir=run_dir)
     steps_per_epoch = data.steps_per_epoch()
     steps = total_steps(recipe, steps_per_epoch)
     has_validation = data.has_split("validation")  # (before a parameter server wraps the data)
@@ -250,11 +250,12 @@ class OptimizerSetup:
     """Frozen layers, parameter counts and each trainable variable's learning-rate group."""
 
 
-def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy) -> PreparedData:
-    """The data step: every split prepared, the batch size checked against the training split."""
+def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy, *, run_dir: str | Path | None = None) -> PreparedData:
+    """The data step: every split prepared, the batch size checked against the training split
+    (``run_dir``: the run this continues, whose fitted vocabulary is reused)."""
     from trainkit.data.pipeline import prepare
 
-    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed)
+    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, run_dir=run_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "

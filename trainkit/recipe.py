@@ -198,6 +198,36 @@ class ImageFolderSource(Section):
     """Skip (and count) files that are not readable images instead of failing."""
 
 
+class TextFolderSource(Section):
+    """Text files in one subfolder per class (``path/pos/1.txt``, ``path/neg/2.txt``),
+    the layout of ``keras.utils.text_dataset_from_directory``; each file is one
+    example (a string feature).
+
+    ``path`` is one folder (split by ``data.splits``) or a folder per split.
+    """
+
+    type: Literal["text_folder"] = "text_folder"
+    path: str | dict[SplitName, str]
+    encoding: str = "utf-8"
+    extensions: list[str] = Field(default_factory=lambda: [".txt"])
+    class_names: list[str] | None = None
+    """Class folders in label order; default: every subfolder, sorted."""
+    skip_bad_files: StrictBool = False
+    """Skip (and count) files that are not valid text in ``encoding`` instead of failing."""
+
+
+class JsonlSource(Section):
+    """A JSON-lines file (one object per line), read into memory: ``features`` are
+    keys holding numbers or one key holding text (a string feature)."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str | dict[SplitName, str]
+    label: str
+    """The label key: integers or text are classes, real numbers a regression target."""
+    features: list[str] | None = None
+    """Feature keys; default: every key of the first line but the label."""
+
+
 class TfrecordFeature(Section):
     """How one feature of a ``tf.train.Example`` is parsed."""
 
@@ -297,7 +327,9 @@ Source = Annotated[
     | ArraysSource
     | TfdsSource
     | CsvSource
+    | JsonlSource
     | ImageFolderSource
+    | TextFolderSource
     | TfrecordSource
     | GeneratorSource
     | TimeseriesSource,
@@ -479,6 +511,28 @@ Transform = Annotated[
 ]
 
 
+class VectorizeText(Section):
+    """Keras ``TextVectorization``, its vocabulary adapted on the training split only."""
+
+    type: Literal["vectorize"] = "vectorize"
+    max_tokens: Annotated[int, Field(ge=3)] = 20_000
+    """The vocabulary's size, padding and out-of-vocabulary tokens included."""
+    sequence_length: PositiveInt | None = 200
+    """Token ids per example (``int``): longer texts are cut, shorter ones padded with 0."""
+    ngrams: Annotated[int, Field(ge=1, le=5)] | None = None
+    standardize: Literal["lower_and_strip_punctuation", "lower", "strip_punctuation", "none"] = "lower_and_strip_punctuation"
+    output_mode: Literal["int", "multi_hot", "tf_idf"] = "int"
+
+    @model_validator(mode="after")
+    def _length_for_ids(self) -> VectorizeText:
+        if self.output_mode == "int" and self.sequence_length is None:
+            raise ValueError("sequence_length: int output needs a length (examples of one size can be batched)")
+        return self
+
+
+TextSection = Annotated[VectorizeText, Field(discriminator="type")]
+
+
 class SplitFractions(Section):
     """Fractions of a source without its own splits; they must sum to 1."""
 
@@ -494,7 +548,9 @@ class SplitFractions(Section):
         return self
 
 
-class DataSection(Section):
+class DataSection(Section, _OmitsUnusedFields):
+    _omitted_when_default = ("text",)
+
     source: Source
     splits: SplitFractions = Field(default_factory=SplitFractions)
     """How a source without its own splits is divided (deterministically, by ``split_seed``)."""
@@ -517,6 +573,9 @@ class DataSection(Section):
     scale: Literal["none", "standard", "minmax"] = "none"
     """Feature scaling of in-memory sources, fitted on the training split only
     (for any source: the ``normalize`` transform)."""
+    text: TextSection | None = None
+    """How string features become numbers (``{type: vectorize, ...}``), fitted on the
+    training split and part of the exported model; ``none`` (default): no tokenizer."""
     feature_shape: list[PositiveInt] | None = None
     """Reshape each example's features, e.g. ``[8, 8, 1]`` for the 8x8 digits."""
     transforms: list[Transform] = Field(default_factory=list)
@@ -547,6 +606,13 @@ class DataSection(Section):
     prefetch: StrictBool | PositiveInt = True
     """Prefetch batches (``true``: AUTOTUNE, a number: that many)."""
     drop_remainder: StrictBool = False
+
+    @field_validator("text", mode="before")
+    @classmethod
+    def _text_off(cls, value: Any) -> Any:
+        if value == "none":
+            return None
+        return {"type": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _transform_placement(self) -> DataSection:
@@ -850,6 +916,17 @@ class ExportSection(Section):
     """LiteRT only: ``dynamic_range`` stores weights as int8 (smaller file)."""
 
 
+#: Why an export format cannot take raw strings (a run with ``data.text``): measured
+#: with TF 2.21, tf2onnx 1.17 and ai-edge-litert.
+NO_STRING_INPUTS = {
+    "tflite": (
+        "LiteRT converts the text tokenizer only as TensorFlow ops (Select TF ops: StringLower, RegexReplace, "
+        "a lookup table), and the ai-edge-litert interpreter cannot run them (it has no Flex delegate)"
+    ),
+    "onnx": "ONNX has no string ops for the text tokenizer, so an ONNX model cannot take raw strings",
+}
+
+
 # ------------------------------------------------------------------------- recipe
 
 
@@ -872,6 +949,16 @@ class Recipe(Section):
     trainer: TrainerSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+
+    @model_validator(mode="after")
+    def _text_exports(self) -> Recipe:
+        for name in self.export.formats:
+            if self.data.text is not None and name in NO_STRING_INPUTS:
+                raise ValueError(
+                    f"export.formats: {name} cannot take the raw text this run's exports take: {NO_STRING_INPUTS[name]}; "
+                    "export keras and/or saved_model"
+                )
+        return self
 
     @field_validator("name")
     @classmethod

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trainkit.console import warn
-from trainkit.data import series, sources, transforms
+from trainkit.data import series, sources, text, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
@@ -78,7 +78,7 @@ class DataInfo:
     """Names of the feature columns of a table source (CSV columns, scikit-learn's
     ``feature_names``): what ``trainkit predict`` reads from a CSV header."""
     skipped: tuple[str, ...] = ()
-    """Files skipped as unreadable (``skip_bad_images``)."""
+    """Files skipped as unreadable (``skip_bad_images``, ``skip_bad_files``)."""
     vocab_size: int | None = None
     """Size of the token vocabulary of tokenized text (``data.text``), padding and OOV included."""
     target_scale: tuple[list[float], list[float]] | None = None
@@ -157,6 +157,8 @@ class PreparedData:
         why the other transforms keep it from being exported (None: they don't)."""
         self.seed = seed
         self.info = info
+        self.text_step: transforms.Step | None = None
+        """``data.text``'s preprocessing step (its vocabulary), if the features are text."""
         self._splits = splits
         self._static = static
         self._augment = augment
@@ -208,6 +210,12 @@ class PreparedData:
                     "data.source.skip_bad_images: true to skip such files"
                 )
         return None
+
+    def write_fitted(self, directory: str | os.PathLike) -> None:
+        """Write what was fitted on the training split and a resumed run reuses
+        (``data.text``'s vocabulary) into the run directory."""
+        if self.text_step is not None:
+            text.write_vocabulary(Path(directory), self.text_step)
 
     def use_cache_dir(self, directory: str | os.PathLike) -> None:
         """Keep the files of a relative ``data.cache`` path under ``directory`` (the run
@@ -711,10 +719,13 @@ def _seeded_shuffle(ds, buffer: int, seed):
 # ------------------------------------------------------------------------ prepare
 
 
-def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | None = None) -> PreparedData:
+def prepare(
+    section: DataSection, *, seed: int, cache_dir: str | os.PathLike | None = None, run_dir: str | os.PathLike | None = None
+) -> PreparedData:
     """Load, split and describe the data a recipe names; fit what needs the training split.
 
     ``cache_dir`` is where a relative ``data.cache`` path goes (the run directory).
+    ``run_dir``: the run this continues, whose fitted vocabulary (``data.text``) is reused.
     """
     if section.source.type == "timeseries":  # cut by data.splits in time order, then windowed
         loaded = series.load_timeseries(section.source, section.splits)
@@ -734,7 +745,8 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
         )
     raw_splits = splits
     label_info = _labels(section, loaded, splits)
-    static, augment, evaluation = _transforms(section, splits, seed=seed, num_classes=label_info["num_classes"])
+    text_step = _text_step(section, splits, seed=seed, run_dir=run_dir)
+    static, augment, evaluation = _transforms(section, splits, seed=seed, num_classes=label_info["num_classes"], text_step=text_step)
     if in_memory and static:
         splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, transforms.chain(static), k)) for k, s in splits.items()}
     provisional = PreparedData(
@@ -744,11 +756,46 @@ def prepare(section: DataSection, *, seed: int, cache_dir: str | os.PathLike | N
         preprocessing=transforms.exported_steps([*static, *evaluation]),
         on_batches=(transforms.chain_on_batches(static), transforms.chain_on_batches(evaluation)),
     )
+    provisional.text_step = text_step
     provisional.info = _describe(provisional, label_info, loaded)
     return provisional
 
 
-def _transforms(section: DataSection, splits: dict[str, Split], *, seed: int, num_classes: int | None):
+def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run_dir) -> transforms.Step | None:
+    """``data.text``'s preprocessing step, its vocabulary read from the run it continues
+    or fitted on the training split only; the features must be text exactly when it is set."""
+    spec_x = _raw_feature_spec(section, splits["train"], seed)
+    is_text = not isinstance(spec_x, dict) and spec_x.dtype.name == "string"
+    if section.text is None:
+        if is_text or (isinstance(spec_x, dict) and any(v.dtype.name == "string" for v in spec_x.values())):
+            raise ConfigError(
+                "data.text: the features are text (strings), which a model cannot take; set data.text, "
+                "e.g. {type: vectorize, max_tokens: 20000, sequence_length: 200}"
+            )
+        return None
+    if not is_text:
+        what = "a dict of features" if isinstance(spec_x, dict) else f"{spec_x.dtype.name} values"
+        raise ConfigError(f"data.text: the features are {what}, not one text per example; data.text applies to string features")
+    if section.scale != "none":
+        raise ConfigError("data.scale: the features are text; scaling is for numbers (data.text turns text into numbers)")
+    fitted = text.read_vocabulary(run_dir, section.text)
+    if fitted is None:
+        fitted = text.fit_vocabulary(section.text, _training_features(section, splits, transforms.chain([]), seed))
+    return text.vectorize_step(section.text, fitted)
+
+
+def _raw_feature_spec(section: DataSection, split: Split, seed: int):
+    """The element spec of one training example's features as the source gives them."""
+    if split.kind == "arrays":
+        return _array_spec(split.arrays)[0]
+    uncached = section.model_copy(update={"cache": False})
+    base = PreparedData(uncached, {"train": split}, seed=seed, info=None, static=transforms.chain([]), augment=None)
+    return base._base("train", None, training=False).element_spec[0]
+
+
+def _transforms(
+    section: DataSection, splits: dict[str, Split], *, seed: int, num_classes: int | None, text_step: transforms.Step | None = None
+):
     """The transforms of every split (``data.scale``, ``data.feature_shape`` and
     ``data.transforms``), of training (``data.augment``) and of evaluation
     (``data.eval_transforms``); each fitted transform fitted on the training split
@@ -762,7 +809,7 @@ def _transforms(section: DataSection, splits: dict[str, Split], *, seed: int, nu
         if transforms.is_random(spec):
             raise ConfigError(f"{field_name}: transform '{spec.type}' is random: put it in data.augment (training only)")
     context = transforms.Context(num_classes=num_classes)
-    static: list[transforms.Transform] = []
+    static: list[transforms.Transform] = [transforms.from_step(text_step)] if text_step else []
     scaler = Scaler.fit(section.scale, splits["train"].arrays[0]) if section.scale != "none" else None
     if scaler is not None:
         static.append(transforms.from_step(scaler.step()))
@@ -977,6 +1024,7 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
         class_names=_class_names(section, label_info, loaded),
         feature_names=loaded.feature_names,
         skipped=tuple(loaded.skipped),
+        vocab_size=text.vocabulary_size(data.text_step) if data.text_step else None,
         target_scale=_target_scale(data._splits["train"], label_info["task"]),
     )
 

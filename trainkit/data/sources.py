@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import glob
 import inspect
+import json
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -40,7 +41,9 @@ from trainkit.recipe import (
     CsvSource,
     GeneratorSource,
     ImageFolderSource,
+    JsonlSource,
     SklearnSource,
+    TextFolderSource,
     TfdsSource,
     TfrecordSource,
 )
@@ -193,19 +196,17 @@ def load_csv(source: CsvSource) -> Loaded:
         raise ConfigError(f"{field_prefix}.features: no feature columns besides the label '{source.label}'")
     all_rows = [row for _, _, rows in tables.values() for row in rows]
     types = {c: source.column_types.get(c) or _infer_type([r[header.index(c)] for r in all_rows]) for c in header}
-    for name in features:
-        if types[name] == "string":
-            raise ConfigError(
-                f"{field_prefix}.features: column '{name}' holds text; feature columns must be numbers "
-                "(leave it out with data.source.features, or encode it)"
-            )
+    text = _text_feature(features, types, field_prefix)
     label_type = types[source.label]
     classes = sorted({r[header.index(source.label)] for r in all_rows}) if label_type == "string" else None
     splits = {}
     for split, (path, _, rows) in tables.items():
-        x = np.empty((len(rows), len(features)), np.float32)
-        for j, name in enumerate(features):
-            x[:, j] = _column(rows, header.index(name), types[name], path, name)
+        if text is not None:
+            x = np.array([r[header.index(text)] for r in rows], dtype=object)
+        else:
+            x = np.empty((len(rows), len(features)), np.float32)
+            for j, name in enumerate(features):
+                x[:, j] = _column(rows, header.index(name), types[name], path, name)
         if classes is not None:
             index = {c: i for i, c in enumerate(classes)}
             y = np.array([index[r[header.index(source.label)]] for r in rows], np.int64)
@@ -216,6 +217,20 @@ def load_csv(source: CsvSource) -> Loaded:
                 y = _column(rows, header.index(source.label), label_type, path, source.label).astype(np.float32)
         splits[split] = Split(size=len(rows), arrays=(x, y))
     return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None, feature_names=list(features))
+
+
+def _text_feature(features: list[str], types: dict[str, str], field_prefix: str) -> str | None:
+    """The one text column among ``features`` (a string feature), else None; text
+    beside other feature columns is refused."""
+    text = [name for name in features if types[name] == "string"]
+    if not text:
+        return None
+    if len(features) > 1:
+        raise ConfigError(
+            f"{field_prefix}.features: column '{text[0]}' holds text; a text column must be the only feature "
+            f"(features: [{text[0]}]), and other feature columns numbers"
+        )
+    return text[0]
 
 
 def _read_csv(path: str, source: CsvSource) -> tuple[str, list[str], list[list[str]]]:
@@ -285,6 +300,147 @@ def _class_column(rows: list[list[str]], j: int, path: str, name: str) -> np.nda
             raise ConfigError(f"data.source: {path}, row {i + 2}, column '{name}': {row[j]!r} is too large for a class label")
         out[i] = value
     return out
+
+
+# ------------------------------------------------------------------- JSON lines
+
+
+def load_jsonl(source: JsonlSource) -> Loaded:
+    """Each JSON-lines file read into memory; numbers or one text key as features."""
+    tables = {split: _read_jsonl(path) for split, path in _per_split(source.path).items()}
+    first_file, records = next(iter(tables.values()))
+    keys = list(records[0])
+    if source.label not in keys:
+        raise ConfigError(
+            f"data.source.label: no key '{source.label}' in {first_file}; {did_you_mean(source.label, keys)} (keys: {', '.join(keys)})"
+        )
+    features = source.features or [k for k in keys if k != source.label]
+    for i, name in enumerate(features):
+        if name not in keys:
+            raise ConfigError(f"data.source.features.{i}: no key '{name}' in {first_file}; {did_you_mean(name, keys)} (keys: {', '.join(keys)})")
+    if not features:
+        raise ConfigError(f"data.source.features: no feature keys besides the label '{source.label}'")
+    columns = {name: _json_column(tables, name) for name in [*features, source.label]}
+    types = {name: kind for name, (kind, _) in columns.items()}
+    text = _text_feature(features, types, "data.source")
+    label_kind, labels = columns[source.label]
+    classes = sorted({v for split in labels.values() for v in split}) if label_kind == "string" else None
+    splits = {}
+    for split in tables:
+        if text is not None:
+            x = np.array(columns[text][1][split], dtype=object)
+        else:
+            x = np.array([columns[name][1][split] for name in features], np.float32).T.reshape(-1, len(features))
+        y = labels[split]
+        if classes is not None:
+            y = np.array([classes.index(v) for v in y], np.int64)
+        else:
+            y = np.array(y, np.int64 if label_kind == "int" else np.float32)
+        splits[split] = Split(size=len(y), arrays=(x, y))
+    return Loaded(splits, class_names=classes, num_classes=len(classes) if classes else None, feature_names=list(features))
+
+
+def _read_jsonl(path: str) -> tuple[str, list[dict]]:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"data.source.path: no such file: {path}")
+    records = []
+    for number, line in enumerate(file.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"data.source.path: {path}, line {number}: not JSON ({err.msg})") from None
+        if not isinstance(value, dict):
+            raise ConfigError(f"data.source.path: {path}, line {number}: a JSON {type(value).__name__}; expected an object per line")
+        records.append((number, value))
+    if not records:
+        raise ConfigError(f"data.source.path: {path} has no lines: the dataset is empty")
+    for number, value in records:
+        if set(value) != set(records[0][1]):
+            raise ConfigError(f"data.source.path: {path}, line {number} has keys {sorted(value)}, unlike line {records[0][0]}'s {sorted(records[0][1])}")
+    return path, [value for _, value in records]
+
+
+def _json_column(tables: dict[str, tuple[str, list[dict]]], name: str) -> tuple[str, dict[str, list]]:
+    """A key's values per split, and their kind: ``string``, ``int`` or ``float``."""
+    values = {split: [record[name] for record in records] for split, (_, records) in tables.items()}
+    every = [v for split in values.values() for v in split]
+    if all(isinstance(v, str) for v in every):
+        return "string", values
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in every):
+        return "int", values
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in every):
+        return "float", values
+    for path, records in tables.values():
+        for record in records:
+            if not isinstance(record[name], int | float | str) or isinstance(record[name], bool):
+                raise ConfigError(f"data.source: {path}, key '{name}': {json.dumps(record[name])} is neither a number nor text")
+    raise ConfigError(f"data.source: key '{name}' mixes numbers and text; a key holds one or the other")
+
+
+# ------------------------------------------------------------------- text folders
+
+
+def load_text_folder(source: TextFolderSource) -> Loaded:
+    """Every file's text read into memory (a string per example), a label per class folder."""
+    roots = _per_split(source.path)
+    classes = _class_folders(roots, source.class_names, what="text files")
+    extensions = {e.lower() if e.startswith(".") else f".{e.lower()}" for e in source.extensions}
+    splits, skipped = {}, []
+    for split, root in roots.items():
+        texts, labels = [], []
+        for label, name in enumerate(classes):
+            for file in sorted((Path(root) / name).rglob("*")):
+                if not (file.is_file() and file.suffix.lower() in extensions):
+                    continue
+                text = _read_text(file, source, skipped)
+                if text is not None:
+                    texts.append(text)
+                    labels.append(label)
+        if not texts:
+            raise ConfigError(
+                f"data.source.path: no text files ({', '.join(sorted(extensions))}) in the class folders of {root}: the dataset is empty"
+            )
+        splits[split] = Split(size=len(texts), arrays=(np.array(texts, dtype=object), np.array(labels, np.int64)))
+    return Loaded(splits, num_classes=len(classes), class_names=classes, label_kind="class", skipped=skipped)
+
+
+def _read_text(file: Path, source: TextFolderSource, skipped: list[str]) -> str | None:
+    try:
+        return file.read_bytes().decode(source.encoding)
+    except UnicodeDecodeError as err:
+        if source.skip_bad_files:
+            skipped.append(str(file))
+            return None
+        raise ConfigError(
+            f"data.source: {file} is not valid {source.encoding} text (byte {err.start}); fix it, set "
+            "data.source.encoding, or set data.source.skip_bad_files: true to skip and count such files"
+        ) from None
+    except LookupError:
+        raise ConfigError(f"data.source.encoding: '{source.encoding}' is not a text encoding Python knows (e.g. utf-8, latin-1)") from None
+
+
+def _class_folders(roots: dict[str, str], class_names: list[str] | None, *, what: str) -> list[str]:
+    """The class folders (``class_names``, else every subfolder sorted), checked in every root."""
+    for root in roots.values():
+        if not Path(root).is_dir():
+            raise ConfigError(f"data.source.path: no such folder: {root}")
+    first_root = next(iter(roots.values()))
+    found = sorted(p.name for p in Path(first_root).iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = list(class_names or found)
+    if not classes:
+        raise ConfigError(
+            f"data.source.path: {first_root} has no class subfolders (expected one folder per class, "
+            f"e.g. pos/ and neg/, holding the {what}): the dataset is empty"
+        )
+    for root in roots.values():
+        for name in classes:
+            if not (Path(root) / name).is_dir():
+                present = sorted(p.name for p in Path(root).iterdir() if p.is_dir())
+                raise ConfigError(f"data.source.class_names: no folder '{name}' in {root}; {did_you_mean(name, present)}")
+    return classes
 
 
 # ------------------------------------------------------------------- image folders
@@ -711,7 +867,9 @@ LOADERS: dict[str, Callable[[Any], Loaded]] = {
     "sklearn": load_sklearn,
     "arrays": load_arrays,
     "csv": load_csv,
+    "jsonl": load_jsonl,
     "image_folder": load_image_folder,
+    "text_folder": load_text_folder,
     "tfds": load_tfds,
     "tfrecord": load_tfrecord,
     "generator": load_generator,

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from trainkit import registry
+from trainkit.data import text
 from trainkit.errors import ConfigError, TrainkitError, first_line, user_code_error
 
 TransformFn = Callable[[Any, Any, Any], tuple[Any, Any]]
@@ -135,6 +136,7 @@ LAYERS: dict[str, Callable[[Step, int, str], Any]] = {
     "reshape": _reshape,
     "resize": _resizing,
     "center_crop": _center_crop,
+    "vectorize": text.vectorize_layer,
 }
 
 
@@ -223,7 +225,7 @@ def from_step(step: Step, *, kind: str | None = None) -> Transform:
     layers: dict[tuple, Any] = {}
 
     def one(v, seed):
-        if v.dtype != tf.float32:  # as the inference model's input is
+        if v.dtype not in (tf.float32, tf.string):  # as the inference model's input is
             v = tf.cast(v, tf.float32)
         batch = tf.expand_dims(v, 0)
         key = tuple(batch.shape)

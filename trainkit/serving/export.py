@@ -133,6 +133,7 @@ def export(
     ``RUN_DIR/export-CHECKPOINT``; ``quantize`` (``none``/``dynamic_range``, LiteRT)
     to the recipe's ``export.quantize``.
     """
+    formats_given = formats is not None
     formats = list(formats or FORMATS)
     for name in formats:
         if name not in FORMATS:
@@ -141,8 +142,10 @@ def export(
             raise ConfigError(f"--format: unknown format '{name}'; {did_you_mean(name, FORMATS)}")
     if quantize is not None and quantize not in ("none", "dynamic_range"):
         raise ConfigError(f"--quantize: '{quantize}' is not a quantization; use none or dynamic_range")
-    require_writers(formats)
     recorded = inference_spec.read(Path(run_dir))
+    if recorded is not None and recorded["input"]["dtype"] == "string":
+        formats = _string_formats(formats, explicit=formats_given)
+    require_writers(formats)
     if recorded is not None:
         inference_spec.check_exportable(recorded)  # before building anything
     built, spec, directory = restore_for_export(run_dir, checkpoint, recipe_file=recipe_file)
@@ -151,6 +154,17 @@ def export(
     out = Path(out_dir) if out_dir is not None else directory.path / f"export-{label}"
     out.mkdir(parents=True, exist_ok=True)
     return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
+
+
+def _string_formats(formats: list[str], *, explicit: bool) -> list[str]:
+    """The formats of a run whose exports take raw strings: by default those that can;
+    one asked for by name that cannot is refused in one line."""
+    from trainkit.recipe import NO_STRING_INPUTS
+
+    refused = [name for name in formats if name in NO_STRING_INPUTS]
+    if refused and explicit:
+        raise ConfigError(f"--format: {refused[0]} cannot take this run's raw text: {NO_STRING_INPUTS[refused[0]]}; export keras or saved_model")
+    return [name for name in formats if name not in NO_STRING_INPUTS]
 
 
 def restore_for_export(

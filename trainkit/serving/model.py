@@ -21,7 +21,7 @@ def inference_model(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
     raw = spec["input"]
     inputs = keras.Input(tuple(raw["shape"]), dtype=raw["dtype"], name=raw["name"])
     x = inputs
-    if raw["dtype"] != "float32":
+    if raw["dtype"] not in ("float32", "string"):  # (text goes to its tokenizer as it is)
         x = preprocessing_layer({"type": "cast_float"}, rank=len(raw["shape"]), name="as_float32")(x)
     for i, step in enumerate(spec["preprocessing"]):
         x = preprocessing_layer(step, rank=len(raw["shape"]), name=f"preprocess_{i}_{step['type']}")(x)

@@ -118,6 +118,8 @@ def _model(directory: Path, spec: dict, checkpoint: str | None):
 
 def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
     """Example names and a batch of raw features, checked against the run's input."""
+    if spec["input"]["dtype"] == "string":
+        return read_texts(inputs, spec)
     expected = tuple(spec["input"]["shape"])
     dtype = np.dtype(spec["input"]["dtype"])
     if isinstance(inputs, np.ndarray):
@@ -139,6 +141,86 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
     if suffix in (".jsonl", ".json", ".ndjson"):
         return _read_json_lines(path, spec, dtype)
     raise ConfigError(f"{path}: unknown input kind '{suffix}'; give a .csv, .npy, .jsonl file or a folder of images")
+
+
+def read_texts(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
+    """Raw texts for a run whose model takes strings: a path (a CSV or JSON-lines file
+    with the text column, a ``.txt`` file, a folder of ``.txt`` files) or a list of strings."""
+    column = (spec["input"]["columns"] or [None])[0]
+    if isinstance(inputs, str | os.PathLike):  # (texts themselves come as a list)
+        path = Path(inputs)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            if not files:
+                raise ConfigError(f"{path}: no .txt files; expected a folder of text files, one example each")
+            return [str(f.relative_to(path)) for f in files], np.array([_text_of(f) for f in files], dtype=object)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such file or folder (give a CSV or JSON lines file with the text, a .txt file or a folder of .txt files)")
+        suffix = path.suffix.lower()
+        if suffix == ".txt":
+            return [path.name], np.array([_text_of(path)], dtype=object)
+        if suffix == ".csv":
+            return _text_column_of_csv(path, column)
+        if suffix in (".jsonl", ".json", ".ndjson"):
+            return _texts_of_json_lines(path, column)
+        raise ConfigError(f"{path}: unknown input kind '{suffix}'; give a .csv, .jsonl or .txt file or a folder of .txt files")
+    texts = list(np.asarray(inputs, dtype=object).reshape(-1))
+    for i, value in enumerate(texts):
+        if not isinstance(value, str | bytes):
+            raise ConfigError(f"inputs: example {i} is {type(value).__name__}; this run's model takes text (strings)")
+    return [str(i) for i in range(len(texts))], np.array(texts, dtype=object)
+
+
+def _text_of(file: Path) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{file}: not valid utf-8 text (byte {err.start})") from None
+
+
+def _text_column_of_csv(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    if not rows:
+        raise ConfigError(f"{path}: empty; expected a header row and one text per row")
+    header = [cell.strip() for cell in rows[0]]
+    if column is None and len(header) != 1:
+        raise ConfigError(f"{path}: {len(header)} columns, and this run's text had no column name; give a CSV with one column of text")
+    name = column if column is not None else header[0]
+    if name not in header:
+        from trainkit.errors import did_you_mean
+
+        raise ConfigError(f"{path}: no column '{name}' in the header (the text column the model trained on); {did_you_mean(name, header)}")
+    j = header.index(name)
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ConfigError(f"{path}, row {number}: {len(row)} values but the header has {len(header)} columns")
+    if len(rows) == 1:
+        raise ConfigError(f"{path}: a header but no data rows")
+    return [str(i) for i in range(2, len(rows) + 1)], np.array([row[j] for row in rows[1:]], dtype=object)
+
+
+def _texts_of_json_lines(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
+    names, texts = [], []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path}, line {number}: not JSON ({err.msg})") from None
+        if isinstance(value, dict):
+            key = column if column in value else "features" if "features" in value else None
+            if key is None:
+                raise ConfigError(f"{path}, line {number}: no key '{column or 'features'}' (the text); found {', '.join(sorted(value)) or 'no keys'}")
+            value = value[key]
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}, line {number}: a JSON {type(value).__name__}; expected text (a string, or an object with it)")
+        names.append(str(number))
+        texts.append(value)
+    if not texts:
+        raise ConfigError(f"{path}: no examples (one text per line)")
+    return names, np.array(texts, dtype=object)
 
 
 def _describe(shape: tuple) -> str:

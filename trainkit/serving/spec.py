@@ -46,6 +46,8 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
     steps = list(data.preprocessing)  # the layers the pipeline applies: one definition
     unsupported = unsupported or data.not_exportable
     columns = info.feature_names if len(shape) == 1 and info.feature_names and len(info.feature_names) == shape[0] else None
+    if dtype == "string":  # one text per example: the text column of a CSV or JSON lines, if it had a name
+        columns = info.feature_names if info.feature_names and len(info.feature_names) == 1 else None
     source = section.source
     image = None
     if source.type == "image_folder":

@@ -201,6 +201,8 @@ def _begin(
     directory.update_status(
         distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
     )
+    if role.is_chief:
+        built.data.write_fitted(directory.path)  # the vocabulary: a resumed run reads it back
     if role.is_chief and record_inputs is not None:
         record_inputs(built, directory)  # inference.json: what export and predict need
     sink.line(header(built, directory))

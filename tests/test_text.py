@@ -1,0 +1,303 @@
+"""Text end to end: the text sources (``text_folder``, a CSV or JSON-lines text
+column, TFDS text), ``data.text: vectorize`` fitted on the training split only and
+reused when a run continues, exports that take raw strings (agreeing with the
+trained model in a fresh process without trainkit), ``trainkit predict`` on text,
+and the bad inputs, each one line and exit 2 with nothing written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+import trainkit
+from trainkit.data.pipeline import prepare
+from trainkit.errors import ConfigError
+from trainkit.recipe import DataSection
+
+POSITIVE = "good great fine lovely superb happy".split()
+NEGATIVE = "bad awful poor sad terrible boring".split()
+FILLER = "the a movie plot film was and it is".split()
+
+
+def sentence(rng: random.Random, label: int, extra: tuple[str, ...] = ()) -> str:
+    words = [rng.choice(POSITIVE if label else NEGATIVE) for _ in range(3)] + [rng.choice(FILLER) for _ in range(5)]
+    rng.shuffle(words)
+    return " ".join([*words, *extra]).capitalize() + "!"
+
+
+def write_reviews(path: Path, n: int = 96, *, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "sentiment"])
+        for i in range(n):
+            writer.writerow([sentence(rng, i % 2, extra), "positive" if i % 2 else "negative"])
+    return path
+
+
+def write_text_folder(root: Path, per_class: int = 8) -> Path:
+    rng = random.Random(1)
+    for label, name in enumerate(["neg", "pos"]):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / name / f"{i}.txt").write_text(sentence(rng, label), encoding="utf-8")
+    return root
+
+
+def text_data(source: dict, **section) -> DataSection:
+    return DataSection.model_validate({"source": source, "text": {"type": "vectorize", "max_tokens": 40, "sequence_length": 12}, **section})
+
+
+# ------------------------------------------------------------------------ sources
+
+
+def test_a_text_folder_gives_one_string_per_file_and_a_class_per_folder(tmp_path):
+    root = write_text_folder(tmp_path / "reviews")
+    section = DataSection.model_validate({"source": {"type": "text_folder", "path": str(root)}, "text": "vectorize"})
+    data = prepare(section, seed=0)
+    assert data.info.class_names == ["neg", "pos"] and data.info.num_classes == 2
+    assert sum(data.info.sizes.values()) == 16
+    raw, _ = next(iter(data.raw_dataset("train", batch_size=64)))
+    assert raw.dtype.name == "string" and raw.shape.rank == 1  # one text per example, as written
+    x, _ = data.examples("train", 1)[0]
+    assert x.dtype == np.int64 and x.shape == (200,)  # token ids, padded to sequence_length
+
+
+def test_a_file_that_is_not_text_is_named_or_skipped_and_counted(tmp_path):
+    root = write_text_folder(tmp_path / "reviews")
+    (root / "pos" / "bad.txt").write_bytes(b"caf\xe9 \xff\xfe")
+    section = {"type": "text_folder", "path": str(root)}
+    with pytest.raises(ConfigError, match=r"pos/bad.txt is not valid utf-8 text .*skip_bad_files"):
+        prepare(text_data(section), seed=0)
+    data = prepare(text_data({**section, "skip_bad_files": True}), seed=0)
+    assert data.info.skipped == (str(root / "pos" / "bad.txt"),) and sum(data.info.sizes.values()) == 16
+    latin = prepare(text_data({**section, "encoding": "latin-1"}), seed=0)  # every byte is latin-1
+    assert sum(latin.info.sizes.values()) == 17
+
+
+def test_jsonl_and_csv_text_columns_are_string_features(tmp_path):
+    rng = random.Random(2)
+    lines = [json.dumps({"id": i, "text": sentence(rng, i % 2), "label": i % 2}) for i in range(20)]
+    (tmp_path / "reviews.jsonl").write_text("\n".join(lines) + "\n")
+    data = prepare(text_data({"type": "jsonl", "path": str(tmp_path / "reviews.jsonl"), "label": "label", "features": ["text"]}), seed=0)
+    assert data.info.num_classes == 2 and data.info.feature_shape == (12,)
+    csv_data = prepare(text_data({"type": "csv", "path": str(write_reviews(tmp_path / "r.csv")), "label": "sentiment"}), seed=0)
+    assert csv_data.info.class_names == ["negative", "positive"] and csv_data.info.feature_names == ["review"]
+
+
+def test_tfds_text_datasets_give_strings_as_tfds_does(tmp_path):
+    import tensorflow_datasets as tfds
+
+    section = text_data({"type": "tfds", "name": "imdb_reviews", "splits": {"train": "train", "test": "test"}})
+    with tfds.testing.mock_data(num_examples=12):
+        data = prepare(section, seed=0)
+        raw, _ = next(iter(data.raw_dataset("train", batch_size=4)))
+        assert raw.dtype.name == "string"
+        assert data.info.num_classes == 2 and data.info.feature_shape == (12,)
+        assert 2 < data.info.vocab_size <= 40
+
+
+# --------------------------------------------------------------------- vectorize
+
+
+def test_the_vocabulary_is_fitted_on_the_training_split_only(tmp_path):
+    train = write_reviews(tmp_path / "train.csv", seed=0)
+    test = write_reviews(tmp_path / "test.csv", n=20, seed=1, extra=("zebra",))
+    data = prepare(text_data({"type": "csv", "path": {"train": str(train), "test": str(test)}, "label": "sentiment"}), seed=0)
+    vocabulary = data.text_step["vocabulary"]
+    assert vocabulary[:2] == ["", "[UNK]"] and "good" in vocabulary
+    assert "zebra" not in vocabulary  # a word of the test split only
+    x, _ = data.examples("test", 1)[0]
+    assert 1 in x  # zebra is out of the vocabulary there
+
+
+def test_multi_hot_and_tf_idf_give_one_value_per_vocabulary_entry(tmp_path):
+    source = {"type": "csv", "path": str(write_reviews(tmp_path / "r.csv")), "label": "sentiment"}
+    for mode in ("multi_hot", "tf_idf"):
+        section = DataSection.model_validate({"source": source, "text": {"type": "vectorize", "output_mode": mode, "max_tokens": 30}})
+        data = prepare(section, seed=0)
+        assert data.info.feature_shape == (data.info.vocab_size,)
+        x, _ = data.examples("train", 1)[0]
+        assert x.max() > 0 and (mode == "multi_hot" or x.dtype == np.float32)
+
+
+# ----------------------------------------------------------- runs, exports, predict
+
+
+def recipe_file(tmp_path: Path, **data) -> Path:
+    write_reviews(tmp_path / "reviews.csv")
+    recipe = {
+        "name": "reviews",
+        "data": {
+            "source": {"type": "csv", "path": "reviews.csv", "label": "sentiment"},
+            "text": {"type": "vectorize", "max_tokens": 40, "sequence_length": 12},
+            "batch_size": 16,
+            **data,
+        },
+        "model": {
+            "type": "sequential",
+            "layers": [
+                {"type": "Embedding", "input_dim": 40, "output_dim": 8},
+                "GlobalAveragePooling1D",
+                {"type": "Dense", "units": 8, "activation": "relu"},
+                {"type": "Dropout", "rate": 0.1},
+                {"type": "Dense", "units": 8, "activation": "relu"},
+                {"type": "Dense", "units": 2},
+            ],
+        },
+        "loss": {"type": "SparseCategoricalCrossentropy", "from_logits": True},
+        "metrics": ["accuracy"],
+        "trainer": {"epochs": 3, "progress": False, "checkpoint": {"every_steps": 5}},
+        "runtime": {"deterministic": True},
+        "export": {"formats": ["keras", "saved_model"]},
+    }
+    path = tmp_path / "reviews.yaml"
+    path.write_text(json.dumps(recipe))
+    return path
+
+
+# A fresh process without trainkit: both exports fed the raw sentences.
+_SERVE = """
+import json, sys, numpy as np, keras, tensorflow as tf
+export, sentences, result = sys.argv[1:]
+x = np.array(json.load(open(sentences)), dtype=object)
+model = keras.models.load_model(export + "/model.keras", safe_mode=True)
+served = tf.saved_model.load(export + "/saved_model").signatures["serving_default"]
+outputs = served(features=tf.constant(x))
+assert not [m for m in sys.modules if m.split(".")[0] == "trainkit"], "trainkit was imported"
+np.savez(result, keras=model.predict(x, verbose=0), saved_model=outputs["probabilities"].numpy())
+"""
+
+
+@pytest.mark.slow
+def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
+    recipe = trainkit.load_recipe(str(recipe_file(tmp_path)))
+    run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    raw = np.concatenate([x.numpy() for x, _ in trainkit.dataset(recipe, "test", raw=True)])
+    ids = np.concatenate([x.numpy() for x, _ in trainkit.dataset(recipe, "test")])
+    logits = run.model.predict(ids, verbose=0)
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    (tmp_path / "sentences.json").write_text(json.dumps([t.decode() for t in raw]))
+    done = subprocess.run(
+        [sys.executable, "-c", _SERVE, str(tmp_path / "run"), str(tmp_path / "sentences.json"), str(tmp_path / "out.npz")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    outputs = np.load(tmp_path / "out.npz")
+    for name in ("keras", "saved_model"):
+        np.testing.assert_allclose(outputs[name], expected, atol=1e-5, rtol=1e-6, err_msg=name)
+    vocabulary = (tmp_path / "run" / "vocabulary.txt").read_text().split("\n")[:-1]
+    assert vocabulary == json.loads((tmp_path / "run" / "inference.json").read_text())["preprocessing"][0]["vocabulary"]
+
+    # trainkit predict on a CSV with the text column (other columns around it).
+    (tmp_path / "new.csv").write_text("id,review\n1,Great superb good film\n2,Awful boring bad plot\n")
+    result = run_cli("predict", str(tmp_path / "run"), str(tmp_path / "new.csv"), "--output", str(tmp_path / "p.csv"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert [r["input"] for r in rows] == ["2", "3"] and {r["class"] for r in rows} <= {"negative", "positive"}
+    direct = trainkit.predict(tmp_path / "run", ["Great superb good film", "Awful boring bad plot"])
+    np.testing.assert_allclose(direct.probabilities, [[float(rows[i][f"probability_{c}"]) for c in ("negative", "positive")] for i in range(2)], atol=1e-6)
+
+    # A folder of .txt files, and a CSV without the text column (one line, nothing written).
+    folder = write_text_folder(tmp_path / "texts", per_class=1)
+    assert trainkit.predict(tmp_path / "run", folder).inputs == ["neg/0.txt", "pos/0.txt"]
+    (tmp_path / "bad.csv").write_text("text\nhello\n")
+    bad = run_cli("predict", str(tmp_path / "run"), str(tmp_path / "bad.csv"), "--output", str(tmp_path / "q.csv"), cwd=tmp_path)
+    assert bad.returncode == 2 and "no column 'review'" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "q.csv").exists()
+
+    # LiteRT and ONNX refuse string inputs in one line.
+    refused = run_cli("export", str(tmp_path / "run"), "--format", "onnx", cwd=tmp_path)
+    assert refused.returncode == 2 and "ONNX has no string ops" in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_text_run_resumes_bit_identical_with_its_vocabulary(tmp_path):
+    from _checkpoint_helpers import assert_same_weights, train
+
+    recipe_file(tmp_path)
+    base = ["reviews.yaml", "trainer.progress=true"]  # 3 epochs of 5 steps, a checkpoint every 5
+    reference, run = tmp_path / "reference", tmp_path / "run"
+    assert train(reference, base=base).returncode == 0
+    killed = train(run, base=base, faults=("kill-after-train:8",))
+    assert killed.returncode == -9
+    assert (run / "vocabulary.txt").read_text() == (reference / "vocabulary.txt").read_text()
+    resumed = train(run, base=base)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resumed from" in resumed.stdout and "at step 5 " in resumed.stdout
+    assert_same_weights(run, reference)
+
+    # The kept vocabulary is what a continued run reads: one cut to nothing is refused in one line.
+    (run / "vocabulary.txt").write_text("\n[UNK]\n")
+    again = train(run, *["trainer.epochs=4"], base=base)
+    assert again.returncode == 2 and "vocabulary.txt: the vocabulary has 2 token(s)" in again.stderr
+
+
+# ------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.source.features=[reveiw]", "data.source.features.0: no column 'reveiw'; did you mean 'review'?"),
+        ("data.text=none", "data.text: the features are text (strings), which a model cannot take"),
+        ("export.formats=[tflite]", "export.formats: tflite cannot take the raw text"),
+        ("data.text.output_mode=bag", "data.text"),
+    ],
+)
+def test_bad_text_input_is_one_line_exit_2_and_writes_nothing(tmp_path, override, message):
+    recipe_file(tmp_path)
+    result = run_cli("train", "reviews.yaml", override, "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_wrong_key_or_text_beside_numbers_is_one_line(tmp_path):
+    (tmp_path / "r.jsonl").write_text(json.dumps({"text": "good film", "stars": 1.5, "label": 1}) + "\n")
+    source = {"type": "jsonl", "path": str(tmp_path / "r.jsonl"), "label": "lable"}
+    with pytest.raises(ConfigError, match=r"data.source.label: no key 'lable' .*did you mean 'label'"):
+        prepare(text_data(source), seed=0)
+    with pytest.raises(ConfigError, match=r"column 'text' holds text; a text column must be the only feature"):
+        prepare(text_data({**source, "label": "label"}), seed=0)
+
+
+def test_an_empty_text_folder_is_one_line_exit_2(tmp_path):
+    (tmp_path / "reviews" / "pos").mkdir(parents=True)
+    recipe_file(tmp_path, source={"type": "text_folder", "path": "reviews"})
+    result = run_cli("train", "reviews.yaml", "--run-dir", "run", cwd=tmp_path)
+    assert result.returncode == 2 and "no text files (.txt) in the class folders" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
+
+
+def test_trainkit_data_shows_tokens_next_to_the_raw_text(tmp_path):
+    recipe_file(tmp_path)
+    result = run_cli("data", "reviews.yaml", "-n", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "out of vocabulary 0.0% of words; cut by sequence_length 0.0% of examples" in result.stdout
+    assert result.stdout.count("tokens [") == 2 and "text '" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["text_lstm", "text_transformer"])
+def test_text_recipes_train_on_tfds_imdb_reviews_and_serve_raw_reviews(tmp_path, name):
+    import keras
+    import tensorflow_datasets as tfds
+
+    recipe = trainkit.load_recipe(name, configs=[f"{name}_smoke"])
+    with tfds.testing.mock_data(num_examples=24):
+        run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    assert np.isfinite(run.metrics["test"]["loss"])
+    if name == "text_transformer":
+        import keras_hub  # noqa: F401  (its layers are in the model)
+    model = keras.models.load_model(tmp_path / "run" / "model.keras")
+    probabilities = model.predict(np.array(["A lovely film.", "Dull."], dtype=object), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
