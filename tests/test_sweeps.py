@@ -208,7 +208,8 @@ def test_a_stopped_sweep_continues_with_the_interrupted_trial_bit_exact(tmp_path
     assert resumed.returncode == 0, err
     rows = _trials(stopped).rows()
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
-    assert "resumed from" in out + err
+    assert "trial 0 of 2: resuming its run from its checkpoint" in out
+    assert json.loads((stopped / "trial-0000" / "run.json").read_text())["resumed_at"]
     # An uninterrupted sweep of the same file proposes the same parameters and ends bit-identical.
     reference = tmp_path / "reference"
     whole = _start_sweep(path, reference, *args)

@@ -208,8 +208,10 @@ class SweepReport:
         self._handle = None
         self._notebook = in_notebook()
 
-    def trial_started(self, number: int, params: dict[str, Any]) -> None:
+    def trial_started(self, number: int, params: dict[str, Any], *, resumed: bool = False) -> None:
         self.rows[number] = {"number": number, "state": "RUNNING", self.sweep.spec.metric: None, **params}
+        if resumed and not self._notebook:
+            print(f"trial {number} of {self.total}: resuming its run from its checkpoint (interrupted before)", flush=True)
         self._draw()
 
     def trial_ended(self, number: int, state: str, value: float | None, params: dict[str, Any], note: str = "") -> None:

@@ -155,7 +155,7 @@ def run_trial(sweep: Sweep, study, storage, trial, sweep_dir: Path, report) -> N
     storage.set_trial_user_attr(trial_id, "run_dir", target.name)
     reported = set(frozen.intermediate_values)
     callback = pruning_callback(trial, sweep.spec.metric, reported)
-    report.trial_started(trial.number, params)
+    report.trial_started(trial.number, params, resumed=bool(frozen.user_attrs.get("resumed")))
     started = time.monotonic()
     try:
         recipe = sweep.recipe(trial_recipe_values(sweep, params))
@@ -227,7 +227,7 @@ def run_sweep(
     # training at its start: it never kills the process with a trial half-told.
     with SignalRecorder() as flag:
         while flag.signum is None:
-            trial = studies.claim_next(study, storage)
+            trial = studies.claim_next(sweep, study, storage)
             if trial is None:
                 break
             run_trial(sweep, study, storage, trial, directory, report)

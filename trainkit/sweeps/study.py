@@ -64,9 +64,19 @@ def rdb_url(url: str) -> str:
     return url
 
 
-def make_sampler(sweep: Sweep):
+def make_sampler(sweep: Sweep, number: int | None = None):
+    """The sweep's sampler; with ``number``, seeded for that trial alone.
+
+    A sampler's random state lives in its process: seeded once, a sweep stopped
+    and continued (or shared by several processes) would draw the same numbers
+    again. Seeded by (seed, trial number), each trial's proposal depends only on
+    the study's stored trials, wherever and whenever it is drawn. (The grid
+    keeps one seed: its order is one permutation, indexed by trial number.)
+    """
     optuna = _optuna()
     seed, kind = sweep.spec.seed, sweep.spec.sampler
+    if number is not None and kind != "grid":
+        seed = (seed * 1_000_003 + number) % 2**32
     if kind == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if kind == "random":
@@ -153,12 +163,23 @@ def queued_total(study) -> int:
     return int(study.user_attrs.get(QUEUED) or len(study.get_trials(deepcopy=False)))
 
 
-def claim_next(study, storage) -> Any:
+def claim_next(sweep: Sweep, study, storage) -> Any:
     """The next trial this process trains (an :class:`optuna.trial.Trial`), or None when none is left.
 
     First a trial an orderly stop left behind (it resumes from its checkpoint),
     then a waiting one, taken with the storage's compare-and-set.
     """
+    claimed = _claim(study, storage)
+    if claimed is None:
+        return None
+    trial_id, number = claimed
+    study.sampler = make_sampler(sweep, number)
+    import optuna
+
+    return optuna.trial.Trial(study, trial_id)  # (its sampler's before_trial runs here)
+
+
+def _claim(study, storage) -> tuple[int, int] | None:
     import optuna
     from optuna.trial import TrialState
 
@@ -168,7 +189,7 @@ def claim_next(study, storage) -> Any:
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
             storage.set_trial_user_attr(trial_id, "interrupted", False)
             storage.set_trial_user_attr(trial_id, "resumed", int(frozen.user_attrs.get("resumed", 0)) + 1)
-            return optuna.trial.Trial(study, trial_id)
+            return trial_id, frozen.number
     for frozen in sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
         try:
@@ -176,5 +197,5 @@ def claim_next(study, storage) -> Any:
                 continue  # another process took it
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        return optuna.trial.Trial(study, trial_id)
+        return trial_id, frozen.number
     return None
