@@ -18,6 +18,7 @@ from trainkit.files import read_regular, write_text_atomic
 from trainkit.sweeps import study as studies
 from trainkit.sweeps.space import Sweep
 
+
 class SweepResult:
     """A sweep's trials, read from its study: ``.trials``, ``.best``, ``.plot()``, ``.best_config(path)``."""
 

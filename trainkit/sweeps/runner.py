@@ -17,14 +17,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.errors import ConfigError, TrainkitError, first_line
+from trainkit.errors import ConfigError, first_line
 from trainkit.files import read_regular, write_json_atomic
 from trainkit.signals import SignalRecorder
 from trainkit.sweeps import study as studies
@@ -143,9 +142,9 @@ def trial_recipe_values(sweep: Sweep, params: dict[str, Any]) -> dict[str, Any]:
 
 def run_trial(sweep: Sweep, study, storage, trial, sweep_dir: Path, report) -> None:
     """Train one trial and tell the study how it ended. Re-raises a stop (SIGINT/SIGTERM)."""
-    import trainkit
     from optuna.trial import TrialState
 
+    import trainkit
     from trainkit.training.stops import TrainingStopped
 
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)

@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from trainkit.errors import ConfigError, did_you_mean
-from trainkit.loader import find, parse_yaml, search_roots
+from trainkit.loader import parse_yaml, search_roots
 from trainkit.recipe import MAX_COUNT, Recipe
 
 KINDS = ("loguniform", "uniform", "int", "choice")
