@@ -158,7 +158,7 @@ def run_trial(sweep: Sweep, study, storage, trial, sweep_dir: Path, report) -> N
     started = time.monotonic()
     try:
         recipe = sweep.recipe(trial_recipe_values(sweep, params))
-        run = trainkit.train(recipe, run_dir=target, callbacks=[callback])
+        run = train(recipe, run_dir=target, callbacks=[callback])
     except (TrainingStopped, KeyboardInterrupt):
         storage.set_trial_user_attr(trial_id, "interrupted", True)
         report.trial_ended(trial.number, "RUNNING", None, params, note="interrupted: the same command resumes it")
@@ -191,7 +191,7 @@ def run_trial(sweep: Sweep, study, storage, trial, sweep_dir: Path, report) -> N
 
 
 def _record_run(storage, trial_id: int, target: Path, seconds: float) -> None:
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
     info = RunDir(target).read_status() if (target / "run.json").is_file() else {}
     storage.set_trial_user_attr(trial_id, "steps", int(info.get("step") or 0))

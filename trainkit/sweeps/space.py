@@ -251,7 +251,7 @@ def check_space(sweep: Sweep) -> None:
     which an integer field refuses), and every choice, the other dimensions at
     the base recipe's values.
     """
-    from trainkit.build import check_components
+    from trainkit.plan import check_components
 
     base = _tried(sweep, {}, label="the base recipe with the sweep's settings")
     check_components(base)
