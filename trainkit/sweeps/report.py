@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import trainkit.sweeps.study as studies
 from trainkit.errors import RunDirError
 from trainkit.files import read_regular, write_text_atomic
-from trainkit.sweeps import study as studies
 from trainkit.sweeps.space import Sweep
 
 
@@ -145,7 +145,7 @@ def _base_recipe(record: dict[str, Any]):
 
 def open_sweep(sweep_dir: str | os.PathLike) -> SweepResult:
     """A sweep directory read back (``trainkit sweep show DIR``)."""
-    from trainkit.sweeps.runner import SWEEP_JSON
+    from trainkit.sweeps.study import SWEEP_JSON
 
     directory = Path(sweep_dir)
     path = directory / SWEEP_JSON

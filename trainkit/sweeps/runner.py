@@ -23,14 +23,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import trainkit.sweeps.study as studies
 from trainkit.errors import ConfigError, first_line
 from trainkit.files import read_regular, write_json_atomic
 from trainkit.signals import SignalRecorder
-from trainkit.sweeps import study as studies
 from trainkit.sweeps.space import Sweep
 
-#: The sweep directory's record of what it sweeps (read by ``sweep show`` and ``--best-config``).
-SWEEP_JSON = "sweep.json"
+SWEEP_JSON = studies.SWEEP_JSON
 DEFAULT_SWEEPS = Path("runs") / "sweeps"
 
 
@@ -76,11 +75,11 @@ def prepare_dir(sweep: Sweep, sweep_dir: Path, storage_url: str | None) -> None:
 
 def check_metric(sweep: Sweep) -> None:
     """The sweep's metric must be one the runs report: checked by building the base once."""
-    from trainkit import api
+    from trainkit.api import validate
 
     recipe = sweep.recipe({"trainer.checkpoint.monitor": sweep.spec.metric, "trainer.progress": False})
     try:
-        api.validate(recipe)
+        validate(recipe)
     except ConfigError as err:
         text = str(err)
         if text.startswith("trainer.checkpoint.monitor:"):
@@ -144,7 +143,7 @@ def run_trial(sweep: Sweep, study, storage, trial, sweep_dir: Path, report) -> N
     """Train one trial and tell the study how it ended. Re-raises a stop (SIGINT/SIGTERM)."""
     from optuna.trial import TrialState
 
-    import trainkit
+    from trainkit.api import train
     from trainkit.training.stops import TrainingStopped
 
     trial_id = storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), trial.number)

@@ -22,6 +22,8 @@ from typing import Any
 from trainkit.errors import ConfigError
 from trainkit.sweeps.space import Sweep
 
+#: The sweep directory's record of what it sweeps (read by ``sweep show`` and ``--best-config``).
+SWEEP_JSON = "sweep.json"
 #: The default storage, inside the sweep directory: Optuna's journal file (nothing to start).
 JOURNAL = "study.journal"
 #: The study attribute holding the queued total; set once the queue is complete.
