@@ -221,3 +221,99 @@ def test_a_stopped_sweep_continues_with_the_interrupted_trial_bit_exact(tmp_path
         a, b = weights(stopped / name), weights(reference / name)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), name
     assert [r["val_accuracy"] for r in rows] == [r["val_accuracy"] for r in expected]
+
+
+# ------------------------------------------------------------------ many processes, one study
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def postgres():
+    """A real PostgreSQL 15 server on a loopback port, run as an unprivileged user
+    (it refuses root) in a temporary directory; stopped and removed after the test."""
+    import pwd
+    import shutil
+    import tempfile
+
+    if not (PG_BIN / "initdb").is_file() or not (PG_BIN / "postgres").is_file():
+        pytest.skip(f"PostgreSQL 15's server binaries are not installed ({PG_BIN}: apt-get install postgresql-15)")
+    user = pwd.getpwnam("nobody") if os.geteuid() == 0 else pwd.getpwuid(os.geteuid())
+    as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if os.geteuid() == 0 else {}
+    home = Path(tempfile.mkdtemp(prefix="trainkit-pg-"))  # (not under pytest's root-only tmp)
+    os.chown(home, user.pw_uid, user.pw_gid)
+    env = {"PATH": os.environ.get("PATH", ""), "LC_ALL": "C", "HOME": str(home)}
+    init = subprocess.run(
+        [str(PG_BIN / "initdb"), "-D", str(home / "data"), "-U", "trainkit", "--auth=trust", "--no-locale", "-E", "UTF8"],
+        cwd=home, env=env, capture_output=True, text=True, timeout=120, **as_user,
+    )
+    assert init.returncode == 0, init.stderr
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(PG_BIN / "postgres"), "-D", str(home / "data"), "-p", str(port), "-k", str(home),
+         "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
+        cwd=home, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, **as_user,
+    )
+    url = f"postgresql://trainkit@127.0.0.1:{port}/postgres"
+    try:
+        import psycopg
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                psycopg.connect(f"host=127.0.0.1 port={port} user=trainkit dbname=postgres", connect_timeout=2).close()
+                break
+            except psycopg.OperationalError:
+                assert server.poll() is None, server.communicate()[1]
+                assert time.monotonic() < deadline, "PostgreSQL did not start"
+                time.sleep(0.2)
+        yield url
+    finally:
+        server.send_signal(signal.SIGINT)  # PostgreSQL's fast shutdown
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _trial_lines(out: str) -> list[int]:
+    import re
+
+    return [int(n) for n in re.findall(r"^trial (\d+) of \d+: (?:COMPLETE|PRUNED|FAIL)", out, re.MULTILINE)]
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_postgresql_study_share_the_trials_without_duplicates(tmp_path, postgres):
+    path = write_sweep(tmp_path / "lr.yaml", LR, trials=4, pruner="none")
+    shared = tmp_path / "shared"
+    processes = [_start_sweep(path, shared, *SMALL, "--storage", postgres) for _ in range(2)]
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (out, err) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, err
+    done = [_trial_lines(out) for out, _ in outputs]
+    numbers = sorted(done[0] + done[1])
+    assert numbers == [0, 1, 2, 3], done  # each trial trained once, by one of the two
+    assert sorted(p.name for p in shared.glob("trial-*")) == [f"trial-{n:04d}" for n in range(4)]
+    rows = _trials(shared).rows()
+    assert [r["number"] for r in rows] == [0, 1, 2, 3] and {r["state"] for r in rows} == {"COMPLETE"}
+    assert json.loads((shared / "sweep.json").read_text())["storage"] == postgres
+
+
+@pytest.mark.slow
+def test_local_workers_share_the_default_storage(tmp_path):
+    path = write_sweep(tmp_path / "lr.yaml", LR, trials=3, pruner="none")
+    result = run_cli("sweep", str(path), *SMALL, "--workers", "2", "--sweep-dir", "sw", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert sorted(_trial_lines(result.stdout)) == [0, 1, 2]
+    rows = _trials(tmp_path / "sw").rows()
+    assert [r["state"] for r in rows] == ["COMPLETE"] * 3
