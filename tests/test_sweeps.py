@@ -317,3 +317,41 @@ def test_local_workers_share_the_default_storage(tmp_path):
     assert sorted(_trial_lines(result.stdout)) == [0, 1, 2]
     rows = _trials(tmp_path / "sw").rows()
     assert [r["state"] for r in rows] == ["COMPLETE"] * 3
+
+
+# ------------------------------------------------------------------ notebooks
+
+
+@pytest.mark.slow
+def test_a_sweep_in_a_notebook_has_one_live_display_and_no_retracing_warnings(tmp_path, monkeypatch):
+    import nbclient
+    import nbformat
+
+    path = write_sweep(tmp_path / "lr.yaml", LR, trials=6, pruner="median")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    cells = [
+        "import trainkit",
+        f"result = trainkit.sweep({str(path)!r}, {SMALL!r}, sweep_dir='sw')",
+        "result.trials",
+        "result.plot()",
+    ]
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    code = notebook.cells
+
+    def text(cell) -> str:
+        parts = []
+        for out in cell.outputs:
+            parts.append(out.get("text", ""))
+            parts.extend(str(v) for v in out.get("data", {}).values())
+        return "\n".join(parts)
+
+    sweep_cell = code[1]
+    displays = [o for o in sweep_cell.outputs if o["output_type"] == "display_data"]
+    assert len(displays) == 1, sweep_cell.outputs  # one live table, updated in place: not one per trial
+    assert "6 of 6 trials" in text(sweep_cell)
+    assert len(sweep_cell.outputs) <= 2, [o["output_type"] for o in sweep_cell.outputs]
+    assert "retracing" not in "\n".join(text(c) for c in code)
+    assert "val_accuracy" in code[2].outputs[0]["data"]["text/html"]
+    assert "image/png" in code[3].outputs[0]["data"]
