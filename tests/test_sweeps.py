@@ -298,7 +298,7 @@ def test_two_processes_on_one_postgresql_study_share_the_trials_without_duplicat
     shared = tmp_path / "shared"
     processes = [_start_sweep(path, shared, *SMALL, "--storage", postgres) for _ in range(2)]
     outputs = [p.communicate(timeout=600) for p in processes]
-    for process, (out, err) in zip(processes, outputs, strict=True):
+    for process, (_, err) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, err
     done = [_trial_lines(out) for out, _ in outputs]
     numbers = sorted(done[0] + done[1])
