@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, RunDirError
 
 
 def main_for_cli(args: argparse.Namespace) -> int:
@@ -50,10 +50,11 @@ def show(args: argparse.Namespace) -> int:
     print(result.table())
     try:
         trial = result.best_trial()
-    except Exception as err:  # no completed trial yet
+    except RunDirError as err:  # no completed trial yet
         print(f"best: none ({err})")
         return 0
-    print(f"best: trial {trial.number}  {result.metric} {trial.value:.6g}  {trial.params}  ({result.sweep_dir / trial.user_attrs['run_dir']})")
+    shown = ", ".join(f"{key}={value}" for key, value in result.recipe_values(trial).items())
+    print(f"best: trial {trial.number}  {result.metric} {trial.value:.6g}  ({shown})  {result.sweep_dir / trial.user_attrs['run_dir']}")
     if args.best_config:
         path = result.best_config(args.best_config)
         print(f"wrote {path}  (trainkit train {path})")

@@ -72,6 +72,13 @@ class SweepResult:
         pick = max if self.record["direction"] == "max" else min
         return pick(complete, key=lambda t: (t.value, -t.number))
 
+    def recipe_values(self, trial) -> dict[str, Any]:
+        """A trial's parameters as the recipe takes them (a choice of ``[128, 64]`` as a list)."""
+        from trainkit.sweeps.space import parse_dimension
+
+        space = {key: parse_dimension(key, spec, source="sweep.json") for key, spec in self.record["space"].items()}
+        return {key: space[key].value_of(value) if key in space else value for key, value in trial.params.items()}
+
     @property
     def best(self):
         """The best completed trial as a :class:`trainkit.runs.Run`."""
