@@ -110,6 +110,30 @@ def test_the_reference_sweep_is_found_by_name_and_valid():
     ]
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid"])
+def test_each_sampler_and_pruner_is_optunas_seeded(tmp_path, sampler):
+    import optuna
+
+    from trainkit.sweeps.study import make_pruner, make_sampler
+
+    space = {"model.hidden_units": {"choice": [[16], [32]]}, "trainer.epochs": {"int": [1, 2]}}
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", space, sampler=sampler, pruner="hyperband"))
+    made = make_sampler(sweep, 3)
+    assert type(made).__name__ == {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "grid": "GridSampler"}[sampler]
+    assert isinstance(make_pruner(sweep), optuna.pruners.HyperbandPruner)
+
+
+def test_a_postgresql_url_uses_psycopg_when_psycopg2_is_absent():
+    import importlib.util
+
+    from trainkit.sweeps.study import rdb_url
+
+    url = rdb_url("postgresql://u@h:5432/db")
+    expected = "postgresql://u@h:5432/db" if importlib.util.find_spec("psycopg2") else "postgresql+psycopg://u@h:5432/db"
+    assert url == expected
+    assert rdb_url("sqlite:///x.db") == "sqlite:///x.db"
+
+
 # ------------------------------------------------------------------ local workers and GPUs
 
 

@@ -233,7 +233,7 @@ def run_sweep(
     if flag.signum is not None:
         from trainkit.training.stops import stopped_by
 
-        raise stopped_by(flag.signum, None, None)
+        raise stopped_by(flag.signum, str(directory), None)  # (between trials: every trial is told)
     return study
 
 
