@@ -1,6 +1,6 @@
 """What a sweep costs: trials in one process against one process per training, and what pruning saves.
 
-    python benchmarks/sweep_cost.py [--part cost|pruning|both] [--trials 20]
+    python benchmarks/sweep_cost.py [--part cost|pruning|both] [--trials 20] [--reference-trials N]
 
 **cost** (needs a quiet machine: it compares times): ``--trials`` digits_mlp
 trials of 2 epochs in one process (``trainkit.sweep``, random sampler, no
@@ -93,7 +93,7 @@ def measure_cost(trials: int, work: Path) -> dict:
     }
 
 
-def measure_pruning(work: Path) -> dict:
+def measure_pruning(work: Path, trials: int | None = None) -> dict:
     import trainkit
 
     out = {}
@@ -102,6 +102,7 @@ def measure_pruning(work: Path) -> dict:
 
         spec = yaml.safe_load((ROOT / "sweeps" / "digits_mlp_sweep.yaml").read_text())
         spec["pruner"] = pruner
+        spec["trials"] = trials or spec["trials"]
         path = work / f"reference-{pruner}.yaml"
         path.write_text(yaml.safe_dump(spec))
         result = trainkit.sweep(path, sweep_dir=work / f"reference-{pruner}")
@@ -145,7 +146,8 @@ def section(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["cost", "pruning", "both"], default="both")
-    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--trials", type=int, default=20, help="trials of the cost part (default 20)")
+    parser.add_argument("--reference-trials", type=int, help="fewer trials of the reference sweep (a smoke run; default: its 20)")
     args = parser.parse_args()
     os.environ.update({"TRAINKIT_HOME": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     results = {}
@@ -155,7 +157,7 @@ def main() -> None:
         if args.part in ("cost", "both"):
             results["cost"] = measure_cost(args.trials, work)
         if args.part in ("pruning", "both"):
-            results["pruning"] = measure_pruning(work)
+            results["pruning"] = measure_pruning(work, args.reference_trials)
     print(json.dumps(results, indent=2))
     (ROOT / "benchmarks" / "sweep_cost.json").write_text(json.dumps(results, indent=2) + "\n")
     replace_section(BEGIN, END, section(results))

@@ -79,9 +79,11 @@ def test_a_bad_sweep_setting_is_one_line(tmp_path, fields, expected):
         load_sweep(path)
 
 
-def test_the_command_refuses_a_bad_space_with_exit_2_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("given_as", ["argument", "--space"])
+def test_the_command_refuses_a_bad_space_with_exit_2_and_writes_nothing(tmp_path, given_as):
     path = write_sweep(tmp_path / "bad.yaml", {"model.hiden_units": {"choice": [[16], [32]]}})
-    result = run_cli("sweep", str(path), *SMALL, cwd=tmp_path)
+    named = [str(path)] if given_as == "argument" else ["--space", str(path)]
+    result = run_cli("sweep", *named, *SMALL, cwd=tmp_path)
     assert result.returncode == 2
     lines = messages(result.stderr)
     assert len(lines) == 1 and "did you mean 'hidden_units'?" in lines[0], result.stderr
