@@ -30,7 +30,7 @@ examples:
   trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
   trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
   trainkit plot runs/digits_cnn runs/try -o curves.png  # learning curves of runs
-  trainkit sweep digits_mlp_sweep trainer.epochs=2 --trials 8   # an Optuna sweep into runs/sweeps/NAME
+  trainkit sweep digits_mlp_sweep trainer.epochs=1 model.hidden_units=[16] --trials 3  # an Optuna sweep: runs/sweeps/NAME
   trainkit sweep show runs/sweeps/digits_mlp_sweep --best-config best.yaml
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
@@ -54,7 +54,36 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _training_commands(commands)
+    _run_commands(commands)
+    _recipe_commands(commands)
+    p = commands.add_parser("plot", help="draw the learning curves of one or more runs into an image")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png; .png, .svg, .pdf)")
+    _sweep_command(commands)
+    commands.add_parser("ls", help="list recipes and configs with their descriptions")
+    return parser
 
+
+def _sweep_command(commands) -> None:
+    """sweep, and sweep show."""
+    p = commands.add_parser(
+        "sweep", help="hyperparameter sweep on Optuna (every trial a run), or `sweep show DIR`",
+        description="trainkit sweep SWEEP [KEY=VALUE]... runs a sweep file's trials; "
+        "trainkit sweep show DIR [--best-config FILE] prints its trials table and best trial.",
+    )
+    p.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep file (sweeps/ or configs/, or a path), or `show`")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="a setting of every trial (with show: the sweep directory)")
+    p.add_argument("--trials", type=int, metavar="N", help="total trials across every process (default: the file's)")
+    p.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (postgresql://...) shared by many processes (default: a journal file in the sweep directory)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="local processes sharing the study (one GPU each, round robin, when there are GPUs)")
+    p.add_argument("--sweep-dir", metavar="DIR", help="where the trials go (default: runs/sweeps/NAME)")
+    p.add_argument("--space", metavar="FILE", help="the sweep file, given as an option")
+    p.add_argument("--best-config", metavar="FILE", help="with show: write the best trial as a config that `trainkit train FILE` trains")
+
+
+def _training_commands(commands) -> None:
+    """train, launch."""
     p = commands.add_parser("train", help="train a recipe into a run directory, then evaluate and export it")
     _recipe_arguments(p)
     p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>, or runs/<config name> with -c)")
@@ -69,6 +98,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
     p.add_argument("--ps", type=int, default=1, metavar="P", help="parameter servers, for parameter_server recipes (default: 1)")
 
+
+def _run_commands(commands) -> None:
+    """Commands on a run directory: eval, export, predict."""
     p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
@@ -96,6 +128,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", help="write the CSV here (default: print it)")
     p.add_argument("--checkpoint", help="last, best, final or a step number (default: the run's model.keras)")
 
+
+def _recipe_commands(commands) -> None:
+    """Commands on a recipe: show, validate, data."""
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
 
@@ -107,27 +142,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="train (default), validation or test")
     p.add_argument("-n", type=int, default=3, metavar="N", help="how many examples to show (default 3)")
     p.add_argument("--seconds", type=float, default=5.0, help="time budget of the throughput pass (default 5)")
-
-    p = commands.add_parser("plot", help="draw the learning curves of one or more runs into an image")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png; .png, .svg, .pdf)")
-
-    p = commands.add_parser(
-        "sweep", help="hyperparameter sweep on Optuna (every trial a run), or `sweep show DIR`",
-        description="trainkit sweep SWEEP [KEY=VALUE]... runs a sweep file's trials; "
-        "trainkit sweep show DIR [--best-config FILE] prints its trials table and best trial.",
-    )
-    p.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep file (sweeps/ or configs/, or a path), or `show`")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="a setting of every trial (with show: the sweep directory)")
-    p.add_argument("--trials", type=int, metavar="N", help="total trials across every process (default: the file's)")
-    p.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (postgresql://...) shared by many processes (default: a journal file in the sweep directory)")
-    p.add_argument("--workers", type=int, default=1, metavar="N", help="local processes sharing the study (one GPU each, round robin, when there are GPUs)")
-    p.add_argument("--sweep-dir", metavar="DIR", help="where the trials go (default: runs/sweeps/NAME)")
-    p.add_argument("--space", metavar="FILE", help="the sweep file, given as an option")
-    p.add_argument("--best-config", metavar="FILE", help="with show: write the best trial as a config that `trainkit train FILE` trains")
-
-    commands.add_parser("ls", help="list recipes and configs with their descriptions")
-    return parser
 
 
 def _load(args: argparse.Namespace):
@@ -283,11 +297,11 @@ def _show(value) -> str:
     return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
 
 
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from trainkit.sweeps.command import main_for_cli
 
     return main_for_cli(args)
-
 
 COMMANDS = {"sweep": cmd_sweep, "export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 

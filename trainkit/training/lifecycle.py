@@ -71,14 +71,10 @@ def train_run(
 ) -> Trained:
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
 
-    ``record_inputs`` and ``export`` come from the serving layer above
-    (:func:`trainkit.serving.export.record_inputs`, ``export_trained``; passed in by
-    :func:`trainkit.train`): what the inference model takes, written at the start,
-    and the trained model's exports, written at the end.
-
-    ``started`` (``time.time()``) is when the job began, the process's start or
-    the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
-    there to here, where TensorFlow and trainkit are imported.
+    ``record_inputs`` and ``export`` come from the serving layer above (passed in by
+    :func:`trainkit.train`): ``inference.json`` written at the start, the exports at
+    the end. ``started`` (``time.time()``): when the job began (the process's start
+    or the call of :func:`trainkit.train`), for run.json's ``phases.start_up``.
     """
     from trainkit.evaluation import final_evaluation
     from trainkit.plan import make_callbacks
