@@ -1,6 +1,6 @@
 """Hyperparameter sweeps on Optuna: a recipe plus a search space, every trial an ordinary run.
 
->>> result = trainkit.sweep("sweeps/digits_mlp_lr.yaml", trials=8)   # doctest: +SKIP
+>>> result = trainkit.sweep("digits_mlp_sweep", ["trainer.epochs=2"], trials=8)   # doctest: +SKIP
 >>> result.trials            # a DataFrame: number, state, metric, parameters, steps, seconds
 >>> result.best.history      # the best trial, a trainkit Run
 >>> result.plot()            # history, parallel coordinates, importances

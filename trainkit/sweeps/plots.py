@@ -48,7 +48,7 @@ def _coordinates(ax, complete: list, result) -> None:
     if not complete or not names:
         ax.text(0.5, 0.5, "no completed trial", ha="center", transform=ax.transAxes)
         return
-    columns = {name: _scaled([t.params.get(name) for t in complete], t_distribution(complete, name)) for name in names}
+    columns = {name: _scaled([t.params.get(name) for t in complete], _distribution_of(complete, name)) for name in names}
     values = [t.value for t in complete]
     low, high = min(values), max(values)
     colours = colormaps["viridis"]
@@ -59,7 +59,7 @@ def _coordinates(ax, complete: list, result) -> None:
     ax.set_yticks([0, 1], ["low", "high"])
 
 
-def t_distribution(complete: list, name: str):
+def _distribution_of(complete: list, name: str):
     for t in complete:
         if name in t.distributions:
             return t.distributions[name]
