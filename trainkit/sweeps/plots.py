@@ -54,7 +54,7 @@ def _coordinates(ax, complete: list, result) -> None:
     colours = colormaps["viridis"]
     for i, value in enumerate(values):
         shade = (value - low) / (high - low) if high > low else 0.5
-        ax.plot(range(len(names)), [columns[n][i] for n in names], color=colours(shade), alpha=0.8)
+        ax.plot(range(len(names)), [columns[n][i] for n in names], color=colours(shade), alpha=0.8, marker="o", markersize=3)
     ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
     ax.set_yticks([0, 1], ["low", "high"])
 
