@@ -36,6 +36,7 @@ SKIP = {
     "runtime.strategy=multi_worker_mirrored --run-dir /shared": "one worker of a two-machine cluster: it waits for the other machine",
     "SlurmClusterResolver": "needs a Slurm allocation",
     '{..., "model"': "a fragment: `...` stands for the rest of a recipe",
+    "--storage postgresql://sweeper": "a sweep on a PostgreSQL server of many machines (tests/test_sweeps.py starts a real one)",
 }
 
 TRAINING_COMMANDS = ("train", "launch")

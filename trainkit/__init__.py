@@ -17,6 +17,8 @@ built. The public API::
     trainkit.request_stop(): the same orderly stop for a training in a background thread
     trainkit.export(run_dir, formats=[...], checkpoint="final", out_dir=...) -> dict
     trainkit.predict(run_dir, inputs, checkpoint=None) -> Predictions
+    trainkit.sweep(sweep_file, overrides, trials=..., storage=..., sweep_dir=...) -> SweepResult:
+        .trials, .best (a Run), .plot(), .best_config(path); trainkit.load_sweep_results(dir)
     trainkit.register_model / register_dataset / register_transform / register_layer / register_loss / register_metric / register_callback
 """
 
@@ -67,6 +69,8 @@ __all__ = [
     "register_transform",
     "request_stop",
     "restore",
+    "sweep",
+    "load_sweep_results",
     "train",
     "validate",
 ]
@@ -87,6 +91,10 @@ def __getattr__(name: str):
         from trainkit.plan import restore
 
         return restore
+    if name in ("sweep", "load_sweep_results"):
+        from trainkit import sweeps
+
+        return getattr(sweeps, name)
     if name == "predict":
         from trainkit.serving.predict import predict
 

@@ -30,6 +30,8 @@ examples:
   trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
   trainkit launch -n 2 digits_mlp                   # 2 local workers, multi_worker_mirrored
   trainkit plot runs/digits_cnn runs/try -o curves.png  # learning curves of runs
+  trainkit sweep digits_mlp_sweep trainer.epochs=1 model.hidden_units=[16] --trials 3  # an Optuna sweep: runs/sweeps/NAME
+  trainkit sweep show runs/sweeps/digits_mlp_sweep --best-config best.yaml
 
 exit codes: 0 done, 2 bad input or unusable run directory, 3 training diverged (NaN/Inf),
   4 lost another task of the cluster, 5 the disk filled up, 130 stopped by Ctrl-C (SIGINT), 143 stopped by SIGTERM;
@@ -58,8 +60,26 @@ def make_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("plot", help="draw the learning curves of one or more runs into an image")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png; .png, .svg, .pdf)")
+    _sweep_command(commands)
     commands.add_parser("ls", help="list recipes and configs with their descriptions")
     return parser
+
+
+def _sweep_command(commands) -> None:
+    """sweep, and sweep show."""
+    p = commands.add_parser(
+        "sweep", help="hyperparameter sweep on Optuna (every trial a run), or `sweep show DIR`",
+        description="trainkit sweep SWEEP [KEY=VALUE]... runs a sweep file's trials; "
+        "trainkit sweep show DIR [--best-config FILE] prints its trials table and best trial.",
+    )
+    p.add_argument("sweep", nargs="?", metavar="SWEEP", help="a sweep file (sweeps/ or configs/, or a path), or `show`")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="a setting of every trial (with show: the sweep directory)")
+    p.add_argument("--trials", type=int, metavar="N", help="total trials across every process (default: the file's)")
+    p.add_argument("--storage", metavar="URL", help="an Optuna RDB URL (postgresql://...) shared by many processes (default: a journal file in the sweep directory)")
+    p.add_argument("--workers", type=int, default=1, metavar="N", help="local processes sharing the study (one GPU each, round robin, when there are GPUs)")
+    p.add_argument("--sweep-dir", metavar="DIR", help="where the trials go (default: runs/sweeps/NAME)")
+    p.add_argument("--space", metavar="FILE", help="the sweep file, given as an option")
+    p.add_argument("--best-config", metavar="FILE", help="with show: write the best trial as a config that `trainkit train FILE` trains")
 
 
 def _training_commands(commands) -> None:
@@ -352,7 +372,13 @@ def _show(value) -> str:
     return f"{array.dtype} {list(array.shape)} min {array.min():.3g} mean {array.mean():.3g} max {array.max():.3g}"
 
 
-COMMANDS = {"export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from trainkit.sweeps.command import main_for_cli
+
+    return main_for_cli(args)
+
+COMMANDS = {"sweep": cmd_sweep, "export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

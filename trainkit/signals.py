@@ -46,6 +46,9 @@ class SignalRecorder:
 
     def __enter__(self) -> SignalRecorder:
         with _active_lock:
+            # A stop already asked of an enclosing recorder (a sweep between two
+            # trainings) applies to this one from its start.
+            self.signum = self.signum or next((r.signum for r in _active if r.signum), None)
             _active.add(self)
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):

@@ -165,7 +165,7 @@ class Trainer:
             with tf.control_dependencies(tf.nest.flatten(after, expand_composites=True)):
                 return tf.timestamp() if timed else tf.constant(0.0, tf.float64)
 
-        @tf.function(autograph=False)
+        @_one_trainers_function
         def train_steps(iterator, num_steps):
             def one_step(i, waited):
                 before = clock()
@@ -229,7 +229,7 @@ class Trainer:
             metric.reset_state()
 
     def _make_eval_fn(self):
-        @tf.function(autograph=False)
+        @_one_trainers_function
         def test_steps(iterator):
             def more(optional):
                 return optional.has_value()
@@ -243,7 +243,7 @@ class Trainer:
         return test_steps
 
     def _make_eval_steps_fn(self):
-        @tf.function(autograph=False)
+        @_one_trainers_function
         def test_steps(iterator, num_steps):
             def one_step(i):
                 self.strategy.run(self.test_step, args=(next(iterator),))
@@ -262,10 +262,18 @@ class Trainer:
         if self._train_fn is None:
             self._train_fn = self._make_train_fn()
         self._train_fn(train_iterator, tf.constant(1, tf.int32))
-        # Its own evaluation function: the run's are traced once each, for the
-        # run's own datasets (eval_traces), never for this rehearsal's.
+        # The evaluation step runs eagerly on the rehearsal's batch: the run's own
+        # functions are traced once each, for the run's datasets (eval_traces), and a
+        # function traced for this one call was a trace per training that TensorFlow,
+        # which counts traces by the function's code, reported as "triggered
+        # tf.function retracing" once a process had trained five models (a sweep, a
+        # notebook). TPUStrategy runs steps only inside a tf.function.
         self._reset_eval_metrics()
-        self._make_eval_fn()(iter(eval_dataset))
+        if isinstance(self.strategy, tf.distribute.TPUStrategy):
+            self._make_eval_fn()(iter(eval_dataset))
+            return
+        for batch in eval_dataset:
+            self.strategy.run(self.test_step, args=(batch,))
 
     @property
     def eval_traces(self) -> int:
@@ -279,6 +287,23 @@ class Trainer:
     def result(self) -> dict[str, float]:
         """The training metrics accumulated since the last reset."""
         return _results(self.train_metrics)
+
+
+def _one_trainers_function(python_function):
+    """``tf.function`` (without AutoGraph) of a step closure made for one Trainer.
+
+    Each Trainer traces its functions once, for its own model and variables. But
+    TensorFlow's frequent-retracing detector counts traces by the Python code of
+    the function, so the closures of every Trainer a process makes (a sweep's
+    trials, a notebook's trainings) were counted as one function traced again and
+    again: "5 out of the last 5 calls ... triggered tf.function retracing" after
+    five short trainings. A ``functools.partial`` gives each Trainer's function an
+    identity of its own, so the detector counts what it was made for: one
+    function traced again and again (new shapes every call) is still reported.
+    """
+    import functools
+
+    return tf.function(functools.partial(python_function), autograph=False)
 
 
 def all_finite(variables) -> tf.Tensor:

@@ -1,0 +1,203 @@
+"""The Optuna study behind a sweep: storage, sampler, pruner, and the queue of trials.
+
+Trial numbers and run directories must never collide, even with many
+processes on many machines sharing one storage, and ``trials`` is the total
+across all of them. So the process that creates the study queues every trial
+at once (``trials`` waiting trials, numbered 0..N-1 by that one process), and
+every process, this one included, takes waiting trials off the queue with the
+storage's own compare-and-set (waiting -> running succeeds for one process
+only). No process ever creates a trial of its own.
+
+A trial stopped by SIGINT/SIGTERM stays ``RUNNING`` with the user attribute
+``interrupted``; the next ``trainkit sweep`` of the same study takes it up first
+and trains it on from its checkpoint with the same parameters.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from trainkit.errors import ConfigError
+from trainkit.sweeps.space import Sweep
+
+#: The sweep directory's record of what it sweeps (read by ``sweep show`` and ``--best-config``).
+SWEEP_JSON = "sweep.json"
+#: The default storage, inside the sweep directory: Optuna's journal file (nothing to start).
+JOURNAL = "study.journal"
+#: The study attribute holding the queued total; set once the queue is complete.
+QUEUED = "trainkit_trials"
+QUEUE_WAIT_SECONDS = 120.0
+
+
+def _optuna():
+    try:
+        import optuna
+    except ImportError:  # pragma: no cover - the sweep extra installs it
+        raise ConfigError("sweeps need Optuna: pip install 'trainkit[sweep]'") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def open_storage(url: str | None, sweep_dir: Path):
+    """An Optuna storage: ``url`` (any RDB URL), or a journal file in ``sweep_dir``."""
+    optuna = _optuna()
+    if url is None:
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        path = str(sweep_dir / JOURNAL)
+        # (The open-file lock: the default symlink lock would put links beside the journal.)
+        return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
+    try:
+        return optuna.storages.RDBStorage(rdb_url(url))
+    except Exception as err:  # a bad URL, a server that does not answer, a missing driver
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"--storage {url}: cannot open it: {reason[:200]}") from None
+
+
+def rdb_url(url: str) -> str:
+    """``postgresql://`` through psycopg (3) when psycopg2, SQLAlchemy's default driver, is absent."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def make_sampler(sweep: Sweep, number: int | None = None):
+    """The sweep's sampler; with ``number``, seeded for that trial alone.
+
+    A sampler's random state lives in its process: seeded once, a sweep stopped
+    and continued (or shared by several processes) would draw the same numbers
+    again. Seeded by (seed, trial number), each trial's proposal depends only on
+    the study's stored trials, wherever and whenever it is drawn. (The grid
+    keeps one seed: its order is one permutation, indexed by trial number.)
+    """
+    optuna = _optuna()
+    seed, kind = sweep.spec.seed, sweep.spec.sampler
+    if number is not None and kind != "grid":
+        seed = (seed * 1_000_003 + number) % 2**32
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigError(f"{sweep.source}: sampler cmaes needs the cmaes package: pip install 'trainkit[sweep]'") from None
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return _grid_sampler(optuna)({d.key: d.grid() for d in sweep.dimensions}, seed=seed)
+
+
+def _grid_sampler(optuna):
+    class GridSampler(optuna.samplers.GridSampler):
+        """Optuna's grid, minus its ``study.stop()`` when the grid is covered: the queue
+        already holds exactly the trials asked for, and ``stop`` only works inside ``optimize``."""
+
+        def after_trial(self, study, trial, state, values) -> None:
+            pass
+
+    return GridSampler
+
+
+def make_pruner(sweep: Sweep):
+    optuna = _optuna()
+    kind = sweep.spec.pruner
+    if kind == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    return optuna.pruners.NopPruner()
+
+
+def open_study(sweep: Sweep, storage, *, trials: int | None = None):
+    """The sweep's study in ``storage``: created and queued, or loaded (and topped up to ``trials``)."""
+    optuna = _optuna()
+    total = trials or sweep.spec.trials
+    direction = "maximize" if sweep.direction == "max" else "minimize"
+    sampler, pruner = make_sampler(sweep), make_pruner(sweep)
+    try:
+        study = optuna.create_study(
+            storage=storage, study_name=sweep.name, direction=direction, sampler=sampler, pruner=pruner
+        )
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=sweep.name, storage=storage, sampler=sampler, pruner=pruner)
+        if study.direction.name.lower() != direction:
+            raise ConfigError(
+                f"{sweep.source}: the study '{sweep.name}' in this storage maximizes/minimizes the other way "
+                f"({study.direction.name.lower()}); give the sweep another name or directory"
+            ) from None
+        queued = _wait_for_queue(study)
+        if total > queued:  # a longer sweep asked for: queue the rest (from one process at a time)
+            _queue(study, total - queued, total)
+        return study
+    _queue(study, total, total)
+    return study
+
+
+def _queue(study, count: int, total: int) -> None:
+    from optuna.trial import TrialState, create_trial
+
+    for _ in range(count):
+        study.add_trial(create_trial(state=TrialState.WAITING))
+    study.set_user_attr(QUEUED, total)
+
+
+def _wait_for_queue(study) -> int:
+    """The queued total, once the creating process has queued every trial."""
+    deadline = time.monotonic() + QUEUE_WAIT_SECONDS
+    while True:
+        queued = study.user_attrs.get(QUEUED)
+        if queued is not None:
+            return int(queued)
+        if time.monotonic() > deadline:
+            raise ConfigError(
+                f"the study '{study.study_name}' exists but its trials were never queued "
+                "(the process that created it died at once?); use another sweep name or directory"
+            )
+        time.sleep(0.5)
+
+
+def queued_total(study) -> int:
+    return int(study.user_attrs.get(QUEUED) or len(study.get_trials(deepcopy=False)))
+
+
+def claim_next(sweep: Sweep, study, storage) -> Any:
+    """The next trial this process trains (an :class:`optuna.trial.Trial`), or None when none is left.
+
+    First a trial an orderly stop left behind (it resumes from its checkpoint),
+    then a waiting one, taken with the storage's compare-and-set.
+    """
+    claimed = _claim(study, storage)
+    if claimed is None:
+        return None
+    trial_id, number = claimed
+    study.sampler = make_sampler(sweep, number)
+    import optuna
+
+    return optuna.trial.Trial(study, trial_id)  # (its sampler's before_trial runs here)
+
+
+def _claim(study, storage) -> tuple[int, int] | None:
+    import optuna
+    from optuna.trial import TrialState
+
+    study_id = storage.get_study_id_from_name(study.study_name)
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if frozen.user_attrs.get("interrupted"):
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+            storage.set_trial_user_attr(trial_id, "interrupted", False)
+            storage.set_trial_user_attr(trial_id, "resumed", int(frozen.user_attrs.get("resumed", 0)) + 1)
+            return trial_id, frozen.number
+    for frozen in sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        try:
+            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
+                continue  # another process took it
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        return trial_id, frozen.number
+    return None
