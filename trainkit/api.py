@@ -65,6 +65,13 @@ def train(
     started = report.PROCESS_STARTED or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
+    if distribute.is_evaluator_task():
+        # The cluster's evaluator task evaluates the workers' checkpoints as they come.
+        from trainkit.sidecar import EVALUATOR_POLL_SECONDS, watch
+
+        target = Path(run_dir or default_run_dir(recipe))
+        watch(target, recipe=recipe, until_finished=True, every_seconds=EVALUATOR_POLL_SECONDS, ended_after=started)
+        return Run(recipe, target, served_only=True)
     if distribute.serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)

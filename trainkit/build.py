@@ -250,7 +250,7 @@ def build(
         )
     recipe._source_digests = {use.field: use.digest for use in sources}  # (the caller's recipe: its hash)
     # The built run's own copy, with checkpoint.monitor: auto made concrete.
-    recipe = resolve_monitor(recipe, has_validation=has_validation)
+    recipe = resolve_monitor(distribute.resolve_validation(recipe), has_validation=has_validation)
     return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps, sources, init_report, stages, finetune_summary)
 
 
