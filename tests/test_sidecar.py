@@ -167,22 +167,27 @@ def _wait_for(condition, timeout=240.0):
 @pytest.mark.slow
 def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_kept_checkpoint_once(tmp_path):
     run = tmp_path / "run"
-    overrides = [*SMOKE, "trainer.epochs=12", *EVERY_EPOCH, "trainer.checkpoint.keep=4", "--run-dir", str(run)]
-    with open(tmp_path / "train.log", "w") as log:
-        training = _spawn("train", *overrides, log=log)
+    common = [*SMOKE, *EVERY_EPOCH, "trainer.checkpoint.keep=4", "--run-dir", str(run)]
+    assert run_cli("train", *common, "trainer.epochs=2").returncode == 0
     watch = ["eval", str(run), "--watch", "--every-seconds", "0.3"]
-    _wait_for(lambda: (run / "config.yaml").exists())
     with open(tmp_path / "eval1.log", "w") as log:
         first = _spawn(*watch, log=log)
-    _wait_for(lambda: (run / "eval_history.jsonl").exists() or training.poll() is not None)
+    _wait_for(lambda: len(_history(run)) == 2)  # the evaluator is up: the training resumes for more epochs
+    with open(tmp_path / "train.log", "w") as log:
+        training = _spawn("train", *common, "trainer.epochs=40", log=log)
+    _wait_for(lambda: len(_history(run)) > 3 or training.poll() is not None)
     first.send_signal(signal.SIGKILL)  # mid-way, between or inside evaluations
     first.wait(timeout=30)
     with open(tmp_path / "eval2.log", "w") as log:
         second = _spawn(*watch, "--until-finished", log=log)
     assert training.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()
     assert second.wait(timeout=300) == 0, (tmp_path / "eval2.log").read_text()
-    steps = [r["step"] for r in _history(run)]
+    history = _history(run)
+    steps = [r["step"] for r in history]
     assert steps == sorted(set(steps))  # in order, none twice
     assert set(_steps(run / "checkpoints")) <= set(steps)  # every kept checkpoint
-    assert steps[-1] == json.loads((run / "run.json").read_text())["step"]
+    status = json.loads((run / "run.json").read_text())
+    assert steps[-1] == status["step"]
+    ended = time.mktime(time.strptime(status["ended"], "%Y-%m-%dT%H:%M:%S%z"))
+    assert any(2 * 45 < r["step"] and r["time"] < ended - 1 for r in history)  # evaluated beside the training
     assert json.loads((run / "eval.json").read_text())["validation"]  # the run's own final evaluation
