@@ -16,12 +16,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute
+from trainkit import distribute, tracking
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runs import Run, read_history
 from trainkit.runtime import quiet_tensorflow
+from trainkit.tracking import ParentRun
 from trainkit.training.run_dir import RunDir
 from trainkit.training.sinks import warn
 
@@ -48,6 +49,7 @@ def train(
     restart: bool = False,
     callbacks: list | None = None,
     trainer_class: type | None = None,
+    tracking_parent: ParentRun | None = None,
 ) -> Run:
     """Train a recipe into a run directory (default ``runs/<name>``) and evaluate it.
 
@@ -56,6 +58,8 @@ def train(
     which moves the old run aside (never deletes it). ``callbacks`` are extra
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
+    ``tracking_parent``: a sweep's MLflow run (:func:`trainkit.tracking.start_parent`),
+    under which this run is tracked as a child.
     """
     import time
 
@@ -80,16 +84,23 @@ def train(
     from trainkit.training.stops import TrainingStopped
 
     target = Path(run_dir or default_run_dir(recipe))
+    info = distribute.cluster_info()
+    tracker = tracking.tracker_for(recipe, target, parent=tracking_parent) if info is None or info.is_chief else None
     try:
         with preserved_process_state():
             trained = train_run(
-                recipe, target, restart=restart, callbacks=callbacks,
+                recipe, target, restart=restart, callbacks=[*(callbacks or []), *([tracker.callback()] if tracker else [])],
                 trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
             )
-    except TrainingStopped as stop:
-        # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
-        stop.run = Run(recipe, target)
+    except BaseException as err:
+        if tracker:
+            tracker.finish("KILLED" if isinstance(err, TrainingStopped | KeyboardInterrupt) else "FAILED")
+        if isinstance(err, TrainingStopped):
+            # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
+            err.run = Run(recipe, target)
         raise
+    if tracker:
+        tracker.finish("FINISHED")
     built = trained.built
     # The history of every epoch the run has trained, not only this call's (a resumed run).
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
