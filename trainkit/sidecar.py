@@ -43,10 +43,11 @@ from pathlib import Path
 from typing import Any
 
 from trainkit import distribute
+from trainkit.console import say, warn
 from trainkit.errors import ConfigError, RunDirError
+from trainkit.files import read_regular, write_text_atomic
 from trainkit.recipe import Recipe
-from trainkit.training.run_dir import RunDir, write_text_atomic
-from trainkit.training.sinks import say, warn
+from trainkit.training.run_dir import RunDir
 
 HISTORY = "eval_history.jsonl"
 BEST = "best_eval"
@@ -60,11 +61,11 @@ def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``eval_history.jsonl`` (``[]`` when there is none)."""
     path = Path(run_dir) / HISTORY
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        lines = read_regular(path, limit=1 << 28).decode("utf-8").splitlines()
     except FileNotFoundError:
         return []
-    with os.fdopen(fd, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path} cannot be read ({err})") from None
     records = []
     for number, line in enumerate(lines, 1):
         try:
@@ -241,7 +242,7 @@ class Sidecar:
                 promote(self.checkpoints / READING, self.checkpoints / BEST, Path(path).name)
                 record["best"] = True
         lines = [json.dumps(r) for r in [*records, record]]
-        write_text_atomic(self.run.path / HISTORY, "\n".join(lines) + "\n")
+        write_text_atomic(self.run.path / HISTORY, "\n".join(lines) + "\n", within=self.run.path)
         self._tensorboard(step, metrics)
         shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
         self.report(f"step {step} ({Path(path).name}) {self.split}: {shown}{'  (best so far)' if record.get('best') else ''}")

@@ -41,10 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainkit.console import warn
+from trainkit.files import read_regular, write_json_atomic
 from trainkit.recipe import Recipe
 from trainkit.runs import read_events
-from trainkit.training.run_dir import write_json_atomic
-from trainkit.training.sinks import warn
 
 #: The run directory's record of its MLflow run.
 STATE_FILE = "mlflow.json"
@@ -277,17 +277,14 @@ class Tracker:
 
     def _read_state(self) -> dict[str, Any]:
         try:
-            fd = os.open(self.state_file, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd, encoding="utf-8") as f:
-                state = json.loads(f.read(1 << 16))
+            state = json.loads(read_regular(self.state_file, limit=1 << 16))
         except (OSError, ValueError):
             return {}
         return state if isinstance(state, dict) else {}
 
     def _write_state(self) -> None:
-        write_json_atomic(
-            self.state_file, {"uri": _shown(self.mlflow.uri), "run_id": self.run_id, "logged_step": self.logged_step}
-        )
+        state = {"uri": _shown(self.mlflow.uri), "run_id": self.run_id, "logged_step": self.logged_step}
+        write_json_atomic(self.state_file, state, within=self.run_dir)
 
 
 def _existing_run(client, run_id: str):
