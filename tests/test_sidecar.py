@@ -191,3 +191,33 @@ def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_ke
     ended = time.mktime(time.strptime(status["ended"], "%Y-%m-%dT%H:%M:%S%z"))
     assert any(2 * 45 < r["step"] and r["time"] < ended - 1 for r in history)  # evaluated beside the training
     assert json.loads((run / "eval.json").read_text())["validation"]  # the run's own final evaluation
+
+
+def test_validation_sidecar_leaves_validation_to_an_evaluator_task_when_the_cluster_has_one(monkeypatch):
+    import trainkit
+    from trainkit.distribute import resolve_validation
+    from trainkit.recipe import ValidationPolicy
+
+    recipe = trainkit.load_recipe("digits_mlp", configs=["digits_mlp_smoke"], overrides=["trainer.validation=sidecar"])
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    assert resolve_validation(recipe).trainer.validation == ValidationPolicy()  # no evaluator: validated in the loop
+    cluster = {"worker": ["127.0.0.1:9"], "evaluator": ["127.0.0.1:10"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    assert resolve_validation(recipe).trainer.validation == "sidecar"
+
+
+@pytest.mark.slow
+def test_launch_with_an_evaluator_validates_beside_two_workers_that_never_validate(tmp_path):
+    run = tmp_path / "run"
+    result = run_cli(
+        "launch", "-n", "2", "--evaluator", *SMOKE, "trainer.epochs=3", *EVERY_EPOCH,
+        "trainer.validation=sidecar", "--run-dir", str(run), timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "[evaluator 0] watching" in result.stdout
+    steps = [r["step"] for r in _history(run)]
+    assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
+    assert steps[-1] == json.loads((run / "run.json").read_text())["step"]
+    events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert not [e for e in events if e["split"] == "validation" or "val_loss" in e]  # the workers never validated
+    assert json.loads((run / "eval.json").read_text())["validation"]  # the run's own final evaluation

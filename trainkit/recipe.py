@@ -809,7 +809,7 @@ class ExportSection(Section):
 
 
 class MlflowTracking(Section):
-    """Where a run is mirrored in MLflow (docs/tracking.md)."""
+    """Where a run is mirrored in MLflow (docs/distributed.md, "Tracking in MLflow")."""
 
     uri: str | None = None
     """A tracking URI (``http://host:5000``, ``sqlite:///path/mlflow.db``); default:
