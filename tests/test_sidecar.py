@@ -148,6 +148,19 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
     assert result.returncode == 2 and "not a trainkit run directory" in result.stderr
     result = run_cli("eval", str(run), "--until-finished")
     assert result.returncode == 2 and "--until-finished goes with --watch" in result.stderr
+    result = run_cli("eval", str(run), "--watch", "--checkpoint", "best")
+    assert result.returncode == 2 and "--checkpoint goes without --watch" in result.stderr
+
+
+def test_a_run_restarted_with_another_recipe_stops_the_evaluator(run):
+    from trainkit.errors import RunDirError
+    from trainkit.loader import load_recipe
+    from trainkit.training.run_dir import RunDir
+
+    sidecar = _sidecar(run, evaluate=lambda path: {"loss": 1.0})
+    RunDir(run).write_config(load_recipe("digits_mlp", configs=["digits_mlp_smoke"], overrides=["optimizer.learning_rate=0.5"]))
+    with pytest.raises(RunDirError, match=r"another recipe \(differs in: optimizer.learning_rate\)"):
+        sidecar.poll()
 
 
 def _spawn(*args: str, log) -> subprocess.Popen:

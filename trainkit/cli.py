@@ -197,6 +197,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.watch:
         from trainkit.sidecar import watch
 
+        if args.checkpoint != "last":
+            raise ConfigError("--checkpoint goes without --watch (a sidecar evaluates every checkpoint as it comes)")
+
         watch(
             args.run_dir, split=args.split or "validation", every_seconds=args.every_seconds,
             until_finished=args.until_finished, recipe_file=args.recipe,

@@ -170,6 +170,7 @@ class Sidecar:
         """
         from trainkit.training.checkpoint import candidates, step_of
 
+        self._check_same_run()
         ended = self._run_ended()  # read before the listing: an ended run writes no more
         records = read_history(self.run.path)
         done = max((r["step"] for r in records if r.get("split") == self.split), default=-1)
@@ -195,6 +196,20 @@ class Sidecar:
             finally:
                 unpin(self.checkpoints / READING)
         return evaluated, ended
+
+    def _check_same_run(self) -> None:
+        """Refuse to go on when the run directory now holds a run of another recipe
+        (``--restart`` with other settings): the model built here is not its model."""
+        from trainkit.recipe import diff, is_resumable_change
+
+        if not self.run.exists():
+            return
+        changed = [key for key in diff(self.recipe, self.run.read_recipe()) if not is_resumable_change(key)]
+        if changed:
+            raise RunDirError(
+                f"{self.run.path} now holds a run of another recipe (differs in: {', '.join(changed[:5])}); "
+                "start the evaluator again for it"
+            )
 
     def _run_ended(self) -> bool:
         """Whether the run has ended (any status but ``running``): by ``ended_after``
