@@ -27,6 +27,25 @@ def two_runs(tmp_path_factory):
     return a, b
 
 
+def test_one_identity_in_the_header_run_json_export_json_show_and_run(tmp_path):
+    import json
+
+    given = recipe(**{"export.formats": ["keras"]})
+    before = given.hash
+    result = run_cli("train", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
+                     "--run-dir", "run", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    shown = run_cli("show", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
+                    cwd=tmp_path, timeout=60)
+    identity = json.loads((tmp_path / "run" / "run.json").read_text())["recipe_hash"]
+    assert f"({identity}) into run" in result.stdout
+    assert f"(hash {identity})" in shown.stdout
+    assert json.loads((tmp_path / "run" / "inference.json").read_text())["recipe_hash"] == identity
+    assert trainkit.load_run(tmp_path / "run").hash == identity
+    trainkit.validate(given)  # building a recipe leaves its hash alone
+    assert given.hash == before
+
+
 def test_history_is_complete_after_resuming_and_after_training_a_finished_run(tmp_path):
     first = trainkit.train(recipe(), run_dir=tmp_path / "run")
     assert len(first.history["loss"]) == 2

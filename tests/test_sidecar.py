@@ -103,8 +103,8 @@ def test_a_checkpoint_deleted_before_it_was_read_is_skipped_and_said(run):
 
 
 def test_a_checkpoint_being_written_is_waited_for_never_read_torn(run):
-    from trainkit.training.checkpoint import write_state
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
+    from trainkit.rundir.checkpoints import write_state
 
     kept = _steps(run / "checkpoints")
     ckpts = run / "checkpoints"
@@ -155,7 +155,7 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
 def test_a_run_restarted_with_another_recipe_stops_the_evaluator(run):
     from trainkit.errors import RunDirError
     from trainkit.loader import load_recipe
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
     sidecar = _sidecar(run, evaluate=lambda path: {"loss": 1.0})
     RunDir(run).write_config(load_recipe("digits_mlp", configs=["digits_mlp_smoke"], overrides=["optimizer.learning_rate=0.5"]))

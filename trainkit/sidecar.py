@@ -30,8 +30,6 @@ evaluation function is traced once.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import math
 import os
@@ -42,12 +40,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute
 from trainkit.console import say, warn
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.files import read_regular, write_text_atomic
 from trainkit.recipe import Recipe
-from trainkit.training.run_dir import RunDir
+from trainkit.rundir import RunDir, load_run_recipe
+from trainkit.rundir.checkpoints import (
+    PREFIX,
+    candidates,
+    restore_model_weights,
+    step_of,
+    write_state,
+)
+from trainkit.rundir.lock import RunLock
 
 HISTORY = "eval_history.jsonl"
 BEST = "best_eval"
@@ -106,20 +111,19 @@ def monitor_for(recipe: Recipe, split: str) -> Monitor | None:
 
 
 class Evaluator:
-    """The run's model and evaluation, built once; each checkpoint swaps the weights in."""
+    """The run's model and evaluation, restored once (:func:`trainkit.plan.restore_plan`,
+    in one process); each checkpoint only swaps the weights in."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, split: str):
-        from trainkit.build import build
+    def __init__(self, run_dir: Path, split: str, *, recipe_file: str | os.PathLike | None = None):
+        from trainkit.plan import restore_plan
 
-        self.built = build(distribute.in_one_process(recipe), run_dir=run_dir)
+        self.built = restore_plan(run_dir, None, recipe_file=recipe_file)
         self.built.data._check_split(split)
         self.split = split
 
     def evaluate(self, checkpoint: str) -> dict[str, float]:
         """Metrics of ``checkpoint``'s weights; raises if it does not read back whole."""
-        import tensorflow as tf
-
-        tf.train.Checkpoint(model=self.built.model).restore(checkpoint).assert_existing_objects_matched().expect_partial()
+        restore_model_weights(self.built.model, checkpoint)
         return self.built.trainer.evaluate_split(self.built.data, self.split)
 
 
@@ -131,7 +135,7 @@ class Sidecar:
         run_dir: str | os.PathLike,
         *,
         split: str = "validation",
-        recipe: Recipe | None = None,
+        recipe_file: str | os.PathLike | None = None,
         evaluate: Callable[[str], dict[str, float]] | None = None,
         report: Callable[[str], None] = say,
         ended_after: float | None = None,
@@ -140,13 +144,14 @@ class Sidecar:
         self.ended_after = ended_after
         self.split = split
         self.report = report
-        self.recipe = recipe or self.run.read_recipe()
+        self.recipe_file = recipe_file
+        self.recipe = load_run_recipe(run_dir, recipe_file=recipe_file)
         self._evaluate = evaluate
         self._writer = None
         self.monitor = monitor_for(self._resolved_recipe(), split)
 
     def _resolved_recipe(self) -> Recipe:
-        from trainkit.build import resolve_monitor
+        from trainkit.plan import resolve_monitor
 
         # auto is val_loss when there is a validation split, as in the training.
         return resolve_monitor(self.recipe, has_validation=self.split == "validation")
@@ -157,7 +162,7 @@ class Sidecar:
 
     def evaluate(self, checkpoint: str) -> dict[str, float]:
         if self._evaluate is None:
-            self._evaluate = Evaluator(self.recipe, self.run.path, self.split).evaluate
+            self._evaluate = Evaluator(self.run.path, self.split, recipe_file=self.recipe_file).evaluate
         return self._evaluate(checkpoint)
 
     # -- one pass ---------------------------------------------------------------
@@ -168,8 +173,6 @@ class Sidecar:
         Returns ``(how many were evaluated, whether the run has ended and every
         checkpoint it kept is evaluated)``.
         """
-        from trainkit.training.checkpoint import candidates, step_of
-
         self._check_same_run()
         ended = self._run_ended()  # read before the listing: an ended run writes no more
         records = read_history(self.run.path)
@@ -313,8 +316,6 @@ def unpin(pin: Path) -> None:
 
 def promote(pin: Path, best: Path, name: str) -> None:
     """Move the pinned checkpoint ``name`` into ``best`` as its only checkpoint."""
-    from trainkit.training.checkpoint import PREFIX, write_state
-
     best.mkdir(parents=True, exist_ok=True)
     for file in pin.glob(f"{name}.*"):
         os.replace(file, best / file.name)
@@ -324,69 +325,37 @@ def promote(pin: Path, best: Path, name: str) -> None:
             old.unlink(missing_ok=True)
 
 
-class _Lock:
-    """``.eval.lock``: one evaluator per run directory (flock, dropped when its process dies)."""
-
-    def __init__(self, run_dir: Path):
-        self.path = run_dir / LOCK
-        self.fd: int | None = None
-
-    def __enter__(self) -> _Lock:
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        except OSError as err:
-            if err.errno == errno.ELOOP:
-                raise RunDirError(f"{self.path} is a symbolic link; remove it") from None
-            raise
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise RunDirError(f"{self.path.parent} already has an evaluator watching it; stop that one first") from None
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-
-
 def watch(
     run_dir: str | os.PathLike,
     *,
     split: str = "validation",
     every_seconds: float = 30.0,
     until_finished: bool = False,
-    recipe: Recipe | None = None,
     recipe_file: str | os.PathLike | None = None,
     report: Callable[[str], None] = say,
+    wait_for_run: bool = False,
     ended_after: float | None = None,
 ) -> int:
     """Evaluate each new checkpoint of ``run_dir`` once, in order, as training writes them.
 
     Polls every ``every_seconds``; with ``until_finished``, returns once the run
     has ended and its last checkpoint is evaluated (else watches until stopped).
-    ``recipe``: the run's recipe when the run directory may not exist yet (a
-    cluster's evaluator task starts beside the workers); ``ended_after``: an
+    ``wait_for_run``: wait for the run directory to be made (a cluster's
+    evaluator task starts beside the workers); ``ended_after``: an
     end of the run recorded before this time is an earlier training's, not
     the end awaited. Returns how many checkpoints this call evaluated.
     """
     if every_seconds <= 0:
         raise ConfigError(f"--every-seconds: must be above 0, got {every_seconds:g}")
     directory = RunDir(run_dir)
-    if recipe is None:
-        if not directory.exists():
-            raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
-        if recipe_file is not None:
-            from trainkit.loader import import_recipe_file
-
-            import_recipe_file(Path(recipe_file), option="--recipe")
-    while recipe is not None and not directory.exists():
+    while wait_for_run and not directory.exists():
         time.sleep(min(every_seconds, 1.0))  # the chief has not written the run directory yet
     directory.refuse_symlinks()
-    sidecar = Sidecar(directory.path, split=split, recipe=recipe, report=report, ended_after=ended_after)
+    sidecar = Sidecar(directory.path, split=split, recipe_file=recipe_file, report=report, ended_after=ended_after)
     total = 0
-    with _Lock(directory.path):
+    lock = RunLock(directory.path / LOCK, directory.path / LOCK)  # one evaluator per run directory
+    lock.acquire()
+    try:
         report(f"watching {directory.path} for checkpoints to evaluate on {split} (every {every_seconds:g} s)")
         try:
             while True:
@@ -397,5 +366,7 @@ def watch(
                 time.sleep(every_seconds)
         finally:
             sidecar.close()
+    finally:
+        lock.release()
     report(f"evaluated {total} checkpoint(s); the run has ended" if until_finished else f"evaluated {total}")
     return total

@@ -4,7 +4,7 @@
 against the recipe (read-only, before anything is built), build, take the lock,
 write ``config.yaml`` and ``run.json``, hand the built objects to a
 :class:`~trainkit.training.controller.Controller`, evaluate the final model,
-export it (:mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
+export it (with the exporter passed in from :mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
 ``diverged``, with ``ended``) whatever happens.
 """
 
@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit import distribute
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.files import write_bytes_atomic, write_json_atomic
 from trainkit.recipe import Recipe
+from trainkit.rundir import RunDir, command_line
 from trainkit.training import disk_full
 from trainkit.training.phases import Phases
-from trainkit.training.run_dir import RunDir, command_line
 from trainkit.training.sinks import Sink, make_sink, say
+
+if TYPE_CHECKING:
+    from trainkit.plan import Built
 
 
 @dataclass
@@ -40,7 +44,7 @@ def check_policy(built) -> None:
     """Checks of the trainer section that need the built run; raise before anything is written."""
     monitor = built.recipe.trainer.checkpoint.monitor
     if monitor is not None:
-        from trainkit.build import metric_names
+        from trainkit.plan import metric_names
 
         names = metric_names(built)
         if monitor not in names:
@@ -61,16 +65,24 @@ def train_run(
     recipe_source: str | None = None,
     sink: Sink | None = None,
     started: float | None = None,
+    record_inputs: Callable[[Built, RunDir], None] | None = None,
+    export: Callable[[Built, RunDir], Any] | None = None,
 ) -> Trained:
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
+
+    ``record_inputs`` and ``export`` come from the serving layer above
+    (:func:`trainkit.serving.export.record_inputs`, ``export_trained``; passed in by
+    :func:`trainkit.train`): what the inference model takes, written at the start,
+    and the trained model's exports, written at the end.
 
     ``started`` (``time.time()``) is when the job began, the process's start or
     the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
     there to here, where TensorFlow and trainkit are imported.
     """
-    from trainkit.build import build, check_callbacks, make_callbacks, rehearse
-    from trainkit.serving.export import export_trained, record_inputs
-    from trainkit.training.checkpoint import Checkpointer, candidates, step_of
+    from trainkit.evaluation import final_evaluation
+    from trainkit.plan import build, check_callbacks, make_callbacks, rehearse
+    from trainkit.rundir.checkpoints import candidates, step_of
+    from trainkit.training.checkpoint import Checkpointer
     from trainkit.training.controller import Controller, now
 
     phases = Phases()
@@ -93,7 +105,7 @@ def train_run(
     check_policy(built)
     check_callbacks(built, callbacks_to_check, run_dir=directory.path)
     if not restart:
-        check_sources(directory, built)
+        check_sources(directory, built, recipe)
         directory.check_same_data(built.data.info.sizes)
     # Multi-worker: only the chief writes the run directory; the other workers
     # write to a scratch directory, removed at the end, starting from a copy of
@@ -117,7 +129,7 @@ def train_run(
     try:
         found = candidates(directory.checkpoints)
         distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
-        directory.start(recipe, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
+        directory.start(recipe, identity=built.identity.hash, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
         if role.is_chief:
             keep_sources(built, directory, sink)
         # Only now, validated and holding the lock, may a relative data.cache path
@@ -126,7 +138,7 @@ def train_run(
         directory.update_status(
             distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
         )
-        if role.is_chief:
+        if role.is_chief and record_inputs is not None:
             record_inputs(built, directory)  # inference.json: what export and predict need
         sink.line(header(built, directory))
         if moved:
@@ -156,9 +168,9 @@ def train_run(
         history = controller.run()
         with phases.timed("final_evaluation"):
             metrics = final_evaluation(controller, built, directory, sink)
-        if role.is_chief:
+        if role.is_chief and export is not None:
             with phases.timed("export"):
-                export_trained(built, directory)
+                export(built, directory)
         directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
     except BaseException as err:
         full = disk_full.is_disk_full(err)
@@ -195,8 +207,8 @@ def train_run(
 
 def schedule_note(built, previous: Recipe, step: int) -> str | None:
     """What a changed budget does to the learning-rate schedule at the resumed step."""
-    from trainkit.build import total_steps
     from trainkit.optim import budget_change_note
+    from trainkit.plan import total_steps
 
     rate = {"learning_rate": distribute.learning_rate(built.recipe)}
     return budget_change_note(
@@ -212,7 +224,7 @@ def _what_was_written(err: BaseException) -> str:
     text = str(err)
     if "SaveV2" in text or "ckpt-" in text:
         return "a checkpoint"
-    if any(mark in text for mark in (".tmp.keras", "saved_model", ".tflite", ".onnx", "export")):
+    if any(mark in text for mark in (".keras", "saved_model", ".tflite", ".onnx", "export")):
         return "the exported model"
     return "a file"
 
@@ -223,7 +235,7 @@ def _state_bytes(built) -> int:
     return sum(int(v.numpy().nbytes) for v in variables)
 
 
-def check_sources(directory: RunDir, built) -> None:
+def check_sources(directory: RunDir, built: Built, recipe: Recipe) -> None:
     """Refuse to continue a run whose pretrained source changed since it started."""
     from trainkit.errors import RunDirError
 
@@ -236,9 +248,9 @@ def check_sources(directory: RunDir, built) -> None:
                 f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
             )
     # A source read no more (model.init of a continued run whose source is gone)
-    # keeps its recorded digest in the recipe's identity.
-    for name, before in recorded.items():
-        built.recipe._source_digests.setdefault(name, before["digest"])
+    # keeps its recorded digest in the run's identity.
+    if recorded:
+        built.identity = built.identity.with_recorded(recipe, {name: before["digest"] for name, before in recorded.items()})
 
 
 def keep_sources(built, directory: RunDir, sink: Sink) -> None:
@@ -263,18 +275,8 @@ def keep_sources(built, directory: RunDir, sink: Sink) -> None:
 def header(built, directory: RunDir) -> str:
     info, recipe = built.data.info, built.recipe
     return (
-        f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
+        f"training {recipe.name} ({built.identity.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
         f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
         f"{distribute.batch_text(recipe, built.strategy)}"
     )
-
-
-def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[str, dict[str, float]]:
-    results = {}
-    for split in built.recipe.trainer.evaluate:
-        if built.data.has_split(split):
-            results[split] = controller.evaluate(split, hooks=False)
-            sink.result(split, results[split])
-    write_json_atomic(directory.eval_json, results)
-    return results

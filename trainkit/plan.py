@@ -14,12 +14,23 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit import distribute, registry, runtime
 from trainkit.components import check_arguments, instantiate
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
-from trainkit.recipe import Component, Recipe
+from trainkit.recipe import Component, Recipe, RunIdentity
+from trainkit.run_source import run_recipe, source_models
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from trainkit.data.pipeline import PreparedData
+    from trainkit.models.pretrained import SourceUse
+    from trainkit.training.coordinated import CoordinatedData
+    from trainkit.training.loop import Trainer
+    from trainkit.training.stages import Stages
 
 # "accuracy" means the accuracy that fits the loss, as in Keras's compile().
 _ACCURACY_FOR_LOSS = {
@@ -151,21 +162,24 @@ def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
 
 @dataclass
 class Built:
-    """Everything a run needs, created under the recipe's strategy."""
+    """Everything a run needs, created under the recipe's strategy (:func:`build`)."""
 
     recipe: Recipe
-    strategy: Any
-    data: Any
-    model: Any
-    trainer: Any
+    """The recipe as built: ``trainer.checkpoint.monitor: auto`` made concrete."""
+    strategy: tf.distribute.Strategy
+    data: PreparedData | CoordinatedData
+    model: keras.Model
+    trainer: Trainer
     steps_per_epoch: int
     total_steps: int
-    sources: list = field(default_factory=list)
-    """The pretrained sources the model came from (:class:`trainkit.models.pretrained.SourceUse`)."""
+    identity: RunIdentity
+    """The run's identity: the recipe as given, plus its pretrained sources' digests."""
+    sources: list[SourceUse] = field(default_factory=list)
+    """The pretrained sources the model came from."""
     init_report: dict | None = None
     """What ``model.init`` restored (``None``: no init, or a resumed run)."""
-    stages: Any = None
-    """The run's :class:`trainkit.training.stages.Stages`, if it has ``trainer.stages``."""
+    stages: Stages | None = None
+    """The run's stages, if it has ``trainer.stages``."""
     finetune: dict | None = None
     """Frozen layers, parameter counts and each trainable variable's learning-rate group."""
 
@@ -174,13 +188,11 @@ def build(
     recipe: Recipe,
     *,
     trainer_class: type | None = None,
-    cache_dir: str | None = None,
     run_dir: str | Path | None = None,
     keep_source_copy: bool = False,
 ) -> Built:
     """Strategy, data, model and trainer for ``recipe``, checked to fit together.
 
-    ``cache_dir`` is where a relative ``data.cache`` path is kept (the run directory).
     ``run_dir``: the run this continues or evaluates, whose copy of its pretrained
     source stands in for a source that is gone, and whose checkpoints make
     ``model.init`` unnecessary. ``keep_source_copy``: take a copy of the pretrained
@@ -193,7 +205,7 @@ def build(
     from trainkit.training.loop import Trainer
     from trainkit.training.stages import Stages
 
-    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
+    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
@@ -248,10 +260,14 @@ def build(
             jit_compile=recipe.runtime.jit_compile,
             measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
         )
-    recipe._source_digests = {use.field: use.digest for use in sources}  # (the caller's recipe: its hash)
-    # The built run's own copy, with checkpoint.monitor: auto made concrete.
+    # The identity of the recipe as given (monitor: auto, as config.yaml keeps it);
+    # the built run's own copy has checkpoint.monitor: auto made concrete.
+    identity = RunIdentity.of(recipe, {use.field: use.digest for use in sources})
     recipe = resolve_monitor(distribute.resolve_validation(recipe), has_validation=has_validation)
-    return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps, sources, init_report, stages, finetune_summary)
+    return Built(
+        recipe, strategy, data, model, trainer, steps_per_epoch, steps, identity, sources, init_report, stages,
+        finetune_summary,
+    )
 
 
 def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: bool) -> tuple[Any, list, dict | None, list]:
@@ -262,8 +278,9 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
     from trainkit.models.pretrained import STORED_SOURCE, is_available, keras_bytes
 
     run_path = Path(run_dir) if run_dir is not None else None
+    runs = source_models(recipe.model)  # sources that are runs, restored here and handed down
     model, sources = build_with_sources(
-        recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None
+        recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None, runs=runs
     )
     stored = run_path / STORED_SOURCE if run_path else None
     for use in sources:
@@ -272,7 +289,7 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
     init_report = None
     spec = recipe.model.init
     if spec is not None:
-        from trainkit.training.checkpoint import candidates
+        from trainkit.rundir.checkpoints import candidates
 
         continuing = run_path is not None and bool(candidates(run_path / "checkpoints"))
         # A run that continues restores its checkpoint: the init source is only
@@ -280,7 +297,7 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
         if not (continuing and not is_available(spec.source)):
             from trainkit.models.warm_start import restore_matching
 
-            init_report, use = restore_matching(model, spec)
+            init_report, use = restore_matching(model, spec, runs=runs)
             sources.append(use)
             if continuing:
                 init_report = None
@@ -483,3 +500,44 @@ def _blame(err: BaseException) -> tuple[str, str]:
             if part in path:
                 return section, reason
     return "recipe", reason
+
+
+def restore_plan(
+    run_dir: str | os.PathLike,
+    checkpoint: str | int | None = "last",
+    *,
+    recipe_file: str | os.PathLike | None = None,
+    field: str = "--checkpoint",
+) -> Built:
+    """A trained run built again in this one process, with the weights of ``checkpoint``.
+
+    The one restore of a run (evaluation, ``Run.model``, export, predict): a
+    ``multi_worker_mirrored`` or ``parameter_server`` run restores in a plain
+    process. ``checkpoint``: ``last``, ``best``, ``final``, a step or a checkpoint
+    path; None leaves the weights as built (a sidecar evaluator loads each
+    checkpoint itself). ``recipe_file``: the Python recipe the run came from,
+    imported to register its components (a run directory never imports code by itself).
+    """
+    from trainkit.rundir import with_recipe_file_hint
+    from trainkit.rundir.checkpoints import load_weights
+
+    directory, recipe = run_recipe(run_dir, recipe_file=recipe_file)
+    try:
+        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
+    except ConfigError as err:
+        if recipe_file is not None:
+            raise
+        raise with_recipe_file_hint(directory, err) from None
+    if checkpoint is not None:
+        load_weights(built.model, directory, str(checkpoint), field=field)
+    return built
+
+
+def restore(
+    run_dir: str | os.PathLike, checkpoint: str | int = "last", *, recipe_file: str | os.PathLike | None = None
+):
+    """The trained ``keras.Model`` of a run with the weights of ``checkpoint``
+    (:func:`restore_plan`), the process's seeds and policies left as they were."""
+    runtime.quiet_tensorflow()
+    with runtime.preserved_process_state():  # building applies the recipe's seeds
+        return restore_plan(run_dir, checkpoint, recipe_file=recipe_file).model
