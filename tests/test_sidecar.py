@@ -150,6 +150,16 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
     assert result.returncode == 2 and "--until-finished goes with --watch" in result.stderr
     result = run_cli("eval", str(run), "--watch", "--checkpoint", "best")
     assert result.returncode == 2 and "--checkpoint goes without --watch" in result.stderr
+    from trainkit.rundir.lock import RunLock
+
+    held = RunLock(run / ".eval.lock", run / ".eval.lock")
+    held.acquire()  # another evaluator watches this run
+    try:
+        result = run_cli("eval", str(run), "--watch", "--until-finished")
+    finally:
+        held.release()
+    assert result.returncode == 2 and ".eval.lock is in use by process" in result.stderr
+    assert not (run / "eval_history.jsonl").exists()
 
 
 def test_a_run_restarted_with_another_recipe_stops_the_evaluator(run):
