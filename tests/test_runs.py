@@ -112,3 +112,17 @@ def test_without_matplotlib_plotting_names_the_extra(two_runs):
     assert done.stderr.strip() == (
         "error: plotting needs matplotlib, which is not installed; install the extra: pip install trainkit[plot]"
     )
+
+
+def test_the_recipe_file_hint_is_given_only_for_a_component_the_run_directory_cannot_name(tmp_path):
+    import json
+
+    from trainkit.errors import ConfigError
+    from trainkit.rundir import RunDir, with_recipe_file_hint
+
+    (tmp_path / "run.json").write_text(json.dumps({"recipe_source": "recipes/mine.py"}))
+    directory = RunDir(tmp_path)
+    unknown = with_recipe_file_hint(directory, ConfigError("model.type: unknown model 'mine'; did you mean 'mlp'"))
+    assert "--recipe recipes/mine.py" in str(unknown)
+    other = ConfigError("runtime.strategy: multi_worker_mirrored needs a cluster, but TF_CONFIG is not set")
+    assert with_recipe_file_hint(directory, other) is other

@@ -182,9 +182,7 @@ def inspect_data(
     shuffled and augmented as epoch 0) over one epoch or ``seconds``, whichever
     ends first. Writes nothing.
     """
-    import time
 
-    import numpy as np
 
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
@@ -203,6 +201,34 @@ def inspect_data(
         "features": {k: per_example(v) for k, v in x_spec.items()} if isinstance(x_spec, dict) else per_example(x_spec),
         "label": per_example(y_spec),
     }
+    scan = _scan_labels(ds, info, split, seconds)
+    return {
+        "recipe": recipe.name,
+        "split": split,
+        "source": recipe.data.source.type,
+        "held_as": data.kind(split),
+        "element_spec": spec,
+        "examples": info.sizes[split],
+        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),
+        "task": info.task,
+        "classes": info.num_classes,
+        "label_distribution": scan["labels"],
+        "label_distribution_complete": scan["complete"],
+        "label_distribution_examples": scan["seen"],
+        "first_examples": data.examples(split, n),
+        "examples_per_second": scan["rate"],
+        "skipped_files": list(info.skipped),
+    }
+
+
+def _scan_labels(ds, info, split: str, seconds: float) -> dict[str, Any]:
+    """Read ``ds`` for one epoch or ``seconds``: the label distribution (counts per
+    class, or min/mean/max), how many examples were seen, and examples per second
+    after the first batch (which pays for start-up)."""
+    import time
+
+    import numpy as np
+
     counts: dict[int, int] = {}
     values: list[np.ndarray] = []
     seen, batches = 0, 0
@@ -236,20 +262,4 @@ def inspect_data(
     else:
         all_values = np.concatenate(values) if values else np.zeros((0, 1))
         labels = {"min": float(all_values.min()), "mean": float(all_values.mean()), "max": float(all_values.max())}
-    return {
-        "recipe": recipe.name,
-        "split": split,
-        "source": recipe.data.source.type,
-        "held_as": data.kind(split),
-        "element_spec": spec,
-        "examples": info.sizes[split],
-        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),
-        "task": info.task,
-        "classes": info.num_classes,
-        "label_distribution": labels,
-        "label_distribution_complete": complete,
-        "label_distribution_examples": seen,
-        "first_examples": data.examples(split, n),
-        "examples_per_second": rate,
-        "skipped_files": list(info.skipped),
-    }
+    return {"labels": labels, "complete": complete, "seen": seen, "rate": rate}

@@ -193,17 +193,68 @@ def build(
 ) -> Built:
     """Strategy, data, model and trainer for ``recipe``, checked to fit together.
 
+    The set-up steps in their order, each returning a typed value: the strategy
+    first (it must precede every other TensorFlow op), the data, the model with
+    its fine-tuning, the optimizer, the trainer; the run's identity is computed
+    beside the recipe, which is left as it was given.
+
     ``run_dir``: the run this continues or evaluates, whose copy of its pretrained
     source stands in for a source that is gone, and whose checkpoints make
     ``model.init`` unnecessary. ``keep_source_copy``: take a copy of the pretrained
     source for the run directory (``SourceUse.saved``).
     """
+    from trainkit.training.stages import Stages
+
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
+    data = setup_data(recipe, strategy)
+    steps_per_epoch = data.steps_per_epoch()
+    steps = total_steps(recipe, steps_per_epoch)
+    has_validation = data.has_split("validation")  # (before a parameter server wraps the data)
+    stages = Stages.of(recipe, steps_per_epoch=steps_per_epoch)
+    with strategy.scope():
+        tuned = setup_model(recipe, data, stages, run_dir, keep_source_copy)
+        optimizer = setup_optimizer(recipe, tuned, stages, total_steps=steps)
+        # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
+        # then loads ready for model.evaluate); trainkit's loop does the training.
+        tuned.model.compile(
+            optimizer=optimizer.optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe)
+        )
+        trainer, data = setup_trainer(recipe, strategy, tuned.model, optimizer.optimizer, data, trainer_class)
+    # The identity of the recipe as given (monitor: auto, as config.yaml keeps it);
+    # the built run's own copy has checkpoint.monitor: auto made concrete.
+    identity = RunIdentity.of(recipe, {use.field: use.digest for use in tuned.sources})
+    # (and trainer.validation: sidecar made concrete: off only where an evaluator task validates)
+    concrete = resolve_monitor(distribute.resolve_validation(recipe), has_validation=has_validation)
+    return Built(
+        concrete, strategy, data, tuned.model, trainer,
+        steps_per_epoch, steps, identity, tuned.sources, tuned.init_report, stages, optimizer.finetune,
+    )
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """The model step's value: the model with its pretrained weights, LoRA and frozen layers."""
+
+    model: keras.Model
+    sources: list[SourceUse]
+    init_report: dict | None
+    variables: list
+    """The variables the optimizer must know (every one a stage may unfreeze)."""
+
+
+@dataclass(frozen=True)
+class OptimizerSetup:
+    """The optimizer step's value."""
+
+    optimizer: keras.optimizers.Optimizer
+    finetune: dict | None
+    """Frozen layers, parameter counts and each trainable variable's learning-rate group."""
+
+
+def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy) -> PreparedData:
+    """The data step: every split prepared, the batch size checked against the training split."""
     from trainkit.data.pipeline import prepare
-    from trainkit.optim import make_optimizer, scale_learning_rates
-    from trainkit.training.loop import Trainer
-    from trainkit.training.stages import Stages
 
     data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed)
     if data.steps_per_epoch() == 0:
@@ -211,63 +262,72 @@ def build(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
             f"({data.info.sizes['train']} examples) with drop_remainder on"
         )
-    steps_per_epoch = data.steps_per_epoch()
-    steps = total_steps(recipe, steps_per_epoch)
-    has_validation = data.has_split("validation")  # (before a parameter server wraps the data)
-    stages = Stages.of(recipe, steps_per_epoch=steps_per_epoch)
-    with strategy.scope():
-        model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
-        check_model_fits_data(recipe, model, data)
-        optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
-        factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
-        optimizer = make_optimizer(optimizer_section, total_steps=steps, stage_factors=factors)
-        finetune_summary = None
-        if recipe.optimizer.groups or recipe.model.freeze or stages or sources or recipe.model.lora_rank:
-            from trainkit.models import finetune
+    return data
 
-            groups = recipe.optimizer.groups
-            group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
-            scale_learning_rates(
-                optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
-            )
-            finetune_summary = finetune.summary(model, variables, groups, group_index)
-        # Built on every variable a stage may unfreeze, so that the optimizer's
-        # state (and so its checkpoints) has the same shape in every stage.
-        optimizer.build(variables)
-        if recipe.runtime.precision == "mixed_float16":
-            # As Keras's compile() does: float16 gradients underflow without loss
-            # scaling, and the loop's scale_loss() scales only with this wrapper.
-            import keras
 
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            optimizer.build(variables)
-        # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
-        # then loads ready for model.evaluate); trainkit's loop does the training.
-        model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))
-        trainer_class = trainer_class or Trainer
-        if distribute.is_parameter_server(strategy):
-            from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
+def setup_model(recipe: Recipe, data: PreparedData, stages: Stages | None, run_dir, keep_source_copy: bool) -> ModelSetup:
+    """The model step (under the strategy's scope): built, fine-tuned, checked against one batch."""
+    model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
+    check_model_fits_data(recipe, model, data)
+    return ModelSetup(model, sources, init_report, variables)
 
-            trainer_class = coordinated_trainer_class(trainer_class)
-            data = CoordinatedData(data, strategy)
-        trainer = trainer_class(
-            strategy=strategy,
-            model=model,
-            loss=make_loss(recipe, per_example=True),
-            optimizer=optimizer,
-            metrics=make_metrics(recipe),
-            eval_metrics=make_metrics(recipe),
-            jit_compile=recipe.runtime.jit_compile,
-            measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
+
+def setup_optimizer(recipe: Recipe, tuned: ModelSetup, stages: Stages | None, *, total_steps: int) -> OptimizerSetup:
+    """The optimizer step: the schedule, the parameter groups' learning rates and loss scaling,
+    built on every variable a stage may unfreeze."""
+    from trainkit.optim import make_optimizer, scale_learning_rates
+
+    optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
+    factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
+    optimizer = make_optimizer(optimizer_section, total_steps=total_steps, stage_factors=factors)
+    finetune_summary = None
+    model, variables = tuned.model, tuned.variables
+    if recipe.optimizer.groups or recipe.model.freeze or stages or tuned.sources or recipe.model.lora_rank:
+        from trainkit.models import finetune
+
+        groups = recipe.optimizer.groups
+        group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
+        scale_learning_rates(
+            optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
         )
-    # The identity of the recipe as given (monitor: auto, as config.yaml keeps it);
-    # the built run's own copy has checkpoint.monitor: auto made concrete.
-    identity = RunIdentity.of(recipe, {use.field: use.digest for use in sources})
-    recipe = resolve_monitor(distribute.resolve_validation(recipe), has_validation=has_validation)
-    return Built(
-        recipe, strategy, data, model, trainer, steps_per_epoch, steps, identity, sources, init_report, stages,
-        finetune_summary,
+        finetune_summary = finetune.summary(model, variables, groups, group_index)
+    # Built on every variable a stage may unfreeze, so that the optimizer's
+    # state (and so its checkpoints) has the same shape in every stage.
+    optimizer.build(variables)
+    if recipe.runtime.precision == "mixed_float16":
+        # As Keras's compile() does: float16 gradients underflow without loss
+        # scaling, and the loop's scale_loss() scales only with this wrapper.
+        import keras
+
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(variables)
+    return OptimizerSetup(optimizer, finetune_summary)
+
+
+def setup_trainer(
+    recipe: Recipe, strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+    data: PreparedData, trainer_class: type | None,
+) -> tuple[Trainer, PreparedData | CoordinatedData]:
+    """The trainer step: the compiled steps' owner (a parameter server's wraps the data too)."""
+    from trainkit.training.loop import Trainer
+
+    trainer_class = trainer_class or Trainer
+    if distribute.is_parameter_server(strategy):
+        from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
+
+        trainer_class = coordinated_trainer_class(trainer_class)
+        data = CoordinatedData(data, strategy)
+    trainer = trainer_class(
+        strategy=strategy,
+        model=model,
+        loss=make_loss(recipe, per_example=True),
+        optimizer=optimizer,
+        metrics=make_metrics(recipe),
+        eval_metrics=make_metrics(recipe),
+        jit_compile=recipe.runtime.jit_compile,
+        measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
     )
+    return trainer, data
 
 
 def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: bool) -> tuple[Any, list, dict | None, list]:
