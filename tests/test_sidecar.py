@@ -244,3 +244,11 @@ def test_launch_with_an_evaluator_validates_beside_two_workers_that_never_valida
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert not [e for e in events if e["split"] == "validation" or "val_loss" in e]  # the workers never validated
     assert json.loads((run / "eval.json").read_text())["validation"]  # the run's own final evaluation
+
+
+def test_a_split_the_run_lacks_stops_the_evaluator_rather_than_skipping_every_checkpoint(run):
+    from trainkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="split 'holdout' does not exist"):
+        _sidecar(run, split="holdout").poll()
+    assert not (run / "eval_history.jsonl").exists()

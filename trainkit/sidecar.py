@@ -48,6 +48,7 @@ from trainkit.rundir import RunDir, load_run_recipe
 from trainkit.rundir.checkpoints import (
     PREFIX,
     candidates,
+    reason,
     restore_model_weights,
     step_of,
     write_state,
@@ -160,10 +161,12 @@ class Sidecar:
     def checkpoints(self) -> Path:
         return self.run.checkpoints
 
-    def evaluate(self, checkpoint: str) -> dict[str, float]:
+    def _ready(self) -> Callable[[str], dict[str, float]]:
+        """The evaluation, restored on first use (a recipe or split that cannot be
+        evaluated stops the evaluator: it is not a damaged checkpoint)."""
         if self._evaluate is None:
             self._evaluate = Evaluator(self.run.path, self.split, recipe_file=self.recipe_file).evaluate
-        return self._evaluate(checkpoint)
+        return self._evaluate
 
     # -- one pass ---------------------------------------------------------------
 
@@ -240,11 +243,11 @@ class Sidecar:
 
     def _read(self, pinned: str) -> dict[str, float] | None:
         """Metrics of the pinned checkpoint, or None (with a warning) when it is damaged."""
+        evaluate = self._ready()
         try:
-            return self.evaluate(pinned)
+            return evaluate(pinned)
         except Exception as err:  # a damaged checkpoint: never evaluated, never fatal
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
-            warn(f"warning: skipped {Path(pinned).name}: it cannot be read back ({reason})")
+            warn(f"warning: skipped {Path(pinned).name}: it cannot be read back ({reason(err)})")
             return None
 
     def _record(self, step: int, path: str, metrics: dict[str, float], records: list[dict]) -> dict:
