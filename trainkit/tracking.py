@@ -42,8 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from trainkit.console import warn
+from trainkit.errors import RunDirError
 from trainkit.files import read_regular, write_json_atomic
 from trainkit.recipe import Recipe
+from trainkit.rundir import RunDir
 from trainkit.runs import read_events
 
 #: The run directory's record of its MLflow run.
@@ -218,11 +220,18 @@ class Tracker:
         tags = {
             "trainkit.run_dir": str(self.run_dir.absolute()),
             "trainkit.recipe": self.recipe.name,
-            "trainkit.recipe_hash": self.recipe.hash,
+            "trainkit.recipe_hash": self._run_hash(),
         }
         if self.parent is not None:
             tags["mlflow.parentRunId"] = self.parent.run_id
         return tags
+
+    def _run_hash(self) -> str:
+        """The run's identity as run.json records it (the recipe's hash with its sources' digests)."""
+        try:
+            return str(RunDir(self.run_dir).read_status().get("recipe_hash") or self.recipe.hash)
+        except RunDirError:
+            return self.recipe.hash
 
     def _log_params(self, client, logged: dict[str, str]) -> None:
         from mlflow.entities import Param, RunTag
@@ -230,7 +239,7 @@ class Tracker:
         params = flatten(self.recipe.to_dict())
         new = [Param(k, v) for k, v in params.items() if k not in logged]
         changed = [f"{k}: {logged[k]} -> {v}" for k, v in params.items() if k in logged and logged[k] != v]
-        tags = [RunTag("trainkit.recipe_hash", self.recipe.hash)]
+        tags = [RunTag("trainkit.recipe_hash", self._run_hash())]
         if changed:
             tags.append(RunTag("trainkit.changed_on_resume", "; ".join(changed)[:MAX_PARAM_LENGTH]))
         for i in range(0, max(len(new), 1), 100):  # MLflow takes at most 100 parameters a call
