@@ -15,13 +15,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute
+from trainkit import distribute, tracking
 from trainkit.evaluation import evaluate as evaluate
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.rundir import load_run_recipe as load_run_recipe
 from trainkit.runs import Run, read_history
 from trainkit.runtime import leaves_process_as_it_was, quiet_tensorflow
+from trainkit.tracking import ParentRun
 
 DEFAULT_RUNS = "runs"
 
@@ -46,6 +47,7 @@ def train(
     restart: bool = False,
     callbacks: list | None = None,
     trainer_class: type | None = None,
+    tracking_parent: ParentRun | None = None,
 ) -> Run:
     """Train a recipe into a run directory (default ``runs/<name>``) and evaluate it.
 
@@ -54,6 +56,8 @@ def train(
     which moves the old run aside (never deletes it). ``callbacks`` are extra
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
+    ``tracking_parent``: a sweep's MLflow run (:func:`trainkit.tracking.start_parent`),
+    under which this run is tracked as a child.
     """
     import time
 
@@ -63,6 +67,13 @@ def train(
     started = report.PROCESS_STARTED or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
+    if distribute.is_evaluator_task():
+        # The cluster's evaluator task evaluates the workers' checkpoints as they come.
+        from trainkit.sidecar import EVALUATOR_POLL_SECONDS, watch
+
+        target = Path(run_dir or default_run_dir(recipe))
+        watch(target, until_finished=True, every_seconds=EVALUATOR_POLL_SECONDS, wait_for_run=True, ended_after=started)
+        return Run(recipe, target, served_only=True)
     if distribute.serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
@@ -72,17 +83,24 @@ def train(
     from trainkit.training.stops import TrainingStopped
 
     target = Path(run_dir or default_run_dir(recipe))
+    info = distribute.cluster_info()
+    tracker = tracking.tracker_for(recipe, target, parent=tracking_parent) if info is None or info.is_chief else None
     try:
         with preserved_process_state():
             trained = train_run(
-                recipe, target, restart=restart, callbacks=callbacks,
+                recipe, target, restart=restart, callbacks=[*(callbacks or []), *([tracker.callback()] if tracker else [])],
                 trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
                 record_inputs=record_inputs, export=export_trained,
             )
-    except TrainingStopped as stop:
-        # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
-        stop.run = Run(recipe, target)
+    except BaseException as err:
+        if tracker:
+            tracker.finish("KILLED" if isinstance(err, TrainingStopped | KeyboardInterrupt) else "FAILED")
+        if isinstance(err, TrainingStopped):
+            # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
+            err.run = Run(recipe, target)
         raise
+    if tracker:
+        tracker.finish("FINISHED")
     built = trained.built
     # The history of every epoch the run has trained, not only this call's (a resumed run).
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from trainkit.errors import TrainkitError
+from trainkit.errors import ConfigError, TrainkitError
 
 _STARTED = time.time()
 
@@ -25,6 +25,7 @@ examples:
   trainkit train digits_cnn                         # into runs/digits_cnn (resumes if it exists)
   trainkit train digits_mlp -c digits_mlp_smoke optimizer.learning_rate=0.01 --run-dir runs/try
   trainkit eval runs/digits_cnn --split test --checkpoint best
+  trainkit eval runs/digits_cnn --watch --until-finished   # a sidecar evaluator beside the training
   trainkit export runs/digits_cnn --format saved_model --format onnx -o served/
   trainkit predict runs/digits_cnn new_digits.npy -o predictions.csv
   trainkit data mnist_cnn --split test -n 3         # a split as the model sees it, and its speed
@@ -97,13 +98,25 @@ def _training_commands(commands) -> None:
     p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>, or runs/<config name> with -c)")
     p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
     p.add_argument("--ps", type=int, default=1, metavar="P", help="parameter servers, for parameter_server recipes (default: 1)")
+    p.add_argument(
+        "--evaluator", action="store_true",
+        help="add an evaluator task: evaluates each checkpoint as the workers write it "
+        "(with trainer.validation: sidecar the workers skip in-loop validation)",
+    )
 
 
 def _run_commands(commands) -> None:
     """Commands on a run directory: eval, export, predict."""
-    p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split")
+    p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split, or each new one (--watch)")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--split", default="test", help="train, validation or test (default: test)")
+    p.add_argument("--split", help="train, validation or test (default: test; validation with --watch)")
+    p.add_argument(
+        "--watch", action="store_true",
+        help="a sidecar evaluator: evaluate every new checkpoint once, in order, as training writes them "
+        "(eval_history.jsonl, tensorboard/eval, checkpoints/best_eval)",
+    )
+    p.add_argument("--every-seconds", type=float, default=30.0, metavar="S", help="with --watch: how often to look (default 30)")
+    p.add_argument("--until-finished", action="store_true", help="with --watch: stop once the run has ended and its last checkpoint is evaluated")
     p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
     p.add_argument(
         "--recipe", metavar="RECIPE",
@@ -253,8 +266,22 @@ def cmd_launch(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from trainkit import api
 
-    results = api.evaluate(args.run_dir, split=args.split, checkpoint=args.checkpoint, recipe_file=args.recipe)
-    print(json.dumps({args.split: results}, indent=2))
+    if args.watch:
+        from trainkit.sidecar import watch
+
+        if args.checkpoint != "last":
+            raise ConfigError("--checkpoint goes without --watch (a sidecar evaluates every checkpoint as it comes)")
+
+        watch(
+            args.run_dir, split=args.split or "validation", every_seconds=args.every_seconds,
+            until_finished=args.until_finished, recipe_file=args.recipe,
+        )
+        return 0
+    if args.until_finished:
+        raise ConfigError("--until-finished goes with --watch (trainkit eval RUN_DIR --watch --until-finished)")
+    split = args.split or "test"
+    results = api.evaluate(args.run_dir, split=split, checkpoint=args.checkpoint, recipe_file=args.recipe)
+    print(json.dumps({split: results}, indent=2))
     return 0
 
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainkit.console import say
 from trainkit.errors import ConfigError, TrainkitError, first_line
-from trainkit.recipe import DataSection, Recipe, RuntimeSection
+from trainkit.recipe import DataSection, Recipe, RuntimeSection, ValidationPolicy
 
 if TYPE_CHECKING:
     from trainkit.rundir import RunDir
@@ -452,6 +452,26 @@ def serve_if_server_task(runtime: RuntimeSection) -> bool:
                 say(f"{info.name}: the chief at {chief} is gone; stopping")
                 del server
                 return True
+
+
+def is_evaluator_task() -> bool:
+    """Whether this process is the cluster's ``evaluator`` task (it evaluates
+    checkpoints beside the training: :mod:`trainkit.sidecar`)."""
+    info = cluster_info()
+    return info is not None and info.task_type == "evaluator"
+
+
+def resolve_validation(recipe: Recipe) -> Recipe:
+    """``trainer.validation: sidecar`` made concrete: it stays ``sidecar`` (no in-loop
+    validation) where the cluster has an ``evaluator`` task to validate instead,
+    and becomes the default in-loop validation where it has none."""
+    if recipe.trainer.validation != "sidecar":
+        return recipe
+    info = cluster_info()
+    if info is not None and info.cluster.get("evaluator"):
+        return recipe
+    trainer = recipe.trainer.model_copy(update={"validation": ValidationPolicy()})
+    return recipe.model_copy(update={"trainer": trainer})
 
 
 # ------------------------------------------------------------------------- consensus

@@ -14,7 +14,11 @@ job:
   dead worker never hangs. Running the same command again resumes from the
   last checkpoint;
 - Ctrl-C (or SIGTERM) is passed on to every process: the workers agree on a
-  step, save a checkpoint there and stop.
+  step, save a checkpoint there and stop;
+- ``--evaluator`` adds an ``evaluator`` task: a sidecar that evaluates each
+  checkpoint as the workers write it (:mod:`trainkit.sidecar`). It never stops
+  the job: when it fails the training goes on, and when the training ends it
+  finishes evaluating the last checkpoint before the job ends.
 
 It imports no TensorFlow: the processes do. On a real cluster each machine runs
 ``trainkit train`` itself with its own TF_CONFIG (docs/distributed.md).
@@ -74,13 +78,14 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def plan_cluster(workers: int, *, parameter_server: bool, ps: int = 1) -> list[Task]:
+def plan_cluster(workers: int, *, parameter_server: bool, ps: int = 1, evaluator: bool = False) -> list[Task]:
     """The tasks of a local cluster, each on its own free loopback port."""
     if workers < 1:
         raise ConfigError(f"-n: the number of workers must be 1 or more, got {workers}")
     if parameter_server and ps < 1:
         raise ConfigError(f"--ps: a parameter-server cluster needs 1 or more ps tasks, got {ps}")
     kinds = [("chief", 1), ("worker", workers), ("ps", ps)] if parameter_server else [("worker", workers)]
+    kinds += [("evaluator", 1)] if evaluator else []
     ports = iter(free_ports(sum(n for _, n in kinds)))
     return [Task(kind, i, f"127.0.0.1:{next(ports)}") for kind, n in kinds for i in range(n)]
 
@@ -102,6 +107,7 @@ def launch(
     run_dir: str | None = None,
     restart: bool = False,
     ps: int = 1,
+    evaluator: bool = False,
     out=None,
 ) -> int:
     """Run ``recipe`` on a local cluster; returns the job's exit code (0: every task succeeded)."""
@@ -115,7 +121,7 @@ def launch(
     if not parameter_server and resolved.runtime.strategy != "multi_worker_mirrored":
         overrides.append("runtime.strategy=multi_worker_mirrored")
     run_dir = str(run_dir or default_run_dir(resolved))
-    tasks = plan_cluster(workers, parameter_server=parameter_server, ps=ps)
+    tasks = plan_cluster(workers, parameter_server=parameter_server, ps=ps, evaluator=evaluator)
     command = [sys.executable, "-m", "trainkit.cli", "train", recipe]
     for config in configs:
         command += ["-c", config]
@@ -211,10 +217,12 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
         if stop.signum is not None and not forwarded:
             say(f"[launch] {signal.Signals(stop.signum).name}: asking every task to save a checkpoint and stop")
             for t in tasks:
-                _signal(t, signal.SIGTERM if t in trainers else signal.SIGKILL)
+                _signal(t, signal.SIGTERM if t in trainers or t.task_type == "evaluator" else signal.SIGKILL)
             forwarded = True
         for task in tasks:
             code = task.process.poll()
+            if task.task_type == "evaluator":
+                continue  # a sidecar: its end never ends the job (see _end_of_job)
             if code is None or (code == 0 and task in trainers):
                 continue
             if code == 0 and not forwarded:  # a ps/worker server that stopped while its chief trains
@@ -230,14 +238,34 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
             )
             return code if code > 0 else 128 - code
         if all(t.process.poll() is not None for t in trainers):
-            codes = [t.process.returncode for t in trainers]
-            others = [t for t in tasks if t not in trainers]
-            _stop_all(others, say, exclude=None, quiet=True)
-            if forwarded:
-                return 128 + (stop.signum or signal.SIGTERM)
-            bad = [c for c in codes if c != 0]
-            return bad[0] if bad else 0
+            return _end_of_job(tasks, trainers, say, stop, forwarded=forwarded)
         time.sleep(0.2)
+
+
+def _end_of_job(tasks: list[Task], trainers: list[Task], say, stop: SignalRecorder, *, forwarded: bool) -> int:
+    """The trainers have ended: stop the servers, let an evaluator finish its last checkpoints."""
+    codes = [t.process.returncode for t in trainers]
+    evaluators = [t for t in tasks if t.task_type == "evaluator"]
+    others = [t for t in tasks if t not in trainers and t not in evaluators]
+    _stop_all(others, say, exclude=None, quiet=True)
+    if forwarded:
+        _stop_all(evaluators, say, exclude=None, quiet=True)
+        return 128 + (stop.signum or signal.SIGTERM)
+    for task in evaluators:
+        if task.process.poll() is None:
+            say(f"[launch] training ended; {task.name} evaluates the last checkpoints")
+        while task.process.poll() is None and stop.signum is None:
+            time.sleep(0.2)
+        _stop_all([task], say, exclude=None, quiet=True)
+    bad = [c for c in codes if c != 0]
+    if bad:
+        return bad[0]
+    failed = [t for t in evaluators if t.process.returncode != 0]
+    if failed:
+        say(f"[launch] the training completed, but {failed[0].name} {_describe_exit(failed[0].process.returncode)}")
+        code = failed[0].process.returncode
+        return code if code > 0 else 128 - code
+    return 0
 
 
 def _signal(task: Task, signum: int) -> None:
@@ -274,5 +302,6 @@ def main_for_cli(args: argparse.Namespace) -> int:
         run_dir=args.run_dir,
         restart=args.restart,
         ps=args.ps,
+        evaluator=args.evaluator,
     )
 

@@ -224,8 +224,10 @@ def build(
     # The identity of the recipe as given (monitor: auto, as config.yaml keeps it);
     # the built run's own copy has checkpoint.monitor: auto made concrete.
     identity = RunIdentity.of(recipe, {use.field: use.digest for use in tuned.sources})
+    # (and trainer.validation: sidecar made concrete: off only where an evaluator task validates)
+    concrete = resolve_monitor(distribute.resolve_validation(recipe), has_validation=has_validation)
     return Built(
-        resolve_monitor(recipe, has_validation=has_validation), strategy, data, tuned.model, trainer,
+        concrete, strategy, data, tuned.model, trainer,
         steps_per_epoch, steps, identity, tuned.sources, tuned.init_report, stages, optimizer.finetune,
     )
 
@@ -563,7 +565,7 @@ def _blame(err: BaseException) -> tuple[str, str]:
 
 def restore_plan(
     run_dir: str | os.PathLike,
-    checkpoint: str | int = "last",
+    checkpoint: str | int | None = "last",
     *,
     recipe_file: str | os.PathLike | None = None,
     field: str = "--checkpoint",
@@ -573,8 +575,9 @@ def restore_plan(
     The one restore of a run (evaluation, ``Run.model``, export, predict): a
     ``multi_worker_mirrored`` or ``parameter_server`` run restores in a plain
     process. ``checkpoint``: ``last``, ``best``, ``final``, a step or a checkpoint
-    path. ``recipe_file``: the Python recipe the run came from, imported to
-    register its components (a run directory never imports code by itself).
+    path; None leaves the weights as built (a sidecar evaluator loads each
+    checkpoint itself). ``recipe_file``: the Python recipe the run came from,
+    imported to register its components (a run directory never imports code by itself).
     """
     from trainkit.rundir import with_recipe_file_hint
     from trainkit.rundir.checkpoints import load_weights
@@ -586,7 +589,8 @@ def restore_plan(
         if recipe_file is not None:
             raise
         raise with_recipe_file_hint(directory, err) from None
-    load_weights(built.model, directory, str(checkpoint), field=field)
+    if checkpoint is not None:
+        load_weights(built.model, directory, str(checkpoint), field=field)
     return built
 
 

@@ -821,7 +821,11 @@ class TrainerSection(Section, _OmitsUnusedFields):
     steps_per_execution: PositiveInt | Literal["auto"] = "auto"
     """Training steps run per ``tf.function`` call; ``auto`` picks from a timing probe."""
     log_every_steps: PositiveInt = 50
-    validation: ValidationPolicy = Field(default_factory=ValidationPolicy)
+    validation: ValidationPolicy | Literal["sidecar"] = Field(default_factory=ValidationPolicy)
+    """When to validate in the training loop. ``sidecar``: the cluster's ``evaluator``
+    task validates each checkpoint instead (``trainkit launch --evaluator``,
+    docs/distributed.md), so the workers never wait for it; without an evaluator
+    task, the default in-loop validation (every epoch)."""
     checkpoint: CheckpointPolicy = Field(default_factory=CheckpointPolicy)
     callbacks: list[Component] = Field(default_factory=list)
     """Keras callbacks by name, e.g. ``{type: EarlyStopping, monitor: val_loss, patience: 3}``."""
@@ -930,11 +934,31 @@ NO_STRING_INPUTS = {
 # ------------------------------------------------------------------------- recipe
 
 
+class MlflowTracking(Section):
+    """Where a run is mirrored in MLflow (docs/distributed.md, "Tracking in MLflow")."""
+
+    uri: str | None = None
+    """A tracking URI (``http://host:5000``, ``sqlite:///path/mlflow.db``); default:
+    ``MLFLOW_TRACKING_URI`` when set, else a SQLite store in ``mlruns/`` beside the
+    run directory (``runs/mlruns``), which ``mlflow ui`` opens from that folder."""
+    experiment: str | None = None
+    """The MLflow experiment; default: the recipe's name."""
+
+
+class TrackingSection(Section):
+    """Experiment tracking: a run's parameters, metrics and artifacts mirrored
+    elsewhere. Tracking never fails a training: an unreachable tracker warns once."""
+
+    mlflow: MlflowTracking | None = None
+
+
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
-class Recipe(Section):
+class Recipe(Section, _OmitsUnusedFields):
     """One experiment. Build it with :func:`trainkit.load_recipe` or directly."""
+
+    _omitted_when_default: ClassVar[tuple[str, ...]] = ("tracking",)
 
     name: str
     """A name, not a path: letters, digits, ``_``, ``-`` and ``.``, not starting
@@ -949,6 +973,7 @@ class Recipe(Section):
     trainer: TrainerSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     export: ExportSection = Field(default_factory=ExportSection)
+    tracking: TrackingSection | None = None
 
     @model_validator(mode="after")
     def _text_exports(self) -> Recipe:
@@ -1058,6 +1083,7 @@ RESUMABLE_KEYS = (
     "trainer.nan_max_retries",
     "data.eval_batch_size",
     "export",
+    "tracking",
     # Where a run runs, not what it computes: a run started on 2 workers may
     # resume on 1 GPU (the batch size is global). Learning-rate scaling is not here.
     "runtime.strategy",

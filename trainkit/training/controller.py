@@ -47,6 +47,7 @@ import keras
 from trainkit import distribute, teardown
 from trainkit.distribute import Consensus
 from trainkit.errors import TrainkitError
+from trainkit.recipe import ValidationPolicy
 from trainkit.signals import SignalRecorder
 from trainkit.training import input_wait, report
 from trainkit.training.checkpoint import Checkpointer, read_counters
@@ -114,7 +115,9 @@ class Controller:
         self.epoch_end = EpochEnd(steps_per_epoch)
         self.budget_end = BudgetEnd(total_steps)
         self.log_due = EverySteps(policy.log_every_steps)
-        self.validation_due = EverySteps(policy.validation.every_steps)
+        # ``sidecar``: the cluster's evaluator task validates; the loop never does.
+        self.validation = policy.validation if policy.validation != "sidecar" else ValidationPolicy(every_epochs=None)
+        self.validation_due = EverySteps(self.validation.every_steps)
         self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
         self.profile = ProfileWindow(policy.profile_steps, run_dir.tensorboard)
         #: Every periodic event; the chunk is cut at the nearest. ``events`` passed in
@@ -124,7 +127,7 @@ class Controller:
             *events,
         ]
         self._actions = [event for event in events if hasattr(event, "fire")]
-        self.has_validation = data.has_split("validation")
+        self.has_validation = data.has_split("validation") and policy.validation != "sidecar"
         spe = policy.steps_per_execution
         self.auto_chunk = spe == "auto"
         self.chunk = spe if isinstance(spe, int) else 1
@@ -280,7 +283,7 @@ class Controller:
         position = self.position
         # (None: resumed from a checkpoint taken at this epoch's last step)
         logs = dict(results) if results is not None else self.trainer.result()
-        every = self.policy.validation.every_epochs
+        every = self.validation.every_epochs
         last = self.budget_end.due(position)
         if self.has_validation and ((every and (position.epoch + 1) % every == 0) or last):
             logs.update(self._validate())
@@ -327,7 +330,7 @@ class Controller:
 
     def _validate(self) -> dict[str, float]:
         with self.phases.timed("validation"):
-            results = self.evaluate("validation", take=self.policy.validation.steps)
+            results = self.evaluate("validation", take=self.validation.steps)
         position = self.position
         self.metrics_log.log(split="validation", step=position.step, epoch=position.epoch, values=results)
         return {f"val_{k}": v for k, v in results.items()}

@@ -1,0 +1,375 @@
+"""A sidecar evaluator: each new checkpoint of a run evaluated once, beside its training.
+
+``trainkit eval RUN_DIR --watch`` (and the ``evaluator`` task of a cluster,
+``trainkit launch --evaluator``) polls ``RUN_DIR/checkpoints/`` and evaluates
+every checkpoint it has not evaluated yet, oldest first, while the workers go
+on training. What it writes, all inside the run directory::
+
+    eval_history.jsonl        one line per evaluated checkpoint: step, split, metrics, checkpoint
+    tensorboard/eval/         the same numbers for TensorBoard
+    checkpoints/best_eval/    the best checkpoint by the recipe's trainer.checkpoint.monitor
+    .eval.lock                held while an evaluator watches (one per run directory)
+
+What a sidecar meets, and what it does:
+
+- A checkpoint is read only once complete. TensorFlow writes ``ckpt-N_temp/``,
+  renames its files to ``ckpt-N.*`` and lists them in ``checkpoints/checkpoint``
+  after: a checkpoint counts as written once it is listed, once a newer one
+  exists, or once the run has ended. Before reading, its files are pinned with
+  hard links (``checkpoints/.eval_reading/``), so the rotation (``keep``)
+  deleting it meanwhile cannot tear the read; and each tensor's CRC is checked.
+- A checkpoint deleted by the rotation before it was pinned is skipped, with a line.
+- Killed and started again, it continues after the last step in
+  ``eval_history.jsonl`` (rewritten whole, atomically, after each evaluation):
+  nothing is lost and nothing evaluated twice. A training that restarts goes on
+  writing higher steps; the ones already evaluated are not evaluated again.
+
+The model is built once; each checkpoint only swaps its weights in, so the
+evaluation function is traced once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from trainkit.console import say, warn
+from trainkit.errors import ConfigError, RunDirError
+from trainkit.files import read_regular, write_text_atomic
+from trainkit.recipe import Recipe
+from trainkit.rundir import RunDir, load_run_recipe
+from trainkit.rundir.checkpoints import (
+    PREFIX,
+    candidates,
+    reason,
+    restore_model_weights,
+    step_of,
+    write_state,
+)
+from trainkit.rundir.lock import RunLock
+
+HISTORY = "eval_history.jsonl"
+BEST = "best_eval"
+READING = ".eval_reading"
+LOCK = ".eval.lock"
+#: How often a cluster's ``evaluator`` task looks for new checkpoints.
+EVALUATOR_POLL_SECONDS = 2.0
+
+
+def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of ``eval_history.jsonl`` (``[]`` when there is none)."""
+    path = Path(run_dir) / HISTORY
+    try:
+        lines = read_regular(path, limit=1 << 28).decode("utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as err:
+        raise RunDirError(f"{path} cannot be read ({err})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise RunDirError(f"{path}: line {number} is not JSON; remove that line to go on") from None
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+@dataclass(frozen=True)
+class Monitor:
+    """The metric the best checkpoint is chosen by, as named in the evaluated metrics."""
+
+    name: str
+    mode: str
+
+    def value(self, metrics: dict[str, float]) -> float | None:
+        value = metrics.get(self.name)
+        return value if isinstance(value, int | float) and math.isfinite(value) else None
+
+    def better(self, value: float, best: float | None) -> bool:
+        return best is None or (value < best if self.mode == "min" else value > best)
+
+
+def monitor_for(recipe: Recipe, split: str) -> Monitor | None:
+    """The recipe's ``trainer.checkpoint.monitor`` as a metric of ``split``'s evaluation
+    (``val_loss`` is ``loss`` on the validation split); None without one."""
+    from trainkit.training.checkpoint import better_mode
+
+    policy = recipe.trainer.checkpoint
+    monitor = policy.monitor
+    if not monitor or monitor == "auto":
+        return None
+    name = monitor.removeprefix("val_") if split == "validation" else monitor
+    return Monitor(name, better_mode(monitor, policy.mode))
+
+
+class Evaluator:
+    """The run's model and evaluation, restored once (:func:`trainkit.plan.restore_plan`,
+    in one process); each checkpoint only swaps the weights in."""
+
+    def __init__(self, run_dir: Path, split: str, *, recipe_file: str | os.PathLike | None = None):
+        from trainkit.plan import restore_plan
+
+        self.built = restore_plan(run_dir, None, recipe_file=recipe_file)
+        self.built.data._check_split(split)
+        self.split = split
+
+    def evaluate(self, checkpoint: str) -> dict[str, float]:
+        """Metrics of ``checkpoint``'s weights; raises if it does not read back whole."""
+        restore_model_weights(self.built.model, checkpoint)
+        return self.built.trainer.evaluate_split(self.built.data, self.split)
+
+
+class Sidecar:
+    """Watches one run directory; :meth:`poll` evaluates what is new."""
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike,
+        *,
+        split: str = "validation",
+        recipe_file: str | os.PathLike | None = None,
+        evaluate: Callable[[str], dict[str, float]] | None = None,
+        report: Callable[[str], None] = say,
+        ended_after: float | None = None,
+    ):
+        self.run = RunDir(run_dir)
+        self.ended_after = ended_after
+        self.split = split
+        self.report = report
+        self.recipe_file = recipe_file
+        self.recipe = load_run_recipe(run_dir, recipe_file=recipe_file)
+        self._evaluate = evaluate
+        self._writer = None
+        self.monitor = monitor_for(self._resolved_recipe(), split)
+
+    def _resolved_recipe(self) -> Recipe:
+        from trainkit.plan import resolve_monitor
+
+        # auto is val_loss when there is a validation split, as in the training.
+        return resolve_monitor(self.recipe, has_validation=self.split == "validation")
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run.checkpoints
+
+    def _ready(self) -> Callable[[str], dict[str, float]]:
+        """The evaluation, restored on first use (a recipe or split that cannot be
+        evaluated stops the evaluator: it is not a damaged checkpoint)."""
+        if self._evaluate is None:
+            self._evaluate = Evaluator(self.run.path, self.split, recipe_file=self.recipe_file).evaluate
+        return self._evaluate
+
+    # -- one pass ---------------------------------------------------------------
+
+    def poll(self) -> tuple[int, bool]:
+        """Evaluate every new checkpoint that is complete, oldest first.
+
+        Returns ``(how many were evaluated, whether the run has ended and every
+        checkpoint it kept is evaluated)``.
+        """
+        self._check_same_run()
+        ended = self._run_ended()  # read before the listing: an ended run writes no more
+        records = read_history(self.run.path)
+        done = max((r["step"] for r in records if r.get("split") == self.split), default=-1)
+        found = sorted((p for p in candidates(self.checkpoints) if step_of(p) > done), key=step_of)
+        listed = self._listed()
+        evaluated = 0
+        for i, path in enumerate(found):
+            written = ended or Path(path).name in listed or i + 1 < len(found)
+            if not written:
+                return evaluated, False  # still being written: next time
+            pinned = pin_files(path, self.checkpoints / READING)
+            if pinned is None:
+                self.report(
+                    f"skipped {Path(path).name}: deleted before it could be read "
+                    "(trainer.checkpoint.keep rotates checkpoints)"
+                )
+                continue
+            try:
+                metrics = self._read(pinned)
+                if metrics is not None:
+                    records.append(self._record(step_of(path), path, metrics, records))
+                    evaluated += 1
+            finally:
+                unpin(self.checkpoints / READING)
+        return evaluated, ended
+
+    def _check_same_run(self) -> None:
+        """Refuse to go on when the run directory now holds a run of another recipe
+        (``--restart`` with other settings): the model built here is not its model."""
+        from trainkit.recipe import diff, is_resumable_change
+
+        if not self.run.exists():
+            return
+        changed = [key for key in diff(self.recipe, self.run.read_recipe()) if not is_resumable_change(key)]
+        if changed:
+            raise RunDirError(
+                f"{self.run.path} now holds a run of another recipe (differs in: {', '.join(changed[:5])}); "
+                "start the evaluator again for it"
+            )
+
+    def _run_ended(self) -> bool:
+        """Whether the run has ended (any status but ``running``): by ``ended_after``
+        (``time.time()``), when given, so that the end of an earlier training of
+        the run is not taken for the end of the one starting beside this evaluator."""
+        status = self.run.read_status()
+        if status.get("status") in (None, "running"):
+            return False
+        if self.ended_after is None:
+            return True
+        try:
+            ended = datetime.strptime(str(status.get("ended")), "%Y-%m-%dT%H:%M:%S%z").timestamp()
+        except ValueError:
+            return False
+        return ended >= self.ended_after - 1.0  # (run.json's times are whole seconds)
+
+    def _listed(self) -> set[str]:
+        import tensorflow as tf
+
+        try:
+            state = tf.train.get_checkpoint_state(str(self.checkpoints))
+        except Exception:  # a list being replaced or damaged: the next pass reads it again
+            return set()
+        return {Path(p).name for p in state.all_model_checkpoint_paths} if state else set()
+
+    def _read(self, pinned: str) -> dict[str, float] | None:
+        """Metrics of the pinned checkpoint, or None (with a warning) when it is damaged."""
+        evaluate = self._ready()
+        try:
+            return evaluate(pinned)
+        except Exception as err:  # a damaged checkpoint: never evaluated, never fatal
+            warn(f"warning: skipped {Path(pinned).name}: it cannot be read back ({reason(err)})")
+            return None
+
+    def _record(self, step: int, path: str, metrics: dict[str, float], records: list[dict]) -> dict:
+        record = {
+            "time": round(time.time(), 3),
+            "step": step,
+            "split": self.split,
+            "metrics": metrics,
+            "checkpoint": str(Path(path).relative_to(self.run.path)),
+        }
+        if self.monitor is not None and (value := self.monitor.value(metrics)) is not None:
+            if self.monitor.better(value, self._best(records)):
+                promote(self.checkpoints / READING, self.checkpoints / BEST, Path(path).name)
+                record["best"] = True
+        lines = [json.dumps(r) for r in [*records, record]]
+        write_text_atomic(self.run.path / HISTORY, "\n".join(lines) + "\n", within=self.run.path)
+        self._tensorboard(step, metrics)
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        self.report(f"step {step} ({Path(path).name}) {self.split}: {shown}{'  (best so far)' if record.get('best') else ''}")
+        return record
+
+    def _best(self, records: list[dict]) -> float | None:
+        best = None
+        for r in records:
+            value = self.monitor.value(r.get("metrics") or {}) if r.get("split") == self.split else None
+            if value is not None and self.monitor.better(value, best):
+                best = value
+        return best
+
+    def _tensorboard(self, step: int, metrics: dict[str, float]) -> None:
+        from trainkit.training.report import ScalarWriter
+
+        if self._writer is None:
+            self._writer = ScalarWriter(self.run.tensorboard / "eval")
+        prefix = "" if self.split == "validation" else f"{self.split}_"
+        self._writer.scalars(step, {f"{prefix}{k}": v for k, v in metrics.items()})
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def pin_files(path: str, pin: Path) -> str | None:
+    """Hard links in ``pin`` to every file of checkpoint ``path``; the pinned prefix,
+    or None when a file is missing (deleted by the rotation, or never finished)."""
+    source = Path(path)
+    pin.mkdir(parents=True, exist_ok=True)
+    unpin(pin)  # what a pass killed mid-read left
+    index = source.with_name(source.name + ".index")
+    data = sorted(source.parent.glob(f"{source.name}.data-*-of-*"))
+    shards = {f.name.rsplit("-of-", 1)[1] for f in data}
+    if not index.is_file() or len(shards) != 1 or len(data) != int(shards.pop()):
+        return None
+    try:
+        for file in [*data, index]:
+            os.link(file, pin / file.name, follow_symlinks=False)
+    except FileNotFoundError:
+        unpin(pin)
+        return None
+    return str(pin / source.name)
+
+
+def unpin(pin: Path) -> None:
+    """Remove the links :func:`pin_files` made (the files stay where the rotation keeps them)."""
+    for file in pin.iterdir() if pin.is_dir() else ():
+        file.unlink(missing_ok=True)
+
+
+def promote(pin: Path, best: Path, name: str) -> None:
+    """Move the pinned checkpoint ``name`` into ``best`` as its only checkpoint."""
+    best.mkdir(parents=True, exist_ok=True)
+    for file in pin.glob(f"{name}.*"):
+        os.replace(file, best / file.name)
+    write_state(best, name, [name])  # the list after the files, as TensorFlow does
+    for old in best.glob(f"{PREFIX}-*"):
+        if not old.name.startswith(f"{name}."):
+            old.unlink(missing_ok=True)
+
+
+def watch(
+    run_dir: str | os.PathLike,
+    *,
+    split: str = "validation",
+    every_seconds: float = 30.0,
+    until_finished: bool = False,
+    recipe_file: str | os.PathLike | None = None,
+    report: Callable[[str], None] = say,
+    wait_for_run: bool = False,
+    ended_after: float | None = None,
+) -> int:
+    """Evaluate each new checkpoint of ``run_dir`` once, in order, as training writes them.
+
+    Polls every ``every_seconds``; with ``until_finished``, returns once the run
+    has ended and its last checkpoint is evaluated (else watches until stopped).
+    ``wait_for_run``: wait for the run directory to be made (a cluster's
+    evaluator task starts beside the workers); ``ended_after``: an
+    end of the run recorded before this time is an earlier training's, not
+    the end awaited. Returns how many checkpoints this call evaluated.
+    """
+    if every_seconds <= 0:
+        raise ConfigError(f"--every-seconds: must be above 0, got {every_seconds:g}")
+    directory = RunDir(run_dir)
+    while wait_for_run and not directory.exists():
+        time.sleep(min(every_seconds, 1.0))  # the chief has not written the run directory yet
+    directory.refuse_symlinks()
+    sidecar = Sidecar(directory.path, split=split, recipe_file=recipe_file, report=report, ended_after=ended_after)
+    total = 0
+    lock = RunLock(directory.path / LOCK, directory.path / LOCK)  # one evaluator per run directory
+    lock.acquire()
+    try:
+        report(f"watching {directory.path} for checkpoints to evaluate on {split} (every {every_seconds:g} s)")
+        try:
+            while True:
+                evaluated, finished = sidecar.poll()
+                total += evaluated
+                if finished and until_finished:
+                    break
+                time.sleep(every_seconds)
+        finally:
+            sidecar.close()
+    finally:
+        lock.release()
+    report(f"evaluated {total} checkpoint(s); the run has ended" if until_finished else f"evaluated {total}")
+    return total
