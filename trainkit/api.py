@@ -99,8 +99,7 @@ def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLik
     which is imported because the caller chose it.
     """
     directory = RunDir(run_dir)
-    if not directory.exists():
-        raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
+    directory.check_existing()
     if recipe_file is not None:
         from trainkit.loader import import_recipe_file
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from trainkit.errors import TrainkitError
 
@@ -272,7 +274,39 @@ def _show(value) -> str:
 COMMANDS = {"export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
+class _ClosedPipeTolerant:
+    """stdout that a reader may close (``trainkit show X | head -1``): a closed pipe is a
+    normal end in Unix, not an error. What is still printed goes to /dev/null and the
+    command carries on (a training is never failed by it)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not isinstance(sys.stdout, _ClosedPipeTolerant) and hasattr(sys.stdout, "fileno"):
+        sys.stdout = _ClosedPipeTolerant(sys.stdout)
     parser = make_parser()
     # Overrides may come after options too (``--run-dir D trainer.epochs=3``),
     # which argparse's subcommands cannot express: collect them from the leftovers.

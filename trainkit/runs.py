@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit.errors import RunDirError, TrainkitError
+from trainkit.errors import TrainkitError
 from trainkit.recipe import Recipe
 from trainkit.training.run_dir import RunDir
 
@@ -186,8 +186,7 @@ class Run:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """An existing run directory as a :class:`Run` (nothing is built until ``run.model``)."""
     directory = RunDir(run_dir)
-    if not directory.exists():
-        raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
+    directory.check_existing()
     return Run(None, directory.path)
 
 

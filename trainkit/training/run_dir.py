@@ -178,6 +178,10 @@ class RunDir:
                 f"--run-dir {self.path}: it is the working directory or holds it; a run directory is a folder "
                 "of its own (e.g. runs/NAME)"
             )
+        resolved = self.path.resolve()
+        for system in _SYSTEM_FOLDERS:
+            if resolved == system or system in resolved.parents:
+                raise RunDirError(f"--run-dir {self.path}: {system} is the kernel's, not a place for files; choose another --run-dir")
         ancestor = self.path.absolute()
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
@@ -186,6 +190,13 @@ class RunDir:
         if not os.access(ancestor, os.W_OK | os.X_OK):
             why = "a read-only file system" if _read_only(ancestor) else "not writable by this user"
             raise RunDirError(f"--run-dir {self.path}: {ancestor} is {why}; choose another --run-dir")
+        self.refuse_symlinks()
+
+    def check_existing(self) -> None:
+        """For a verb that reads a run (eval, export, predict, plot, compare): refuse a folder
+        that is not a run directory, or that holds a symbolic link (its files could point anywhere)."""
+        if not self.exists():
+            raise RunDirError(f"{self.path} is not a trainkit run directory (no config.yaml)")
         self.refuse_symlinks()
 
     def refuse_symlinks(self) -> None:
@@ -357,6 +368,10 @@ def _read_regular(path: Path, limit: int = 1 << 20) -> bytes:
     if len(data) > limit:
         raise ValueError(f"it is larger than {limit // 1024} KiB, far more than trainkit writes there")
     return data
+
+
+_SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
+"""Pseudo file systems: writes there reach the kernel, not a disk."""
 
 
 def _read_only(path: Path) -> bool:
