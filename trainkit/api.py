@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit import distribute
-from trainkit.errors import ConfigError, RunDirError
+from trainkit.errors import ConfigError, RunDirError, first_line
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runs import Run, read_history
@@ -166,6 +166,18 @@ def evaluate(
     return built.trainer.evaluate_split(built.data, split)
 
 
+def _weights_of_old_run(model, directory: RunDir, field: str) -> str:
+    """The weights of a run from before ``checkpoints/final/``: its ``model.keras``."""
+    from trainkit.keras_archive import check_keras_archive
+
+    check_keras_archive(directory.model_file, what=f"{field} final")
+    try:
+        model.load_weights(directory.model_file)
+    except Exception as err:  # a foreign or damaged file: Keras says why in many ways
+        raise RunDirError(f"{field} final: {directory.model_file} does not hold this run's weights ({first_line(err)[:160]})") from None
+    return str(directory.model_file)
+
+
 def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str = "--checkpoint") -> str:
     """Load the weights of the checkpoint ``which`` names into ``model``; returns its path.
 
@@ -197,9 +209,14 @@ def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str 
             warn(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it")
         if path:
             return path
+        if which == "final" and skipped:  # damaged: the newest good checkpoint, as resuming does
+            path, _ = latest_readable(ckpts, lambda p: restore_model_weights(model, p))
+            if path:
+                warn(f"warning: {where} cannot be read back; using the newest good checkpoint, {path}")
+                return path
+            raise RunDirError(f"{field} final: {where} is damaged and no earlier checkpoint reads back; train the run again")
         if which == "final" and directory.model_file.is_file():
-            model.load_weights(directory.model_file)  # a run from before checkpoints/final/
-            return str(directory.model_file)
+            return _weights_of_old_run(model, directory, field)
         if which == "best" and not skipped:
             raise RunDirError(
                 f"{field} best: {where} holds no checkpoint (the run monitored no metric: "

@@ -76,6 +76,8 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
 
         kwargs = dict(section.kwargs)
         kwargs["source_checkpoint"] = str(kwargs.get("source_checkpoint", "final"))
+        if stored_source is not None:
+            pretrained.check_not_itself(str(kwargs.get("source", "")), stored_source.parent, field="model.source")
         model, use = pretrained.build(
             **{"head": "keep", "cut_at": None, "output_activation": "auto", **kwargs},
             task=info.task, num_outputs=info.num_outputs, stored=stored_source,
@@ -114,7 +116,11 @@ TRAINING_BYTES_PER_PARAMETER = 4 * 4
 
 def check_fits_in_memory(model, *, field: str, available: int | None = None) -> None:
     """Refuse a model whose parameters alone could not be trained in the memory there is."""
-    parameters = int(model.count_params())
+    check_parameters_fit(int(model.count_params()), field=field, available=available)
+
+
+def check_parameters_fit(parameters: int, *, field: str, available: int | None = None) -> None:
+    """Refuse, before they are allocated, ``parameters`` that could not be trained in the memory there is."""
     needed = parameters * TRAINING_BYTES_PER_PARAMETER
     available = available_memory() if available is None else available
     if available and needed > available:

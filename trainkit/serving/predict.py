@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from trainkit.errors import ConfigError, RunDirError
+from trainkit.errors import ConfigError, RunDirError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 MAX_LINE_BYTES = 1 << 20
@@ -113,7 +113,15 @@ def _model(directory: Path, spec: dict, checkpoint: str | None):
     if checkpoint is None and saved.is_file():
         import keras
 
-        model = keras.models.load_model(saved, compile=False)
+        from trainkit.keras_archive import check_keras_archive
+
+        check_keras_archive(saved, what="predict")
+        try:
+            model = keras.models.load_model(saved, compile=False)
+        except Exception as err:  # damaged, foreign, or a layer safe mode refuses
+            raise RunDirError(
+                f"{saved} cannot be loaded ({first_line(err)[:160]}); give --checkpoint last to predict from a checkpoint"
+            ) from None
         if [tuple(t.shape[1:]) for t in model.inputs] == [tuple(spec["input"]["shape"])]:
             return model
     from trainkit.serving.export import build_inference_model, load_run
