@@ -226,7 +226,7 @@ def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str 
         if which == "final" and not skipped:
             raise RunDirError(f"{field} final: {directory.path} has not finished training; {choices}")
         raise RunDirError(f"{field} {which}: {where} holds no readable checkpoint")
-    if which.isdigit():
+    if which.isascii() and which.isdigit():
         for folder in kept:
             path = folder / f"ckpt-{int(which)}"
             if Path(f"{path}.index").is_file():

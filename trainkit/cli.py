@@ -188,25 +188,72 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(output: str, option: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: its folder missing,
+    read-only or not a folder, or (for a file) a folder at its name."""
+    from pathlib import Path
+
+    from trainkit.errors import ConfigError
+
+    path = Path(output)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{option} {output}: a file is there; name a folder for the exported files")
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    else:
+        if path.is_dir():
+            raise ConfigError(f"{option} {output}: it is a folder; name a file in it (e.g. {path / 'out'}{path.suffix})")
+        existing = path.parent
+        if not existing.is_dir():
+            raise ConfigError(f"{option} {output}: the folder {existing} does not exist; create it first")
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        raise ConfigError(f"{option} {output}: {existing} is {'on a read-only file system' if read_only else 'not writable'}")
+
+
+def _check_image_format(output: str) -> None:
+    from pathlib import Path
+
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from trainkit.errors import ConfigError
+
+    known = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if suffix not in known:
+        shown = f"'.{suffix}'" if suffix else "no suffix"
+        raise ConfigError(f"-o {output}: {shown} is not an image format; use .png, .svg or .pdf ({', '.join(sorted(known))})")
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
-    import os
-
     from trainkit.runs import load_run, plot_runs
+    from trainkit.training.disk_full import writing
 
+    output = args.output
+    _check_output(output, "-o")
+    _check_image_format(output)
     runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
     figure = plot_runs(runs)
-    output = args.output
-    tmp = f"{output}.tmp{os.path.splitext(output)[1]}"
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, output)
+    with writing(output, "the plot", option="-o"):
+        tmp = f"{output}.tmp{os.path.splitext(output)[1]}"
+        figure.savefig(tmp, dpi=100)
+        os.replace(tmp, output)
     print(f"wrote {output}")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trainkit.serving.export import export
+    from trainkit.training.disk_full import writing
 
-    written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
+    if args.output:
+        _check_output(args.output, "-o", folder=True)
+    with writing(args.output or args.run_dir, "the export", option="-o"):
+        written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
     for name, entry in written["formats"].items():
         checked = ""
         if "max_difference_from_keras" in entry:
@@ -221,9 +268,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from trainkit.serving.predict import predict, write_csv
 
+    if args.output:
+        _check_output(args.output, "-o")
     predictions = predict(args.run_dir, args.input, checkpoint=args.checkpoint)
     if args.output:
-        write_csv(predictions, args.output)
+        from trainkit.training.disk_full import writing
+
+        with writing(args.output, "the predictions", option="-o"):
+            write_csv(predictions, args.output)
         print(f"{len(predictions.inputs)} predictions written to {args.output}")
     else:
         print(predictions.to_csv(), end="")

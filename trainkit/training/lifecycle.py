@@ -158,7 +158,8 @@ def train_run(
         if role.is_chief:
             with phases.timed("export"):
                 export_trained(built, directory)
-        directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
+        _record_phases(directory, phases, trained=bool(controller.trained_steps))
+        directory.update_status(status="completed", ended=now())
     except BaseException as err:
         full = disk_full.is_disk_full(err)
         if full:  # first make room: the status below must still be written
@@ -279,3 +280,14 @@ def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[s
             sink.result(split, results[split])
     write_json_atomic(directory.eval_json, results)
     return results
+
+
+def _record_phases(directory: RunDir, phases: Phases, *, trained: bool) -> None:
+    """This session's phases in its entry of ``sessions``; the run's own ``phases`` only when it
+    trained (a finished run opened again keeps the figures of the session that trained it)."""
+    sessions = directory.read_status().get("sessions")
+    fields: dict[str, Any] = {"phases": phases.as_dict()} if trained else {}
+    if isinstance(sessions, list) and sessions and isinstance(sessions[-1], dict):
+        sessions[-1] = {**sessions[-1], "phases": phases.as_dict()}
+        fields["sessions"] = sessions
+    directory.update_status(**fields)
