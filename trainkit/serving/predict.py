@@ -138,19 +138,21 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
     expected = tuple(spec["input"]["shape"])
     dtype = np.dtype(spec["input"]["dtype"])
     if isinstance(inputs, np.ndarray):
-        names, array = _from_array(inputs, expected, "inputs", dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            names, array = _from_array(inputs, expected, "inputs", dtype)
         _check_finite(names, array, "inputs")
         return names, array
     path = Path(inputs)
     kind = _kind_of(path)
-    if kind == "folder":
-        names, array = _read_images(path, spec)
-    elif kind == ".npy":
-        names, array = _from_array(_read_npy(path), expected, str(path), dtype)
-    elif kind == ".csv":
-        names, array = _read_csv(path, spec, dtype)
-    else:
-        names, array = _read_json_lines(path, spec, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as float32: found below, in one line
+        if kind == "folder":
+            names, array = _read_images(path, spec)
+        elif kind == ".npy":
+            names, array = _from_array(_read_npy(path), expected, str(path), dtype)
+        elif kind == ".csv":
+            names, array = _read_csv(path, spec, dtype)
+        else:
+            names, array = _read_json_lines(path, spec, dtype)
     _check_finite(names, array, str(path))
     return names, array
 
