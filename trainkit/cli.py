@@ -230,6 +230,7 @@ def _check_image_format(output: str) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from trainkit.files import atomic_path
     from trainkit.runs import load_run, plot_runs
     from trainkit.training.disk_full import writing
 
@@ -238,10 +239,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     _check_image_format(output)
     runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
     figure = plot_runs(runs)
-    with writing(output, "the plot", option="-o"):
-        tmp = f"{output}.tmp{os.path.splitext(output)[1]}"
+    with writing(output, "the plot", option="-o"), atomic_path(output) as tmp:
         figure.savefig(tmp, dpi=100)
-        os.replace(tmp, output)
     print(f"wrote {output}")
     return 0
 

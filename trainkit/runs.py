@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import RunDirError, TrainkitError
+from trainkit.files import read_regular
 from trainkit.recipe import Recipe
 from trainkit.training.run_dir import RunDir
 
@@ -80,7 +81,7 @@ def read_eval(path: Path) -> dict[str, dict[str, float]]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(read_regular(path))
     except (ValueError, RecursionError, OSError) as err:
         data = err
     well_formed = isinstance(data, dict) and all(

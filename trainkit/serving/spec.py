@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from trainkit.errors import ConfigError, RunDirError
+from trainkit.files import read_regular
 
 if TYPE_CHECKING:
     from trainkit.data.pipeline import PreparedData
@@ -137,7 +138,7 @@ def _step(transform: Any, field_name: str, statistics: dict) -> dict[str, Any] |
 
 
 def write(directory: Path, spec: dict[str, Any]) -> None:
-    from trainkit.training.run_dir import write_json_atomic
+    from trainkit.files import write_json_atomic
 
     write_json_atomic(Path(directory) / SPEC_FILE, spec)
 
@@ -149,9 +150,7 @@ def read(directory: Path) -> dict[str, Any] | None:
         return None
     way_out = "it is damaged or not trainkit's: copy the run again, or train it again with --restart"
     try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
-            raise ValueError(f"larger than {MAX_SPEC_BYTES >> 20} MiB")
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = json.loads(read_regular(path, MAX_SPEC_BYTES).decode("utf-8"))
         _InferenceSpec.model_validate(data)
     except ValidationError as err:
         first = err.errors(include_url=False)[0]

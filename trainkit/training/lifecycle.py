@@ -18,10 +18,11 @@ from typing import Any
 
 from trainkit import distribute
 from trainkit.errors import ConfigError, did_you_mean
+from trainkit.files import write_bytes_atomic, write_json_atomic
 from trainkit.recipe import Recipe
 from trainkit.training import disk_full
 from trainkit.training.phases import Phases
-from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
+from trainkit.training.run_dir import RunDir, command_line
 from trainkit.training.sinks import Sink, make_sink, say
 
 
@@ -252,9 +253,7 @@ def keep_sources(built, directory: RunDir, sink: Sink) -> None:
     stored = directory.path / STORED_SOURCE
     for use in built.sources:
         if use.field == "model.source" and use.saved is not None and not stored.is_file():
-            tmp = directory.path / f".tmp.{STORED_SOURCE}"
-            tmp.write_bytes(use.saved)
-            os.replace(tmp, stored)
+            write_bytes_atomic(stored, use.saved, within=directory.path)
     if built.init_report is not None:
         from trainkit.models.warm_start import summary_line
 

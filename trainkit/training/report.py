@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from trainkit.training.run_dir import open_for_append
+from trainkit.files import open_for_append
 
 #: Set by the CLI when the process starts, to report the time to the first step.
 PROCESS_STARTED: float | None = None
