@@ -500,3 +500,17 @@ def test_a_closed_pipe_never_fails_a_training(tmp_path):
     assert (tmp_path / "code").read_text().strip() == "0"
     status = json.loads((tmp_path / "run" / "run.json").read_text())
     assert status["status"] == "completed" and status["epoch"] == 3
+
+
+def test_every_test_docs_security_names_exists():
+    import re
+
+    text = (ROOT / "docs" / "security.md").read_text()
+    current, named = None, []
+    for file, name in re.findall(r"`(test_\w+\.py)?(?:::(\w+))?`", text):
+        current = file or current
+        if name:
+            named.append((current, name))
+    assert len(named) > 20
+    for file, name in named:
+        assert f"def {name}(" in (ROOT / "tests" / file).read_text(), f"{file}::{name}"

@@ -286,7 +286,13 @@ def _load_stored(stored: Path):
         config = archive.read("config.json")
     if b"keras_hub" in config:
         import keras_hub  # noqa: F401
-    return keras.saving.load_model(stored, compile=False)
+    try:
+        return keras.saving.load_model(stored, compile=False)
+    except Exception as err:  # damaged or foreign: Keras says so in many ways
+        raise ConfigError(
+            f"{stored} (this run's copy of its pretrained source) cannot be loaded ({first_line(err)[:160]}); "
+            "put the source back where model.source names it, or train the run again"
+        ) from None
 
 
 @registry.register_model("pretrained")
