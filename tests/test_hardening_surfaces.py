@@ -514,3 +514,13 @@ def test_every_test_docs_security_names_exists():
     assert len(named) > 20
     for file, name in named:
         assert f"def {name}(" in (ROOT / "tests" / file).read_text(), f"{file}::{name}"
+
+
+def test_predict_on_a_folder_of_images_for_a_table_model_prints_one_line_only(tmp_path, tiny_run):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    result = run_cli("predict", str(tiny_run), "images", cwd=tmp_path, timeout=120, env={"TF_CPP_MIN_LOG_LEVEL": "0"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: images: a folder of images, but this run's model takes 64 values per example, not images"
+    ], result.stderr

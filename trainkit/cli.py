@@ -218,10 +218,12 @@ def _check_output(output: str, option: str, *, folder: bool = False) -> None:
 def _check_image_format(output: str) -> None:
     from pathlib import Path
 
-    from matplotlib.backend_bases import FigureCanvasBase
-
     from trainkit.errors import ConfigError
 
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return  # plotting says which extra to install
     known = FigureCanvasBase.get_supported_filetypes()
     suffix = Path(output).suffix.lower().lstrip(".")
     if suffix not in known:
