@@ -163,9 +163,9 @@ RUN_FILES = ["config.yaml", "run.json", "inference.json", "eval.json", "metrics.
 
 
 def _readers(run: Path, recipe):
+    from trainkit.rundir import RunDir
     from trainkit.runs import read_history
     from trainkit.serving import spec
-    from trainkit.training.run_dir import RunDir
 
     return [
         lambda: RunDir(run).read_recipe(),
@@ -181,7 +181,7 @@ def _readers(run: Path, recipe):
 @settings(GENERATED, max_examples=50)
 @given(name=st.sampled_from(RUN_FILES), content=st.binary(max_size=200) | json_value.map(lambda v: json.dumps(v).encode()))
 def test_generated_run_directory_files(tiny_run, tmp_path, name, content):
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
     run = tmp_path / "run"
     if run.exists():

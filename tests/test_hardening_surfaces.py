@@ -167,7 +167,7 @@ def test_a_catastrophic_freeze_regex_is_one_line_at_once():
 
 
 def test_a_lora_rank_beyond_the_kernels_is_refused_before_allocation():
-    from trainkit.build import _check_lora_size
+    from trainkit.plan import _check_lora_size
 
     kernel = SimpleNamespace(shape=(64, 4, 16))
     layer = SimpleNamespace(name="query", kernel=kernel)
@@ -177,7 +177,7 @@ def test_a_lora_rank_beyond_the_kernels_is_refused_before_allocation():
 
 
 def test_parameters_beyond_memory_are_refused_before_allocation():
-    from trainkit.models.build import check_parameters_fit
+    from trainkit.models.memory import check_parameters_fit
 
     _refused(lambda: check_parameters_fit(10**12, field="model.lora_rank", available=2**33), ConfigError, "model.lora_rank: 1,000,000,000,000 parameters")
 
@@ -374,7 +374,7 @@ def test_a_run_cannot_name_itself_as_its_source(tmp_path, tiny_run):
 
 @pytest.mark.parametrize("place", ["/proc/trainkit-run", "/sys/kernel/x", "/dev/shm/../x"])
 def test_a_run_directory_under_a_kernel_file_system_is_refused(place):
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
     _refused(lambda: RunDir(place).check_place(), RunDirError, "is the kernel's")
 

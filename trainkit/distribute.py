@@ -30,12 +30,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from trainkit.console import say
 from trainkit.errors import ConfigError, TrainkitError
 from trainkit.recipe import DataSection, Recipe, RuntimeSection
-from trainkit.training.sinks import say
 
 if TYPE_CHECKING:
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
 #: The docs that show how to describe a cluster.
 DOCS = "docs/distributed.md"
@@ -588,7 +588,7 @@ def writable_run_dir(directory: RunDir, role_: Role) -> RunDir:
         return directory
     import tempfile
 
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
     return RunDir(tempfile.mkdtemp(prefix=f"trainkit-{role_.name}-"))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from trainkit import registry
 from trainkit.components import check_arguments
 from trainkit.data.pipeline import DataInfo
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
+from trainkit.models.memory import check_parameters_fit
 from trainkit.recipe import ModelSection
 
 # Filled in by trainkit from the data, never written in a recipe.
@@ -65,10 +67,13 @@ def build_model(section: ModelSection, info: DataInfo):
     return build_with_sources(section, info)[0]
 
 
-def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: Path | None = None) -> tuple[Any, list]:
+def build_with_sources(
+    section: ModelSection, info: DataInfo, *, stored_source: Path | None = None, runs: Mapping[str, Any] | None = None
+) -> tuple[Any, list]:
     """The model, and the pretrained sources (:class:`~trainkit.models.pretrained.SourceUse`) it came from.
 
     ``stored_source``: a run's copy of its ``model.source``, used when the source is gone.
+    ``runs``: the models of sources that are run directories, restored by the plan.
     """
     check_builder_arguments(section)
     if section.type == "pretrained":
@@ -76,11 +81,9 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
 
         kwargs = dict(section.kwargs)
         kwargs["source_checkpoint"] = str(kwargs.get("source_checkpoint", "final"))
-        if stored_source is not None:
-            pretrained.check_not_itself(str(kwargs.get("source", "")), stored_source.parent, field="model.source")
         model, use = pretrained.build(
             **{"head": "keep", "cut_at": None, "output_activation": "auto", **kwargs},
-            task=info.task, num_outputs=info.num_outputs, stored=stored_source,
+            task=info.task, num_outputs=info.num_outputs, stored=stored_source, runs=runs,
             input_shape=info.feature_shape if isinstance(info.feature_shape, dict) else tuple(info.feature_shape),
         )
         return model, [use]
@@ -109,41 +112,9 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
     return model, []
 
 
-#: Bytes per parameter while training: the weight, its gradient and two optimizer
-#: slots (Adam's moments), in float32. Activations come on top.
-TRAINING_BYTES_PER_PARAMETER = 4 * 4
-
-
 def check_fits_in_memory(model, *, field: str, available: int | None = None) -> None:
     """Refuse a model whose parameters alone could not be trained in the memory there is."""
     check_parameters_fit(int(model.count_params()), field=field, available=available)
-
-
-def check_parameters_fit(parameters: int, *, field: str, available: int | None = None) -> None:
-    """Refuse, before they are allocated, ``parameters`` that could not be trained in the memory there is."""
-    needed = parameters * TRAINING_BYTES_PER_PARAMETER
-    available = available_memory() if available is None else available
-    if available and needed > available:
-        raise ConfigError(
-            f"{field}: {parameters:,} parameters need about {_gib(needed)} to train (weights, gradients, "
-            f"optimizer state), more than the {_gib(available)} of memory available; make the model smaller"
-        )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
 
 
 def _oom_shape(err: BaseException) -> str:

@@ -23,12 +23,13 @@ import hashlib
 import os
 import socket
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from trainkit import registry
-from trainkit.errors import ConfigError, TrainkitError, first_line
+from trainkit.errors import ConfigError, first_line
 from trainkit.keras_archive import check_keras_archive
 
 #: Inside a run directory: the source model as the run first loaded it.
@@ -107,8 +108,13 @@ def load_source(
     field: str,
     weights: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    runs: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The keras.Model a source names, with its weights."""
+    """The keras.Model a source names, with its weights.
+
+    A source that is a run directory is restored by the plan, which hands its
+    model down in ``runs`` (source -> keras.Model): models never read runs.
+    """
     import keras
 
     if source.startswith(_APPLICATIONS):
@@ -128,7 +134,9 @@ def load_source(
         hint = " (a KerasHub preset name needs the network: write kaggle://OWNER/MODEL/keras/PRESET)" if "/" not in source else ""
         raise ConfigError(f"{field}: '{source}' does not exist; give {_KINDS}{hint}")
     if path.is_dir() and (path / "config.yaml").is_file():
-        return _load_run(path, checkpoint, field=field)
+        if runs is None or source not in runs:
+            raise ConfigError(f"{field}: the run {source} is restored by trainkit's plan (trainkit.plan.build)")
+        return runs[source]
     if path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file():
         _check_weights_fit(sum(p.stat().st_size for p in path.glob("*.weights.h5")), field)
         return _load_preset(str(path), field=field)
@@ -145,7 +153,7 @@ def load_source(
 
 def _check_weights_fit(weight_bytes: int, field: str) -> None:
     """Refuse, before loading them, float32 weights that could not be trained in the memory there is."""
-    from trainkit.models.build import check_parameters_fit
+    from trainkit.models.memory import check_parameters_fit
 
     check_parameters_fit(weight_bytes // 4, field=field)
 
@@ -157,25 +165,6 @@ def check_not_itself(source: str, run_path: Path | None, *, field: str) -> None:
             f"{field}: {source} is this run's own directory; a run cannot start from itself "
             "(name another run, or train into another --run-dir)"
         )
-
-
-def _load_run(path: Path, checkpoint: str, *, field: str):
-    """A run's model: its recipe's architecture (built for its data) with a checkpoint's
-    weights. (Its ``model.keras`` is the inference model, preprocessing included.)"""
-    from trainkit.api import load_checkpoint_weights, load_run_recipe
-    from trainkit.data.pipeline import prepare
-    from trainkit.models.build import build_with_sources
-    from trainkit.training.run_dir import RunDir
-
-    directory = RunDir(path)
-    try:
-        recipe = load_run_recipe(path)
-        info = prepare(recipe.data, seed=recipe.seed).info
-        model, _ = build_with_sources(recipe.model, info, stored_source=path / STORED_SOURCE)
-        load_checkpoint_weights(model, directory, str(checkpoint), field=f"{field}_checkpoint")
-    except TrainkitError as err:
-        raise ConfigError(f"{field}: the run {path} cannot be loaded: {err}" if field not in str(err) else str(err)) from None
-    return model
 
 
 def _load_application(source: str, weights: str | None, input_shape, *, field: str):
@@ -331,6 +320,7 @@ def build(
     stored: Path | None,
     weights: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    runs: Mapping[str, Any] | None = None,
 ) -> tuple[Any, SourceUse]:
     """The model and its source; ``stored`` (a run's copy of its source) stands in
     for a source that is no longer there."""
@@ -340,7 +330,8 @@ def build(
         source_model = _load_stored(stored)  # (an online handle is never fetched twice)
     else:
         source_model = load_source(
-            source, checkpoint=source_checkpoint, field="model.source", weights=weights, input_shape=input_shape
+            source, checkpoint=source_checkpoint, field="model.source", weights=weights, input_shape=input_shape,
+            runs=runs,
         )
     use = SourceUse("model.source", source, digest(source_model), source_model)
     model = with_head(

@@ -77,8 +77,8 @@ def predict(run_dir: str | os.PathLike, inputs: Any, *, checkpoint: str | None =
     The run's ``model.keras`` is used, or with ``checkpoint`` (``last``, ``best``,
     ``final``, a step) that checkpoint's weights behind the same preprocessing.
     """
+    from trainkit.rundir import RunDir
     from trainkit.serving import spec as inference_spec
-    from trainkit.training.run_dir import RunDir
 
     directory = Path(run_dir)
     RunDir(directory).check_existing()
@@ -105,7 +105,7 @@ def write_csv(predictions: Predictions, path: str | os.PathLike) -> None:
 
 
 def _model(directory: Path, spec: dict, checkpoint: str | None):
-    from trainkit.runtime import quiet_tensorflow
+    from trainkit.startup import quiet_tensorflow
 
     quiet_tensorflow()
     saved = directory / "model.keras"
@@ -123,9 +123,9 @@ def _model(directory: Path, spec: dict, checkpoint: str | None):
             ) from None
         if [tuple(t.shape[1:]) for t in model.inputs] == [tuple(spec["input"]["shape"])]:
             return model
-    from trainkit.serving.export import build_inference_model, load_run
+    from trainkit.serving.export import build_inference_model, restore_for_export
 
-    built, spec, _ = load_run(directory, checkpoint or "final")
+    built, spec, _ = restore_for_export(directory, checkpoint or "final")
     return build_inference_model(built, spec)
 
 
