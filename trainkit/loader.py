@@ -585,23 +585,23 @@ def explain(err: ValidationError, layered: Layered | None = None) -> str:
         valid = _fields_at(loc[:-1])
         hint = did_you_mean(str(key), valid) if valid else ""
         at = f" in {_dotted(parent)}" if parent else ""
-        return f"unknown key '{key}'{at}{where}; {hint}".rstrip("; ")
+        return f"unknown key '{_shown(key)}'{at}{where}; {hint}".rstrip("; ")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         where = f" (in {layered.source_of([*loc, 'type'])})" if layered else ""
         ctx = first.get("ctx", {})
         tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
         got = ctx.get("tag", first.get("input"))
-        return f"{_dotted(shown)}.type{where}: unknown type {got!r}; {did_you_mean(str(got), tags)}"
+        return f"{_dotted(shown)}.type{where}: unknown type {_shown(repr(got), 80)}; {did_you_mean(str(got), tags)}"
     if kind == "missing":
         return f"{_dotted(shown)}{where}: required field is missing"
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
-    got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {got!r}"
+    got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {_shown(repr(got), 80)}"
     return f"{_dotted(shown)}{where}: {message}{got_text}"
 
 
 def _dotted(parts: Sequence[Any]) -> str:
-    return ".".join(str(p) for p in parts) or "recipe"
+    return _shown(".".join(str(p) for p in parts), 120) or "recipe"
 
 
 def _display_loc(loc: Sequence[Any]) -> tuple[list[Any], list[Any]]:
