@@ -9,7 +9,7 @@ Layout::
 
     RUN_DIR/
       config.yaml      the resolved recipe (loads back to the same recipe and hash)
-      run.json         status, versions, command, seed, recipe hash, times, speed
+      run.json         status, versions, command, seed, the run's identity (recipe_hash), times, speed
       metrics.jsonl    one JSON object per log event (step, epoch, split, metrics)
       tensorboard/     summaries for TensorBoard
       checkpoints/     the last K checkpoints, best/, final/ (docs/checkpoints.md)
