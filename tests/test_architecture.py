@@ -15,7 +15,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("foundations", [
         "trainkit.errors", "trainkit.compat", "trainkit.files", "trainkit.console", "trainkit.signals",
         "trainkit.teardown", "trainkit.startup", "trainkit.version", "trainkit.private_network",
-        "trainkit.patterns",
+        "trainkit.patterns", "trainkit.keras_archive",
     ]),
     ("recipe", ["trainkit.recipe", "trainkit.registry", "trainkit.components", "trainkit.loader"]),
     ("run directory", ["trainkit.rundir"]),

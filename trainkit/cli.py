@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from trainkit.errors import ConfigError, TrainkitError
 
@@ -285,14 +287,60 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_output(output: str, option: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output path that cannot be written: its folder missing,
+    read-only or not a folder, or (for a file) a folder at its name."""
+    from pathlib import Path
+
+    from trainkit.errors import ConfigError
+
+    path = Path(output)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{option} {output}: a file is there; name a folder for the exported files")
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    else:
+        if path.is_dir():
+            raise ConfigError(f"{option} {output}: it is a folder; name a file in it (e.g. {path / 'out'}{path.suffix})")
+        existing = path.parent
+        if not existing.is_dir():
+            raise ConfigError(f"{option} {output}: the folder {existing} does not exist; create it first")
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        raise ConfigError(f"{option} {output}: {existing} is {'on a read-only file system' if read_only else 'not writable'}")
+
+
+def _check_image_format(output: str) -> None:
+    from pathlib import Path
+
+    from trainkit.errors import ConfigError
+
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        return  # plotting says which extra to install
+    known = FigureCanvasBase.get_supported_filetypes()
+    suffix = Path(output).suffix.lower().lstrip(".")
+    if suffix not in known:
+        shown = f"'.{suffix}'" if suffix else "no suffix"
+        raise ConfigError(f"-o {output}: {shown} is not an image format; use .png, .svg or .pdf ({', '.join(sorted(known))})")
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     from trainkit.files import atomic_path
     from trainkit.runs import load_run, plot_runs
+    from trainkit.training.disk_full import writing
 
+    output = args.output
+    _check_output(output, "-o")
+    _check_image_format(output)
     runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
     figure = plot_runs(runs)
-    output = args.output
-    with atomic_path(output) as tmp:
+    with writing(output, "the plot", option="-o"), atomic_path(output) as tmp:
         figure.savefig(tmp, dpi=100)
     print(f"wrote {output}")
     return 0
@@ -300,8 +348,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from trainkit.serving.export import export
+    from trainkit.training.disk_full import writing
 
-    written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
+    if args.output:
+        _check_output(args.output, "-o", folder=True)
+    with writing(args.output or args.run_dir, "the export", option="-o"):
+        written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
     for name, entry in written["formats"].items():
         checked = ""
         if "max_difference_from_keras" in entry:
@@ -316,9 +368,14 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from trainkit.serving.predict import predict, write_csv
 
+    if args.output:
+        _check_output(args.output, "-o")
     predictions = predict(args.run_dir, args.input, checkpoint=args.checkpoint)
     if args.output:
-        write_csv(predictions, args.output)
+        from trainkit.training.disk_full import writing
+
+        with writing(args.output, "the predictions", option="-o"):
+            write_csv(predictions, args.output)
         print(f"{len(predictions.inputs)} predictions written to {args.output}")
     else:
         print(predictions.to_csv(), end="")
@@ -408,7 +465,39 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 COMMANDS = {"sweep": cmd_sweep, "export": cmd_export, "predict": cmd_predict, "plot": cmd_plot, "data": cmd_data, "train": cmd_train, "launch": cmd_launch, "eval": cmd_eval, "show": cmd_show, "validate": cmd_validate, "ls": cmd_ls}
 
 
+class _ClosedPipeTolerant:
+    """stdout that a reader may close (``trainkit show X | head -1``): a closed pipe is a
+    normal end in Unix, not an error. What is still printed goes to /dev/null and the
+    command carries on (a training is never failed by it)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._discard()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._discard()
+
+    def _discard(self) -> None:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self._stream.fileno())
+        os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not isinstance(sys.stdout, _ClosedPipeTolerant) and hasattr(sys.stdout, "fileno"):
+        sys.stdout = _ClosedPipeTolerant(sys.stdout)
     parser = make_parser()
     # Overrides may come after options too (``--run-dir D trainer.epochs=3``),
     # which argparse's subcommands cannot express: collect them from the leftovers.

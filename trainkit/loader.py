@@ -29,7 +29,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from trainkit.errors import ConfigError, did_you_mean
+from trainkit.errors import ConfigError, did_you_mean, first_line
 from trainkit.recipe import Recipe
 
 Path_ = tuple[str | int, ...]
@@ -106,21 +106,56 @@ class _StrictSafeLoader(yaml.SafeLoader):
     """SafeLoader that also refuses duplicate keys (a silent last-one-wins is a trap)."""
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _mapping_without_duplicates(loader: _StrictSafeLoader, node: yaml.MappingNode) -> dict:
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == _MERGE_TAG:  # ``<<: *defaults``: merged by construct_mapping, own keys win
+            continue
         key = loader.construct_object(key_node)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"a key must be text or a number, not a {type(key).__name__}", key_node.start_mark
+            )
         if key in seen:
             raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key '{key}'", key_node.start_mark
+                None, None, f"duplicate key '{_shown(key)}'", key_node.start_mark
             )
         seen.add(key)
     return loader.construct_mapping(node)
 
 
+#: The longest integer a recipe needs is a seed or a step count; Python refuses to
+#: parse more than 4,300 digits anyway (with a ValueError, not a YAML error).
+MAX_INT_DIGITS = 40
+
+
+def _bounded_int(loader: _StrictSafeLoader, node: yaml.ScalarNode) -> int:
+    digits = sum(ch.isdigit() for ch in node.value)
+    if digits > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of {digits:,} digits; a recipe's numbers have at most {MAX_INT_DIGITS}", node.start_mark
+        )
+    return loader.construct_yaml_int(node)
+
+
 _StrictSafeLoader.add_constructor(
     yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
 )
+_StrictSafeLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+def _code_point(character: int | str) -> int:
+    return character if isinstance(character, int) else ord(character[:1] or "\0")
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    """``value`` as text for an error line: unprintable characters escaped, long text cut."""
+    text = str(value)
+    escaped = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return escaped if len(escaped) <= limit else f"{escaped[:limit]}... ({len(text):,} characters)"
 
 
 def _read_yaml(path: Path) -> Any:
@@ -152,8 +187,9 @@ def parse_yaml(text: str, *, source: str) -> Any:
         raise ConfigError(
             f"{source}: {len(text):,} characters of YAML, more than the {MAX_YAML_BYTES:,} a recipe or config may have"
         )
-    loader = _StrictSafeLoader(text)
+    loader = None
     try:
+        loader = _StrictSafeLoader(text)  # its reader refuses NUL and other control characters
         _check_depth(text, source)
         node = loader.get_single_node()
         if node is None:
@@ -167,10 +203,16 @@ def parse_yaml(text: str, *, source: str) -> Any:
         if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
             problem = f"{problem} (YAML here is plain data: tags that build Python objects are refused)"
         raise ConfigError(f"YAML error in {where}: {problem}") from None
+    except yaml.reader.ReaderError as err:
+        raise ConfigError(
+            f"YAML error in {source}: the character U+{_code_point(err.character):04X} at position {err.position} "
+            "is not allowed in YAML text (a NUL or control character: is it a binary file?)"
+        ) from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"YAML error in {source}: {err}") from None
+        raise ConfigError(f"YAML error in {source}: {first_line(err)}") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _check_depth(text: str, source: str) -> None:
@@ -194,10 +236,12 @@ def _check_expanded_size(root: yaml.Node, source: str) -> None:
     """Refuse a document whose aliases expand to more than :data:`MAX_YAML_VALUES` values."""
     sizes: dict[int, int] = {}
     in_progress: set[int] = set()
+    shared = [False]  # a node reached twice: the document uses aliases
 
     def size(node: yaml.Node) -> int:
         key = id(node)
         if key in sizes:
+            shared[0] = True
             return sizes[key]
         if key in in_progress:
             raise ConfigError(f"YAML error in {source}, line {node.start_mark.line + 1}: an alias refers to itself")
@@ -209,6 +253,10 @@ def _check_expanded_size(root: yaml.Node, source: str) -> None:
             total += sum(size(k) + size(v) for k, v in node.value)
         in_progress.discard(key)
         if total > MAX_YAML_VALUES:
+            if not shared[0]:
+                raise ConfigError(
+                    f"YAML error in {source}: more than {MAX_YAML_VALUES:,} values; a recipe or config never holds that many"
+                )
             raise ConfigError(
                 f"YAML error in {source}: its aliases (*name) expand to more than {MAX_YAML_VALUES:,} values; "
                 "a recipe or config never needs that many (an alias bomb?)"
@@ -330,15 +378,16 @@ class Layered:
 
     def set_path(self, dotted: str, value: Any, source: str) -> None:
         """Apply one override ``a.b.0.c=value``."""
-        keys = [int(k) if k.isdigit() else k for k in dotted.split(".")]
+        source = _shown(source, 120)
+        # Only ASCII digits index a list: str.isdigit() also takes '²' (which int() refuses).
+        keys = [int(k) if k.isascii() and k.isdigit() and len(k) <= 9 else k for k in dotted.split(".")]
         if not dotted or any(k == "" for k in keys):
-            raise ConfigError(f"override '{dotted}={value}' ({source}): the key is empty")
+            raise ConfigError(f"override '{_shown(dotted)}' ({source}): the key is empty")
         node = self.data
         for depth, key in enumerate(keys[:-1]):
-            here = ".".join(map(str, keys[: depth + 1]))
+            here = _shown(".".join(map(str, keys[: depth + 1])))
             if isinstance(node, list):
-                if not isinstance(key, int) or key >= len(node):
-                    raise ConfigError(f"{here} ({source}): index out of range (the list has {len(node)} items)")
+                _check_index(node, key, here, source)
                 node = node[key]
             elif isinstance(node, dict):
                 node = node.setdefault(key, {})
@@ -349,14 +398,19 @@ class Layered:
             else:
                 raise ConfigError(f"{here} ({source}): cannot set a key inside a {type(node).__name__}")
         last = keys[-1]
+        if not isinstance(node, dict | list):
+            parent = _shown(".".join(map(str, keys[:-1])))
+            raise ConfigError(
+                f"{_shown(dotted)} ({source}): {parent} is a single value ({type(node).__name__}), not a section; "
+                f"set {parent}=VALUE itself"
+            )
         if last == "type" and isinstance(node, dict) and node.get("type") not in (None, value) and len(keys) > 1:
             # A new component type: the old one's arguments do not apply to it.
             for key in [k for k in node if k != "type"]:
                 del node[key]
                 self.origin.pop((*keys[:-1], key), None)
         if isinstance(node, list):
-            if not isinstance(last, int) or last >= len(node):
-                raise ConfigError(f"{dotted} ({source}): index out of range (the list has {len(node)} items)")
+            _check_index(node, last, _shown(dotted), source)
         node[last] = _plain(value)
         self._mark(tuple(keys), value, source)
         if keys == ["name"]:
@@ -384,6 +438,16 @@ class Layered:
         return self.files[0] if self.files else "the recipe"
 
 
+def _check_index(node: list, key: str | int, here: str, source: str) -> None:
+    if not isinstance(key, int):
+        raise ConfigError(
+            f"{here} ({source}): this is a list; index it with a number 0..{len(node) - 1} (ASCII digits)"
+            if node else f"{here} ({source}): this is an empty list; set the whole list instead"
+        )
+    if key >= len(node):
+        raise ConfigError(f"{here} ({source}): index out of range (the list has {len(node)} items)")
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: _plain(v) for k, v in value.items()}
@@ -395,9 +459,9 @@ def _plain(value: Any) -> Any:
 def parse_override(text: str) -> tuple[str, Any]:
     """``"trainer.epochs=3"`` -> ``("trainer.epochs", 3)``; values are YAML scalars."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' must look like key=value (for example trainer.epochs=3)")
+        raise ConfigError(f"override '{_shown(text)}' must look like key=value (for example trainer.epochs=3)")
     key, raw = text.split("=", 1)
-    value = parse_yaml(raw, source=f"override '{text}'") if raw.strip() else ""
+    value = parse_yaml(raw, source=f"override '{_shown(text)}'") if raw.strip() else ""
     return key.strip(), value
 
 
@@ -438,13 +502,16 @@ def load_recipe(
     if isinstance(overrides, Mapping):
         items = [(key, value, f"override {key}={value!r}") for key, value in overrides.items()]
     else:
-        items = [(*parse_override(text), f"override {text}") for text in overrides or ()]
+        items = [(*parse_override(text), f"override {_shown(text, 120)}") for text in overrides or ()]
     for key, value, source in items:
         layered.set_path(key, value, source)
     return validate(layered)
 
 
-def _load_file(layered: Layered, path: Path) -> None:
+def _load_file(layered: Layered, path: Path, chain: tuple[Path, ...] = ()) -> None:
+    if path.resolve() in chain:
+        loop = " -> ".join(p.name for p in (*chain, path.resolve()))
+        raise ConfigError(f"base ({chain[-1]}): the configs name each other as base in a loop: {loop}")
     if path.suffix == ".py":
         layered.files.append(str(path))
         layered.merge(_recipe_from_python(path), str(path))
@@ -458,13 +525,25 @@ def _load_file(layered: Layered, path: Path) -> None:
         layered.files.append(str(path))
         layered.merge(data, str(path))
         return
-    if not isinstance(base, str):
-        raise ConfigError(f"base ({path}): must be a recipe name or path, got {base!r}")
-    base_path = path.parent / base if base.endswith((".py", ".yaml", ".yml")) else find(base)
+    base_path = _base_recipe(base, path)
     if base_path.resolve() == path.resolve():
         raise ConfigError(f"base ({path}): a config cannot be its own base")
-    _load_file(layered, base_path)
+    _load_file(layered, base_path, (*chain, path.resolve()))
     _apply_config(layered, path, base_expected=None, data=data)
+
+
+def _base_recipe(base: Any, path: Path) -> Path:
+    """The recipe a config's ``base:`` names: a name in the recipe search path, never a file
+    path (a YAML file never imports code; the user names a ``.py`` file on the command line)."""
+    how = f"to build on a file deliberately, name it on the command line: trainkit train FILE.py -c {path}"
+    if not isinstance(base, str):
+        raise ConfigError(f"base ({path}): must be a recipe name (see trainkit ls), got {_shown(repr(base))}")
+    known = available()
+    if base not in known:
+        if base.endswith((".py", ".yaml", ".yml")) or "/" in base or os.sep in base:
+            raise ConfigError(f"base ({path}): '{_shown(base)}' is a path; base: names a recipe in recipes/ or configs/ (see trainkit ls); {how}")
+        raise ConfigError(f"base ({path}): no recipe or config named '{_shown(base)}'; {did_you_mean(base, known)}")
+    return known[base]
 
 
 def _apply_config(layered: Layered, path: Path, *, base_expected: str | None, data: dict | None = None) -> None:
@@ -506,23 +585,23 @@ def explain(err: ValidationError, layered: Layered | None = None) -> str:
         valid = _fields_at(loc[:-1])
         hint = did_you_mean(str(key), valid) if valid else ""
         at = f" in {_dotted(parent)}" if parent else ""
-        return f"unknown key '{key}'{at}{where}; {hint}".rstrip("; ")
+        return f"unknown key '{_shown(key)}'{at}{where}; {hint}".rstrip("; ")
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         where = f" (in {layered.source_of([*loc, 'type'])})" if layered else ""
         ctx = first.get("ctx", {})
         tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",") if t.strip()]
         got = ctx.get("tag", first.get("input"))
-        return f"{_dotted(shown)}.type{where}: unknown type {got!r}; {did_you_mean(str(got), tags)}"
+        return f"{_dotted(shown)}.type{where}: unknown type {_shown(repr(got), 80)}; {did_you_mean(str(got), tags)}"
     if kind == "missing":
         return f"{_dotted(shown)}{where}: required field is missing"
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
-    got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {got!r}"
+    got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {_shown(repr(got), 80)}"
     return f"{_dotted(shown)}{where}: {message}{got_text}"
 
 
 def _dotted(parts: Sequence[Any]) -> str:
-    return ".".join(str(p) for p in parts) or "recipe"
+    return _shown(".".join(str(p) for p in parts), 120) or "recipe"
 
 
 def _display_loc(loc: Sequence[Any]) -> tuple[list[Any], list[Any]]:

@@ -10,6 +10,7 @@ before training starts.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -339,6 +340,7 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
     from trainkit.models.pretrained import STORED_SOURCE, is_available, keras_bytes
 
     run_path = Path(run_dir) if run_dir is not None else None
+    _check_not_itself(recipe, run_path)
     runs = source_models(recipe.model)  # sources that are runs, restored here and handed down
     model, sources = build_with_sources(
         recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None, runs=runs
@@ -382,7 +384,36 @@ def _enable_lora(model, rank: int) -> None:
             "model.lora_rank: the model has no KerasHub backbone to put LoRA on (no layer with enable_lora); "
             "use a KerasHub preset as model.source"
         )
+    _check_lora_size(backbones[0], rank)
     backbones[0].enable_lora(rank)
+
+
+def _check_not_itself(recipe: Recipe, run_path: Path | None) -> None:
+    from trainkit.models.pretrained import check_not_itself
+
+    if recipe.model.type == "pretrained":
+        check_not_itself(str(recipe.model.kwargs.get("source", "")), run_path, field="model.source")
+    if recipe.model.init is not None:
+        check_not_itself(recipe.model.init.source, run_path, field="model.init.source")
+
+
+def _check_lora_size(backbone, rank: int) -> None:
+    """Refuse, before anything is allocated, a rank beyond the adapted kernels or beyond memory."""
+    from trainkit.models.finetune import layers_of
+    from trainkit.models.memory import check_parameters_fit
+
+    targets = set(backbone.default_lora_layer_names())
+    kernels = [layer.kernel.shape for layer in layers_of(backbone) if layer.name in targets and hasattr(layer, "kernel")]
+    if not kernels:
+        return
+    smallest = min(min(int(math.prod(shape[:-1])), int(shape[-1])) for shape in kernels)
+    if rank > smallest:
+        raise ConfigError(
+            f"model.lora_rank: {rank:,} is larger than the kernels LoRA adapts (their smallest side is {smallest}); "
+            f"a low-rank update has a rank below that (typically 4-64)"
+        )
+    added = sum(rank * (int(math.prod(shape[:-1])) + int(shape[-1])) for shape in kernels)
+    check_parameters_fit(int(backbone.count_params()) + added, field="model.lora_rank")
 
 
 def check_model_fits_data(recipe: Recipe, model, data) -> None:

@@ -34,6 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -49,6 +50,9 @@ from pydantic import (
     model_validator,
 )
 
+from trainkit.errors import ConfigError
+from trainkit.patterns import check_pattern
+
 #: The largest count (batch size, steps, buffer, ...) a recipe may give: TensorFlow
 #: holds many of them as int32, and nothing real comes near it; 10**20 would
 #: otherwise surface as an OverflowError deep inside a build.
@@ -59,10 +63,23 @@ NonNegativeInt = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
-class Section(BaseModel):
-    """A strict recipe section: unknown keys are errors."""
+def _usable_pattern(value: str) -> str:
+    try:
+        check_pattern(value, "")
+    except ConfigError as err:
+        raise ValueError(str(err).removeprefix(": ")) from None
+    return value
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+Pattern = Annotated[str, AfterValidator(_usable_pattern)]
+"""A regular expression over layer names or variable paths: bounded in length, compilable."""
+
+
+class Section(BaseModel):
+    """A strict recipe section: unknown keys are errors. Numbers are finite: an infinite
+    learning rate or multiplier only fails at the first step, after the run directory exists."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class _OmitsUnusedFields(BaseModel):
@@ -70,6 +87,7 @@ class _OmitsUnusedFields(BaseModel):
     out of its data while they hold their default: recipes that do not use them
     print and hash exactly as before the fields existed (runs stay resumable)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)
     _omitted_when_default: ClassVar[tuple[str, ...]] = ()
 
     @model_serializer(mode="wrap")
@@ -657,7 +675,7 @@ class InitSection(Section):
     """A trainkit run directory or a ``.keras`` file."""
     source_checkpoint: str = "final"
     """Of a run directory: ``last``, ``best``, ``final`` or a step number."""
-    skip: list[str] = Field(default_factory=list)
+    skip: list[Pattern] = Field(default_factory=list)
     """Regexes over variable paths (``layer/name``) never loaded from the source."""
     strict: bool = False
     """``true``: every variable of the model must be restored (none missing or of another shape)."""
@@ -672,7 +690,7 @@ class ModelSection(_OmitsUnusedFields):
     _omitted_when_default: ClassVar[tuple[str, ...]] = ("freeze", "init", "lora_rank")
 
     type: str
-    freeze: list[str] = Field(default_factory=list)
+    freeze: list[Pattern] = Field(default_factory=list)
     """Regexes over layer names: matching layers are not trained (a frozen
     BatchNormalization runs in inference mode). Each must match a layer."""
     init: InitSection | None = None
@@ -741,7 +759,7 @@ class ParameterGroup(Section):
     """Trainable variables whose path (``layer/name``) matches ``match`` (a regex)
     take steps of ``learning_rate_multiplier`` times the optimizer's."""
 
-    match: Annotated[str, Field(min_length=1)]
+    match: Annotated[Pattern, Field(min_length=1)]
     learning_rate_multiplier: Annotated[float, Field(ge=0)]
 
 
@@ -806,7 +824,7 @@ class Stage(Section):
     """One stage of a fine-tuning run, with its own budget."""
 
     epochs: PositiveInt
-    unfreeze: Literal["all"] | list[str] | None = None
+    unfreeze: Literal["all"] | list[Pattern] | None = None
     """At the stage's start: ``all`` layers trainable again, or those matching these regexes."""
     learning_rate: PositiveFloat | None = None
     """The optimizer's learning rate from this stage on (a schedule still multiplies it)."""

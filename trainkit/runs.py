@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import MissingExtra, RunDirError
+from trainkit.files import read_regular
 from trainkit.recipe import Recipe
 from trainkit.rundir import RunDir
 
@@ -38,37 +39,57 @@ def read_history(run_dir: str | os.PathLike) -> dict[str, list]:
     An epoch logged twice (its end replayed after resuming from a checkpoint
     older than it) counts once, with its latest values.
     """
-    path = RunDir(run_dir).metrics_log
     epochs: dict[int, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:  # a line cut short by a kill
-                continue
-            if event.get("split") == "epoch":
-                epochs[int(event["epoch"])] = event
+    for event in read_events(run_dir, "epoch"):
+        if isinstance(event.get("epoch"), int) and not isinstance(event["epoch"], bool):
+            epochs[event["epoch"]] = event
     history: dict[str, list] = {}
     for _, event in sorted(epochs.items()):
         for key, value in event.items():
-            if key not in _BOOKKEEPING:
+            if key not in _BOOKKEEPING and _is_number(value):
                 history.setdefault(key, []).append(value)
     return history
 
 
 def read_events(run_dir: str | os.PathLike, split: str) -> list[dict[str, Any]]:
-    """Every ``metrics.jsonl`` event of one split (``train``, ``validation``, ``epoch``)."""
+    """Every ``metrics.jsonl`` event of one split (``train``, ``validation``, ``epoch``).
+
+    A line that is not a JSON object (cut short by a kill, or not trainkit's) is skipped."""
     path = RunDir(run_dir).metrics_log
     out = []
     if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("split") == split:
-                out.append(event)
+        with open(path, "rb") as f:
+            for raw in f:
+                try:
+                    event = json.loads(raw)
+                except (ValueError, RecursionError):
+                    continue
+                if isinstance(event, dict) and event.get("split") == split:
+                    out.append(event)
     return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def read_eval(path: Path) -> dict[str, dict[str, float]]:
+    """``eval.json``: ``{split: {metric: number}}``; anything else is one line naming the file."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(read_regular(path))
+    except (ValueError, RecursionError, OSError) as err:
+        data = err
+    well_formed = isinstance(data, dict) and all(
+        isinstance(values, dict) and all(_is_number(v) for v in values.values()) for values in data.values()
+    )
+    if not well_formed:
+        raise RunDirError(
+            f"{path} is not trainkit's evaluation ({{split: {{metric: number}}}}); delete it and evaluate the run "
+            "again (trainkit eval RUN_DIR)"
+        )
+    return data
 
 
 class Run:
@@ -133,8 +154,7 @@ class Run:
     def metrics(self) -> dict[str, dict[str, float]]:
         """Final metrics per evaluated split, as in ``eval.json`` (empty before the run finished)."""
         if self._metrics is None:
-            path = RunDir(self.run_dir).eval_json
-            self._metrics = json.loads(path.read_text()) if path.is_file() else {}
+            self._metrics = read_eval(RunDir(self.run_dir).eval_json)
         return self._metrics
 
     @property
@@ -178,8 +198,7 @@ class Run:
 def load_run(run_dir: str | os.PathLike) -> Run:
     """An existing run directory as a :class:`Run` (nothing is built until ``run.model``)."""
     directory = RunDir(run_dir)
-    if not directory.exists():
-        raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
+    directory.check_existing()
     return Run(None, directory.path)
 
 

@@ -13,6 +13,7 @@ from trainkit import registry
 from trainkit.components import check_arguments
 from trainkit.data.pipeline import DataInfo
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
+from trainkit.models.memory import check_parameters_fit
 from trainkit.recipe import ModelSection
 
 # Filled in by trainkit from the data, never written in a recipe.
@@ -148,37 +149,9 @@ def build_with_sources(
     return model, []
 
 
-#: Bytes per parameter while training: the weight, its gradient and two optimizer
-#: slots (Adam's moments), in float32. Activations come on top.
-TRAINING_BYTES_PER_PARAMETER = 4 * 4
-
-
 def check_fits_in_memory(model, *, field: str, available: int | None = None) -> None:
     """Refuse a model whose parameters alone could not be trained in the memory there is."""
-    parameters = int(model.count_params())
-    needed = parameters * TRAINING_BYTES_PER_PARAMETER
-    available = available_memory() if available is None else available
-    if available and needed > available:
-        raise ConfigError(
-            f"{field}: {parameters:,} parameters need about {_gib(needed)} to train (weights, gradients, "
-            f"optimizer state), more than the {_gib(available)} of memory available; make the model smaller"
-        )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def _gib(n: int) -> str:
-    return f"{n / 2**30:,.1f} GiB"
+    check_parameters_fit(int(model.count_params()), field=field, available=available)
 
 
 def _oom_shape(err: BaseException) -> str:

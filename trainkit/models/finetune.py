@@ -10,11 +10,11 @@ in inference mode (Keras semantics) and its variables get no gradient.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
 from trainkit.errors import ConfigError
+from trainkit.patterns import compile_pattern, search
 
 
 def layers_of(model) -> list[Any]:
@@ -33,20 +33,13 @@ def _names(model) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > 40 else "")
 
 
-def _compile(pattern: str, field: str):
-    try:
-        return re.compile(pattern)
-    except re.error as err:
-        raise ConfigError(f"{field}: '{pattern}' is not a valid regular expression: {err}") from None
-
-
 def matching_layers(model, patterns: Sequence[str], *, field: str) -> list[Any]:
     """Layers whose name one of ``patterns`` finds; each pattern must find one."""
     layers = layers_of(model)
     found: list[Any] = []
     for i, pattern in enumerate(patterns):
-        regex = _compile(pattern, f"{field}.{i}")
-        hits = [layer for layer in layers if regex.search(layer.name)]
+        regex = compile_pattern(pattern, f"{field}.{i}")
+        hits = [layer for layer in layers if search(regex, layer.name, f"{field}.{i}")]
         if not hits:
             raise ConfigError(f"{field}.{i}: '{pattern}' matches no layer of the model; its layers: {_names(model)}")
         found.extend(hit for hit in hits if hit not in found)
@@ -85,11 +78,11 @@ def check_patterns(model, patterns: Sequence[str], *, field: str) -> None:
 def group_of_variables(model, variables: Sequence[Any], groups: Sequence[Any]) -> list[int | None]:
     """For each variable, the index of the ``optimizer.groups`` entry its path matches
     (``None``: no group). Every group must match, and no variable may match two."""
-    regexes = [_compile(g.match, f"optimizer.groups.{i}.match") for i, g in enumerate(groups)]
+    regexes = [compile_pattern(g.match, f"optimizer.groups.{i}.match") for i, g in enumerate(groups)]
     out: list[int | None] = []
     used = set()
     for variable in variables:
-        hits = [i for i, regex in enumerate(regexes) if regex.search(variable.path)]
+        hits = [i for i, regex in enumerate(regexes) if search(regex, variable.path, f"optimizer.groups.{i}.match")]
         if len(hits) > 1:
             a, b = hits[:2]
             raise ConfigError(

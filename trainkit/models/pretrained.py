@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Literal
 
 from trainkit import registry
 from trainkit.errors import ConfigError, first_line
+from trainkit.keras_archive import check_keras_archive
 
 #: Inside a run directory: the source model as the run first loaded it.
 STORED_SOURCE = "pretrained_source.keras"
@@ -136,13 +138,33 @@ def load_source(
             raise ConfigError(f"{field}: the run {source} is restored by trainkit's plan (trainkit.plan.build)")
         return runs[source]
     if path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file():
+        _check_weights_fit(sum(p.stat().st_size for p in path.glob("*.weights.h5")), field)
         return _load_preset(str(path), field=field)
     if path.is_file() and path.suffix == ".keras":
+        check_keras_archive(path, what=field)
+        with zipfile.ZipFile(path) as archive:
+            _check_weights_fit(sum(m.file_size for m in archive.infolist() if m.filename.endswith(".h5")), field)
         try:
             return keras.saving.load_model(path, compile=False)
         except Exception as err:
             raise ConfigError(f"{field}: {source} cannot be loaded as a Keras model: {first_line(err)[:200]}") from None
     raise ConfigError(f"{field}: '{source}' is not {_KINDS}")
+
+
+def _check_weights_fit(weight_bytes: int, field: str) -> None:
+    """Refuse, before loading them, float32 weights that could not be trained in the memory there is."""
+    from trainkit.models.memory import check_parameters_fit
+
+    check_parameters_fit(weight_bytes // 4, field=field)
+
+
+def check_not_itself(source: str, run_path: Path | None, *, field: str) -> None:
+    """A run cannot start from its own directory (it would read the checkpoints it is writing)."""
+    if run_path is not None and Path(source).exists() and Path(source).resolve() == Path(run_path).resolve():
+        raise ConfigError(
+            f"{field}: {source} is this run's own directory; a run cannot start from itself "
+            "(name another run, or train into another --run-dir)"
+        )
 
 
 def _load_application(source: str, weights: str | None, input_shape, *, field: str):
@@ -248,15 +270,20 @@ def _on_top(backbone, head: str, cut_at: str | None, num_outputs: int, activatio
 
 def _load_stored(stored: Path):
     """A run's copy of its source; KerasHub's classes are registered first if it holds one."""
-    import zipfile
-
     import keras
 
+    check_keras_archive(stored, what="the run's copy of its pretrained source")
     with zipfile.ZipFile(stored) as archive:
         config = archive.read("config.json")
     if b"keras_hub" in config:
         import keras_hub  # noqa: F401
-    return keras.saving.load_model(stored, compile=False)
+    try:
+        return keras.saving.load_model(stored, compile=False)
+    except Exception as err:  # damaged or foreign: Keras says so in many ways
+        raise ConfigError(
+            f"{stored} (this run's copy of its pretrained source) cannot be loaded ({first_line(err)[:160]}); "
+            "put the source back where model.source names it, or train the run again"
+        ) from None
 
 
 @registry.register_model("pretrained")

@@ -10,12 +10,12 @@ Resuming a run restores its checkpoint instead: a resumed run never reads its
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 from trainkit.errors import ConfigError
 from trainkit.models import pretrained
+from trainkit.patterns import compile_pattern, search
 from trainkit.recipe import InitSection
 
 
@@ -29,18 +29,13 @@ def restore_matching(
         spec.source, checkpoint=spec.source_checkpoint, field="model.init.source", runs=runs
     )
     use = pretrained.SourceUse("model.init.source", spec.source, pretrained.digest(source_model), source_model)
-    skips = []
-    for i, pattern in enumerate(spec.skip):
-        try:
-            skips.append(re.compile(pattern))
-        except re.error as err:
-            raise ConfigError(f"model.init.skip.{i}: '{pattern}' is not a valid regular expression: {err}") from None
+    skips = [compile_pattern(pattern, f"model.init.skip.{i}") for i, pattern in enumerate(spec.skip)]
     available = {v.path: v for v in _weights(source_model)}
     report: dict[str, Any] = {"source": spec.source, "digest": use.digest, "matched": [], "skipped": [], "shape_mismatch": [], "missing": []}
     used_skips = set()
     for variable in _weights(model):
         path = variable.path
-        hits = [i for i, regex in enumerate(skips) if regex.search(path)]
+        hits = [i for i, regex in enumerate(skips) if search(regex, path, f"model.init.skip.{i}")]
         if hits:
             used_skips.update(hits)
             report["skipped"].append(path)

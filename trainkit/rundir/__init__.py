@@ -136,6 +136,10 @@ class RunDir:
                 f"--run-dir {self.path}: it is the working directory or holds it; a run directory is a folder "
                 "of its own (e.g. runs/NAME)"
             )
+        resolved = self.path.resolve()
+        for system in _SYSTEM_FOLDERS:
+            if resolved == system or system in resolved.parents:
+                raise RunDirError(f"--run-dir {self.path}: {system} is the kernel's, not a place for files; choose another --run-dir")
         ancestor = self.path.absolute()
         while not ancestor.exists() and ancestor != ancestor.parent:
             ancestor = ancestor.parent
@@ -144,6 +148,13 @@ class RunDir:
         if not os.access(ancestor, os.W_OK | os.X_OK):
             why = "a read-only file system" if _read_only(ancestor) else "not writable by this user"
             raise RunDirError(f"--run-dir {self.path}: {ancestor} is {why}; choose another --run-dir")
+        self.refuse_symlinks()
+
+    def check_existing(self) -> None:
+        """For a verb that reads a run (eval, export, predict, plot, compare): refuse a folder
+        that is not a run directory, or that holds a symbolic link (its files could point anywhere)."""
+        if not self.exists():
+            raise RunDirError(f"{self.path} is not a trainkit run directory (no config.yaml)")
         self.refuse_symlinks()
 
     def refuse_symlinks(self) -> None:
@@ -262,8 +273,7 @@ def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLik
     which is imported because the caller chose it.
     """
     directory = RunDir(run_dir)
-    if not directory.exists():
-        raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
+    directory.check_existing()
     if recipe_file is not None:
         from trainkit.loader import import_recipe_file
 
@@ -280,6 +290,10 @@ def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
         f"{err}; this run was trained from the recipe file {source}, whose components a run directory "
         f"never imports by itself: name it with --recipe {source} (recipe_file= in Python)"
     )
+
+
+_SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
+"""Pseudo file systems: writes there reach the kernel, not a disk."""
 
 
 def _read_only(path: Path) -> bool:

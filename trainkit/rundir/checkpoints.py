@@ -147,7 +147,7 @@ def load_weights(model: keras.Model, directory: RunDir, which: str | int, *, fie
     if which in ("last", "best", "final"):
         return _load_named(model, directory, which, field=field)
     ckpts = directory.checkpoints
-    if which.isdigit():
+    if which.isascii() and which.isdigit():
         kept = [ckpts / "final", ckpts / "best", ckpts]
         for folder in kept:
             path = folder / f"{PREFIX}-{int(which)}"
@@ -170,6 +170,18 @@ def _load_path(model: keras.Model, path: str, *, field: str) -> str:
     return path
 
 
+def _weights_of_old_run(model: keras.Model, directory: RunDir, field: str) -> str:
+    """The weights of a run from before ``checkpoints/final/``: its ``model.keras``."""
+    from trainkit.keras_archive import check_keras_archive
+
+    check_keras_archive(directory.model_file, what=f"{field} final")
+    try:
+        model.load_weights(directory.model_file)
+    except Exception as err:  # a foreign or damaged file: Keras says why in many ways
+        raise RunDirError(f"{field} final: {directory.model_file} does not hold this run's weights ({reason(err)})") from None
+    return str(directory.model_file)
+
+
 def _load_named(model: keras.Model, directory: RunDir, which: str, *, field: str) -> str:
     """``last``, ``best`` or ``final``: the newest of that kind that reads back."""
     ckpts = directory.checkpoints
@@ -179,9 +191,14 @@ def _load_named(model: keras.Model, directory: RunDir, which: str, *, field: str
         console.warn(f"warning: checkpoint {bad} cannot be read back ({why}); skipped it")
     if path:
         return path
+    if which == "final" and skipped:  # damaged: the newest good checkpoint, as resuming does
+        path, _ = latest_readable(ckpts, lambda p: restore_model_weights(model, p))
+        if path:
+            console.warn(f"warning: {where} cannot be read back; using the newest good checkpoint, {path}")
+            return path
+        raise RunDirError(f"{field} final: {where} is damaged and no earlier checkpoint reads back; train the run again")
     if which == "final" and directory.model_file.is_file():
-        model.load_weights(directory.model_file)  # a run from before checkpoints/final/
-        return str(directory.model_file)
+        return _weights_of_old_run(model, directory, field)
     if which == "best" and not skipped:
         raise RunDirError(
             f"{field} best: {where} holds no checkpoint (the run monitored no metric: "

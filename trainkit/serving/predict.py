@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import os
+import stat
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +28,9 @@ import numpy as np
 from trainkit.errors import ConfigError, RunDirError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+MAX_LINE_BYTES = 1 << 20
+"""One CSV row or JSON line; a 28x28 image as text is about 3 KiB."""
+MAX_TEXT_INPUT_BYTES = 1 << 30
 
 
 @dataclass
@@ -71,9 +77,11 @@ def predict(run_dir: str | os.PathLike, inputs: Any, *, checkpoint: str | None =
     The run's ``model.keras`` is used, or with ``checkpoint`` (``last``, ``best``,
     ``final``, a step) that checkpoint's weights behind the same preprocessing.
     """
+    from trainkit.rundir import RunDir
     from trainkit.serving import spec as inference_spec
 
     directory = Path(run_dir)
+    RunDir(directory).check_existing()
     spec = inference_spec.read(directory)
     if spec is None:
         raise RunDirError(f"{directory} has no inference.json: it is not a trainkit run directory, or it predates export")
@@ -104,7 +112,15 @@ def _model(directory: Path, spec: dict, checkpoint: str | None):
     if checkpoint is None and saved.is_file():
         import keras
 
-        model = keras.models.load_model(saved, compile=False)
+        from trainkit.keras_archive import check_keras_archive
+
+        check_keras_archive(saved, what="predict")
+        try:
+            model = keras.models.load_model(saved, compile=False)
+        except Exception as err:  # damaged, foreign, or a layer safe mode refuses
+            raise RunDirError(
+                f"{saved} cannot be loaded ({first_line(err)[:160]}); give --checkpoint last to predict from a checkpoint"
+            ) from None
         if [tuple(t.shape[1:]) for t in model.inputs] == [tuple(spec["input"]["shape"])]:
             return model
     from trainkit.serving.export import build_inference_model, restore_for_export
@@ -123,24 +139,101 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
     expected = tuple(spec["input"]["shape"])
     dtype = np.dtype(spec["input"]["dtype"])
     if isinstance(inputs, np.ndarray):
-        return _from_array(inputs, expected, "inputs", dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            names, array = _from_array(inputs, expected, "inputs", dtype)
+        _check_finite(names, array, "inputs")
+        return names, array
     path = Path(inputs)
-    if path.is_dir():
-        return _read_images(path, spec)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file or folder (give a CSV, .npy, JSON lines file or a folder of images)")
+    kind = _kind_of(path)
+    with np.errstate(over="ignore", invalid="ignore"):  # 1e300 as float32: found below, in one line
+        if kind == "folder":
+            names, array = _read_images(path, spec)
+        elif kind == ".npy":
+            names, array = _from_array(_read_npy(path), expected, str(path), dtype)
+        elif kind == ".csv":
+            names, array = _read_csv(path, spec, dtype)
+        else:
+            names, array = _read_json_lines(path, spec, dtype)
+    _check_finite(names, array, str(path))
+    return names, array
+
+
+def _kind_of(path: Path) -> str:
+    """``folder``, or the suffix of a regular file predict reads; else one line saying why not."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        raise ConfigError(f"{path}: no such file or folder (give a CSV, .npy, JSON lines file or a folder of images)") from None
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file (a FIFO, socket or device); give a CSV, .npy or JSON lines file")
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as err:
-            raise ConfigError(f"{path}: not a readable .npy array ({first_line(err)})") from None
-        return _from_array(array, expected, str(path), dtype)
-    if suffix == ".csv":
-        return _read_csv(path, spec, dtype)
-    if suffix in (".jsonl", ".json", ".ndjson"):
-        return _read_json_lines(path, spec, dtype)
-    raise ConfigError(f"{path}: unknown input kind '{suffix}'; give a .csv, .npy, .jsonl file or a folder of images")
+    if suffix in (".json", ".ndjson"):
+        suffix = ".jsonl"
+    if suffix not in (".npy", ".csv", ".jsonl"):
+        raise ConfigError(f"{path}: unknown input kind '{suffix}'; give a .csv, .npy, .jsonl file or a folder of images")
+    if suffix != ".npy" and path.stat().st_size > MAX_TEXT_INPUT_BYTES:
+        raise ConfigError(
+            f"{path}: {path.stat().st_size / 2**30:,.1f} GiB; predict reads text inputs of up to "
+            f"{MAX_TEXT_INPUT_BYTES // 2**30} GiB (split it, or give a .npy array)"
+        )
+    return suffix
+
+
+def _check_finite(names: list[str], array: np.ndarray, where: str) -> None:
+    """NaN or infinity in features would give NaN probabilities and class 0, silently."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    if not finite.all():
+        first = names[int(np.argmin(finite))]
+        raise ConfigError(
+            f"{where}: example {first} holds NaN or infinity (as {array.dtype}; {int((~finite).sum())} such examples); "
+            "features must be finite numbers"
+        )
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, its header checked against the file's size before anything is allocated."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read_header(f)
+            data_bytes = path.stat().st_size - f.tell()
+    except (ValueError, OSError, SyntaxError, TypeError) as err:
+        raise ConfigError(f"{path}: not a readable .npy array ({first_line(err, limit=200)})") from None
+    if dtype.hasobject:
+        raise ConfigError(f"{path}: holds Python objects (pickled); expected an array of numbers")
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > data_bytes:
+        raise ConfigError(
+            f"{path}: its header claims shape {list(shape)} ({needed:,} bytes) but the file holds {data_bytes:,}; "
+            "it is damaged or truncated"
+        )
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ConfigError(f"{path}: not a readable .npy array ({first_line(err, limit=200)})") from None
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``(line number, text)`` of a text input, each line bounded and checked to be UTF-8 text,
+    so a huge or binary file is refused after reading one line, never read whole."""
+    with open(path, "rb") as f:
+        for number in itertools.count(1):
+            raw = f.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            if len(raw) > MAX_LINE_BYTES:
+                raise ConfigError(f"{path}, line {number}: longer than {MAX_LINE_BYTES // 2**20} MiB; expected one example per line")
+            if b"\0" in raw:
+                raise ConfigError(f"{path}, line {number}: holds a NUL byte; expected text (is it a binary file?)")
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ConfigError(f"{path}, line {number}: not UTF-8 text (byte {raw[err.start]:#04x} at column {err.start + 1})") from None
 
 
 def read_texts(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
@@ -253,8 +346,11 @@ def _one_example(values: list, expected: tuple, where: str) -> np.ndarray:
 def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.ndarray]:
     expected = tuple(spec["input"]["shape"])
     columns = spec["input"]["columns"]
-    with open(path, newline="") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    reader = csv.reader(text for _, text in _text_lines(path))
+    try:
+        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise ConfigError(f"{path}, line {reader.line_num}: not CSV ({err})") from None
     if not rows:
         raise ConfigError(f"{path}: empty; expected rows of {_describe(expected)}")
     first = [cell.strip() for cell in rows[0]]
@@ -267,7 +363,7 @@ def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.nd
 
             raise ConfigError(
                 f"{path}: no column '{missing[0]}' in the header ({len(missing)} of the {len(columns)} training "
-                f"columns missing; {did_you_mean(missing[0], header)}); expected the columns {', '.join(columns[:8])}"
+                f"columns missing; {did_you_mean(missing[0], [_shown(h) for h in header])}); expected the columns {', '.join(columns[:8])}"
                 + (", ..." if len(columns) > 8 else "")
             )
         pick = [header.index(c) for c in columns]
@@ -284,7 +380,7 @@ def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.nd
         for j, cell in enumerate(cells):
             if not _is_number(cell):
                 name = f"column '{columns[j]}'" if columns else f"column {j + 1}"
-                raise ConfigError(f"{path}, row {number}, {name}: {cell.strip()!r} is not a number")
+                raise ConfigError(f"{path}, row {number}, {name}: '{_shown(cell.strip())}' is not a number")
             values.append(float(cell))
         examples.append(np.asarray(values).reshape(expected))
     if not examples:
@@ -296,7 +392,7 @@ def _read_json_lines(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str]
     expected = tuple(spec["input"]["shape"])
     columns = spec["input"]["columns"]
     names, examples = [], []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
+    for number, line in _text_lines(path):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
@@ -304,6 +400,10 @@ def _read_json_lines(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str]
             value = json.loads(line)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{where}: not JSON ({err.msg})") from None
+        except RecursionError:
+            raise ConfigError(f"{where}: nested too deeply; expected a list of {_describe(expected)}") from None
+        if _depth(value) > len(expected) + 1:
+            raise ConfigError(f"{where}: nested deeper than an example; expected {_describe(expected)}")
         if isinstance(value, dict):
             if spec["input"]["name"] in value:
                 value = value[spec["input"]["name"]]
@@ -327,8 +427,6 @@ def _read_json_lines(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str]
 
 
 def _read_images(folder: Path, spec: dict) -> tuple[list[str], np.ndarray]:
-    import tensorflow as tf
-
     expected = tuple(spec["input"]["shape"])
     image = spec["input"]["image"] or {}
     if len(expected) != 3:
@@ -337,6 +435,11 @@ def _read_images(folder: Path, spec: dict) -> tuple[list[str], np.ndarray]:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    from trainkit.runtime import quiet_tensorflow
+
+    quiet_tensorflow()  # only now: a mistake above is one line, without TensorFlow's start-up lines
+    import tensorflow as tf
+
     examples = []
     for file in files:
         try:
@@ -350,6 +453,23 @@ def _read_images(folder: Path, spec: dict) -> tuple[list[str], np.ndarray]:
             raise ConfigError(f"{file}: the image is {size[0]}x{size[1]}; expected {height}x{width} (the size the model was trained on)")
         examples.append(np.asarray(decoded, np.float32))
     return [str(f.relative_to(folder)) for f in files], np.stack(examples).astype(np.dtype(spec["input"]["dtype"]))
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists nest in ``value`` (without recursion: the value may come from anyone)."""
+    depth, level = 0, [value]
+    while level:
+        level = [v for item in level if isinstance(item, list | dict) for v in (item.values() if isinstance(item, dict) else item)]
+        depth += 1
+        if depth > 64:
+            break
+    return depth
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """Text from an input file, safe to put in an error line: escaped, cut."""
+    escaped = text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+    return escaped if len(escaped) <= limit else f"{escaped[:limit]}..."
 
 
 def _is_number(cell: str) -> bool:

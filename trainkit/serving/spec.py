@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from trainkit.errors import ConfigError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainkit.errors import ConfigError, RunDirError
+from trainkit.files import read_regular
 
 if TYPE_CHECKING:
     from trainkit.data.pipeline import PreparedData
@@ -95,8 +98,103 @@ def write(directory: Path, spec: dict[str, Any]) -> None:
 
 
 def read(directory: Path) -> dict[str, Any] | None:
+    """The run's inference description, checked: a damaged or foreign file is one line."""
     path = Path(directory) / SPEC_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    way_out = "it is damaged or not trainkit's: copy the run again, or train it again with --restart"
+    try:
+        data = json.loads(read_regular(path, MAX_SPEC_BYTES).decode("utf-8"))
+        _InferenceSpec.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the file"
+        raise RunDirError(f"{path} is not a valid inference description ({where}: {first['msg']}); {way_out}") from None
+    except (ValueError, RecursionError, OSError) as err:  # bad JSON, not UTF-8
+        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        raise RunDirError(f"{path} cannot be read ({reason}); {way_out}") from None
+    return data
+
+
+MAX_SPEC_BYTES = 16 << 20
+"""Normalization statistics of a large image are the biggest part; far below this."""
+
+_Strict = ConfigDict(strict=True, extra="allow")
+_Dim = Annotated[int, Field(gt=0, le=1 << 20)]
+
+
+class _Input(BaseModel):
+    model_config = _Strict
+    name: str
+    shape: Annotated[list[_Dim], Field(max_length=8)]
+    dtype: str
+    columns: list[str] | None = None
+    image: dict[str, Any] | None = None
+
+    @field_validator("dtype")
+    @classmethod
+    def _known_dtype(cls, value: str) -> str:
+        import numpy as np
+
+        if value != "string":
+            try:
+                np.dtype(value)
+            except TypeError:
+                raise ValueError(f"unknown dtype {value[:40]!r}") from None
+        return value
+
+
+class _Normalize(BaseModel):
+    model_config = _Strict
+    type: Literal["normalize"]
+    mean: list[float]
+    std: list[float]
+    per: Literal["element", "channel"]
+
+
+class _Rescale(BaseModel):
+    model_config = _Strict
+    type: Literal["rescale"]
+    scale: float
+    offset: float
+
+
+class _CastFloat(BaseModel):
+    model_config = _Strict
+    type: Literal["cast_float"]
+
+
+class _Reshape(BaseModel):
+    model_config = _Strict
+    type: Literal["reshape"]
+    shape: Annotated[list[_Dim], Field(max_length=8)]
+
+
+class _Resize(BaseModel):
+    model_config = _Strict
+    type: Literal["resize", "center_crop"]
+    size: Annotated[list[_Dim], Field(min_length=2, max_length=2)]
+    method: str = "bilinear"
+
+
+class _InferenceSpec(BaseModel):
+    model_config = _Strict
+    recipe: str
+    recipe_hash: str
+    task: Literal["classification", "regression"]
+    num_classes: Annotated[int, Field(ge=1, le=1 << 20)] | None
+    class_names: list[str] | None
+    input: _Input
+    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize, Field(discriminator="type")]]
+    head: Literal["binary_logits", "binary", "softmax", "probabilities", "identity"]
+    outputs: list[str]
+    unsupported: str | None = None
+
+    @model_validator(mode="after")
+    def _classes_named(self) -> _InferenceSpec:
+        if self.task == "classification" and (not self.class_names or len(self.class_names) < 2):
+            raise ValueError("a classification run names at least two classes in class_names")
+        return self
 
 
 def check_exportable(spec: dict[str, Any]) -> None:

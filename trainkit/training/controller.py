@@ -148,6 +148,8 @@ class Controller:
         #: Where the run's seconds go (run.json's ``phases``): first step,
         #: training, validation and checkpoint saves are added here.
         self.phases = phases if phases is not None else Phases()
+        #: Steps this session trained (set when it ends): 0 when a finished run is opened again.
+        self.trained_steps = 0
         self._first_call_done = False
 
     # -- the run ------------------------------------------------------------------
@@ -436,15 +438,21 @@ class Controller:
         # (Not under a parameter server: its steps run asynchronously on remote workers.)
         measured = policy.measure_input and not distribute.is_parameter_server(self.strategy)
         waited = input_wait.from_trainer(trainer) if measured else None
-        self.run_dir.update_status(
-            step=position.step,
-            epoch=position.epoch,
-            steps_per_second=round((position.step - start_step) / elapsed, 2) if elapsed > 0 else None,
-            train_seconds=round(elapsed, 2),
-            stopped_early=bool(self.model.stop_training),
-            seconds_to_first_step=self._first_step_seconds,
+        self.trained_steps = position.step - start_step
+        measured_now = {
+            "steps_per_second": round(self.trained_steps / elapsed, 2) if elapsed > 0 else None,
+            "train_seconds": round(elapsed, 2),
+            "stopped_early": bool(self.model.stop_training),
+            "seconds_to_first_step": self._first_step_seconds,
             **({"input_wait_fraction": round(waited.fraction, 4)} if waited else {}),
             **self.costs(),
+        }
+        # Each session's figures are kept; the run's own (top-level) figures are those of
+        # the last session that trained: opening a finished run again measures nothing.
+        sessions = self.run_dir.read_status().get("sessions")
+        sessions = [*(sessions if isinstance(sessions, list) else []), {"steps": self.trained_steps, **measured_now}]
+        self.run_dir.update_status(
+            step=position.step, epoch=position.epoch, sessions=sessions, **(measured_now if self.trained_steps else {})
         )
         if measured and not waited and trainer.steps_run:
             self.sink.line("input wait: not measured (runtime.deterministic forbids the timing ops)")

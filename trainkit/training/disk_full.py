@@ -10,9 +10,11 @@ removed; the checkpoints already saved stay, so training again resumes.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 from trainkit.errors import TrainkitError
@@ -77,6 +79,37 @@ def describe(run_dir: Path, *, writing: str, needed: int | None) -> DiskFullErro
         f"the disk is full: {where} ({have}) could not take {writing} of {run_dir}{need}, "
         " and train again to resume from the last checkpoint"
     )
+
+
+@contextlib.contextmanager
+def writing(target: str | os.PathLike, what: str, *, option: str) -> Iterator[None]:
+    """A block that writes ``what`` to ``target`` (named by the command-line ``option``):
+    a full disk becomes one line (exit 5), any other failure to write one line (exit 2).
+    The writes inside are atomic, so nothing half-written stays behind."""
+    try:
+        yield
+    except TrainkitError:
+        raise
+    except Exception as err:
+        if is_disk_full(err):
+            where = Path(target).absolute().parent
+            try:
+                free = f"{_size(shutil.disk_usage(where).free)} free"
+            except OSError:
+                free = "no space left"
+            raise DiskFullError(
+                f"the disk is full: {_mount_point(where)} ({free}) could not take {what} {target}; "
+                "free some space and run the command again (nothing was left half-written)"
+            ) from None
+        if isinstance(err, OSError):
+            raise OutputError(f"{option} {target}: cannot write {what}: {err.strerror or err}") from None
+        raise
+
+
+class OutputError(TrainkitError):
+    """An output path that cannot be written (read-only, not a folder, ...)."""
+
+    exit_code = 2
 
 
 def _mount_point(path: Path) -> str:

@@ -105,7 +105,8 @@ def train_run(
         if role.is_chief and export is not None:
             with phases.timed("export"):
                 export(built, directory)
-        directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
+        _record_phases(directory, phases, trained=bool(controller.trained_steps))
+        directory.update_status(status="completed", ended=now())
     except BaseException as err:
         replacement = _record_failure(err, directory, built)
         if replacement is not None:
@@ -346,3 +347,24 @@ def header(built, directory: RunDir) -> str:
         f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
         f"{distribute.batch_text(recipe, built.strategy)}"
     )
+
+
+def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[str, dict[str, float]]:
+    results = {}
+    for split in built.recipe.trainer.evaluate:
+        if built.data.has_split(split):
+            results[split] = controller.evaluate(split, hooks=False)
+            sink.result(split, results[split])
+    write_json_atomic(directory.eval_json, results)
+    return results
+
+
+def _record_phases(directory: RunDir, phases: Phases, *, trained: bool) -> None:
+    """This session's phases in its entry of ``sessions``; the run's own ``phases`` only when it
+    trained (a finished run opened again keeps the figures of the session that trained it)."""
+    sessions = directory.read_status().get("sessions")
+    fields: dict[str, Any] = {"phases": phases.as_dict()} if trained else {}
+    if isinstance(sessions, list) and sessions and isinstance(sessions[-1], dict):
+        sessions[-1] = {**sessions[-1], "phases": phases.as_dict()}
+        fields["sessions"] = sessions
+    directory.update_status(**fields)

@@ -1,0 +1,2 @@
+print('RAN')
+def recipe(): return {}
