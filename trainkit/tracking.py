@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from trainkit.console import warn
-from trainkit.errors import RunDirError
+from trainkit.errors import RunDirError, first_line
 from trainkit.files import read_regular, write_json_atomic
 from trainkit.recipe import Recipe
 from trainkit.rundir import RunDir
@@ -120,7 +120,7 @@ class _Client:
             return what(self.client)
         except Exception as err:  # tracking never fails a training
             self.failed = True
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            reason = first_line(err, limit=200)
             self.say(f"warning: tracking: MLflow at {_shown(self.uri)} failed ({reason}); the run goes on untracked")
             return None
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from trainkit.errors import ConfigError, RunDirError
+from trainkit.errors import ConfigError, RunDirError, first_line
 from trainkit.files import read_regular
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ def read(directory: Path) -> dict[str, Any] | None:
         where = ".".join(str(p) for p in first["loc"]) or "the file"
         raise RunDirError(f"{path} is not a valid inference description ({where}: {first['msg']}); {way_out}") from None
     except (ValueError, RecursionError, OSError) as err:  # bad JSON, not UTF-8
-        reason = (str(err).splitlines() or [type(err).__name__])[0][:200]
+        reason = first_line(err, limit=200)
         raise RunDirError(f"{path} cannot be read ({reason}); {way_out}") from None
     return data
 

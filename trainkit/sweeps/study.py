@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.errors import ConfigError
+from trainkit.errors import ConfigError, first_line
 from trainkit.sweeps.space import Sweep
 
 #: The sweep directory's record of what it sweeps (read by ``sweep show`` and ``--best-config``).
@@ -52,8 +52,7 @@ def open_storage(url: str | None, sweep_dir: Path):
     try:
         return optuna.storages.RDBStorage(rdb_url(url))
     except Exception as err:  # a bad URL, a server that does not answer, a missing driver
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(f"--storage {url}: cannot open it: {reason[:200]}") from None
+        raise ConfigError(f"--storage {url}: cannot open it: {first_line(err, limit=200)}") from None
 
 
 def rdb_url(url: str) -> str:
