@@ -123,14 +123,14 @@ def test_validate_shows_frozen_layers_groups_and_parameter_counts(tmp_path, sour
 def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_decay():
     import keras
 
-    from trainkit.optim import scale_learning_rates
+    from trainkit.optim import group_learning_rates
 
     def run(optimizer, multipliers):
         layer = keras.layers.Dense(3, kernel_initializer="ones")
         layer.build((None, 4))
         variables = [layer.kernel, layer.bias]
         if multipliers:
-            scale_learning_rates(optimizer, variables, multipliers)
+            optimizer = group_learning_rates(optimizer, variables, multipliers)
         optimizer.build(variables)
         for i in range(3):
             grads = [np.full((4, 3), 0.5 + i, "float32"), np.full((3,), -2.0 * (i + 1), "float32")]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute, registry, runtime
+from trainkit import compat, distribute, registry, runtime
 from trainkit.components import check_arguments, instantiate
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
 from trainkit.recipe import Component, Recipe
@@ -189,7 +189,7 @@ def build(
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
     from trainkit.data.pipeline import prepare
-    from trainkit.optim import make_optimizer, scale_learning_rates
+    from trainkit.optim import group_learning_rates, make_optimizer
     from trainkit.training.loop import Trainer
     from trainkit.training.stages import Stages
 
@@ -215,7 +215,7 @@ def build(
 
             groups = recipe.optimizer.groups
             group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
-            scale_learning_rates(
+            optimizer = group_learning_rates(
                 optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
             )
             finetune_summary = finetune.summary(model, variables, groups, group_index)
@@ -478,8 +478,7 @@ def _blame(err: BaseException) -> tuple[str, str]:
     reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != "Graph execution error:"]
     reason = re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", reasons[-1] if reasons else type(err).__name__)
     for path in files:  # outermost first: a metric's update may call into keras's losses
-        path = path.replace("\\", "/")
-        for part, section in (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss")):
-            if part in path:
-                return section, reason
+        section = compat.keras_section_of(path)
+        if section is not None:
+            return section, reason
     return "recipe", reason

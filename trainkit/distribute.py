@@ -345,8 +345,16 @@ def is_parameter_server(strategy) -> bool:
 
 def is_multi_worker(strategy) -> bool:
     """Several processes run the loop in lock step (multi_worker_mirrored on 2+ workers)."""
-    extended = getattr(strategy, "extended", None)
-    return bool(getattr(extended, "_in_multi_worker_mode", lambda: False)()) and not is_parameter_server(strategy)
+    return not is_parameter_server(strategy) and _tasks(strategy, "chief", "worker") > 1
+
+
+def _tasks(strategy, *task_types: str) -> int:
+    """How many tasks of these types the strategy's cluster has (0 without a cluster)."""
+    resolver = None if is_tpu(strategy) else getattr(strategy, "cluster_resolver", None)
+    if resolver is None:  # (a TPU resolver's cluster is the TPU's hosts, never workers of ours)
+        return 0
+    spec = resolver.cluster_spec().as_dict()
+    return sum(len(spec.get(task_type, [])) for task_type in task_types)
 
 
 def coordinator(strategy) -> Any:
@@ -357,11 +365,11 @@ def coordinator(strategy) -> Any:
 
 
 def num_workers(strategy) -> int:
+    """The worker processes that train: a parameter server's workers, or every
+    worker (and chief) of multi_worker_mirrored; 1 on one process."""
     if is_parameter_server(strategy):
-        return int(strategy.extended._num_workers)
-    if is_multi_worker(strategy):
-        return int(strategy.extended._num_workers)
-    return 1
+        return _tasks(strategy, "worker")
+    return max(1, _tasks(strategy, "chief", "worker"))
 
 
 def describe(strategy) -> str:
@@ -372,7 +380,7 @@ def describe(strategy) -> str:
     if workers > 1 or is_multi_worker(strategy) or is_parameter_server(strategy):
         parts.append(f"{workers} worker{'s' if workers != 1 else ''}")
     if is_parameter_server(strategy):
-        ps = int(strategy.extended._num_ps)
+        ps = _tasks(strategy, "ps")
         parts.append(f"{ps} parameter server{'s' if ps != 1 else ''}, asynchronous")
     else:
         parts.append(f"{replicas} replica{'s' if replicas != 1 else ''}")
