@@ -230,6 +230,9 @@ class GroupedOptimizer(keras.optimizers.MultiOptimizer):
         super().__init__(group_map, loss_scale_factor=default.loss_scale_factor, name=name)
         self.group_map = group_map
         self.group_clipnorm = global_clipnorm
+        # Checkpointed under these names (MultiOptimizer's own list is not tracked).
+        self.base_group = default
+        self.scaled_groups = [group for group, _, _ in groups]
 
     @property
     def default_optimizer(self):
