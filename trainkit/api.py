@@ -16,14 +16,15 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute
+from trainkit.distribution.parameter_server import serve_if_server_task
+from trainkit.distribution.strategies import describe, in_one_process
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
 from trainkit.runs import Run, read_history
 from trainkit.runtime import quiet_tensorflow
 from trainkit.training.run_dir import RunDir
-from trainkit.training.sinks import warn
+from trainkit.training.sinks import say, warn
 
 DEFAULT_RUNS = "runs"
 
@@ -65,7 +66,7 @@ def train(
     started = report.PROCESS_STARTED or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
-    if distribute.serve_if_server_task(recipe.runtime):
+    if serve_if_server_task(recipe.runtime, report=say):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
     from trainkit.runtime import preserved_process_state
@@ -153,7 +154,7 @@ def evaluate(
     """
     quiet_tensorflow()
     directory = RunDir(run_dir)
-    recipe = distribute.in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))  # a cluster's run, evaluated here
+    recipe = in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))  # a cluster's run, evaluated here
     from trainkit.build import build
 
     try:
@@ -281,7 +282,7 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         **({"init": _init_line(built.init_report)} if built.init_report else {}),
         "steps_per_epoch": built.steps_per_epoch,
         "total_steps": built.total_steps,
-        "strategy": distribute.describe(built.strategy),
+        "strategy": describe(built.strategy),
     }
 
 

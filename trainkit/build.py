@@ -16,8 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainkit import compat, distribute, registry, runtime
+from trainkit import compat, registry, runtime
 from trainkit.components import check_arguments, instantiate
+from trainkit.distribution.cluster import is_multi_worker, is_parameter_server
+from trainkit.distribution.strategies import data_section_for
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
 from trainkit.recipe import Component, Recipe
 
@@ -189,11 +191,11 @@ def build(
     check_components(recipe)
     strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
     from trainkit.data.pipeline import prepare
-    from trainkit.optim import group_learning_rates, make_optimizer
+    from trainkit.optim import group_learning_rates, make_optimizer, scaled_learning_rate
     from trainkit.training.loop import Trainer
     from trainkit.training.stages import Stages
 
-    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
+    data = prepare(data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
@@ -206,7 +208,7 @@ def build(
     with strategy.scope():
         model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
         check_model_fits_data(recipe, model, data)
-        optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
+        optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": scaled_learning_rate(recipe)})
         factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
         optimizer = make_optimizer(optimizer_section, total_steps=steps, stage_factors=factors)
         finetune_summary = None
@@ -233,7 +235,7 @@ def build(
         # then loads ready for model.evaluate); trainkit's loop does the training.
         model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))
         trainer_class = trainer_class or Trainer
-        if distribute.is_parameter_server(strategy):
+        if is_parameter_server(strategy):
             from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
 
             trainer_class = coordinated_trainer_class(trainer_class)
@@ -439,7 +441,7 @@ def rehearse(built: Built) -> None:
     from trainkit.training.checkpoint import seed_generator_states
 
     strategy, trainer = built.strategy, built.trainer
-    if distribute.is_parameter_server(strategy) or distribute.is_multi_worker(strategy):
+    if is_parameter_server(strategy) or is_multi_worker(strategy):
         return
     metric_variables = [v for m in (*trainer.train_metrics, *trainer.eval_metrics) for v in m.variables]
     variables = [*built.model.variables, *trainer.optimizer.variables, *metric_variables, *seed_generator_states(built.model)]

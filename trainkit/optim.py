@@ -24,8 +24,10 @@ import tensorflow as tf
 
 from trainkit import registry
 from trainkit.components import instantiate
+from trainkit.distribution.cluster import num_workers
+from trainkit.distribution.strategies import describe
 from trainkit.errors import ConfigError
-from trainkit.recipe import OptimizerSection
+from trainkit.recipe import OptimizerSection, Recipe
 
 
 @keras.saving.register_keras_serializable(package="trainkit")
@@ -326,3 +328,42 @@ def budget_change_note(
         f"the learning-rate schedule follows the budget ({old_total} -> {new_total} steps): "
         f"at step {step} the rate is {now:.3g} (it was {was:.3g})"
     )
+
+
+# ------------------------------------------------------- batch and learning-rate rule
+
+
+def scaled_learning_rate(recipe: Recipe) -> float:
+    """``optimizer.learning_rate``, scaled by ``runtime.scale_learning_rate``."""
+    base = recipe.optimizer.learning_rate
+    if recipe.runtime.scale_learning_rate == "linear":
+        return base * recipe.data.batch_size / recipe.runtime.reference_batch_size
+    return base
+
+
+def batch_plan(recipe: Recipe, strategy) -> dict[str, Any]:
+    """How the global batch is split: reported in the start header and run.json."""
+    replicas = strategy.num_replicas_in_sync
+    global_batch = recipe.data.batch_size
+    per_replica = global_batch / replicas
+    return {
+        "strategy": describe(strategy),
+        "workers": num_workers(strategy),
+        "replicas": replicas,
+        "global_batch": global_batch,
+        "per_replica_batch": int(per_replica) if per_replica.is_integer() else round(per_replica, 3),
+        "learning_rate": scaled_learning_rate(recipe),
+        "learning_rate_rule": recipe.runtime.scale_learning_rate,
+    }
+
+
+def batch_text(recipe: Recipe, strategy) -> str:
+    """``global batch 64 (32 per replica)`` for the start header, with the lr rule if any."""
+    plan = batch_plan(recipe, strategy)
+    text = f"global batch {plan['global_batch']} ({plan['per_replica_batch']} per replica)"
+    if plan["learning_rate_rule"] == "linear":
+        text += (
+            f"; learning rate {plan['learning_rate']:g} (linear rule: {recipe.optimizer.learning_rate:g} "
+            f"x {recipe.data.batch_size}/{recipe.runtime.reference_batch_size})"
+        )
+    return text

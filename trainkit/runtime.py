@@ -13,7 +13,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from trainkit import compat
@@ -124,8 +124,15 @@ def _set_op_determinism(wanted: bool) -> None:
         _determinism_set_by_us = False
 
 
-def configure(runtime: RuntimeSection, *, seed: int):
+def _warn_on_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def configure(runtime: RuntimeSection, *, seed: int, warn: Callable[[str], None] = _warn_on_stderr):
     """Apply the runtime section and return the ``tf.distribute.Strategy`` to use.
+
+    ``warn`` shows a line about a chosen option that is slow on this hardware
+    (stderr by default; this layer reports through what it is given).
 
     The strategy comes first: MultiWorkerMirroredStrategy configures the
     collective ops of the eager context, which must happen before any other op.
@@ -135,14 +142,12 @@ def configure(runtime: RuntimeSection, *, seed: int):
 
     if runtime.cpu_devices:
         split_cpu(runtime.cpu_devices)
-    from trainkit.distribute import make_strategy
+    from trainkit.distribution.strategies import make_strategy
 
     strategy = make_strategy(runtime)
     keras.utils.set_random_seed(seed)
     _set_op_determinism(runtime.deterministic)
     keras.mixed_precision.set_global_policy(runtime.precision)
-    from trainkit.training.sinks import warn
-
     for warning in slow_option_warnings(runtime, strategy):
         warn(f"warning: {warning}")
     return strategy

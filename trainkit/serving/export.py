@@ -137,14 +137,15 @@ def load_run(
 
     ``recipe_file``: the Python recipe the run came from, for its components (a
     run directory never imports code by itself: docs/security.md)."""
-    from trainkit import api, distribute
+    from trainkit import api
     from trainkit.build import build, make_loss
+    from trainkit.distribution.strategies import in_one_process
     from trainkit.errors import ConfigError
     from trainkit.runtime import quiet_tensorflow
     from trainkit.training.run_dir import RunDir
 
     quiet_tensorflow()
-    recipe = distribute.in_one_process(api.load_run_recipe(run_dir, recipe_file=recipe_file))
+    recipe = in_one_process(api.load_run_recipe(run_dir, recipe_file=recipe_file))
     directory = RunDir(run_dir)
     try:
         built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)

@@ -43,8 +43,9 @@ import time
 
 import keras
 
-from trainkit import distribute, teardown
-from trainkit.distribute import Consensus
+from trainkit import teardown
+from trainkit.distribution.cluster import is_parameter_server
+from trainkit.distribution.consensus import Consensus
 from trainkit.errors import TrainkitError
 from trainkit.signals import SignalRecorder
 from trainkit.training import input_wait, report
@@ -417,7 +418,7 @@ class Controller:
         phases.add("checkpoint_saves", self.checkpointer.save_seconds)
         phases.add("training", elapsed - sum(phases.seconds.get(k, 0.0) for k in ("first_step", "validation", "checkpoint_saves")))
         # (Not under a parameter server: its steps run asynchronously on remote workers.)
-        measured = policy.measure_input and not distribute.is_parameter_server(self.strategy)
+        measured = policy.measure_input and not is_parameter_server(self.strategy)
         waited = input_wait.from_trainer(trainer) if measured else None
         self.run_dir.update_status(
             step=position.step,

@@ -16,10 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute
+from trainkit.distribution import cluster
+from trainkit.distribution.consensus import check_same_start
+from trainkit.distribution.strategies import describe
 from trainkit.errors import ConfigError, did_you_mean
+from trainkit.optim import batch_plan, batch_text, scaled_learning_rate
 from trainkit.recipe import Recipe
-from trainkit.training import disk_full
+from trainkit.training import disk_full, scratch
 from trainkit.training.phases import Phases
 from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
 from trainkit.training.sinks import Sink, make_sink, say
@@ -98,13 +101,13 @@ def train_run(
     # write to a scratch directory, removed at the end, starting from a copy of
     # the chief's checkpoints so that every worker resumes (and later decides
     # its saves) exactly as the chief does.
-    role = distribute.role(built.strategy)
+    role = cluster.role(built.strategy)
     sink = sink or make_sink(recipe.trainer.progress, chief=role.is_chief)
-    shared, directory = directory, distribute.writable_run_dir(directory, role)
+    shared, directory = directory, scratch.writable_run_dir(directory, role)
     if not role.is_chief:
-        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
+        built.recipe = scratch.quiet(built.recipe)  # the chief alone reports
         if not restart:
-            distribute.copy_checkpoints(shared, directory)
+            scratch.copy_checkpoints(shared, directory)
     # Built before anything is written: a callback that fails to construct is a
     # bad recipe (one line, exit 2), not a failed run.
     callback_objects = make_callbacks(recipe, run_dir=directory.path) + list(callbacks or [])
@@ -115,7 +118,7 @@ def train_run(
     directory.acquire()
     try:
         found = candidates(directory.checkpoints)
-        distribute.check_same_start(built.strategy, step_of(found[0]) if found else 0)
+        check_same_start(built.strategy, step_of(found[0]) if found else 0)
         directory.start(recipe, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
         if role.is_chief:
             keep_sources(built, directory, sink)
@@ -123,7 +126,7 @@ def train_run(
         # write its files (inside the run directory, so a resumed run reuses them).
         built.data.use_cache_dir(directory.path)
         directory.update_status(
-            distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
+            distribution=batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
         )
         if role.is_chief:
             record_inputs(built, directory)  # inference.json: what export and predict need
@@ -182,13 +185,13 @@ def train_run(
                 raise
         if full or unreadable is not None:
             raise err from None
-        lost = distribute.as_worker_lost(err, built.strategy)
+        lost = cluster.as_worker_lost(err, built.strategy)
         if lost is not None:
             raise lost from None
         raise
     finally:
         directory.release()
-        distribute.remove_scratch(directory, role)
+        scratch.remove_scratch(directory, role)
     return Trained(shared.path, built, history, metrics)
 
 
@@ -197,7 +200,7 @@ def schedule_note(built, previous: Recipe, step: int) -> str | None:
     from trainkit.build import total_steps
     from trainkit.optim import budget_change_note
 
-    rate = {"learning_rate": distribute.learning_rate(built.recipe)}
+    rate = {"learning_rate": scaled_learning_rate(built.recipe)}
     return budget_change_note(
         previous.optimizer.model_copy(update=rate),
         built.recipe.optimizer.model_copy(update=rate),
@@ -266,8 +269,8 @@ def header(built, directory: RunDir) -> str:
     return (
         f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
-        f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
-        f"{distribute.batch_text(recipe, built.strategy)}"
+        f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
+        f"{batch_text(recipe, built.strategy)}"
     )
 
 
