@@ -131,6 +131,8 @@ def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
     from trainkit.build import build
     from trainkit.training.checkpoint import Checkpointer
     from trainkit.training.controller import Controller
+    from trainkit.training.events import ProfileWindow
+    from trainkit.training.report import MetricsLog
     from trainkit.training.run_dir import RunDir
     from trainkit.training.sinks import QuietSink
 
@@ -141,7 +143,8 @@ def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
     checkpointer = Checkpointer(directory.checkpoints, model=built.model, optimizer=built.trainer.optimizer, keep=1)
     Controller(
         trainer=built.trainer, data=built.data, strategy=built.strategy, policy=built.recipe.trainer,
-        run_dir=directory, checkpointer=checkpointer, sink=QuietSink(), callbacks=[],
+        checkpointer=checkpointer, metrics_log=MetricsLog(directory), profile=ProfileWindow(None, directory.tensorboard),
+        sink=QuietSink(), callbacks=[],
         steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, events=(event,),
     ).run()
     assert event.fired_at == [13, 26, 39]  # 45 steps: exact, though 20 steps run per call

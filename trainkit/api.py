@@ -49,6 +49,7 @@ def train(
     restart: bool = False,
     callbacks: list | None = None,
     trainer_class: type | None = None,
+    process_started: float | None = None,
 ) -> Run:
     """Train a recipe into a run directory (default ``runs/<name>``) and evaluate it.
 
@@ -57,13 +58,13 @@ def train(
     which moves the old run aside (never deletes it). ``callbacks`` are extra
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
+    ``process_started`` (``time.time()``): when the process began, if this call
+    is its job (the CLI), for run.json's start-up phase and time to the first step.
     """
     import time
 
-    from trainkit.training import report
-
     # The job's start, for run.json's phases: the process's (the CLI) or this call's.
-    started = report.PROCESS_STARTED or time.time()
+    started = process_started or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     if serve_if_server_task(recipe.runtime, report=say):
@@ -79,6 +80,7 @@ def train(
             trained = train_run(
                 recipe, target, restart=restart, callbacks=callbacks,
                 trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
+                process_started=process_started,
             )
     except TrainingStopped as stop:
         # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.

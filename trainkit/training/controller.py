@@ -6,9 +6,12 @@
 a profile window, an epoch end, the end of the budget. With
 ``trainer.steps_per_execution: auto`` the chunk grows until a call takes about
 ``TARGET_CALL_SECONDS``: small models stop paying Python overhead per step,
-large ones still report often. The checkpointer and the output sink are
-passed in; the run's lifecycle around it (lock, status, final evaluation,
-export) is :mod:`trainkit.training.lifecycle`'s.
+large ones still report often. Its collaborators are passed in, as orbit's
+``Controller`` takes its summary manager and actions: the checkpointer, the
+metrics log, the profiler window and the output sink. It writes no run
+status: the run's lifecycle around it (lock, status, final evaluation, export)
+is :mod:`trainkit.training.lifecycle`'s, which reads :attr:`Controller.summary`
+and the stops it raises (each carries its step).
 
 Keras callbacks get Keras's protocol as ``fit`` drives it under
 ``steps_per_execution``: ``on_train_batch_begin``/``_end`` once per compiled call
@@ -48,7 +51,7 @@ from trainkit.distribution.cluster import is_parameter_server
 from trainkit.distribution.consensus import Consensus
 from trainkit.errors import TrainkitError
 from trainkit.signals import SignalRecorder
-from trainkit.training import input_wait, report
+from trainkit.training import input_wait
 from trainkit.training.checkpoint import Checkpointer, read_counters
 from trainkit.training.events import (
     BudgetEnd,
@@ -80,10 +83,14 @@ class TrainableChanged(TrainkitError):
 class Controller:
     """Trains ``trainer`` on ``data`` under ``strategy`` from the run's latest checkpoint.
 
-    ``policy`` is the recipe's trainer section; ``run_dir`` the run directory
-    (status and ``metrics.jsonl``); ``checkpointer`` saves and restores the full
-    state; ``sink`` shows progress; ``callbacks`` are Keras callbacks.
-    :meth:`run` returns the history of the epochs it ran.
+    ``policy`` is the recipe's trainer section; ``checkpointer`` saves and
+    restores the full state; ``metrics_log`` records each log event
+    (``metrics.jsonl``, TensorBoard; the controller closes it when training
+    ends); ``profile`` is the profiler window of ``trainer.profile_steps``;
+    ``sink`` shows progress; ``callbacks`` are Keras callbacks.
+    ``process_started`` (``time.time()``), when given, is when the process began,
+    for :attr:`summary`'s ``seconds_to_first_step``. :meth:`run` returns the
+    history of the epochs it ran.
     """
 
     def __init__(
@@ -93,18 +100,21 @@ class Controller:
         data,
         strategy,
         policy,
-        run_dir,
         checkpointer: Checkpointer,
+        metrics_log: MetricsLog,
+        profile: ProfileWindow,
         sink: Sink,
         callbacks: list,
         steps_per_epoch: int,
         total_steps: int,
         events: tuple = (),
         phases: Phases | None = None,
+        process_started: float | None = None,
     ):
         self.trainer, self.data, self.strategy, self.policy = trainer, data, strategy, policy
         self.model = trainer.model
-        self.run_dir, self.checkpointer, self.sink = run_dir, checkpointer, sink
+        self.checkpointer, self.metrics_log, self.profile, self.sink = checkpointer, metrics_log, profile, sink
+        self.process_started = process_started
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.epochs = policy.epochs or math.ceil(total_steps / steps_per_epoch)
         self.callback_objects = list(callbacks)
@@ -116,7 +126,6 @@ class Controller:
         self.log_due = EverySteps(policy.log_every_steps)
         self.validation_due = EverySteps(policy.validation.every_steps)
         self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
-        self.profile = ProfileWindow(policy.profile_steps, run_dir.tensorboard)
         #: Every periodic event; the chunk is cut at the nearest. ``events`` passed in
         #: (stages, say) may also have ``fire(controller)``, called when they are due.
         self.events = [
@@ -130,15 +139,12 @@ class Controller:
         self.chunk = spe if isinstance(spe, int) else 1
         self.position = Position()
         self.history: dict[str, list] = {}
-        self.metrics_log: MetricsLog | None = None
+        #: What the run's status records of this training (step, epoch, speed,
+        #: costs), once :meth:`run` has returned.
+        self.summary: dict = {}
         # Batch hooks are Python calls per compiled call: look for trainability
         # changes after them only when some callback overrides them.
-        base = keras.callbacks.Callback
-        self._batch_hooks = any(
-            type(cb).on_train_batch_begin is not base.on_train_batch_begin
-            or type(cb).on_train_batch_end is not base.on_train_batch_end
-            for cb in self.callback_objects
-        )
+        self._batch_hooks = any(_has_batch_hooks(callback) for callback in self.callback_objects)
         self._trainable = self._trainable_ids()
         self._last_save_time = time.monotonic()
         self._first_step_seconds = None
@@ -156,7 +162,7 @@ class Controller:
             for event in self._actions:
                 if event.due(self.position):
                     event.fire(self)
-        self.metrics_log = MetricsLog(self.run_dir, start_step=self.position.step)
+        self.metrics_log.count_rate_from(self.position.step)
         iterator = iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
         ))
@@ -233,8 +239,8 @@ class Controller:
         if not self._first_call_done:  # tracing and the pipeline's start: a fixed cost of its own
             self._first_call_done = True
             self.phases.add("first_step", time.perf_counter() - call_start)
-        if self._first_step_seconds is None and report.PROCESS_STARTED:
-            self._first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
+        if self._first_step_seconds is None and self.process_started:
+            self._first_step_seconds = round(time.time() - self.process_started, 2)
         self.position = position = self.position.advanced(n)
         self.profile.at(position)
         if self.auto_chunk:
@@ -267,7 +273,6 @@ class Controller:
             self.save()
         if signaled:
             path = self.save()
-            self.run_dir.update_status(status="interrupted", step=position.step, ended=now(), **self.costs())
             raise stopped_by(flag.signum or signal.SIGTERM, path, position.step)
         return results
 
@@ -378,9 +383,8 @@ class Controller:
         )
 
     def _diverged(self, what: str, step: int, checkpoint: str | None, note: str = "") -> None:
-        self.run_dir.update_status(status="diverged", step=step)
         kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
-        raise Diverged(f"the {what} became NaN or infinite by step {step}{note}{kept}")
+        raise Diverged(f"the {what} became NaN or infinite by step {step}{note}{kept}", step=step)
 
     # -- the end ------------------------------------------------------------------
 
@@ -420,7 +424,7 @@ class Controller:
         # (Not under a parameter server: its steps run asynchronously on remote workers.)
         measured = policy.measure_input and not is_parameter_server(self.strategy)
         waited = input_wait.from_trainer(trainer) if measured else None
-        self.run_dir.update_status(
+        self.summary = dict(
             step=position.step,
             epoch=position.epoch,
             steps_per_second=round((position.step - start_step) / elapsed, 2) if elapsed > 0 else None,
@@ -481,6 +485,12 @@ def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
     per_step = seconds / max(ran, 1)
     wanted = int(TARGET_CALL_SECONDS / max(per_step, 1e-6))
     return max(1, min(MAX_STEPS_PER_CALL, wanted, chunk * 4))
+
+
+def _has_batch_hooks(callback) -> bool:
+    base = keras.callbacks.Callback
+    kind = type(callback)
+    return kind.on_train_batch_begin is not base.on_train_batch_begin or kind.on_train_batch_end is not base.on_train_batch_end
 
 
 def _what_diverged(results: dict[str, float], trainer) -> str | None:

@@ -63,17 +63,20 @@ def train_run(
     recipe_source: str | None = None,
     sink: Sink | None = None,
     started: float | None = None,
+    process_started: float | None = None,
 ) -> Trained:
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
 
     ``started`` (``time.time()``) is when the job began, the process's start or
     the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
     there to here, where TensorFlow and trainkit are imported.
+    ``process_started``: when the process began (the CLI's start), for run.json's
+    ``seconds_to_first_step``.
     """
     from trainkit.build import build, check_callbacks, make_callbacks, rehearse
     from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.checkpoint import Checkpointer, candidates, step_of
-    from trainkit.training.controller import Controller, now
+    from trainkit.training.controller import now
 
     phases = Phases()
     phases.add("start_up", time.time() - started if started else 0.0)
@@ -116,6 +119,7 @@ def train_run(
         directory.acquire()  # never move a run that a live process is training
         moved = directory.set_aside()
     directory.acquire()
+    controller = None
     try:
         found = candidates(directory.checkpoints)
         check_same_start(built.strategy, step_of(found[0]) if found else 0)
@@ -149,13 +153,11 @@ def train_run(
             monitor=policy.checkpoint.monitor,
             mode=policy.checkpoint.mode,
         )
-        controller = Controller(
-            trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
-            run_dir=directory, checkpointer=checkpointer, sink=sink, callbacks=callback_objects,
-            steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
-            events=(built.stages,) if built.stages else (),
+        controller = make_controller(
+            built, directory, checkpointer, sink, callback_objects, phases, process_started=process_started
         )
         history = controller.run()
+        directory.update_status(**controller.summary)
         with phases.timed("final_evaluation"):
             metrics = final_evaluation(controller, built, directory, sink)
         if role.is_chief:
@@ -172,14 +174,9 @@ def train_run(
         if unreadable is not None:
             err = unreadable
         try:
-            status = directory.read_status()
-            if status.get("status") == "running":
-                if isinstance(err, KeyboardInterrupt):
-                    directory.update_status(status="interrupted", ended=now())
-                else:
-                    directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=now())
-            elif not status.get("ended"):  # interrupted or diverged, said by the controller
-                directory.update_status(ended=now())
+            if directory.read_status().get("status") == "running":
+                costs = controller.costs() if controller is not None else {}
+                directory.update_status(**ended_status(err, costs), ended=now())
         except OSError:
             if not full:
                 raise
@@ -190,9 +187,41 @@ def train_run(
             raise lost from None
         raise
     finally:
+        if controller is not None:
+            controller.metrics_log.close()  # (closed already, unless it failed before training)
         directory.release()
         scratch.remove_scratch(directory, role)
     return Trained(shared.path, built, history, metrics)
+
+
+def make_controller(built, directory: RunDir, checkpointer, sink: Sink, callbacks: list, phases: Phases, *, process_started: float | None):
+    """The run's controller, with its collaborators: the checkpointer, the metrics
+    log and the profiler window in the run directory, the sink and the callbacks."""
+    from trainkit.training.controller import Controller
+    from trainkit.training.events import ProfileWindow
+    from trainkit.training.report import MetricsLog
+
+    policy = built.recipe.trainer
+    return Controller(
+        trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
+        checkpointer=checkpointer, metrics_log=MetricsLog(directory),
+        profile=ProfileWindow(policy.profile_steps, directory.tensorboard), sink=sink, callbacks=callbacks,
+        steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
+        events=(built.stages,) if built.stages else (), process_started=process_started,
+    )
+
+
+def ended_status(err: BaseException, costs: dict[str, Any]) -> dict[str, Any]:
+    """The status fields of a run that ``err`` ended (``costs``: the controller's, if it ran)."""
+    from trainkit.training.stops import Diverged, TrainingStopped
+
+    if isinstance(err, TrainingStopped):  # a signal, at a chunk boundary: saved at err.step
+        return {"status": "interrupted", "step": err.step, **costs}
+    if isinstance(err, Diverged):
+        return {"status": "diverged", "step": err.step}
+    if isinstance(err, KeyboardInterrupt):
+        return {"status": "interrupted"}
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
 def schedule_note(built, previous: Recipe, step: int) -> str | None:
