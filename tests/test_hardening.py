@@ -15,8 +15,9 @@ from conftest import run_cli
 import trainkit
 from trainkit import api
 from trainkit.errors import ConfigError, RunDirError
+from trainkit.files import write_json_atomic
 from trainkit.loader import load_recipe, parse_yaml
-from trainkit.training.run_dir import RunDir, write_json_atomic
+from trainkit.training.run_dir import RunDir
 
 TINY = ["trainer.epochs=null", "trainer.steps=3", "trainer.progress=false", "export.formats=[]"]
 

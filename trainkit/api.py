@@ -24,7 +24,7 @@ from trainkit.recipe import Recipe
 from trainkit.runs import Run, read_history
 from trainkit.runtime import quiet_tensorflow
 from trainkit.training.run_dir import RunDir
-from trainkit.training.sinks import say, warn
+from trainkit.training.sinks import warn
 
 DEFAULT_RUNS = "runs"
 
@@ -67,7 +67,7 @@ def train(
     started = process_started or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
-    if serve_if_server_task(recipe.runtime, report=say):
+    if serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
     from trainkit.runtime import preserved_process_state

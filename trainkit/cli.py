@@ -185,16 +185,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    import os
-
+    from trainkit.files import atomic_path
     from trainkit.runs import load_run, plot_runs
 
     runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
     figure = plot_runs(runs)
     output = args.output
-    tmp = f"{output}.tmp{os.path.splitext(output)[1]}"
-    figure.savefig(tmp, dpi=100)
-    os.replace(tmp, output)
+    with atomic_path(output) as tmp:
+        figure.savefig(tmp, dpi=100)
     print(f"wrote {output}")
     return 0
 

@@ -13,11 +13,12 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 from trainkit import compat
 from trainkit.compat import op_determinism_enabled
+from trainkit.console import warn
 from trainkit.errors import ConfigError
 from trainkit.recipe import RuntimeSection
 
@@ -124,15 +125,8 @@ def _set_op_determinism(wanted: bool) -> None:
         _determinism_set_by_us = False
 
 
-def _warn_on_stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def configure(runtime: RuntimeSection, *, seed: int, warn: Callable[[str], None] = _warn_on_stderr):
+def configure(runtime: RuntimeSection, *, seed: int):
     """Apply the runtime section and return the ``tf.distribute.Strategy`` to use.
-
-    ``warn`` shows a line about a chosen option that is slow on this hardware
-    (stderr by default; this layer reports through what it is given).
 
     The strategy comes first: MultiWorkerMirroredStrategy configures the
     collective ops of the eager context, which must happen before any other op.

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 
+from trainkit.console import say
 from trainkit.distribution.cluster import cluster_info, reachable
 from trainkit.recipe import RuntimeSection
 
@@ -18,18 +18,13 @@ from trainkit.recipe import RuntimeSection
 CHIEF_GONE_SECONDS = 10.0
 
 
-def _print(text: str) -> None:
-    print(text, flush=True)
-
-
-def serve_if_server_task(runtime: RuntimeSection, *, report: Callable[[str], None] = _print) -> bool:
+def serve_if_server_task(runtime: RuntimeSection) -> bool:
     """On a parameter-server cluster's worker or ps task: serve until the chief is gone.
 
     Returns False (at once) on every other process. Worker and ps tasks run no
     loop of their own: the chief's coordinator sends them work. They exit once
     the chief has been unreachable for :data:`CHIEF_GONE_SECONDS`, so a job
     (a Kubernetes Indexed Job, ``trainkit launch``) ends when its chief does.
-    ``report`` shows a line (stdout by default).
     """
     if runtime.strategy != "parameter_server":
         return False
@@ -42,7 +37,7 @@ def serve_if_server_task(runtime: RuntimeSection, *, report: Callable[[str], Non
     server = tf.distribute.Server(
         tf.train.ClusterSpec(info.cluster), job_name=info.task_type, task_index=info.task_id, protocol="grpc", start=True
     )
-    report(f"{info.name} serving at {info.address} for the parameter-server chief")
+    say(f"{info.name} serving at {info.address} for the parameter-server chief")
     chief = info.cluster["chief"][0]
     host, _, port = chief.rpartition(":")
     seen, gone_since = False, None
@@ -53,6 +48,6 @@ def serve_if_server_task(runtime: RuntimeSection, *, report: Callable[[str], Non
         elif seen:
             gone_since = gone_since or time.monotonic()
             if time.monotonic() - gone_since >= CHIEF_GONE_SECONDS:
-                report(f"{info.name}: the chief at {chief} is gone; stopping")
+                say(f"{info.name}: the chief at {chief} is gone; stopping")
                 del server
                 return True

@@ -174,8 +174,8 @@ def build_inference_model(built: Built, spec: dict[str, Any]) -> keras.Model:
 def _write(built: Built, spec: dict[str, Any], formats: list[str], out: Path, *, quantize: str) -> dict[str, Any]:
     import tempfile
 
+    from trainkit.files import write_json_atomic
     from trainkit.serving import formats as writers
-    from trainkit.training.run_dir import write_json_atomic
 
     model = build_inference_model(built, spec)
     metadata = {k: spec[k] for k in ("recipe", "recipe_hash", "task", "num_classes", "class_names", "input", "outputs")}

@@ -1,5 +1,6 @@
-"""Writers of the four export formats, each atomic: written under a temporary
-name beside the target, then renamed over it.
+"""Writers of the four export formats, each atomic and never through a link
+(:mod:`trainkit.files`): written under a temporary name beside the target,
+then renamed over it.
 
 - ``keras``: ``model.keras``, plain ``keras.models.load_model`` (safe mode).
 - ``saved_model``: ``saved_model/`` with a ``serving_default`` signature taking
@@ -19,9 +20,6 @@ name beside the target, then renamed over it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from trainkit import compat
+from trainkit.files import atomic_folder, atomic_path, write_bytes_atomic, write_json_atomic
 
 FILES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
 ONNX_OPSET = 17
@@ -53,9 +52,8 @@ def serving_function(model: keras.Model, spec: dict[str, Any]):
 
 
 def write_keras(model: keras.Model, target: Path) -> None:
-    tmp = target.with_name(f".{target.name}.tmp.keras")
-    model.save(tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        model.save(tmp)
 
 
 def write_saved_model(model: keras.Model, spec: dict[str, Any], target: Path, metadata: dict) -> None:
@@ -63,25 +61,18 @@ def write_saved_model(model: keras.Model, spec: dict[str, Any], target: Path, me
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=signature)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_folder(target) as tmp:
         archive.write_out(str(tmp), verbose=False)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
-        (extra / "trainkit.json").write_text(json.dumps(metadata, indent=2) + "\n")
-        _replace_dir(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_json_atomic(extra / "trainkit.json", metadata)
 
 
 def write_tflite(saved_model: Path, target: Path, *, quantize: str) -> None:
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model), signature_keys=["serving_default"])
     if quantize == "dynamic_range":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]  # int8 weights, float activations
-    flat = converter.convert()
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_bytes(flat)
-    os.replace(tmp, target)
+    write_bytes_atomic(target, converter.convert())
 
 
 def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata: dict) -> None:
@@ -107,9 +98,8 @@ def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata:
     for key, value in (("trainkit", json.dumps(metadata)),):
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    tmp = target.with_name(f".{target.name}.tmp")
-    onnx.save(proto, str(tmp))
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        onnx.save(proto, str(tmp))
 
 
 def _strip_tensor_suffix(proto, names: list[str]) -> None:
@@ -121,18 +111,6 @@ def _strip_tensor_suffix(proto, names: list[str]) -> None:
     for node in graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]
         node.output[:] = [renames.get(n, n) for n in node.output]
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the folder ``new`` at ``target``; an old one there is moved away first,
-    then removed, so ``target`` is never half written."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def size_of(path: Path) -> int:

@@ -91,10 +91,9 @@ def predict(run_dir: str | os.PathLike, inputs: Any, *, checkpoint: str | None =
 
 def write_csv(predictions: Predictions, path: str | os.PathLike) -> None:
     """The predictions as CSV at ``path``, written atomically."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(predictions.to_csv())
-    os.replace(tmp, target)
+    from trainkit.files import write_text_atomic
+
+    write_text_atomic(path, predictions.to_csv())
 
 
 def _model(directory: Path, spec: dict, checkpoint: str | None):

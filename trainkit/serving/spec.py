@@ -135,7 +135,7 @@ def _step(transform: Any, field_name: str, statistics: dict) -> dict[str, Any] |
 
 
 def write(directory: Path, spec: dict[str, Any]) -> None:
-    from trainkit.training.run_dir import write_json_atomic
+    from trainkit.files import write_json_atomic
 
     write_json_atomic(Path(directory) / SPEC_FILE, spec)
 

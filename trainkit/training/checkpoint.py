@@ -45,7 +45,7 @@ import keras
 import tensorflow as tf
 
 from trainkit.errors import RunDirError
-from trainkit.training.run_dir import write_text_atomic
+from trainkit.files import write_text_atomic
 from trainkit.training.sinks import warn
 
 PREFIX = "ckpt"

@@ -20,11 +20,12 @@ from trainkit.distribution import cluster
 from trainkit.distribution.consensus import check_same_start
 from trainkit.distribution.strategies import describe
 from trainkit.errors import ConfigError, did_you_mean
+from trainkit.files import write_bytes_atomic, write_json_atomic
 from trainkit.optim import batch_plan, batch_text, scaled_learning_rate
 from trainkit.recipe import Recipe
 from trainkit.training import disk_full, scratch
 from trainkit.training.phases import Phases
-from trainkit.training.run_dir import RunDir, command_line, write_json_atomic
+from trainkit.training.run_dir import RunDir, command_line
 from trainkit.training.sinks import Sink, make_sink, say
 
 
@@ -283,9 +284,7 @@ def keep_sources(built, directory: RunDir, sink: Sink) -> None:
     stored = directory.path / STORED_SOURCE
     for use in built.sources:
         if use.field == "model.source" and use.saved is not None and not stored.is_file():
-            tmp = directory.path / f".tmp.{STORED_SOURCE}"
-            tmp.write_bytes(use.saved)
-            os.replace(tmp, stored)
+            write_bytes_atomic(stored, use.saved, within=directory.path)
     if built.init_report is not None:
         from trainkit.models.warm_start import summary_line
 

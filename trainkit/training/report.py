@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-from trainkit.training.run_dir import open_for_append
+from trainkit.files import open_for_append
 
 
 class MetricsLog:

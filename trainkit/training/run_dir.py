@@ -31,56 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from trainkit.errors import RunDirError, TrainkitError
+from trainkit.files import read_regular, write_json_atomic, write_text_atomic
 from trainkit.recipe import Recipe, diff, is_resumable_change
 from trainkit.training.sinks import warn
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _create_new(path: Path) -> int:
-    """A new file at ``path`` for writing; whatever was there (a symlink too) is replaced, never followed."""
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a file so a reader never sees half of it (temporary file, fsync, rename).
-
-    The temporary file is created new (``O_EXCL | O_NOFOLLOW``) and renamed over
-    ``path``: a symlink at either name is replaced, its target never written. On
-    any failure (a full disk) the temporary file is removed and ``path`` is untouched.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with os.fdopen(_create_new(tmp), "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so a reader never sees half a file (write, fsync, rename)."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
-
-
-def open_for_append(path: Path):
-    """A text file opened for appending lines, refusing to follow a symlink at ``path``."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise RunDirError(f"{path} is a symbolic link; trainkit never writes through one (remove it)") from None
-        raise
-    return os.fdopen(fd, "a", buffering=1)
 
 
 class RunDir:
@@ -110,7 +67,7 @@ class RunDir:
             "restore it from a copy, or train with --restart to start over (the old run is kept aside)"
         )
         try:
-            text = _read_regular(self.config).decode("utf-8")
+            text = read_regular(self.config).decode("utf-8")
             data = parse_yaml(text, source=self.config.name)
             if not isinstance(data, dict):
                 raise ValueError(f"it holds {'nothing' if data is None else 'a ' + type(data).__name__}, not a recipe")
@@ -124,7 +81,7 @@ class RunDir:
     def read_status(self) -> dict[str, Any]:
         """run.json as a dict (``{}`` when there is none); a damaged one is one line."""
         try:
-            raw = _read_regular(self.run_json)
+            raw = read_regular(self.run_json)
         except FileNotFoundError:
             return {}
         except OSError as err:
@@ -282,7 +239,7 @@ class RunDir:
 
     def _lock_holder(self) -> dict[str, Any] | None:
         try:
-            holder = json.loads(_read_regular(self.lock_file))
+            holder = json.loads(read_regular(self.lock_file))
         except (OSError, ValueError):
             return None
         return holder if isinstance(holder, dict) else None
@@ -347,16 +304,6 @@ class RunDir:
             resumed_at=[*previous.get("resumed_at", []), _now()] if resumed else [],
             ended=None,
         )
-
-
-def _read_regular(path: Path, limit: int = 1 << 20) -> bytes:
-    """The bytes of a small regular file, never through a symlink, at most ``limit``."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"it is larger than {limit // 1024} KiB, far more than trainkit writes there")
-    return data
 
 
 def _read_only(path: Path) -> bool:

@@ -20,17 +20,10 @@ import sys
 import time
 from typing import Any, TextIO
 
+# say and warn are the console's: training's modules and the launcher import them from here.
+from trainkit.console import say as say
+from trainkit.console import warn as warn
 from trainkit.training.events import Position
-
-
-def say(text: str, stream: TextIO | None = None) -> None:
-    """A line on stdout (or ``stream``) outside a training: a server task, the launcher."""
-    print(text, file=stream or sys.stdout, flush=True)
-
-
-def warn(text: str) -> None:
-    """A warning on stderr, from any module: never silenced."""
-    print(text, file=sys.stderr, flush=True)
 
 
 def format_metrics(values: dict[str, float], prefix: str = "") -> str:
