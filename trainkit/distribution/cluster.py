@@ -160,10 +160,17 @@ def is_multi_worker(strategy) -> bool:
 
 def task_count(strategy, *task_types: str) -> int:
     """How many tasks of these types the strategy's cluster has (0 without a cluster)."""
-    resolver = None if is_tpu(strategy) else getattr(strategy, "cluster_resolver", None)
-    if resolver is None:  # (a TPU resolver's cluster is the TPU's hosts, never workers of ours)
+    if is_tpu(strategy):  # (a TPU resolver's cluster is the TPU's hosts, never workers of ours)
         return 0
-    spec = resolver.cluster_spec().as_dict()
+    if is_parameter_server(strategy):
+        # Its cluster_resolver property is None (TF 2.21): the cluster is the one it was made from.
+        info = cluster_info()
+        spec = info.cluster if info is not None else {}
+    else:
+        resolver = getattr(strategy, "cluster_resolver", None)
+        if resolver is None:
+            return 0
+        spec = resolver.cluster_spec().as_dict()
     return sum(len(spec.get(task_type, [])) for task_type in task_types)
 
 
