@@ -76,13 +76,14 @@ def make(kind: str, devnull):
 
 def run_once(kind: str, epochs: int, workdir: Path, steps_per_execution) -> dict:
     import trainkit
+    from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.lifecycle import train_run
 
     overrides = {**OVERRIDES, "trainer.epochs": epochs, "trainer.steps_per_execution": steps_per_execution}
     recipe = trainkit.load_recipe("digits_mlp", overrides=overrides)
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(io.StringIO()):
         sink = Timed(make(kind, devnull))
-        train_run(recipe, workdir / kind, sink=sink)
+        train_run(recipe, workdir / kind, sink=sink, record_inputs=record_inputs, export=export_trained)
     status = json.loads((workdir / kind / "run.json").read_text())
     return {"sink_seconds": sink.seconds, "calls": sink.calls, "train_seconds": status["train_seconds"], "steps": status["step"]}
 

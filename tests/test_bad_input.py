@@ -15,10 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import trainkit
-from trainkit.build import build, rehearse
 from trainkit.errors import ConfigError, RunDirError, TrainkitError
 from trainkit.loader import load_recipe
 from trainkit.models.build import check_fits_in_memory
+from trainkit.plan import build, rehearse
 
 SMOKE = {"trainer.epochs": None, "trainer.steps": 2, "trainer.progress": False, "export.formats": []}
 
@@ -217,7 +217,7 @@ def test_a_run_dir_on_a_read_only_file_system_is_refused(tmp_path):
 
 
 def test_run_dir_checks_in_process(tmp_path):
-    from trainkit.training.run_dir import RunDir
+    from trainkit.rundir import RunDir
 
     (tmp_path / "file").write_text("x")
     for path, expected in [

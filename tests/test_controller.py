@@ -128,12 +128,12 @@ class EveryThirteen:
 
 
 def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
-    from trainkit.build import build
+    from trainkit.plan import build
+    from trainkit.rundir import RunDir
     from trainkit.training.checkpoint import Checkpointer
     from trainkit.training.controller import Controller
     from trainkit.training.events import ProfileWindow
     from trainkit.training.report import MetricsLog
-    from trainkit.training.run_dir import RunDir
     from trainkit.training.sinks import QuietSink
 
     built = build(recipe(**{"trainer.epochs": 1, "trainer.steps_per_execution": 20}))

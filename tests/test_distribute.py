@@ -194,6 +194,26 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(multi_eval["test"], rel=1e-5)
 
 
+@pytest.mark.slow
+def test_a_multi_worker_runs_model_restores_in_one_process_as_evaluate_does(tmp_path):
+    launched = run_cli(
+        "launch", "-n", "2", "digits_mlp", "trainer.epochs=null", "trainer.steps=6", "export.formats=[]",
+        "--run-dir", "multi", cwd=tmp_path, timeout=240, env=_env(tmp_path),
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:]
+    from trainkit.plan import restore_plan
+
+    run = trainkit.load_run(tmp_path / "multi")
+    model = run.model  # a plain process: no TF_CONFIG, no cluster, and no --recipe hint
+    x = trainkit.dataset(trainkit.load_run(tmp_path / "multi").recipe, "test")
+    features = next(iter(x))[0]
+    evaluated = restore_plan(tmp_path / "multi", "final").model  # what trainkit.evaluate measures
+    np.testing.assert_allclose(model.predict(features, verbose=0), evaluated.predict(features, verbose=0), atol=1e-6)
+    assert trainkit.evaluate(tmp_path / "multi", split="test", checkpoint="final")["accuracy"] == pytest.approx(
+        json.loads((tmp_path / "multi" / "eval.json").read_text())["test"]["accuracy"], abs=1e-7
+    )
+
+
 def test_launch_refuses_a_bad_recipe_before_starting_workers(tmp_path):
     result = run_cli("launch", "-n", "2", "digits_mlp", "trainer.epoch=3", "--run-dir", "run", cwd=tmp_path, timeout=60)
     assert result.returncode == 2

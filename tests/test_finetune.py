@@ -210,10 +210,10 @@ def test_a_stage_boundary_resumes_bit_exactly_after_a_kill(tmp_path, source_run)
 def test_a_changed_source_is_refused_and_a_removed_one_is_not_needed(tmp_path, source_run):
     import keras
 
-    from trainkit.models.pretrained import load_source
+    from trainkit.run_source import restore_source
 
     source = tmp_path / "source.keras"
-    load_source(str(source_run), field="model.source").save(source)  # the trained CNN alone
+    restore_source(source_run, "final", field="model.source").save(source)  # the trained CNN alone
     recipe = recipe_file(tmp_path, str(source))
     run = tmp_path / "run"
     trained = run_cli("train", str(recipe), "--run-dir", str(run))

@@ -17,7 +17,7 @@ from trainkit import api
 from trainkit.errors import ConfigError, RunDirError
 from trainkit.files import write_json_atomic
 from trainkit.loader import load_recipe, parse_yaml
-from trainkit.training.run_dir import RunDir
+from trainkit.rundir import RunDir
 
 TINY = ["trainer.epochs=null", "trainer.steps=3", "trainer.progress=false", "export.formats=[]"]
 

@@ -14,7 +14,7 @@ from conftest import ROOT
 
 from trainkit import private_network
 from trainkit.errors import RunDirError
-from trainkit.training.run_dir import RunDir
+from trainkit.rundir import RunDir
 
 
 def _worker_pids(log: Path, count: int) -> list[int]:

@@ -80,7 +80,7 @@ def test_a_callback_path_that_leaves_the_run_directory_is_refused(tmp_path):
 
 
 def test_monitor_auto_is_val_loss_with_a_validation_split_and_none_without():
-    from trainkit.build import resolve_monitor
+    from trainkit.plan import resolve_monitor
 
     recipe = trainkit.load_recipe("digits_mlp")
     assert recipe.trainer.checkpoint.monitor == "auto"

@@ -27,6 +27,25 @@ def two_runs(tmp_path_factory):
     return a, b
 
 
+def test_one_identity_in_the_header_run_json_export_json_show_and_run(tmp_path):
+    import json
+
+    given = recipe(**{"export.formats": ["keras"]})
+    before = given.hash
+    result = run_cli("train", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
+                     "--run-dir", "run", cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    shown = run_cli("show", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
+                    cwd=tmp_path, timeout=60)
+    identity = json.loads((tmp_path / "run" / "run.json").read_text())["recipe_hash"]
+    assert f"({identity}) into run" in result.stdout
+    assert f"(hash {identity})" in shown.stdout
+    assert json.loads((tmp_path / "run" / "inference.json").read_text())["recipe_hash"] == identity
+    assert trainkit.load_run(tmp_path / "run").hash == identity
+    trainkit.validate(given)  # building a recipe leaves its hash alone
+    assert given.hash == before
+
+
 def test_history_is_complete_after_resuming_and_after_training_a_finished_run(tmp_path):
     first = trainkit.train(recipe(), run_dir=tmp_path / "run")
     assert len(first.history["loss"]) == 2
@@ -93,3 +112,17 @@ def test_without_matplotlib_plotting_names_the_extra(two_runs):
     assert done.stderr.strip() == (
         "error: plotting needs matplotlib, which is not installed; install the extra: pip install trainkit[plot]"
     )
+
+
+def test_the_recipe_file_hint_is_given_only_for_a_component_the_run_directory_cannot_name(tmp_path):
+    import json
+
+    from trainkit.errors import ConfigError
+    from trainkit.rundir import RunDir, with_recipe_file_hint
+
+    (tmp_path / "run.json").write_text(json.dumps({"recipe_source": "recipes/mine.py"}))
+    directory = RunDir(tmp_path)
+    unknown = with_recipe_file_hint(directory, ConfigError("model.type: unknown model 'mine'; did you mean 'mlp'"))
+    assert "--recipe recipes/mine.py" in str(unknown)
+    other = ConfigError("runtime.strategy: multi_worker_mirrored needs a cluster, but TF_CONFIG is not set")
+    assert with_recipe_file_hint(directory, other) is other

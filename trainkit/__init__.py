@@ -9,7 +9,8 @@ built. The public API::
     trainkit.dataset(recipe, split) -> tf.data.Dataset
     trainkit.validate(recipe) -> dict
     trainkit.inspect_data(recipe, split="train", n=5) -> dict
-    trainkit.load_run(run_dir) -> Run;  run.history, run.metrics, run.model, run.plot()
+    trainkit.load_run(run_dir) -> Run;  run.history, run.metrics, run.model, run.hash, run.plot()
+    trainkit.restore(run_dir, checkpoint="last") -> keras.Model: a trained run's model, in one process
     trainkit.compare([run_dir, ...]) -> a table of final metrics and differing recipe fields
     trainkit.Interrupted (a KeyboardInterrupt), trainkit.Terminated: training stopped by
         SIGINT/SIGTERM with a checkpoint saved (``.checkpoint``); train again to resume
@@ -33,8 +34,7 @@ from trainkit.registry import (
 )
 from trainkit.signals import request_stop
 from trainkit.training.stops import Diverged, Interrupted, Terminated, TrainingStopped
-
-__version__ = "0.1.0"
+from trainkit.version import __version__ as __version__
 
 __all__ = [
     "ConfigError",
@@ -62,6 +62,7 @@ __all__ = [
     "register_model",
     "register_transform",
     "request_stop",
+    "restore",
     "train",
     "validate",
 ]
@@ -78,6 +79,10 @@ def __getattr__(name: str):
         from trainkit import runs
 
         return getattr(runs, name)
+    if name == "restore":
+        from trainkit.plan import restore
+
+        return restore
     if name == "predict":
         from trainkit.serving.predict import predict
 

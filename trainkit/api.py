@@ -11,20 +11,18 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from pathlib import Path
 from typing import Any
 
 from trainkit.distribution.parameter_server import serve_if_server_task
-from trainkit.distribution.strategies import describe, in_one_process
-from trainkit.errors import ConfigError, RunDirError
+from trainkit.distribution.strategies import describe
+from trainkit.evaluation import evaluate as evaluate
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
+from trainkit.rundir import load_run_recipe as load_run_recipe
 from trainkit.runs import Run, read_history
-from trainkit.runtime import quiet_tensorflow
-from trainkit.training.run_dir import RunDir
-from trainkit.training.sinks import warn
+from trainkit.runtime import leaves_process_as_it_was, quiet_tensorflow
 
 DEFAULT_RUNS = "runs"
 
@@ -71,6 +69,7 @@ def train(
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
     from trainkit.runtime import preserved_process_state
+    from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.lifecycle import train_run
     from trainkit.training.stops import TrainingStopped
 
@@ -80,7 +79,7 @@ def train(
             trained = train_run(
                 recipe, target, restart=restart, callbacks=callbacks,
                 trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
-                process_started=process_started,
+                record_inputs=record_inputs, export=export_trained, process_started=process_started,
             )
     except TrainingStopped as stop:
         # The run so far, for `except trainkit.Interrupted as stop: stop.run.history`.
@@ -89,142 +88,6 @@ def train(
     built = trained.built
     # The history of every epoch the run has trained, not only this call's (a resumed run).
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
-
-
-def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
-    """The recipe of a run directory (its ``config.yaml``).
-
-    A run directory is data: it never makes trainkit run code, whatever its
-    run.json says (a copied or edited run directory must not be able to). A run
-    whose recipe registered its own components needs them registered again:
-    either already in this process (a notebook that trained it), or by the
-    recipe file the caller names in ``recipe_file`` (``trainkit eval --recipe``),
-    which is imported because the caller chose it.
-    """
-    directory = RunDir(run_dir)
-    if not directory.exists():
-        raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
-    if recipe_file is not None:
-        from trainkit.loader import import_recipe_file
-
-        import_recipe_file(Path(recipe_file), option="--recipe")
-    return directory.read_recipe()
-
-
-def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
-    """``err`` with a hint when the run came from a Python recipe that was not named."""
-    source = directory.read_status().get("recipe_source")
-    if not source:
-        return err
-    return ConfigError(
-        f"{err}; this run was trained from the recipe file {source}, whose components a run directory "
-        f"never imports by itself: name it with --recipe {source} (recipe_file= in Python)"
-    )
-
-
-def _leaves_process_as_it_was(function):
-    """Seeds, determinism, precision policy and Keras serializables restored after ``function``
-    (which builds a recipe, and so applies its runtime section to the process)."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        quiet_tensorflow()
-        from trainkit.runtime import preserved_process_state
-
-        with preserved_process_state():
-            return function(*args, **kwargs)
-
-    return wrapper
-
-
-@_leaves_process_as_it_was
-def evaluate(
-    run_dir: str | os.PathLike,
-    *,
-    split: str = "test",
-    checkpoint: str = "last",
-    recipe_file: str | os.PathLike | None = None,
-) -> dict[str, float]:
-    """Metrics of one of a run's kept checkpoints on a split.
-
-    ``checkpoint`` is ``last`` (the newest checkpoint that reads back), ``best``
-    (the best by ``trainer.checkpoint.monitor``), ``final`` (the state when
-    training ended), a step number (``120`` picks ``ckpt-120``) or a checkpoint
-    path (``runs/x/checkpoints/ckpt-120``). ``recipe_file``: the Python recipe
-    the run was trained from, imported to register its components (a run
-    directory never imports code by itself).
-    """
-    quiet_tensorflow()
-    directory = RunDir(run_dir)
-    recipe = in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))  # a cluster's run, evaluated here
-    from trainkit.build import build
-
-    try:
-        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
-    except ConfigError as err:
-        if recipe_file is not None:
-            raise
-        raise with_recipe_file_hint(directory, err) from None
-    built.data._check_split(split)
-    load_checkpoint_weights(built.model, directory, checkpoint)
-    return built.trainer.evaluate_split(built.data, split)
-
-
-def load_checkpoint_weights(model, directory: RunDir, which: str, *, field: str = "--checkpoint") -> str:
-    """Load the weights of the checkpoint ``which`` names into ``model``; returns its path.
-
-    ``field`` is the option or recipe field that named it, for error messages.
-    """
-    from trainkit.training.checkpoint import (
-        candidates,
-        latest_readable,
-        restore_model_weights,
-        step_of,
-    )
-
-    ckpts = directory.checkpoints
-    kept = [ckpts / "final", ckpts / "best", ckpts]
-    choices = "use last, best, final, a step number or a checkpoint path"
-
-    def restore(path: str) -> str:
-        try:
-            restore_model_weights(model, path)
-        except Exception as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise RunDirError(f"{field}: {path} cannot be read back: {reason[:160]}") from None
-        return path
-
-    if which in ("last", "best", "final"):
-        where = ckpts if which == "last" else ckpts / which
-        path, skipped = latest_readable(where, lambda p: restore_model_weights(model, p))
-        for bad, reason in skipped:
-            warn(f"warning: checkpoint {bad} cannot be read back ({reason}); skipped it")
-        if path:
-            return path
-        if which == "final" and directory.model_file.is_file():
-            model.load_weights(directory.model_file)  # a run from before checkpoints/final/
-            return str(directory.model_file)
-        if which == "best" and not skipped:
-            raise RunDirError(
-                f"{field} best: {where} holds no checkpoint (the run monitored no metric: "
-                "trainer.checkpoint.monitor was null, or auto without a validation split); "
-                "set trainer.checkpoint.monitor (e.g. loss) to keep the best one"
-            )
-        if which == "final" and not skipped:
-            raise RunDirError(f"{field} final: {directory.path} has not finished training; {choices}")
-        raise RunDirError(f"{field} {which}: {where} holds no readable checkpoint")
-    if which.isdigit():
-        for folder in kept:
-            path = folder / f"ckpt-{int(which)}"
-            if Path(f"{path}.index").is_file():
-                return restore(str(path))
-        steps = sorted({step_of(p) for folder in kept for p in candidates(folder)})
-        shown = ", ".join(map(str, steps)) or "none"
-        raise ConfigError(f"{field}: no checkpoint of step {which} in {ckpts} (kept steps: {shown}); {choices}")
-    path = which[: -len(".index")] if which.endswith(".index") else which
-    if not Path(f"{path}.index").is_file():
-        raise ConfigError(f"{field}: no checkpoint at {which}; {choices}")
-    return restore(path)
 
 
 def _init_line(report: dict) -> str:
@@ -249,7 +112,7 @@ def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bo
     return data.dataset(split, training=split == "train")
 
 
-@_leaves_process_as_it_was
+@leaves_process_as_it_was
 def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     """Check a recipe end to end without training: schema, components, data, one batch.
 
@@ -257,11 +120,11 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
-    from trainkit.build import build
+    from trainkit.plan import build
 
     built = build(recipe)
     info = built.data.info
-    from trainkit.build import check_callbacks, make_callbacks, rehearse
+    from trainkit.plan import check_callbacks, make_callbacks, rehearse
     from trainkit.training.lifecycle import check_policy
 
     callbacks = make_callbacks(recipe)
@@ -272,7 +135,7 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     x, y = next(iter(built.data._uncached().dataset("train", training=True)))
     return {
         "recipe": recipe.name,
-        "hash": recipe.hash,
+        "hash": built.identity.hash,
         "features": list(info.feature_shape),
         "task": info.task,
         "classes": info.num_classes,
@@ -303,9 +166,7 @@ def inspect_data(
     shuffled and augmented as epoch 0) over one epoch or ``seconds``, whichever
     ends first. Writes nothing.
     """
-    import time
 
-    import numpy as np
 
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
@@ -324,6 +185,34 @@ def inspect_data(
         "features": {k: per_example(v) for k, v in x_spec.items()} if isinstance(x_spec, dict) else per_example(x_spec),
         "label": per_example(y_spec),
     }
+    scan = _scan_labels(ds, info, split, seconds)
+    return {
+        "recipe": recipe.name,
+        "split": split,
+        "source": recipe.data.source.type,
+        "held_as": data.kind(split),
+        "element_spec": spec,
+        "examples": info.sizes[split],
+        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),
+        "task": info.task,
+        "classes": info.num_classes,
+        "label_distribution": scan["labels"],
+        "label_distribution_complete": scan["complete"],
+        "label_distribution_examples": scan["seen"],
+        "first_examples": data.examples(split, n),
+        "examples_per_second": scan["rate"],
+        "skipped_files": list(info.skipped),
+    }
+
+
+def _scan_labels(ds, info, split: str, seconds: float) -> dict[str, Any]:
+    """Read ``ds`` for one epoch or ``seconds``: the label distribution (counts per
+    class, or min/mean/max), how many examples were seen, and examples per second
+    after the first batch (which pays for start-up)."""
+    import time
+
+    import numpy as np
+
     counts: dict[int, int] = {}
     values: list[np.ndarray] = []
     seen, batches = 0, 0
@@ -357,20 +246,4 @@ def inspect_data(
     else:
         all_values = np.concatenate(values) if values else np.zeros((0, 1))
         labels = {"min": float(all_values.min()), "mean": float(all_values.mean()), "max": float(all_values.max())}
-    return {
-        "recipe": recipe.name,
-        "split": split,
-        "source": recipe.data.source.type,
-        "held_as": data.kind(split),
-        "element_spec": spec,
-        "examples": info.sizes[split],
-        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),
-        "task": info.task,
-        "classes": info.num_classes,
-        "label_distribution": labels,
-        "label_distribution_complete": complete,
-        "label_distribution_examples": seen,
-        "first_examples": data.examples(split, n),
-        "examples_per_second": rate,
-        "skipped_files": list(info.skipped),
-    }
+    return {"labels": labels, "complete": complete, "seen": seen, "rate": rate}

@@ -52,7 +52,18 @@ def make_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _training_commands(commands)
+    _run_commands(commands)
+    _recipe_commands(commands)
+    p = commands.add_parser("plot", help="draw the learning curves of one or more runs into an image")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png; .png, .svg, .pdf)")
+    commands.add_parser("ls", help="list recipes and configs with their descriptions")
+    return parser
 
+
+def _training_commands(commands) -> None:
+    """train, launch."""
     p = commands.add_parser("train", help="train a recipe into a run directory, then evaluate and export it")
     _recipe_arguments(p)
     p.add_argument("--run-dir", metavar="DIR", help="where the run goes (default: runs/<recipe name>, or runs/<config name> with -c)")
@@ -67,6 +78,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="start over; an existing run is moved aside, not deleted")
     p.add_argument("--ps", type=int, default=1, metavar="P", help="parameter servers, for parameter_server recipes (default: 1)")
 
+
+def _run_commands(commands) -> None:
+    """Commands on a run directory: eval, export, predict."""
     p = commands.add_parser("eval", help="evaluate a run's checkpoint on a split")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", default="test", help="train, validation or test (default: test)")
@@ -94,6 +108,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", metavar="OUT", help="write the CSV here (default: print it)")
     p.add_argument("--checkpoint", help="last, best, final or a step number (default: the run's model.keras)")
 
+
+def _recipe_commands(commands) -> None:
+    """Commands on a recipe: show, validate, data."""
     p = commands.add_parser("show", help="print the resolved recipe as YAML")
     _recipe_arguments(p)
 
@@ -105,13 +122,6 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="train (default), validation or test")
     p.add_argument("-n", type=int, default=3, metavar="N", help="how many examples to show (default 3)")
     p.add_argument("--seconds", type=float, default=5.0, help="time budget of the throughput pass (default 5)")
-
-    p = commands.add_parser("plot", help="draw the learning curves of one or more runs into an image")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("-o", "--output", default="curves.png", help="the image to write (default: curves.png; .png, .svg, .pdf)")
-
-    commands.add_parser("ls", help="list recipes and configs with their descriptions")
-    return parser
 
 
 def _load(args: argparse.Namespace):

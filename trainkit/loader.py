@@ -228,7 +228,7 @@ def _import_recipe_module(path: Path) -> Any:
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    from trainkit.runtime import startup_noise_filtered
+    from trainkit.startup import startup_noise_filtered
 
     try:
         with startup_noise_filtered():  # a recipe file that imports keras at the top

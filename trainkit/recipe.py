@@ -29,6 +29,7 @@ import hashlib
 import json
 import posixpath
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
@@ -837,9 +838,6 @@ class Recipe(Section):
     # The Python recipe file this came from (its registered components are
     # needed again to evaluate a run); not part of the recipe's identity.
     _source: str | None = PrivateAttr(default=None)
-    # Digests of the pretrained weights a built recipe uses, by field
-    # (model.source, model.init.source): part of its identity once built.
-    _source_digests: dict[str, str] = PrivateAttr(default_factory=dict)
     # The config layer this recipe was last varied by, when that layer left
     # ``name`` alone: its run gets its own default directory (see run_name).
     _config_name: str | None = PrivateAttr(default=None)
@@ -868,12 +866,43 @@ class Recipe(Section):
 
     @property
     def hash(self) -> str:
-        """A stable digest of everything in the recipe (12 hex digits)."""
-        identity = self.to_dict()
-        if self._source_digests:
-            identity["source_digests"] = dict(self._source_digests)
-        canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        """A stable digest of everything in the recipe (12 hex digits).
+
+        A run's identity adds the digests of its pretrained weights: :class:`RunIdentity`."""
+        return _digest(self.to_dict())
+
+
+def _digest(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """What makes a run this run: its recipe and the pretrained weights it started from.
+
+    A value beside the recipe, never inside it: building a recipe leaves
+    ``recipe.hash`` alone. :attr:`hash` is the one identity a run shows, in the
+    training header, ``run.json``, ``export.json`` and ``Run.hash``; without
+    pretrained sources it is the recipe's own hash (``trainkit show``).
+    """
+
+    recipe_hash: str
+    hash: str
+    source_digests: tuple[tuple[str, str], ...] = ()
+    """``(field, digest)`` of each pretrained source (``model.source``, ``model.init.source``)."""
+
+    @classmethod
+    def of(cls, recipe: Recipe, source_digests: dict[str, str] | None = None) -> RunIdentity:
+        digests = dict(sorted((source_digests or {}).items()))
+        if not digests:
+            return cls(recipe.hash, recipe.hash)
+        return cls(recipe.hash, _digest({**recipe.to_dict(), "source_digests": digests}), tuple(digests.items()))
+
+    def with_recorded(self, recipe: Recipe, recorded: dict[str, str]) -> RunIdentity:
+        """This identity with the digests a continued run recorded for sources it no longer reads."""
+        digests = {**recorded, **dict(self.source_digests)}
+        return RunIdentity.of(recipe, digests)
 
 
 #: Keys whose change leaves a run the same run: resuming with them changed is allowed.

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import RunDirError, TrainkitError
 from trainkit.recipe import Recipe
-from trainkit.training.run_dir import RunDir
+from trainkit.rundir import RunDir
 
 if TYPE_CHECKING:
     from trainkit.serving.predict import Predictions
@@ -100,7 +100,7 @@ class Run:
     @property
     def recipe(self) -> Recipe:
         if self._recipe is None:
-            from trainkit.api import load_run_recipe
+            from trainkit.rundir import load_run_recipe
 
             self._recipe = load_run_recipe(self.run_dir)
         return self._recipe
@@ -108,6 +108,12 @@ class Run:
     @property
     def name(self) -> str:
         return self.recipe.name
+
+    @property
+    def hash(self) -> str | None:
+        """The run's identity (its recipe and pretrained sources), as the training
+        header, ``run.json`` and ``export.json`` show it."""
+        return self.info.get("recipe_hash")
 
     @property
     def info(self) -> dict[str, Any]:
@@ -140,22 +146,11 @@ class Run:
         unfinished run). It takes preprocessed features, as in training;
         ``model.keras`` is the inference model that takes raw ones (:meth:`predict`)."""
         if self._model is None:
-            from trainkit.api import load_checkpoint_weights, with_recipe_file_hint
-            from trainkit.build import build
-            from trainkit.errors import ConfigError
-            from trainkit.runtime import preserved_process_state
+            from trainkit.plan import restore
 
-            directory = RunDir(self.run_dir)
             # A run directory never imports code: a Python recipe's components must be
-            # registered already (the notebook that trained it), else the hint says how.
-            recipe = self.recipe
-            try:
-                with preserved_process_state():  # building applies the recipe's seeds
-                    built = build(recipe, run_dir=directory.path)
-            except ConfigError as err:
-                raise with_recipe_file_hint(directory, err) from None
-            load_checkpoint_weights(built.model, directory, "final" if self.status == "completed" else "last")
-            self._model = built.model
+            # registered already (the notebook that trained it), else the error says how.
+            self._model = restore(self.run_dir, "final" if self.status == "completed" else "last")
         return self._model
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
@@ -163,7 +158,7 @@ class Run:
         built = self._built
         if built is not None:
             return built.trainer.evaluate_split(built.data, split)
-        from trainkit.api import evaluate
+        from trainkit.evaluation import evaluate
 
         finished = (RunDir(self.run_dir).checkpoints / "final").is_dir() or RunDir(self.run_dir).model_file.is_file()
         return evaluate(self.run_dir, split=split, checkpoint="final" if finished else "last")

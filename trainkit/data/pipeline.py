@@ -40,11 +40,11 @@ from typing import Any, Literal
 
 import numpy as np
 
+from trainkit.console import warn
 from trainkit.data import sources, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
-from trainkit.training.sinks import warn
 
 SPLITS = ("train", "validation", "test")
 Task = Literal["classification", "regression"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,13 @@ def build_model(section: ModelSection, info: DataInfo):
     return build_with_sources(section, info)[0]
 
 
-def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: Path | None = None) -> tuple[Any, list]:
+def build_with_sources(
+    section: ModelSection, info: DataInfo, *, stored_source: Path | None = None, runs: Mapping[str, Any] | None = None
+) -> tuple[Any, list]:
     """The model, and the pretrained sources (:class:`~trainkit.models.pretrained.SourceUse`) it came from.
 
     ``stored_source``: a run's copy of its ``model.source``, used when the source is gone.
+    ``runs``: the models of sources that are run directories, restored by the plan.
     """
     check_builder_arguments(section)
     if section.type == "pretrained":
@@ -78,7 +82,7 @@ def build_with_sources(section: ModelSection, info: DataInfo, *, stored_source: 
         kwargs["source_checkpoint"] = str(kwargs.get("source_checkpoint", "final"))
         model, use = pretrained.build(
             **{"head": "keep", "cut_at": None, "output_activation": "auto", **kwargs},
-            task=info.task, num_outputs=info.num_outputs, stored=stored_source,
+            task=info.task, num_outputs=info.num_outputs, stored=stored_source, runs=runs,
             input_shape=info.feature_shape if isinstance(info.feature_shape, dict) else tuple(info.feature_shape),
         )
         return model, [use]

@@ -22,12 +22,13 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from trainkit import registry
-from trainkit.errors import ConfigError, TrainkitError, first_line
+from trainkit.errors import ConfigError, first_line
 
 #: Inside a run directory: the source model as the run first loaded it.
 STORED_SOURCE = "pretrained_source.keras"
@@ -105,8 +106,13 @@ def load_source(
     field: str,
     weights: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    runs: Mapping[str, Any] | None = None,
 ) -> Any:
-    """The keras.Model a source names, with its weights."""
+    """The keras.Model a source names, with its weights.
+
+    A source that is a run directory is restored by the plan, which hands its
+    model down in ``runs`` (source -> keras.Model): models never read runs.
+    """
     import keras
 
     if source.startswith(_APPLICATIONS):
@@ -126,7 +132,9 @@ def load_source(
         hint = " (a KerasHub preset name needs the network: write kaggle://OWNER/MODEL/keras/PRESET)" if "/" not in source else ""
         raise ConfigError(f"{field}: '{source}' does not exist; give {_KINDS}{hint}")
     if path.is_dir() and (path / "config.yaml").is_file():
-        return _load_run(path, checkpoint, field=field)
+        if runs is None or source not in runs:
+            raise ConfigError(f"{field}: the run {source} is restored by trainkit's plan (trainkit.plan.build)")
+        return runs[source]
     if path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file():
         return _load_preset(str(path), field=field)
     if path.is_file() and path.suffix == ".keras":
@@ -135,25 +143,6 @@ def load_source(
         except Exception as err:
             raise ConfigError(f"{field}: {source} cannot be loaded as a Keras model: {first_line(err)[:200]}") from None
     raise ConfigError(f"{field}: '{source}' is not {_KINDS}")
-
-
-def _load_run(path: Path, checkpoint: str, *, field: str):
-    """A run's model: its recipe's architecture (built for its data) with a checkpoint's
-    weights. (Its ``model.keras`` is the inference model, preprocessing included.)"""
-    from trainkit.api import load_checkpoint_weights, load_run_recipe
-    from trainkit.data.pipeline import prepare
-    from trainkit.models.build import build_with_sources
-    from trainkit.training.run_dir import RunDir
-
-    directory = RunDir(path)
-    try:
-        recipe = load_run_recipe(path)
-        info = prepare(recipe.data, seed=recipe.seed).info
-        model, _ = build_with_sources(recipe.model, info, stored_source=path / STORED_SOURCE)
-        load_checkpoint_weights(model, directory, str(checkpoint), field=f"{field}_checkpoint")
-    except TrainkitError as err:
-        raise ConfigError(f"{field}: the run {path} cannot be loaded: {err}" if field not in str(err) else str(err)) from None
-    return model
 
 
 def _load_application(source: str, weights: str | None, input_shape, *, field: str):
@@ -304,6 +293,7 @@ def build(
     stored: Path | None,
     weights: str | None = None,
     input_shape: tuple[int, ...] | None = None,
+    runs: Mapping[str, Any] | None = None,
 ) -> tuple[Any, SourceUse]:
     """The model and its source; ``stored`` (a run's copy of its source) stands in
     for a source that is no longer there."""
@@ -313,7 +303,8 @@ def build(
         source_model = _load_stored(stored)  # (an online handle is never fetched twice)
     else:
         source_model = load_source(
-            source, checkpoint=source_checkpoint, field="model.source", weights=weights, input_shape=input_shape
+            source, checkpoint=source_checkpoint, field="model.source", weights=weights, input_shape=input_shape,
+            runs=runs,
         )
     use = SourceUse("model.source", source, digest(source_model), source_model)
     model = with_head(

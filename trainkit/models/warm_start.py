@@ -11,6 +11,7 @@ Resuming a run restores its checkpoint instead: a resumed run never reads its
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from trainkit.errors import ConfigError
@@ -18,9 +19,15 @@ from trainkit.models import pretrained
 from trainkit.recipe import InitSection
 
 
-def restore_matching(model, spec: InitSection) -> tuple[dict[str, Any], pretrained.SourceUse]:
-    """Copy matching variables from ``spec.source`` into ``model``; returns the report and the source."""
-    source_model = pretrained.load_source(spec.source, checkpoint=spec.source_checkpoint, field="model.init.source")
+def restore_matching(
+    model, spec: InitSection, *, runs: Mapping[str, Any] | None = None
+) -> tuple[dict[str, Any], pretrained.SourceUse]:
+    """Copy matching variables from ``spec.source`` into ``model``; returns the report and the source.
+
+    ``runs``: the models of sources that are run directories, restored by the plan."""
+    source_model = pretrained.load_source(
+        spec.source, checkpoint=spec.source_checkpoint, field="model.init.source", runs=runs
+    )
     use = pretrained.SourceUse("model.init.source", spec.source, pretrained.digest(source_model), source_model)
     skips = []
     for i, pattern in enumerate(spec.skip):

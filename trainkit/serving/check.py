@@ -18,7 +18,7 @@ import numpy as np
 if TYPE_CHECKING:
     import keras
 
-    from trainkit.build import Built
+    from trainkit.plan import Built
 
 
 def compare(built: Built, model: keras.Model, spec: dict[str, Any], out: Path, written: dict[str, Any], *, limit: int) -> None:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError
+from trainkit.rundir import RunDir
 from trainkit.serving import spec as inference_spec
 
 if TYPE_CHECKING:
     import keras
 
-    from trainkit.build import Built
-    from trainkit.training.run_dir import RunDir
+    from trainkit.plan import Built
 
 FORMATS = ("keras", "saved_model", "tflite", "onnx")
 METADATA_FILE = "export.json"
@@ -54,8 +54,8 @@ def _compile_like(target: keras.Model, built: Built) -> None:
     optimizer (the base group's, without loss scaling), at its current learning rate."""
     import keras
 
-    from trainkit.build import make_loss, make_metrics
     from trainkit.optim import base_optimizer
+    from trainkit.plan import make_loss, make_metrics
 
     optimizer = base_optimizer(built.trainer.optimizer)
     config = optimizer.get_config()
@@ -72,9 +72,11 @@ def _compile_like(target: keras.Model, built: Built) -> None:
 
 def record_inputs(built: Built, directory: RunDir) -> None:
     """Write the run's inference description (``inference.json``) into its directory."""
-    from trainkit.build import make_loss
+    from trainkit.plan import make_loss
 
-    spec = inference_spec.describe(built.recipe, built.data, built.model, make_loss(built.recipe, per_example=False))
+    spec = inference_spec.describe(
+        built.recipe, built.data, built.model, make_loss(built.recipe, per_example=False), identity=built.identity.hash
+    )
     inference_spec.write(directory.path, spec)
 
 
@@ -121,7 +123,7 @@ def export(
     recorded = inference_spec.read(Path(run_dir))
     if recorded is not None:
         inference_spec.check_exportable(recorded)  # before building anything
-    built, spec, directory = load_run(run_dir, checkpoint, recipe_file=recipe_file)
+    built, spec, directory = restore_for_export(run_dir, checkpoint, recipe_file=recipe_file)
     inference_spec.check_exportable(spec)
     label = Path(checkpoint).name if os.sep in checkpoint else checkpoint
     out = Path(out_dir) if out_dir is not None else directory.path / f"export-{label}"
@@ -129,34 +131,26 @@ def export(
     return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
 
 
-def load_run(
+def restore_for_export(
     run_dir: str | os.PathLike, checkpoint: str, *, recipe_file: str | os.PathLike | None = None
 ) -> tuple[Built, dict[str, Any], RunDir]:
-    """A run's recipe built again, the weights of ``checkpoint`` loaded, and its
-    inference description (recorded when it trained, else described now).
+    """A run restored (:func:`trainkit.plan.restore_plan`: in one process, the weights of
+    ``checkpoint``) and its inference description (recorded when it trained, else
+    described now).
 
     ``recipe_file``: the Python recipe the run came from, for its components (a
     run directory never imports code by itself: docs/security.md)."""
-    from trainkit import api
-    from trainkit.build import build, make_loss
-    from trainkit.distribution.strategies import in_one_process
-    from trainkit.errors import ConfigError
-    from trainkit.runtime import quiet_tensorflow
-    from trainkit.training.run_dir import RunDir
+    from trainkit.plan import make_loss, restore_plan
+    from trainkit.startup import quiet_tensorflow
 
     quiet_tensorflow()
-    recipe = in_one_process(api.load_run_recipe(run_dir, recipe_file=recipe_file))
+    built = restore_plan(run_dir, checkpoint, recipe_file=recipe_file)
     directory = RunDir(run_dir)
-    try:
-        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
-    except ConfigError as err:
-        if recipe_file is not None:
-            raise
-        raise api.with_recipe_file_hint(directory, err) from None
-    api.load_checkpoint_weights(built.model, directory, checkpoint)
     spec = inference_spec.read(directory.path)
     if spec is None:  # a run from before inference.json: the data gives the same numbers again
-        spec = inference_spec.describe(recipe, built.data, built.model, make_loss(recipe, per_example=False))
+        spec = inference_spec.describe(
+        built.recipe, built.data, built.model, make_loss(built.recipe, per_example=False), identity=built.identity.hash
+    )
     return built, spec, directory
 
 

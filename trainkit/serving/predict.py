@@ -97,7 +97,7 @@ def write_csv(predictions: Predictions, path: str | os.PathLike) -> None:
 
 
 def _model(directory: Path, spec: dict, checkpoint: str | None):
-    from trainkit.runtime import quiet_tensorflow
+    from trainkit.startup import quiet_tensorflow
 
     quiet_tensorflow()
     saved = directory / "model.keras"
@@ -107,9 +107,9 @@ def _model(directory: Path, spec: dict, checkpoint: str | None):
         model = keras.models.load_model(saved, compile=False)
         if [tuple(t.shape[1:]) for t in model.inputs] == [tuple(spec["input"]["shape"])]:
             return model
-    from trainkit.serving.export import build_inference_model, load_run
+    from trainkit.serving.export import build_inference_model, restore_for_export
 
-    built, spec, _ = load_run(directory, checkpoint or "final")
+    built, spec, _ = restore_for_export(directory, checkpoint or "final")
     return build_inference_model(built, spec)
 
 

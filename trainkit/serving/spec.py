@@ -29,8 +29,9 @@ SPEC_FILE = "inference.json"
 INPUT_NAME = "features"
 
 
-def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any) -> dict[str, Any]:
-    """The inference description of a built run (``data``: its PreparedData)."""
+def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, identity: str | None = None) -> dict[str, Any]:
+    """The inference description of a built run (``data``: its PreparedData;
+    ``identity``: the run's, :class:`trainkit.recipe.RunIdentity`)."""
     raw_x, _ = data.raw_dataset("train", batch_size=1).element_spec
     info, section = data.info, recipe.data
     unsupported = None
@@ -80,7 +81,7 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any) -> dict[
         head = "identity"
     return {
         "recipe": recipe.name,
-        "recipe_hash": recipe.hash,
+        "recipe_hash": identity or recipe.hash,
         "task": info.task,
         "num_classes": info.num_classes,
         "class_names": _class_names(info),

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -44,12 +43,9 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from trainkit import console
 from trainkit.errors import RunDirError
-from trainkit.files import write_text_atomic
-from trainkit.training.sinks import warn
-
-PREFIX = "ckpt"
-_STEP = re.compile(rf"^{PREFIX}-(\d+)$")
+from trainkit.rundir.checkpoints import PREFIX, latest_readable, repair_state, step_of, write_state
 
 #: Scalar attributes of Keras callbacks saved in checkpoints, per callback class.
 #: ``EarlyStopping.best_weights`` (``restore_best_weights``) is not: it is a whole
@@ -69,55 +65,6 @@ def seed_generator_states(model) -> list:
     return [variable for variable in model.variables if variable.name == "seed_generator_state"]
 
 
-def step_of(path: str | os.PathLike) -> int:
-    """The global step in a checkpoint prefix's name (``.../ckpt-120`` -> 120), or -1."""
-    match = _STEP.match(Path(path).name)
-    return int(match.group(1)) if match else -1
-
-
-def candidates(directory: str | os.PathLike) -> list[str]:
-    """Every checkpoint prefix in ``directory``, newest (highest step) first.
-
-    Both the ones TensorFlow's ``checkpoint`` file lists and any ``ckpt-N.index``
-    on disk: a kill between writing a checkpoint and listing it leaves a complete
-    checkpoint that only the files show, and a damaged list must not hide the rest.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        return []
-    found: set[str] = set()
-    try:
-        state = tf.train.get_checkpoint_state(str(directory))
-    except Exception:  # an unreadable list: the files still tell
-        state = None
-    if state is not None:
-        for path in [*state.all_model_checkpoint_paths, state.model_checkpoint_path]:
-            if path:
-                found.add(str(directory / Path(path).name))
-    for index in directory.glob(f"{PREFIX}-*.index"):
-        found.add(str(index)[: -len(".index")])
-    return sorted((p for p in found if step_of(p) >= 0), key=step_of, reverse=True)
-
-
-def latest_readable(directory: str | os.PathLike, restore: Callable[[str], None]) -> tuple[str | None, list[tuple[str, str]]]:
-    """The newest checkpoint that ``restore`` accepts, and the ``(path, reason)`` of those it refused."""
-    skipped: list[tuple[str, str]] = []
-    for path in candidates(directory):
-        try:
-            restore(path)
-        except Exception as err:  # any failure to read back means: not usable
-            skipped.append((path, _reason(err)))
-            continue
-        return path, skipped
-    return None, skipped
-
-
-def _reason(err: BaseException) -> str:
-    text = (getattr(err, "message", None) or str(err)).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line[:160]
-
-
 def _files_of(prefix: str) -> list[Path]:
     path = Path(prefix)
     return sorted(path.parent.glob(path.name + ".*")) + (
@@ -131,46 +78,6 @@ def _same_files(a: str, b: str) -> bool:
         return os.stat(a + ".index").st_ino == os.stat(b + ".index").st_ino
     except OSError:
         return False
-
-
-def write_state(directory: Path, latest: str, paths: Sequence[str]) -> None:
-    """Rewrite TensorFlow's ``checkpoint`` list (relative paths, atomically).
-
-    Timestamps newer than ``last_preserved_timestamp`` keep the listed
-    checkpoints subject to ``CheckpointManager``'s keep-last-K rotation.
-    """
-    now = time.time()
-    lines = [f'model_checkpoint_path: "{Path(latest).name}"']
-    lines += [f'all_model_checkpoint_paths: "{Path(p).name}"' for p in paths]
-    lines += [f"all_model_checkpoint_timestamps: {now:.6f}" for _ in paths]
-    lines.append(f"last_preserved_timestamp: {now - 1:.6f}")
-    write_text_atomic(directory / "checkpoint", "\n".join(lines) + "\n")
-
-
-def repair_state(directory: Path, warn: Callable[[str], None] | None = None) -> bool:
-    """Rebuild an unreadable ``checkpoint`` list from the checkpoint files; True if it did.
-
-    TensorFlow's ``CheckpointManager`` reads the list when it is made and fails on a
-    damaged one (binary garbage: UnicodeDecodeError), although the files beside it
-    say everything the list does.
-    """
-    state_file = Path(directory) / "checkpoint"
-    if not state_file.is_file():
-        return False
-    try:
-        tf.train.get_checkpoint_state(str(directory))
-        return False
-    except Exception as err:  # any failure to parse: the list is damaged
-        reason = _reason(err)
-    found = [p for p in candidates(directory) if Path(p + ".index").is_file()]
-    if found:
-        write_state(Path(directory), found[0], sorted(found, key=step_of))
-    else:
-        state_file.unlink()
-    (warn or _stderr)(
-        f"warning: {state_file} could not be read ({reason}); rebuilt it from the checkpoint files beside it"
-    )
-    return True
 
 
 class _CallbackState:
@@ -394,7 +301,7 @@ class Checkpointer:
         warning each. If checkpoints exist but none reads back, raises rather
         than start over on top of them.
         """
-        warn = warn or _stderr
+        warn = warn or console.warn
         self._managers.pop("last", None)
         repair_state(self.directory, warn)
         path, skipped = latest_readable(self.directory, self.restore)
@@ -470,12 +377,3 @@ def read_counters(path: str) -> tuple[int, int, int]:
     reader = tf.train.load_checkpoint(path)
     read = lambda name: int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))  # noqa: E731
     return read("step"), read("epoch"), read("step_in_epoch")
-
-
-def restore_model_weights(model, path: str) -> None:
-    """Only the model's weights from a training checkpoint (for evaluation)."""
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
-
-
-def _stderr(text: str) -> None:
-    warn(text)

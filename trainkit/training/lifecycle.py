@@ -4,7 +4,7 @@
 against the recipe (read-only, before anything is built), build, take the lock,
 write ``config.yaml`` and ``run.json``, hand the built objects to a
 :class:`~trainkit.training.controller.Controller`, evaluate the final model,
-export it (:mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
+export it (with the exporter passed in from :mod:`trainkit.serving.export`), and record how it ended (``completed``, ``interrupted``, ``failed``,
 ``diverged``, with ``ended``) whatever happens.
 """
 
@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit.distribution import cluster
+from trainkit.distribution.cluster import Role
 from trainkit.distribution.consensus import check_same_start
 from trainkit.distribution.strategies import describe
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.files import write_bytes_atomic, write_json_atomic
 from trainkit.optim import batch_plan, batch_text, scaled_learning_rate
 from trainkit.recipe import Recipe
+from trainkit.rundir import RunDir, command_line
 from trainkit.training import disk_full, scratch
 from trainkit.training.phases import Phases
-from trainkit.training.run_dir import RunDir, command_line
 from trainkit.training.sinks import Sink, make_sink, say
+
+if TYPE_CHECKING:
+    from trainkit.plan import Built
+    from trainkit.training.controller import Controller
 
 
 @dataclass
@@ -43,7 +49,7 @@ def check_policy(built) -> None:
     """Checks of the trainer section that need the built run; raise before anything is written."""
     monitor = built.recipe.trainer.checkpoint.monitor
     if monitor is not None:
-        from trainkit.build import metric_names
+        from trainkit.plan import metric_names
 
         names = metric_names(built)
         if monitor not in names:
@@ -64,128 +70,54 @@ def train_run(
     recipe_source: str | None = None,
     sink: Sink | None = None,
     started: float | None = None,
+    record_inputs: Callable[[Built, RunDir], None] | None = None,
+    export: Callable[[Built, RunDir], Any] | None = None,
     process_started: float | None = None,
 ) -> Trained:
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
 
-    ``started`` (``time.time()``) is when the job began, the process's start or
-    the call of :func:`trainkit.train`: run.json's ``phases.start_up`` runs from
-    there to here, where TensorFlow and trainkit are imported.
-    ``process_started``: when the process began (the CLI's start), for run.json's
-    ``seconds_to_first_step``.
+    ``record_inputs`` and ``export`` come from the serving layer above (passed in by
+    :func:`trainkit.train`): ``inference.json`` written at the start, the exports at
+    the end. ``started`` (``time.time()``): when the job began (the process's start
+    or the call of :func:`trainkit.train`), for run.json's ``phases.start_up``;
+    ``process_started``: when the process began (the CLI), for ``seconds_to_first_step``.
     """
-    from trainkit.build import build, check_callbacks, make_callbacks, rehearse
-    from trainkit.serving.export import export_trained, record_inputs
-    from trainkit.training.checkpoint import Checkpointer, candidates, step_of
+    from trainkit.evaluation import final_evaluation
+    from trainkit.plan import make_callbacks
     from trainkit.training.controller import now
 
     phases = Phases()
     phases.add("start_up", time.time() - started if started else 0.0)
     directory = RunDir(run_dir)
-    directory.check_place()  # a folder that can be written, without links: before anything is built
-    changes = [] if restart else directory.check_compatible(recipe)  # read-only: refuses before building
-    previous = directory.read_recipe() if changes else None  # (config.yaml is rewritten below)
-    with phases.timed("build"):
-        # All validation happens here; a run that continues lends its copy of a pretrained source.
-        built = build(
-            recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True
-        )
-    # Everything user-supplied is checked before the run directory is touched:
-    # the callbacks are made now (their constructors check their arguments), and
-    # one real step shows that optimizer, loss and metrics work with the data
-    # (it also builds metrics that make their variables on first use).
-    callbacks_to_check = make_callbacks(recipe, run_dir=directory.path)
-    rehearse(built)
-    check_policy(built)
-    check_callbacks(built, callbacks_to_check, run_dir=directory.path)
-    if not restart:
-        check_sources(directory, built)
-        directory.check_same_data(built.data.info.sizes)
-    # Multi-worker: only the chief writes the run directory; the other workers
-    # write to a scratch directory, removed at the end, starting from a copy of
-    # the chief's checkpoints so that every worker resumes (and later decides
-    # its saves) exactly as the chief does.
+    checked = _build_checked(recipe, directory, restart=restart, trainer_class=trainer_class, phases=phases)
+    built = checked.built
     role = cluster.role(built.strategy)
     sink = sink or make_sink(recipe.trainer.progress, chief=role.is_chief)
-    shared, directory = directory, scratch.writable_run_dir(directory, role)
-    if not role.is_chief:
-        built.recipe = scratch.quiet(built.recipe)  # the chief alone reports
-        if not restart:
-            scratch.copy_checkpoints(shared, directory)
-    # Built before anything is written: a callback that fails to construct is a
-    # bad recipe (one line, exit 2), not a failed run.
-    callback_objects = make_callbacks(recipe, run_dir=directory.path) + list(callbacks or [])
-    moved = None
-    if restart and directory.path.exists() and role.is_chief:
-        directory.acquire()  # never move a run that a live process is training
-        moved = directory.set_aside()
-    directory.acquire()
+    shared, directory = directory, _writable_dir(directory, built, role, restart=restart)
+    # The callbacks checked above are the run's (built once); a non-chief worker's
+    # write into its scratch directory instead.
+    made = checked.callbacks if directory is shared else make_callbacks(recipe, run_dir=directory.path)
+    callback_objects = made + list(callbacks or [])
+    moved = _lock(directory, role, restart=restart)
     controller = None
     try:
-        found = candidates(directory.checkpoints)
-        check_same_start(built.strategy, step_of(found[0]) if found else 0)
-        directory.start(recipe, command=command_line(), recipe_source=recipe_source, resumed=bool(found))
-        if role.is_chief:
-            keep_sources(built, directory, sink)
-        # Only now, validated and holding the lock, may a relative data.cache path
-        # write its files (inside the run directory, so a resumed run reuses them).
-        built.data.use_cache_dir(directory.path)
-        directory.update_status(
-            distribution=batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
-        )
-        if role.is_chief:
-            record_inputs(built, directory)  # inference.json: what export and predict need
-        sink.line(header(built, directory))
+        step = _begin(recipe, checked, directory, role, sink, recipe_source=recipe_source, record_inputs=record_inputs)
         if moved:
             sink.notice(f"the previous run in {directory.path} was moved to {moved}")
-        if changes and role.is_chief:
-            sink.notice(f"resuming with changed settings: {', '.join(changes)}")
-            note = schedule_note(built, previous, step_of(found[0]) if found else 0)
-            if note:
-                sink.notice(note)
-        policy = built.recipe.trainer
-        checkpointer = Checkpointer(
-            directory.checkpoints,
-            model=built.model,
-            optimizer=built.trainer.optimizer,
-            metrics=built.trainer.train_metrics,
-            keep=policy.checkpoint.keep,
-            callbacks=callback_objects,
-            monitor=policy.checkpoint.monitor,
-            mode=policy.checkpoint.mode,
-        )
-        controller = make_controller(
-            built, directory, checkpointer, sink, callback_objects, phases, process_started=process_started
-        )
+        _resume_notices(checked, step, role, sink)
+        controller = _controller(built, directory, sink, callback_objects, phases, process_started=process_started)
         history = controller.run()
         directory.update_status(**controller.summary)
         with phases.timed("final_evaluation"):
             metrics = final_evaluation(controller, built, directory, sink)
-        if role.is_chief:
+        if role.is_chief and export is not None:
             with phases.timed("export"):
-                export_trained(built, directory)
+                export(built, directory)
         directory.update_status(status="completed", ended=now(), phases=phases.as_dict())
     except BaseException as err:
-        full = disk_full.is_disk_full(err)
-        if full:  # first make room: the status below must still be written
-            disk_full.remove_partial_files(directory.path)
-            err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
-        explain = getattr(built.data, "explain_read_error", None)
-        unreadable = explain(err) if explain else None  # a bad image found mid-training
-        if unreadable is not None:
-            err = unreadable
-        try:
-            if directory.read_status().get("status") == "running":
-                costs = controller.costs() if controller is not None else {}
-                directory.update_status(**ended_status(err, costs), ended=now())
-        except OSError:
-            if not full:
-                raise
-        if full or unreadable is not None:
-            raise err from None
-        lost = cluster.as_worker_lost(err, built.strategy)
-        if lost is not None:
-            raise lost from None
+        replacement = _record_failure(err, directory, built, controller)
+        if replacement is not None:
+            raise replacement from None
         raise
     finally:
         if controller is not None:
@@ -195,14 +127,125 @@ def train_run(
     return Trained(shared.path, built, history, metrics)
 
 
-def make_controller(built, directory: RunDir, checkpointer, sink: Sink, callbacks: list, phases: Phases, *, process_started: float | None):
-    """The run's controller, with its collaborators: the checkpointer, the metrics
-    log and the profiler window in the run directory, the sink and the callbacks."""
+def _lock(directory: RunDir, role: Role, *, restart: bool) -> Path | None:
+    """Take the directory's lock; with ``restart``, move the old run aside first
+    (under the lock: never a run that a live process trains). Returns where it went."""
+    moved = None
+    if restart and directory.path.exists() and role.is_chief:
+        directory.acquire()
+        moved = directory.set_aside()
+    directory.acquire()
+    return moved
+
+
+@dataclass
+class _Checked:
+    """A built run with everything user-supplied checked, before the directory is touched."""
+
+    built: Built
+    callbacks: list
+    changes: list[str]
+    previous: Recipe | None
+
+
+def _build_checked(recipe: Recipe, directory: RunDir, *, restart: bool, trainer_class: type | None, phases: Phases) -> _Checked:
+    """Check the directory (read-only), build, and check what only the built run shows."""
+    from trainkit.plan import build, check_callbacks, make_callbacks, rehearse
+
+    directory.check_place()  # a folder that can be written, without links: before anything is built
+    changes = [] if restart else directory.check_compatible(recipe)  # read-only: refuses before building
+    previous = directory.read_recipe() if changes else None  # (config.yaml is rewritten below)
+    with phases.timed("build"):
+        # All validation happens here; a run that continues lends its copy of a pretrained source.
+        built = build(
+            recipe, trainer_class=trainer_class, run_dir=None if restart else directory.path, keep_source_copy=True
+        )
+    # Everything user-supplied is checked before the run directory is touched:
+    # the callbacks are made now (their constructors check their arguments: a
+    # failure is a bad recipe, one line, exit 2), and one real step shows that
+    # optimizer, loss and metrics work with the data (it also builds metrics
+    # that make their variables on first use).
+    callbacks = make_callbacks(recipe, run_dir=directory.path)
+    rehearse(built)
+    check_policy(built)
+    check_callbacks(built, callbacks, run_dir=directory.path)
+    if not restart:
+        check_sources(directory, built, recipe)
+        directory.check_same_data(built.data.info.sizes)
+    return _Checked(built, callbacks, changes, previous)
+
+
+def _writable_dir(directory: RunDir, built: Built, role: Role, *, restart: bool) -> RunDir:
+    """Multi-worker: only the chief writes the run directory; the other workers
+    write to a scratch directory, removed at the end, starting from a copy of
+    the chief's checkpoints so that every worker resumes (and later decides
+    its saves) exactly as the chief does."""
+    writable = scratch.writable_run_dir(directory, role)
+    if not role.is_chief:
+        built.recipe = scratch.quiet(built.recipe)  # the chief alone reports
+        if not restart:
+            scratch.copy_checkpoints(directory, writable)
+    return writable
+
+
+def _begin(
+    recipe: Recipe, checked: _Checked, directory: RunDir, role: Role, sink: Sink, *,
+    recipe_source: str | None, record_inputs: Callable[[Built, RunDir], None] | None,
+) -> int:
+    """Holding the lock: config.yaml, run.json, the sources' copy, inference.json and
+    the header written; returns the step the run resumes from (0: a new run)."""
+    from trainkit.rundir.checkpoints import candidates, step_of
+
+    built = checked.built
+    found = candidates(directory.checkpoints)
+    step = step_of(found[0]) if found else 0
+    check_same_start(built.strategy, step)
+    directory.start(
+        recipe, identity=built.identity.hash, command=command_line(), recipe_source=recipe_source, resumed=bool(found)
+    )
+    if role.is_chief:
+        keep_sources(built, directory, sink)
+    # Only now, validated and holding the lock, may a relative data.cache path
+    # write its files (inside the run directory, so a resumed run reuses them).
+    built.data.use_cache_dir(directory.path)
+    directory.update_status(
+        distribution=batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
+    )
+    if role.is_chief and record_inputs is not None:
+        record_inputs(built, directory)  # inference.json: what export and predict need
+    sink.line(header(built, directory))
+    return step
+
+
+def _resume_notices(checked: _Checked, step: int, role: Role, sink: Sink) -> None:
+    if checked.changes and role.is_chief:
+        sink.notice(f"resuming with changed settings: {', '.join(checked.changes)}")
+        note = schedule_note(checked.built, checked.previous, step)
+        if note:
+            sink.notice(note)
+
+
+def _controller(
+    built: Built, directory: RunDir, sink: Sink, callbacks: list, phases: Phases, *, process_started: float | None
+) -> Controller:
+    """The controller of this run, with its collaborators: the checkpointer, the
+    metrics log and the profiler window in the run directory, the sink, the callbacks."""
+    from trainkit.training.checkpoint import Checkpointer
     from trainkit.training.controller import Controller
     from trainkit.training.events import ProfileWindow
     from trainkit.training.report import MetricsLog
 
     policy = built.recipe.trainer
+    checkpointer = Checkpointer(
+        directory.checkpoints,
+        model=built.model,
+        optimizer=built.trainer.optimizer,
+        metrics=built.trainer.train_metrics,
+        keep=policy.checkpoint.keep,
+        callbacks=callbacks,
+        monitor=policy.checkpoint.monitor,
+        mode=policy.checkpoint.mode,
+    )
     return Controller(
         trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
         checkpointer=checkpointer, metrics_log=MetricsLog(directory),
@@ -210,6 +253,32 @@ def make_controller(built, directory: RunDir, checkpointer, sink: Sink, callback
         steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
         events=(built.stages,) if built.stages else (), process_started=process_started,
     )
+
+
+def _record_failure(err: BaseException, directory: RunDir, built: Built, controller: Controller | None) -> BaseException | None:
+    """How a run ended early, written to run.json (the one place a run's status is
+    written: the controller raises, it writes nothing); the error to raise instead of
+    ``err`` (a full disk, an unreadable file, a lost worker), or None."""
+    from trainkit.training.controller import now
+
+    full = disk_full.is_disk_full(err)
+    if full:  # first make room: the status below must still be written
+        disk_full.remove_partial_files(directory.path)
+        err = disk_full.describe(directory.path, writing=_what_was_written(err), needed=_state_bytes(built))
+    explain = getattr(built.data, "explain_read_error", None)
+    unreadable = explain(err) if explain else None  # a bad image found mid-training
+    if unreadable is not None:
+        err = unreadable
+    try:
+        if directory.read_status().get("status") == "running":
+            costs = controller.costs() if controller is not None else {}
+            directory.update_status(**ended_status(err, costs), ended=now())
+    except OSError:
+        if not full:
+            raise
+    if full or unreadable is not None:
+        return err
+    return cluster.as_worker_lost(err, built.strategy)
 
 
 def ended_status(err: BaseException, costs: dict[str, Any]) -> dict[str, Any]:
@@ -227,8 +296,8 @@ def ended_status(err: BaseException, costs: dict[str, Any]) -> dict[str, Any]:
 
 def schedule_note(built, previous: Recipe, step: int) -> str | None:
     """What a changed budget does to the learning-rate schedule at the resumed step."""
-    from trainkit.build import total_steps
     from trainkit.optim import budget_change_note
+    from trainkit.plan import total_steps
 
     rate = {"learning_rate": scaled_learning_rate(built.recipe)}
     return budget_change_note(
@@ -244,7 +313,7 @@ def _what_was_written(err: BaseException) -> str:
     text = str(err)
     if "SaveV2" in text or "ckpt-" in text:
         return "a checkpoint"
-    if any(mark in text for mark in (".tmp.keras", "saved_model", ".tflite", ".onnx", "export")):
+    if any(mark in text for mark in (".keras", "saved_model", ".tflite", ".onnx", "export")):
         return "the exported model"
     return "a file"
 
@@ -255,7 +324,7 @@ def _state_bytes(built) -> int:
     return sum(int(v.numpy().nbytes) for v in variables)
 
 
-def check_sources(directory: RunDir, built) -> None:
+def check_sources(directory: RunDir, built: Built, recipe: Recipe) -> None:
     """Refuse to continue a run whose pretrained source changed since it started."""
     from trainkit.errors import RunDirError
 
@@ -268,9 +337,9 @@ def check_sources(directory: RunDir, built) -> None:
                 f"but it now has digest {use.digest} (the source changed); use another --run-dir, or --restart"
             )
     # A source read no more (model.init of a continued run whose source is gone)
-    # keeps its recorded digest in the recipe's identity.
-    for name, before in recorded.items():
-        built.recipe._source_digests.setdefault(name, before["digest"])
+    # keeps its recorded digest in the run's identity.
+    if recorded:
+        built.identity = built.identity.with_recorded(recipe, {name: before["digest"] for name, before in recorded.items()})
 
 
 def keep_sources(built, directory: RunDir, sink: Sink) -> None:
@@ -295,18 +364,8 @@ def keep_sources(built, directory: RunDir, sink: Sink) -> None:
 def header(built, directory: RunDir) -> str:
     info, recipe = built.data.info, built.recipe
     return (
-        f"training {recipe.name} ({recipe.hash}) into {directory.path}: "
+        f"training {recipe.name} ({built.identity.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
         f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
         f"{batch_text(recipe, built.strategy)}"
     )
-
-
-def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[str, dict[str, float]]:
-    results = {}
-    for split in built.recipe.trainer.evaluate:
-        if built.data.has_split(split):
-            results[split] = controller.evaluate(split, hooks=False)
-            sink.result(split, results[split])
-    write_json_atomic(directory.eval_json, results)
-    return results

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from trainkit.distribution.cluster import Role
 from trainkit.recipe import Recipe
-from trainkit.training.run_dir import RunDir
+from trainkit.rundir import RunDir
 
 
 def writable_run_dir(directory: RunDir, role_: Role) -> RunDir:

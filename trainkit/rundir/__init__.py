@@ -1,16 +1,21 @@
-"""The run directory: everything one run wrote, and nothing outside it.
+"""The run directory as data: everything one run wrote, and nothing outside it.
+
+Layer 2 (docs/architecture.md): it reads and writes a run directory -- the
+recipe, the status, the lock (:mod:`trainkit.rundir.lock`), the checkpoint list,
+checkpoint selection and weight reading (:mod:`trainkit.rundir.checkpoints`) --
+and imports nothing above the recipe layer.
 
 Layout::
 
     RUN_DIR/
       config.yaml      the resolved recipe (loads back to the same recipe and hash)
-      run.json         status, versions, command, seed, recipe hash, times, speed
+      run.json         status, versions, command, seed, the run's identity (recipe_hash), times, speed
       metrics.jsonl    one JSON object per log event (step, epoch, split, metrics)
       tensorboard/     summaries for TensorBoard
       checkpoints/     the last K checkpoints, best/, final/ (docs/checkpoints.md)
       eval.json        final metrics of each evaluated split
       model.keras      the final model
-      .lock            flock-ed by the process training into it (PID inside)
+      .lock            locked by the process training into it (PID inside)
 
 A directory that holds a run of the same recipe is resumed; one that holds a
 different recipe is refused (the differing keys are listed) unless only keys in
@@ -20,7 +25,6 @@ different recipe is refused (the differing keys are listed) unless only keys in
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import platform
@@ -30,14 +34,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainkit.errors import RunDirError, TrainkitError
+from trainkit.errors import ConfigError, RunDirError, TrainkitError
 from trainkit.files import read_regular, write_json_atomic, write_text_atomic
 from trainkit.recipe import Recipe, diff, is_resumable_change
-from trainkit.training.sinks import warn
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+from trainkit.rundir.lock import RunLock, now
+from trainkit.version import __version__
 
 
 class RunDir:
@@ -45,7 +46,7 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        self._lock_fd: int | None = None
+        self._lock = RunLock(self.lock_file, self.path)
 
     config = property(lambda self: self.path / "config.yaml")
     run_json = property(lambda self: self.path / "run.json")
@@ -188,68 +189,14 @@ class RunDir:
         return changed
 
     def acquire(self) -> None:
-        """Take the directory's lock; refuse at once if a live process holds it.
-
-        The lock is an advisory ``flock`` on ``.lock``, which also holds the
-        holder's PID, host and start time for the message. The kernel drops a
-        ``flock`` when its process dies however it dies (SIGKILL included), so a
-        ``.lock`` left by a killed run is stale by construction and is taken
-        over; no PID-liveness guess (and no PID reuse) is involved.
-        """
+        """Take the directory's lock (:mod:`trainkit.rundir.lock`); refuse at once if a
+        live process holds it, and take over a killed one's stale lock."""
         self.refuse_symlinks()
         self.path.mkdir(parents=True, exist_ok=True)
-        while True:
-            try:
-                fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-            except OSError as err:
-                if err.errno == errno.ELOOP:  # a link made since the check above
-                    raise RunDirError(f"{self.lock_file} is a symbolic link; remove it") from None
-                raise
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                holder = self._lock_holder() or {}
-                pid = holder.get("pid", "unknown")
-                where = f" on {holder['host']}" if holder.get("host") not in (None, socket.gethostname()) else ""
-                raise RunDirError(
-                    f"{self.path} is in use by process {pid}{where} (since {holder.get('since', '?')}); "
-                    "wait for it to finish or stop it"
-                ) from None
-            # The previous holder may have removed the file between our open and
-            # our lock; then we locked an orphan: try again on the current file.
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            stale = self._lock_holder()
-            os.ftruncate(fd, 0)
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}
-            os.write(fd, json.dumps(info).encode())
-            self._lock_fd = fd
-            if stale and stale.get("pid") != os.getpid():
-                warn(
-                    f"note: {self.path} had a stale lock of process {stale.get('pid')} "
-                    f"(since {stale.get('since', '?')}), which no longer holds it; taken over",
-                )
-            return
-
-    def _lock_holder(self) -> dict[str, Any] | None:
-        try:
-            holder = json.loads(read_regular(self.lock_file))
-        except (OSError, ValueError):
-            return None
-        return holder if isinstance(holder, dict) else None
+        self._lock.acquire()
 
     def release(self) -> None:
-        fd = self._lock_fd
-        if fd is not None:
-            self.lock_file.unlink(missing_ok=True)  # before unlocking: no one locks a dying file
-            os.close(fd)
-            self._lock_fd = None
+        self._lock.release()
 
     def set_aside(self) -> Path:
         """Move an old run out of the way (for ``--restart``); returns where it went."""
@@ -260,11 +207,7 @@ class RunDir:
             target = self.path.with_name(f"{self.path.name}.old-{stamp}-{n}")
             n += 1
         os.replace(self.path, target)
-        fd = self._lock_fd
-        if fd is not None:  # our lock moved with the old run: drop it there
-            (target / self.lock_file.name).unlink(missing_ok=True)
-            os.close(fd)
-            self._lock_fd = None
+        self._lock.release(moved_to=target)  # our lock moved with the old run: drop it there
         return target
 
     # -- writing ----------------------------------------------------------------
@@ -278,32 +221,65 @@ class RunDir:
         write_json_atomic(self.run_json, status)
         return status
 
-    def start(self, recipe: Recipe, *, command: list[str], recipe_source: str | None, resumed: bool) -> None:
+    def start(
+        self, recipe: Recipe, *, identity: str, command: list[str], recipe_source: str | None, resumed: bool
+    ) -> None:
+        """Write the recipe and a running status; ``identity``: the run's
+        (:class:`trainkit.recipe.RunIdentity`), kept as ``recipe_hash``."""
         import keras
         import tensorflow as tf
-
-        import trainkit
 
         previous = self.read_status()
         self.write_config(recipe)
         self.update_status(
             status="running",
             name=recipe.name,
-            recipe_hash=recipe.hash,
+            recipe_hash=identity,
             recipe_source=recipe_source,
             seed=recipe.seed,
             command=command,
             versions={
-                "trainkit": trainkit.__version__,
+                "trainkit": __version__,
                 "tensorflow": tf.__version__,
                 "keras": keras.__version__,
                 "python": platform.python_version(),
             },
             host=socket.gethostname(),
-            started=previous.get("started", _now()) if resumed else _now(),
-            resumed_at=[*previous.get("resumed_at", []), _now()] if resumed else [],
+            started=previous.get("started", now()) if resumed else now(),
+            resumed_at=[*previous.get("resumed_at", []), now()] if resumed else [],
             ended=None,
         )
+
+
+def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
+    """The recipe of a run directory (its ``config.yaml``).
+
+    A run directory is data: it never makes trainkit run code, whatever its
+    run.json says (a copied or edited run directory must not be able to). A run
+    whose recipe registered its own components needs them registered again:
+    either already in this process (a notebook that trained it), or by the
+    recipe file the caller names in ``recipe_file`` (``trainkit eval --recipe``),
+    which is imported because the caller chose it.
+    """
+    directory = RunDir(run_dir)
+    if not directory.exists():
+        raise RunDirError(f"{directory.path} is not a trainkit run directory (no config.yaml)")
+    if recipe_file is not None:
+        from trainkit.loader import import_recipe_file
+
+        import_recipe_file(Path(recipe_file), option="--recipe")
+    return directory.read_recipe()
+
+
+def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
+    """``err`` with a hint when the run came from a Python recipe that was not named."""
+    source = directory.read_status().get("recipe_source")
+    if not source or "unknown " not in str(err):  # only a component the recipe file would register
+        return err
+    return ConfigError(
+        f"{err}; this run was trained from the recipe file {source}, whose components a run directory "
+        f"never imports by itself: name it with --recipe {source} (recipe_file= in Python)"
+    )
 
 
 def _read_only(path: Path) -> bool:

@@ -14,14 +14,25 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainkit import compat, registry, runtime
 from trainkit.components import check_arguments, instantiate
 from trainkit.distribution.cluster import is_multi_worker, is_parameter_server
 from trainkit.distribution.strategies import data_section_for
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
-from trainkit.recipe import Component, Recipe
+from trainkit.recipe import Component, Recipe, RunIdentity
+from trainkit.run_source import run_recipe, source_models
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from trainkit.data.pipeline import PreparedData
+    from trainkit.models.pretrained import SourceUse
+    from trainkit.training.coordinated import CoordinatedData
+    from trainkit.training.loop import Trainer
+    from trainkit.training.stages import Stages
 
 # "accuracy" means the accuracy that fits the loss, as in Keras's compile().
 _ACCURACY_FOR_LOSS = {
@@ -153,21 +164,24 @@ def total_steps(recipe: Recipe, steps_per_epoch: int) -> int:
 
 @dataclass
 class Built:
-    """Everything a run needs, created under the recipe's strategy."""
+    """Everything a run needs, created under the recipe's strategy (:func:`build`)."""
 
     recipe: Recipe
-    strategy: Any
-    data: Any
-    model: Any
-    trainer: Any
+    """The recipe as built: ``trainer.checkpoint.monitor: auto`` made concrete."""
+    strategy: tf.distribute.Strategy
+    data: PreparedData | CoordinatedData
+    model: keras.Model
+    trainer: Trainer
     steps_per_epoch: int
     total_steps: int
-    sources: list = field(default_factory=list)
-    """The pretrained sources the model came from (:class:`trainkit.models.pretrained.SourceUse`)."""
+    identity: RunIdentity
+    """The run's identity: the recipe as given, plus its pretrained sources' digests."""
+    sources: list[SourceUse] = field(default_factory=list)
+    """The pretrained sources the model came from."""
     init_report: dict | None = None
     """What ``model.init`` restored (``None``: no init, or a resumed run)."""
-    stages: Any = None
-    """The run's :class:`trainkit.training.stages.Stages`, if it has ``trainer.stages``."""
+    stages: Stages | None = None
+    """The run's stages, if it has ``trainer.stages``."""
     finetune: dict | None = None
     """Frozen layers, parameter counts and each trainable variable's learning-rate group."""
 
@@ -176,84 +190,144 @@ def build(
     recipe: Recipe,
     *,
     trainer_class: type | None = None,
-    cache_dir: str | None = None,
     run_dir: str | Path | None = None,
     keep_source_copy: bool = False,
 ) -> Built:
     """Strategy, data, model and trainer for ``recipe``, checked to fit together.
 
-    ``cache_dir`` is where a relative ``data.cache`` path is kept (the run directory).
+    The set-up steps in their order, each returning a typed value: the strategy
+    first (it must precede every other TensorFlow op), the data, the model with
+    its fine-tuning, the optimizer, the trainer; the run's identity is computed
+    beside the recipe, which is left as it was given.
+
     ``run_dir``: the run this continues or evaluates, whose copy of its pretrained
     source stands in for a source that is gone, and whose checkpoints make
     ``model.init`` unnecessary. ``keep_source_copy``: take a copy of the pretrained
     source for the run directory (``SourceUse.saved``).
     """
-    check_components(recipe)
-    strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
-    from trainkit.data.pipeline import prepare
-    from trainkit.optim import group_learning_rates, make_optimizer, scaled_learning_rate
-    from trainkit.training.loop import Trainer
     from trainkit.training.stages import Stages
 
-    data = prepare(data_section_for(recipe.data, strategy), seed=recipe.seed, cache_dir=cache_dir)
-    if data.steps_per_epoch() == 0:
-        raise ConfigError(
-            f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
-            f"({data.info.sizes['train']} examples) with drop_remainder on"
-        )
+    check_components(recipe)
+    strategy = runtime.configure(recipe.runtime, seed=recipe.seed)
+    data = setup_data(recipe, strategy)
     steps_per_epoch = data.steps_per_epoch()
     steps = total_steps(recipe, steps_per_epoch)
     has_validation = data.has_split("validation")  # (before a parameter server wraps the data)
     stages = Stages.of(recipe, steps_per_epoch=steps_per_epoch)
     with strategy.scope():
-        model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
-        check_model_fits_data(recipe, model, data)
-        optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": scaled_learning_rate(recipe)})
-        factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
-        optimizer = make_optimizer(optimizer_section, total_steps=steps, stage_factors=factors)
-        finetune_summary = None
-        if recipe.optimizer.groups or recipe.model.freeze or stages or sources or recipe.model.lora_rank:
-            from trainkit.models import finetune
-
-            groups = recipe.optimizer.groups
-            group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
-            optimizer = group_learning_rates(
-                optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
-            )
-            finetune_summary = finetune.summary(model, variables, groups, group_index)
-        # Built on every variable a stage may unfreeze, so that the optimizer's
-        # state (and so its checkpoints) has the same shape in every stage.
-        optimizer.build(variables)
-        if recipe.runtime.precision == "mixed_float16":
-            # As Keras's compile() does: float16 gradients underflow without loss
-            # scaling, and the loop's scale_loss() scales only with this wrapper.
-            import keras
-
-            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-            optimizer.build(variables)
+        tuned = setup_model(recipe, data, stages, run_dir, keep_source_copy)
+        optimizer = setup_optimizer(recipe, tuned, stages, total_steps=steps)
         # Compiled for Keras's sake (callbacks read model.optimizer; model.keras
         # then loads ready for model.evaluate); trainkit's loop does the training.
-        model.compile(optimizer=optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe))
-        trainer_class = trainer_class or Trainer
-        if is_parameter_server(strategy):
-            from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
-
-            trainer_class = coordinated_trainer_class(trainer_class)
-            data = CoordinatedData(data, strategy)
-        trainer = trainer_class(
-            strategy=strategy,
-            model=model,
-            loss=make_loss(recipe, per_example=True),
-            optimizer=optimizer,
-            metrics=make_metrics(recipe),
-            eval_metrics=make_metrics(recipe),
-            jit_compile=recipe.runtime.jit_compile,
-            measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
+        tuned.model.compile(
+            optimizer=optimizer.optimizer, loss=make_loss(recipe, per_example=False), metrics=make_metrics(recipe)
         )
-    recipe._source_digests = {use.field: use.digest for use in sources}  # (the caller's recipe: its hash)
-    # The built run's own copy, with checkpoint.monitor: auto made concrete.
-    recipe = resolve_monitor(recipe, has_validation=has_validation)
-    return Built(recipe, strategy, data, model, trainer, steps_per_epoch, steps, sources, init_report, stages, finetune_summary)
+        trainer, data = setup_trainer(recipe, strategy, tuned.model, optimizer.optimizer, data, trainer_class)
+    # The identity of the recipe as given (monitor: auto, as config.yaml keeps it);
+    # the built run's own copy has checkpoint.monitor: auto made concrete.
+    identity = RunIdentity.of(recipe, {use.field: use.digest for use in tuned.sources})
+    return Built(
+        resolve_monitor(recipe, has_validation=has_validation), strategy, data, tuned.model, trainer,
+        steps_per_epoch, steps, identity, tuned.sources, tuned.init_report, stages, optimizer.finetune,
+    )
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """The model step's value: the model with its pretrained weights, LoRA and frozen layers."""
+
+    model: keras.Model
+    sources: list[SourceUse]
+    init_report: dict | None
+    variables: list
+    """The variables the optimizer must know (every one a stage may unfreeze)."""
+
+
+@dataclass(frozen=True)
+class OptimizerSetup:
+    """The optimizer step's value."""
+
+    optimizer: keras.optimizers.Optimizer
+    finetune: dict | None
+    """Frozen layers, parameter counts and each trainable variable's learning-rate group."""
+
+
+def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy) -> PreparedData:
+    """The data step: every split prepared, the batch size checked against the training split."""
+    from trainkit.data.pipeline import prepare
+
+    data = prepare(data_section_for(recipe.data, strategy), seed=recipe.seed)
+    if data.steps_per_epoch() == 0:
+        raise ConfigError(
+            f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
+            f"({data.info.sizes['train']} examples) with drop_remainder on"
+        )
+    return data
+
+
+def setup_model(recipe: Recipe, data: PreparedData, stages: Stages | None, run_dir, keep_source_copy: bool) -> ModelSetup:
+    """The model step (under the strategy's scope): built, fine-tuned, checked against one batch."""
+    model, sources, init_report, variables = _fine_tuned_model(recipe, data.info, stages, run_dir, keep_source_copy)
+    check_model_fits_data(recipe, model, data)
+    return ModelSetup(model, sources, init_report, variables)
+
+
+def setup_optimizer(recipe: Recipe, tuned: ModelSetup, stages: Stages | None, *, total_steps: int) -> OptimizerSetup:
+    """The optimizer step: the schedule, the parameter groups' learning rates and loss scaling,
+    built on every variable a stage may unfreeze."""
+    from trainkit.optim import group_learning_rates, make_optimizer, scaled_learning_rate
+
+    optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": scaled_learning_rate(recipe)})
+    factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
+    optimizer = make_optimizer(optimizer_section, total_steps=total_steps, stage_factors=factors)
+    finetune_summary = None
+    model, variables = tuned.model, tuned.variables
+    if recipe.optimizer.groups or recipe.model.freeze or stages or tuned.sources or recipe.model.lora_rank:
+        from trainkit.models import finetune
+
+        groups = recipe.optimizer.groups
+        group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
+        optimizer = group_learning_rates(
+            optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
+        )
+        finetune_summary = finetune.summary(model, variables, groups, group_index)
+    # Built on every variable a stage may unfreeze, so that the optimizer's
+    # state (and so its checkpoints) has the same shape in every stage.
+    optimizer.build(variables)
+    if recipe.runtime.precision == "mixed_float16":
+        # As Keras's compile() does: float16 gradients underflow without loss
+        # scaling, and the loop's scale_loss() scales only with this wrapper.
+        import keras
+
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(variables)
+    return OptimizerSetup(optimizer, finetune_summary)
+
+
+def setup_trainer(
+    recipe: Recipe, strategy: tf.distribute.Strategy, model: keras.Model, optimizer: keras.optimizers.Optimizer,
+    data: PreparedData, trainer_class: type | None,
+) -> tuple[Trainer, PreparedData | CoordinatedData]:
+    """The trainer step: the compiled steps' owner (a parameter server's wraps the data too)."""
+    from trainkit.training.loop import Trainer
+
+    trainer_class = trainer_class or Trainer
+    if is_parameter_server(strategy):
+        from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
+
+        trainer_class = coordinated_trainer_class(trainer_class)
+        data = CoordinatedData(data, strategy)
+    trainer = trainer_class(
+        strategy=strategy,
+        model=model,
+        loss=make_loss(recipe, per_example=True),
+        optimizer=optimizer,
+        metrics=make_metrics(recipe),
+        eval_metrics=make_metrics(recipe),
+        jit_compile=recipe.runtime.jit_compile,
+        measure_input=recipe.trainer.measure_input and not recipe.runtime.deterministic,
+    )
+    return trainer, data
 
 
 def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: bool) -> tuple[Any, list, dict | None, list]:
@@ -264,8 +338,9 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
     from trainkit.models.pretrained import STORED_SOURCE, is_available, keras_bytes
 
     run_path = Path(run_dir) if run_dir is not None else None
+    runs = source_models(recipe.model)  # sources that are runs, restored here and handed down
     model, sources = build_with_sources(
-        recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None
+        recipe.model, info, stored_source=run_path / STORED_SOURCE if run_path else None, runs=runs
     )
     stored = run_path / STORED_SOURCE if run_path else None
     for use in sources:
@@ -274,7 +349,7 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
     init_report = None
     spec = recipe.model.init
     if spec is not None:
-        from trainkit.training.checkpoint import candidates
+        from trainkit.rundir.checkpoints import candidates
 
         continuing = run_path is not None and bool(candidates(run_path / "checkpoints"))
         # A run that continues restores its checkpoint: the init source is only
@@ -282,7 +357,7 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
         if not (continuing and not is_available(spec.source)):
             from trainkit.models.warm_start import restore_matching
 
-            init_report, use = restore_matching(model, spec)
+            init_report, use = restore_matching(model, spec, runs=runs)
             sources.append(use)
             if continuing:
                 init_report = None
@@ -484,3 +559,42 @@ def _blame(err: BaseException) -> tuple[str, str]:
         if section is not None:
             return section, reason
     return "recipe", reason
+
+
+def restore_plan(
+    run_dir: str | os.PathLike,
+    checkpoint: str | int = "last",
+    *,
+    recipe_file: str | os.PathLike | None = None,
+    field: str = "--checkpoint",
+) -> Built:
+    """A trained run built again in this one process, with the weights of ``checkpoint``.
+
+    The one restore of a run (evaluation, ``Run.model``, export, predict): a
+    ``multi_worker_mirrored`` or ``parameter_server`` run restores in a plain
+    process. ``checkpoint``: ``last``, ``best``, ``final``, a step or a checkpoint
+    path. ``recipe_file``: the Python recipe the run came from, imported to
+    register its components (a run directory never imports code by itself).
+    """
+    from trainkit.rundir import with_recipe_file_hint
+    from trainkit.rundir.checkpoints import load_weights
+
+    directory, recipe = run_recipe(run_dir, recipe_file=recipe_file)
+    try:
+        built = build(recipe, run_dir=directory.path)  # (its copy of a pretrained source, if the source is gone)
+    except ConfigError as err:
+        if recipe_file is not None:
+            raise
+        raise with_recipe_file_hint(directory, err) from None
+    load_weights(built.model, directory, str(checkpoint), field=field)
+    return built
+
+
+def restore(
+    run_dir: str | os.PathLike, checkpoint: str | int = "last", *, recipe_file: str | os.PathLike | None = None
+):
+    """The trained ``keras.Model`` of a run with the weights of ``checkpoint``
+    (:func:`restore_plan`), the process's seeds and policies left as they were."""
+    runtime.quiet_tensorflow()
+    with runtime.preserved_process_state():  # building applies the recipe's seeds
+        return restore_plan(run_dir, checkpoint, recipe_file=recipe_file).model
