@@ -77,10 +77,9 @@ def train_run(
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
 
     ``record_inputs`` and ``export`` come from the serving layer above (passed in by
-    :func:`trainkit.train`): ``inference.json`` written at the start, the exports at
-    the end. ``started`` (``time.time()``): when the job began (the process's start
-    or the call of :func:`trainkit.train`), for run.json's ``phases.start_up``;
-    ``process_started``: when the process began (the CLI), for ``seconds_to_first_step``.
+    :func:`trainkit.train`): ``inference.json`` at the start, the exports at the end.
+    ``started`` (``time.time()``): when the job began (the process's start or the call),
+    for run.json's ``phases.start_up``; ``process_started`` for ``seconds_to_first_step``.
     """
     from trainkit.evaluation import final_evaluation
     from trainkit.plan import make_callbacks
@@ -102,9 +101,7 @@ def train_run(
     controller = None
     try:
         step = _begin(recipe, checked, directory, role, sink, recipe_source=recipe_source, record_inputs=record_inputs)
-        if moved:
-            sink.notice(f"the previous run in {directory.path} was moved to {moved}")
-        _resume_notices(checked, step, role, sink)
+        _resume_notices(checked, step, role, sink, moved=moved, directory=directory)
         controller = _controller(built, directory, sink, callback_objects, phases, process_started=process_started)
         history = controller.run()
         directory.update_status(**controller.summary)
@@ -120,8 +117,6 @@ def train_run(
             raise replacement from None
         raise
     finally:
-        if controller is not None:
-            controller.metrics_log.close()  # (closed already, unless it failed before training)
         directory.release()
         scratch.remove_scratch(directory, role)
     return Trained(shared.path, built, history, metrics)
@@ -217,7 +212,9 @@ def _begin(
     return step
 
 
-def _resume_notices(checked: _Checked, step: int, role: Role, sink: Sink) -> None:
+def _resume_notices(checked: _Checked, step: int, role: Role, sink: Sink, *, moved: Path | None, directory: RunDir) -> None:
+    if moved:
+        sink.notice(f"the previous run in {directory.path} was moved to {moved}")
     if checked.changes and role.is_chief:
         sink.notice(f"resuming with changed settings: {', '.join(checked.changes)}")
         note = schedule_note(checked.built, checked.previous, step)
@@ -261,6 +258,8 @@ def _record_failure(err: BaseException, directory: RunDir, built: Built, control
     ``err`` (a full disk, an unreadable file, a lost worker), or None."""
     from trainkit.training.controller import now
 
+    if controller is not None:
+        controller.metrics_log.close()  # (the controller closes it, unless it failed before training)
     full = disk_full.is_disk_full(err)
     if full:  # first make room: the status below must still be written
         disk_full.remove_partial_files(directory.path)
