@@ -25,6 +25,7 @@ from trainkit.recipe import Recipe
 from trainkit.rundir import RunDir
 
 if TYPE_CHECKING:
+    from trainkit.plan import Built
     from trainkit.serving.predict import Predictions
 
 #: Fields of a ``metrics.jsonl`` event that are not metrics.
@@ -84,7 +85,7 @@ class Run:
         model: Any = None,
         history: dict[str, list] | None = None,
         metrics: dict[str, dict[str, float]] | None = None,
-        built: Any = None,
+        built: Built | None = None,
         *,
         served_only: bool = False,
     ):
