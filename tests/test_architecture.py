@@ -19,7 +19,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ]),
     ("recipe", ["trainkit.recipe", "trainkit.registry", "trainkit.components", "trainkit.loader"]),
     ("run directory", ["trainkit.rundir"]),
-    ("runtime and distribution", ["trainkit.runtime", "trainkit.distribute"]),
+    ("runtime and distribution", ["trainkit.runtime", "trainkit.distribution"]),
     ("data", ["trainkit.data"]),
     ("models", ["trainkit.models", "trainkit.optim"]),
     ("plan and step", [

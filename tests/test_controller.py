@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 
 import keras
 import numpy as np
@@ -132,6 +133,8 @@ def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
     from trainkit.rundir import RunDir
     from trainkit.training.checkpoint import Checkpointer
     from trainkit.training.controller import Controller
+    from trainkit.training.events import ProfileWindow
+    from trainkit.training.report import MetricsLog
     from trainkit.training.sinks import QuietSink
 
     built = build(recipe(**{"trainer.epochs": 1, "trainer.steps_per_execution": 20}))
@@ -139,11 +142,28 @@ def test_an_extra_event_cuts_the_chunks_and_fires_where_it_is_due(tmp_path):
     directory.path.mkdir()
     event = EveryThirteen()
     checkpointer = Checkpointer(directory.checkpoints, model=built.model, optimizer=built.trainer.optimizer, keep=1)
-    Controller(
+    controller = Controller(
         trainer=built.trainer, data=built.data, strategy=built.strategy, policy=built.recipe.trainer,
-        run_dir=directory, checkpointer=checkpointer, sink=QuietSink(), callbacks=[],
+        checkpointer=checkpointer, metrics_log=MetricsLog(directory), profile=ProfileWindow(None, directory.tensorboard),
+        sink=QuietSink(), callbacks=[],
         steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, events=(event,),
-    ).run()
+        process_started=time.time() - 100,
+    )
+    controller.run()
     # 45 steps: exact, though 20 steps run per call; each fires before the step it is
     # due at trains (as a stage begins before its first step), step 0 included.
     assert event.fired_at == [0, 13, 26, 39]
+    # Its collaborators wrote the metrics; the status is the lifecycle's to write, from the summary.
+    assert directory.metrics_log.is_file() and not directory.run_json.exists()
+    assert controller.summary["step"] == 45 and controller.summary["seconds_to_first_step"] >= 100
+
+
+def test_how_a_run_ended_is_one_status_from_the_stop_that_ended_it():
+    from trainkit.training.lifecycle import ended_status
+    from trainkit.training.stops import Diverged
+
+    costs = {"checkpoints_saved": 2}
+    assert ended_status(stopped_by(signal.SIGTERM, "ckpt-30", 30), costs) == {"status": "interrupted", "step": 30, **costs}
+    assert ended_status(Diverged("the training loss became NaN", step=12), costs) == {"status": "diverged", "step": 12}
+    assert ended_status(KeyboardInterrupt(), costs) == {"status": "interrupted"}
+    assert ended_status(ValueError("bad"), costs) == {"status": "failed", "error": "ValueError: bad"}

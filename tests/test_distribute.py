@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, run_cli
 
 import trainkit
-from trainkit import distribute
+from trainkit.distribution import cluster, strategies
 from trainkit.errors import ConfigError
 from trainkit.launch import plan_cluster, tf_config
 from trainkit.recipe import RuntimeSection
@@ -59,19 +59,19 @@ def test_tf_config_mistakes_are_one_line_errors():
     }
     for text, expected in cases.items():
         with pytest.raises(ConfigError, match=expected):
-            distribute.read_tf_config({"TF_CONFIG": text})
-    assert distribute.read_tf_config({}) is None
+            cluster.read_tf_config({"TF_CONFIG": text})
+    assert cluster.read_tf_config({}) is None
 
 
 def test_launcher_plans_clusters_on_distinct_loopback_ports():
     tasks = plan_cluster(3, parameter_server=False)
     assert [t.name for t in tasks] == ["worker 0", "worker 1", "worker 2"]
     assert len({t.address for t in tasks}) == 3 and all(t.address.startswith("127.0.0.1:") for t in tasks)
-    info = distribute.read_tf_config({"TF_CONFIG": tf_config(tasks, tasks[1])})
+    info = cluster.read_tf_config({"TF_CONFIG": tf_config(tasks, tasks[1])})
     assert info.num_workers == 3 and info.task_id == 1 and not info.is_chief
     ps = plan_cluster(2, parameter_server=True, ps=1)
     assert [t.name for t in ps] == ["chief", "worker 0", "worker 1", "ps 0"]
-    chief = distribute.read_tf_config({"TF_CONFIG": tf_config(ps, ps[0])})
+    chief = cluster.read_tf_config({"TF_CONFIG": tf_config(ps, ps[0])})
     assert chief.is_chief and sorted(chief.cluster) == ["chief", "ps", "worker"]
 
 
@@ -109,7 +109,7 @@ def test_missing_cluster_or_hardware_fails_before_anything_is_created(monkeypatc
     else:
         monkeypatch.setenv("TF_CONFIG", json.dumps(tf_config_value))
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")) as err:
-        distribute.make_strategy(RuntimeSection(**runtime))
+        strategies.make_strategy(RuntimeSection(**runtime))
     assert "\n" not in str(err.value)
 
 

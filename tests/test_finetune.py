@@ -131,14 +131,14 @@ def test_validate_shows_frozen_layers_groups_and_parameter_counts(tmp_path, sour
 def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_decay():
     import keras
 
-    from trainkit.optim import scale_learning_rates
+    from trainkit.optim import group_learning_rates
 
     def run(optimizer, multipliers):
         layer = keras.layers.Dense(3, kernel_initializer="ones")
         layer.build((None, 4))
         variables = [layer.kernel, layer.bias]
         if multipliers:
-            scale_learning_rates(optimizer, variables, multipliers)
+            optimizer = group_learning_rates(optimizer, variables, multipliers)
         optimizer.build(variables)
         for i in range(3):
             grads = [np.full((4, 3), 0.5 + i, "float32"), np.full((3,), -2.0 * (i + 1), "float32")]
@@ -155,10 +155,49 @@ def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_de
     np.testing.assert_array_equal(held[0], np.ones((4, 3), "float32"))  # no step, no decay
 
 
+def test_groups_keep_loss_scaling_a_global_clip_norm_and_a_settable_base_rate():
+    import keras
+    import tensorflow as tf
+
+    from trainkit.optim import base_optimizer, group_learning_rates
+
+    def run(optimizer, multipliers, *, loss_scaled):
+        layer = keras.layers.Dense(3, kernel_initializer="ones")
+        layer.build((None, 4))
+        variables = [layer.kernel, layer.bias]
+        optimizer = group_learning_rates(optimizer, variables, multipliers)
+        if loss_scaled:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+        optimizer.build(variables)
+        for i in range(3):
+            grads = [tf.fill((4, 3), 0.5 + i), tf.fill((3,), -2.0 * (i + 1))]
+            if loss_scaled:  # what the loop's scale_loss() does to the loss, the gradients get
+                grads = [g * optimizer.scale_loss(tf.constant(1.0)) for g in grads]
+            optimizer.apply(grads, variables)
+        return optimizer, [np.array(v) for v in variables]
+
+    _, plain = run(keras.optimizers.Adam(0.1, global_clipnorm=1.0), [0.1, 1.0], loss_scaled=False)
+    scaled_optimizer, scaled = run(keras.optimizers.Adam(0.1, global_clipnorm=1.0), [0.1, 1.0], loss_scaled=True)
+    for a, b in zip(plain, scaled, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    # One norm over both groups: the bias alone (norm 2+) would be clipped differently.
+    _, one_group = run(keras.optimizers.Adam(0.1, global_clipnorm=1.0), [1.0, 1.0], loss_scaled=False)
+    _, per_group = run(keras.optimizers.Adam(0.1, global_clipnorm=1.0), [1.0 + 1e-9, 1.0], loss_scaled=False)
+    np.testing.assert_allclose(one_group[1], per_group[1], rtol=1e-6)
+    # The base rate reads as the optimizer's, and setting it (ReduceLROnPlateau) scales every group.
+    assert float(scaled_optimizer.learning_rate) == pytest.approx(0.1)
+    scaled_optimizer.learning_rate = 0.01
+    rates = sorted(float(o.learning_rate) for o in scaled_optimizer.inner_optimizer.optimizers)
+    assert rates == pytest.approx([0.001, 0.01])
+    assert type(base_optimizer(scaled_optimizer)) is keras.optimizers.Adam
+
+
 @pytest.mark.slow
 def test_a_stage_boundary_resumes_bit_exactly_after_a_kill(tmp_path, source_run):
     stages = [{"epochs": 1}, {"epochs": 1, "unfreeze": "all", "learning_rate": 5e-4}]
-    recipe = recipe_file(tmp_path, str(source_run), trainer__stages=stages)
+    # A learning-rate group whose variables stage 1 keeps frozen: its optimizer's own state resumes too.
+    groups = [{"match": "^conv_1/", "learning_rate_multiplier": 0.1}]
+    recipe = recipe_file(tmp_path, str(source_run), trainer__stages=stages, optimizer__groups=groups)
     base = [str(recipe), "trainer.checkpoint.every_steps=5", "trainer.progress=true"]
     (tmp_path / "whole").mkdir()
     whole = train(tmp_path / "whole" / "run", base=base)

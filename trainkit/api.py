@@ -15,7 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainkit import distribute, tracking
+from trainkit import tracking
+from trainkit.distribution.cluster import cluster_info, is_evaluator_task
+from trainkit.distribution.parameter_server import serve_if_server_task
+from trainkit.distribution.strategies import describe
 from trainkit.evaluation import evaluate as evaluate
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
@@ -48,6 +51,7 @@ def train(
     callbacks: list | None = None,
     trainer_class: type | None = None,
     tracking_parent: ParentRun | None = None,
+    process_started: float | None = None,
 ) -> Run:
     """Train a recipe into a run directory (default ``runs/<name>``) and evaluate it.
 
@@ -57,24 +61,24 @@ def train(
     Keras callbacks; ``trainer_class`` a :class:`~trainkit.training.loop.Trainer`
     subclass overriding ``compute_loss``/``train_step``/``test_step``.
     ``tracking_parent``: a sweep's MLflow run (:func:`trainkit.tracking.start_parent`),
-    under which this run is tracked as a child.
+    under which this run is tracked as a child. ``process_started`` (``time.time()``):
+    when the process began, if this call is its job (the CLI), for run.json's start-up
+    phase and time to the first step.
     """
     import time
 
-    from trainkit.training import report
-
     # The job's start, for run.json's phases: the process's (the CLI) or this call's.
-    started = report.PROCESS_STARTED or time.time()
+    started = process_started or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
-    if distribute.is_evaluator_task():
+    if is_evaluator_task():
         # The cluster's evaluator task evaluates the workers' checkpoints as they come.
         from trainkit.sidecar import EVALUATOR_POLL_SECONDS, watch
 
         target = Path(run_dir or default_run_dir(recipe))
         watch(target, until_finished=True, every_seconds=EVALUATOR_POLL_SECONDS, wait_for_run=True, ended_after=started)
         return Run(recipe, target, served_only=True)
-    if distribute.serve_if_server_task(recipe.runtime):
+    if serve_if_server_task(recipe.runtime):
         # A parameter-server cluster's worker or ps task: it served the chief, which trained.
         return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
     from trainkit.runtime import preserved_process_state
@@ -83,14 +87,14 @@ def train(
     from trainkit.training.stops import TrainingStopped
 
     target = Path(run_dir or default_run_dir(recipe))
-    info = distribute.cluster_info()
+    info = cluster_info()
     tracker = tracking.tracker_for(recipe, target, parent=tracking_parent) if info is None or info.is_chief else None
     try:
         with preserved_process_state():
             trained = train_run(
                 recipe, target, restart=restart, callbacks=[*(callbacks or []), *([tracker.callback()] if tracker else [])],
                 trainer_class=trainer_class, recipe_source=_source_of(recipe), started=started,
-                record_inputs=record_inputs, export=export_trained,
+                record_inputs=record_inputs, export=export_trained, process_started=process_started,
             )
     except BaseException as err:
         if tracker:
@@ -163,7 +167,7 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
         **({"init": _init_line(built.init_report)} if built.init_report else {}),
         "steps_per_epoch": built.steps_per_epoch,
         "total_steps": built.total_steps,
-        "strategy": distribute.describe(built.strategy),
+        "strategy": describe(built.strategy),
     }
 
 

@@ -222,11 +222,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainkit import api
-    from trainkit.training import report
 
-    report.PROCESS_STARTED = _STARTED
     recipe = _load(args)
-    run = api.train(recipe, run_dir=args.run_dir, restart=args.restart)
+    run = api.train(recipe, run_dir=args.run_dir, restart=args.restart, process_started=_STARTED)
     # trainer.progress: false silences everything but warnings and errors.
     if not run.served_only and recipe.trainer.progress:
         print(f"run directory: {run.run_dir}")

@@ -24,7 +24,10 @@ import tensorflow as tf
 
 from trainkit import registry
 from trainkit.components import instantiate
-from trainkit.recipe import OptimizerSection
+from trainkit.distribution.cluster import num_workers
+from trainkit.distribution.strategies import describe
+from trainkit.errors import ConfigError
+from trainkit.recipe import OptimizerSection, Recipe
 
 
 @keras.saving.register_keras_serializable(package="trainkit")
@@ -161,42 +164,145 @@ class StagedLearningRate(keras.optimizers.schedules.LearningRateSchedule):
         return cls(inner=inner, boundaries=config["boundaries"], factors=config["factors"])
 
 
-def scale_learning_rates(optimizer, variables: list, multipliers: list[float]) -> None:
-    """Give ``variables[i]`` steps ``multipliers[i]`` times the optimizer's (call before ``build``).
+def group_learning_rates(optimizer, variables: list, multipliers: list[float]):
+    """``optimizer``, with ``variables[i]`` stepping ``multipliers[i]`` times its rate (unbuilt).
 
-    The multiplier scales the learning rate each variable's update is computed
-    with, inside the optimizer's own per-variable ``update_step``: for Adam and
-    its kin the step size is the learning rate (scaling the gradient instead
-    would be divided out by the second moment). Decoupled weight decay, which
-    Keras applies with the optimizer's rate, is applied here with the scaled
-    rate instead, so a 0 multiplier holds a variable exactly. The optimizer's
-    state stays the one Keras checkpoints; variables with multiplier 1 take the
-    very same code path as without groups.
+    One optimizer per multiplier, as optax's ``multi_transform`` and big_vision
+    do: each group's optimizer is ``optimizer``'s kind and arguments with its
+    learning rate (a schedule too) scaled, so Adam's step, decoupled weight
+    decay and the optimizer state are each group's own, and a 0 multiplier
+    holds a variable exactly. Without a multiplier other than 1 it is
+    ``optimizer`` itself, unchanged.
     """
-    index = {optimizer._var_key(v): i for i, v in enumerate(variables)}
-    scaled = {index[optimizer._var_key(v)]: m for v, m in zip(variables, multipliers, strict=True) if m != 1.0}
+    scaled = sorted({m for m in multipliers if m != 1.0})
     if not scaled:
-        return
-    decayed = set()
-    if optimizer.weight_decay is not None:
-        decayed = {i for i in scaled if optimizer._use_weight_decay(variables[i])}
-        keep_excluded = [v for v in variables if not optimizer._use_weight_decay(v)]
-        optimizer.exclude_from_weight_decay(var_list=keep_excluded + [variables[i] for i in decayed])
-    keras_update_step = optimizer.update_step
+        return optimizer
+    config = optimizer.get_config()
+    rate = config["learning_rate"]
+    if isinstance(rate, dict):
+        rate = keras.optimizers.schedules.deserialize(rate)
+    clip = config.get("global_clipnorm")
+    if clip is not None:
+        # One norm over every group's gradients, as without groups (see GroupedOptimizer.apply).
+        if config.get("gradient_accumulation_steps"):
+            raise ConfigError(
+                "optimizer.global_clipnorm: not available with gradient_accumulation_steps and learning-rate "
+                "groups together (the norm would be taken per micro-batch); use clipnorm, or one of the two"
+            )
+        optimizer.global_clipnorm = None
+        config["global_clipnorm"] = None
+    groups = []
+    for multiplier in scaled:
+        group_rate = StagedLearningRate(inner=rate, boundaries=[], factors=[multiplier]) if callable(rate) else rate * multiplier
+        group = type(optimizer).from_config({**config, "learning_rate": group_rate, "name": f"{optimizer.name}_x{multiplier:g}"})
+        paths = [v.path for v, m in zip(variables, multipliers, strict=True) if m == multiplier]
+        groups.append((group, multiplier, paths))
+    return GroupedOptimizer(optimizer, groups, global_clipnorm=clip)
 
-    # Per instance, not a subclass: the optimizer keeps its Keras class, so its
-    # config, checkpoints and the exported model.keras are those of a plain one.
-    def update_step(gradient, variable, learning_rate):
-        i = index[optimizer._var_key(variable)]
-        multiplier = scaled.get(i)
-        if multiplier is None:
-            return keras_update_step(gradient, variable, learning_rate)
-        learning_rate = tf.cast(learning_rate, variable.dtype) * multiplier
-        if i in decayed:
-            variable.assign_sub(variable * tf.cast(optimizer.weight_decay, variable.dtype) * learning_rate)
-        return keras_update_step(gradient, variable, learning_rate)
 
-    optimizer.update_step = update_step
+class _GroupMap:
+    """Which optimizer steps a variable (by its path): the map ``MultiOptimizer`` asks."""
+
+    def __init__(self, default, groups: list[tuple[Any, float, list[str]]]):
+        self.default_optimizer = default
+        self.groups = groups
+        self.by_path = {path: group for group, _, paths in groups for path in paths}
+
+    def values(self) -> list:
+        return [group for group, _, _ in self.groups]
+
+    def __call__(self, variable):
+        return self.by_path.get(variable.path, self.default_optimizer)
+
+
+@keras.saving.register_keras_serializable(package="trainkit")
+class GroupedOptimizer(keras.optimizers.MultiOptimizer):
+    """Keras's ``MultiOptimizer`` with per-group learning-rate multipliers (made by
+    :func:`group_learning_rates`).
+
+    Two differences from the plain one. Every group's optimizer counts every
+    step, also while a stage keeps all its variables frozen, so its schedule
+    stays at the run's step; and ``global_clipnorm`` is one norm over all the
+    gradients. ``learning_rate`` is the base rate (the multiplier-1 group's);
+    setting it (``ReduceLROnPlateau``) sets every group's, times its multiplier.
+    """
+
+    def __init__(self, default, groups: list[tuple[Any, float, list[str]]], *, global_clipnorm: float | None = None, name=None):
+        group_map = _GroupMap(default, groups)
+        super().__init__(group_map, loss_scale_factor=default.loss_scale_factor, name=name)
+        self.group_map = group_map
+        self.group_clipnorm = global_clipnorm
+        # Checkpointed under these names (MultiOptimizer's own list is not tracked).
+        self.base_group = default
+        self.scaled_groups = [group for group, _, _ in groups]
+
+    @property
+    def default_optimizer(self):
+        """The optimizer of the variables in no group (multiplier 1)."""
+        return self.group_map.default_optimizer
+
+    @property
+    def learning_rate(self):
+        return self.default_optimizer.learning_rate
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.default_optimizer.learning_rate = value
+        for group, multiplier, _ in self.group_map.groups:
+            group.learning_rate = value * multiplier
+
+    def apply(self, grads, trainable_variables=None):
+        if trainable_variables is None:
+            raise ValueError("GroupedOptimizer.apply needs the variables the gradients are for")
+        variables = list(trainable_variables)
+        if not self.built:
+            self.build(variables)
+        grads = list(grads)
+        if self.group_clipnorm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.group_clipnorm)
+        parts = {id(optimizer): ([], []) for optimizer in self.optimizers}
+        for gradient, variable in zip(grads, variables, strict=True):
+            part = parts[id(self.group_map(variable))]
+            part[0].append(gradient)
+            part[1].append(variable)
+        for optimizer in self.optimizers:
+            part_grads, part_variables = parts[id(optimizer)]
+            if part_variables:
+                optimizer.apply(part_grads, part_variables)
+            else:  # all its variables frozen in this stage: its schedule still moves on
+                optimizer.iterations.assign_add(1)
+        self.iterations.assign_add(1)
+
+    def get_config(self) -> dict[str, Any]:
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "default": serialize(self.default_optimizer),
+            "groups": [
+                {"optimizer": serialize(group), "multiplier": multiplier, "paths": list(paths)}
+                for group, multiplier, paths in self.group_map.groups
+            ],
+            "global_clipnorm": self.group_clipnorm,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], custom_objects=None) -> GroupedOptimizer:
+        deserialize = keras.saving.deserialize_keras_object
+        groups = [
+            (deserialize(g["optimizer"], custom_objects=custom_objects), g["multiplier"], g["paths"])
+            for g in config["groups"]
+        ]
+        default = deserialize(config["default"], custom_objects=custom_objects)
+        return cls(default, groups, global_clipnorm=config.get("global_clipnorm"), name=config.get("name"))
+
+
+def base_optimizer(optimizer):
+    """The optimizer proper: without loss scaling, and the base group's of a grouped one."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        optimizer = optimizer.inner_optimizer
+    if isinstance(optimizer, GroupedOptimizer):
+        optimizer = optimizer.default_optimizer
+    return optimizer
 
 
 def rate_at(section: OptimizerSection, *, total_steps: int, step: int) -> float:
@@ -222,3 +328,42 @@ def budget_change_note(
         f"the learning-rate schedule follows the budget ({old_total} -> {new_total} steps): "
         f"at step {step} the rate is {now:.3g} (it was {was:.3g})"
     )
+
+
+# ------------------------------------------------------- batch and learning-rate rule
+
+
+def scaled_learning_rate(recipe: Recipe) -> float:
+    """``optimizer.learning_rate``, scaled by ``runtime.scale_learning_rate``."""
+    base = recipe.optimizer.learning_rate
+    if recipe.runtime.scale_learning_rate == "linear":
+        return base * recipe.data.batch_size / recipe.runtime.reference_batch_size
+    return base
+
+
+def batch_plan(recipe: Recipe, strategy) -> dict[str, Any]:
+    """How the global batch is split: reported in the start header and run.json."""
+    replicas = strategy.num_replicas_in_sync
+    global_batch = recipe.data.batch_size
+    per_replica = global_batch / replicas
+    return {
+        "strategy": describe(strategy),
+        "workers": num_workers(strategy),
+        "replicas": replicas,
+        "global_batch": global_batch,
+        "per_replica_batch": int(per_replica) if per_replica.is_integer() else round(per_replica, 3),
+        "learning_rate": scaled_learning_rate(recipe),
+        "learning_rate_rule": recipe.runtime.scale_learning_rate,
+    }
+
+
+def batch_text(recipe: Recipe, strategy) -> str:
+    """``global batch 64 (32 per replica)`` for the start header, with the lr rule if any."""
+    plan = batch_plan(recipe, strategy)
+    text = f"global batch {plan['global_batch']} ({plan['per_replica_batch']} per replica)"
+    if plan["learning_rate_rule"] == "linear":
+        text += (
+            f"; learning rate {plan['learning_rate']:g} (linear rule: {recipe.optimizer.learning_rate:g} "
+            f"x {recipe.data.batch_size}/{recipe.runtime.reference_batch_size})"
+        )
+    return text

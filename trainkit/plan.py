@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit import distribute, registry, runtime
+from trainkit import compat, registry, runtime
 from trainkit.components import check_arguments, instantiate
+from trainkit.distribution.cluster import has_evaluator, is_multi_worker, is_parameter_server
+from trainkit.distribution.strategies import data_section_for
 from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
-from trainkit.recipe import Component, Recipe, RunIdentity
+from trainkit.recipe import Component, Recipe, RunIdentity, ValidationPolicy
 from trainkit.run_source import run_recipe, source_models
 
 if TYPE_CHECKING:
@@ -135,6 +137,16 @@ def make_callbacks(recipe: Recipe, *, run_dir: str | os.PathLike | None = None) 
     return out
 
 
+def resolve_validation(recipe: Recipe) -> Recipe:
+    """``trainer.validation: sidecar`` made concrete: it stays ``sidecar`` (no in-loop
+    validation) where the cluster has an ``evaluator`` task to validate instead,
+    and becomes the default in-loop validation where it has none."""
+    if recipe.trainer.validation != "sidecar" or has_evaluator():
+        return recipe
+    trainer = recipe.trainer.model_copy(update={"validation": ValidationPolicy()})
+    return recipe.model_copy(update={"trainer": trainer})
+
+
 def resolve_monitor(recipe: Recipe, *, has_validation: bool) -> Recipe:
     """``recipe`` with ``trainer.checkpoint.monitor: auto`` made concrete.
 
@@ -226,7 +238,7 @@ def build(
     # the built run's own copy has checkpoint.monitor: auto made concrete.
     identity = RunIdentity.of(recipe, {use.field: use.digest for use in tuned.sources})
     # (and trainer.validation: sidecar made concrete: off only where an evaluator task validates)
-    concrete = resolve_monitor(distribute.resolve_validation(recipe), has_validation=has_validation)
+    concrete = resolve_monitor(resolve_validation(recipe), has_validation=has_validation)
     return Built(
         concrete, strategy, data, tuned.model, trainer,
         steps_per_epoch, steps, identity, tuned.sources, tuned.init_report, stages, optimizer.finetune,
@@ -258,7 +270,7 @@ def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy, *, run_dir: str
     (``run_dir``: the run this continues, whose fitted vocabulary is reused)."""
     from trainkit.data.pipeline import prepare
 
-    data = prepare(distribute.data_section_for(recipe.data, strategy), seed=recipe.seed, run_dir=run_dir)
+    data = prepare(data_section_for(recipe.data, strategy), seed=recipe.seed, run_dir=run_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
@@ -277,9 +289,9 @@ def setup_model(recipe: Recipe, data: PreparedData, stages: Stages | None, run_d
 def setup_optimizer(recipe: Recipe, tuned: ModelSetup, stages: Stages | None, *, total_steps: int) -> OptimizerSetup:
     """The optimizer step: the schedule, the parameter groups' learning rates and loss scaling,
     built on every variable a stage may unfreeze."""
-    from trainkit.optim import make_optimizer, scale_learning_rates
+    from trainkit.optim import group_learning_rates, make_optimizer, scaled_learning_rate
 
-    optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": distribute.learning_rate(recipe)})
+    optimizer_section = recipe.optimizer.model_copy(update={"learning_rate": scaled_learning_rate(recipe)})
     factors = stages.learning_rate_factors(recipe.optimizer.learning_rate) if stages else ()
     optimizer = make_optimizer(optimizer_section, total_steps=total_steps, stage_factors=factors)
     finetune_summary = None
@@ -289,7 +301,7 @@ def setup_optimizer(recipe: Recipe, tuned: ModelSetup, stages: Stages | None, *,
 
         groups = recipe.optimizer.groups
         group_index = finetune.group_of_variables(model, variables, groups) if groups else [None] * len(variables)
-        scale_learning_rates(
+        optimizer = group_learning_rates(
             optimizer, variables, [1.0 if i is None else groups[i].learning_rate_multiplier for i in group_index]
         )
         finetune_summary = finetune.summary(model, variables, groups, group_index)
@@ -314,7 +326,7 @@ def setup_trainer(
     from trainkit.training.loop import Trainer
 
     trainer_class = trainer_class or Trainer
-    if distribute.is_parameter_server(strategy):
+    if is_parameter_server(strategy):
         from trainkit.training.coordinated import CoordinatedData, coordinated_trainer_class
 
         trainer_class = coordinated_trainer_class(trainer_class)
@@ -548,7 +560,7 @@ def rehearse(built: Built) -> None:
     from trainkit.training.checkpoint import seed_generator_states
 
     strategy, trainer = built.strategy, built.trainer
-    if distribute.is_parameter_server(strategy) or distribute.is_multi_worker(strategy):
+    if is_parameter_server(strategy) or is_multi_worker(strategy):
         return
     metric_variables = [v for m in (*trainer.train_metrics, *trainer.eval_metrics) for v in m.variables]
     variables = [*built.model.variables, *trainer.optimizer.variables, *metric_variables, *seed_generator_states(built.model)]
@@ -587,10 +599,9 @@ def _blame(err: BaseException) -> tuple[str, str]:
     reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != "Graph execution error:"]
     reason = re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", reasons[-1] if reasons else type(err).__name__)
     for path in files:  # outermost first: a metric's update may call into keras's losses
-        path = path.replace("\\", "/")
-        for part, section in (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss")):
-            if part in path:
-                return section, reason
+        section = compat.keras_section_of(path)
+        if section is not None:
+            return section, reason
     return "recipe", reason
 
 

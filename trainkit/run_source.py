@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit import distribute
+from trainkit.distribution.strategies import in_one_process
 from trainkit.errors import ConfigError, TrainkitError
 from trainkit.recipe import ModelSection, Recipe
 from trainkit.rundir import RunDir, load_run_recipe
@@ -28,7 +28,7 @@ def run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | N
     """A run's directory and recipe, the recipe made to run in this one process:
     a ``multi_worker_mirrored`` or ``parameter_server`` run restores without a cluster."""
     directory = RunDir(run_dir)
-    return directory, distribute.in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))
+    return directory, in_one_process(load_run_recipe(run_dir, recipe_file=recipe_file))
 
 
 def is_run(source: Any) -> bool:

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from trainkit import compat
+from trainkit.compat import op_determinism_enabled
 from trainkit.console import warn
 from trainkit.errors import ConfigError
 from trainkit.recipe import RuntimeSection
@@ -63,19 +65,8 @@ def _set_op_determinism(wanted: bool) -> None:
             tf.config.experimental.enable_op_determinism()
             _determinism_set_by_us = True
     elif _determinism_set_by_us:
-        from tensorflow.python.framework import config as tf_config
-
-        tf_config.disable_op_determinism()
+        compat.disable_op_determinism()
         _determinism_set_by_us = False
-
-
-def op_determinism_enabled() -> bool:
-    """Whether TensorFlow's op determinism is on (it has a public setter, no getter)."""
-    try:
-        from tensorflow.python.framework.config import is_op_determinism_enabled
-    except ImportError:
-        return False
-    return bool(is_op_determinism_enabled())
 
 
 def configure(runtime: RuntimeSection, *, seed: int):
@@ -89,7 +80,7 @@ def configure(runtime: RuntimeSection, *, seed: int):
 
     if runtime.cpu_devices:
         split_cpu(runtime.cpu_devices)
-    from trainkit.distribute import make_strategy
+    from trainkit.distribution.strategies import make_strategy
 
     strategy = make_strategy(runtime)
     keras.utils.set_random_seed(seed)
@@ -183,13 +174,9 @@ def preserved_process_state() -> Iterator[None]:
     import keras
     import numpy as np
     import tensorflow as tf
-    from keras.src.backend.common import global_state
-    from tensorflow.python.eager import context
 
     python_random, numpy_random = random.getstate(), np.random.get_state()
-    tf_seed = context.global_seed()
-    keras_seed = global_state.get_global_attribute("global_random_seed")
-    keras_generator = global_state.get_global_attribute("global_seed_generator")
+    seeds = compat.random_seed_state()
     policy = keras.mixed_precision.global_policy()
     deterministic = op_determinism_enabled()
     custom_objects = dict(keras.saving.get_custom_objects())
@@ -198,9 +185,7 @@ def preserved_process_state() -> Iterator[None]:
     finally:
         random.setstate(python_random)
         np.random.set_state(numpy_random)
-        tf.random.set_seed(tf_seed)
-        global_state.set_global_attribute("global_random_seed", keras_seed)
-        global_state.set_global_attribute("global_seed_generator", keras_generator)
+        compat.restore_random_seed_state(seeds)
         keras.mixed_precision.set_global_policy(policy)
         if deterministic and not op_determinism_enabled():
             tf.config.experimental.enable_op_determinism()
@@ -214,7 +199,5 @@ def preserved_process_state() -> Iterator[None]:
 def _restore_nondeterminism() -> None:
     global _determinism_set_by_us
     if op_determinism_enabled():
-        from tensorflow.python.framework import config as tf_config
-
-        tf_config.disable_op_determinism()
+        compat.disable_op_determinism()
     _determinism_set_by_us = False

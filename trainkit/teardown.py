@@ -10,11 +10,12 @@ its process without waiting for that thread. This module imports no TensorFlow.
 
 from __future__ import annotations
 
-import atexit
 import os
 import sys
 import threading
 from typing import NoReturn
+
+from trainkit import compat
 
 _started: list[threading.Thread] = []
 
@@ -52,7 +53,7 @@ def exit_process(code: int) -> NoReturn:
     """
     if os.environ.get("TF_CONFIG"):
         sys.exit(code)
-    atexit._run_exitfuncs()
+    compat.run_exit_handlers()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

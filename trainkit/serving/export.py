@@ -39,29 +39,30 @@ METADATA_FILE = "export.json"
 CHECK_EXAMPLES = 512
 
 
-def portable_copy(model: keras.Model, optimizer: keras.optimizers.Optimizer) -> keras.Model:
-    """A copy of ``model`` compiled like it, with a schedule-free optimizer of the same kind."""
+def portable_copy(built: Built) -> keras.Model:
+    """A copy of the built run's model compiled like it, with a schedule-free optimizer of the same kind."""
     import keras
 
     from trainkit.serving.model import copy_weights
 
-    copy = keras.models.clone_model(model)
-    copy_weights(model, copy)
-    _compile_like(copy, model, optimizer)
+    copy = keras.models.clone_model(built.model)
+    copy_weights(built.model, copy)
+    _compile_like(copy, built)
     return copy
 
 
-def _compile_like(target: keras.Model, model: keras.Model, optimizer: keras.optimizers.Optimizer) -> None:
+def _compile_like(target: keras.Model, built: Built) -> None:
+    """``target`` compiled with the run's loss and metrics and a plain copy of its
+    optimizer (the base group's, without loss scaling), at its current learning rate."""
     import keras
 
-    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        # The optimizer proper (mixed_float16); compile() may wrap it again.
-        optimizer = optimizer.inner_optimizer
+    from trainkit.optim import base_optimizer
+    from trainkit.plan import make_loss, make_metrics
+
+    optimizer = base_optimizer(built.trainer.optimizer)
     config = optimizer.get_config()
     config["learning_rate"] = float(optimizer.learning_rate.numpy() if hasattr(optimizer.learning_rate, "numpy") else optimizer.learning_rate)
-    compiled = getattr(model, "_compile_config", None)
-    loss = model.loss if compiled is None else compiled.config.get("loss")
-    metrics = None if compiled is None else compiled.config.get("metrics")
+    loss, metrics = make_loss(built.recipe, per_example=False), make_metrics(built.recipe)
     target.compile(optimizer=type(optimizer).from_config(config), loss=loss, metrics=metrics)
     if isinstance(target.optimizer, keras.optimizers.LossScaleOptimizer):
         # compile() wrapped it (mixed_float16 policy); unwrapped, the file loads
@@ -92,7 +93,7 @@ def export_trained(built: Built, directory: RunDir) -> dict[str, Any]:
         if "keras" in built.recipe.export.formats:
             from trainkit.serving.formats import write_keras
 
-            write_keras(portable_copy(built.model, built.trainer.optimizer), directory.model_file)
+            write_keras(portable_copy(built), directory.model_file)
         return {}
     require_writers(built.recipe.export.formats)
     return _write(built, spec, list(built.recipe.export.formats), directory.path, quantize=built.recipe.export.quantize)
@@ -197,7 +198,7 @@ def build_inference_model(built: Built, spec: dict[str, Any]) -> keras.Model:
 
     model = inference_model(built.model, spec)
     if spec["head"] in ("identity", "probabilities"):
-        _compile_like(model, built.model, built.trainer.optimizer)
+        _compile_like(model, built)
     return model
 
 

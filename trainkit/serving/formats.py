@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
+from trainkit import compat
 from trainkit.files import atomic_folder, atomic_path, write_bytes_atomic, write_json_atomic
 
 FILES = {"keras": "model.keras", "saved_model": "saved_model", "tflite": "model.tflite", "onnx": "model.onnx"}
@@ -77,7 +78,6 @@ def write_tflite(saved_model: Path, target: Path, *, quantize: str) -> None:
 def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata: dict) -> None:
     import onnx
     import tf2onnx
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
     serve, signature = serving_function(model, spec)
     names = list(spec["outputs"])
@@ -85,7 +85,7 @@ def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata:
     level = logger.level
     logger.setLevel("ERROR")  # tf2onnx calls TF1 graph utilities that warn about their deprecation
     try:
-        frozen = convert_variables_to_constants_v2(tf.function(serve, input_signature=signature).get_concrete_function())
+        frozen = compat.freeze_function(tf.function(serve, input_signature=signature).get_concrete_function())
         proto, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(),
             input_names=[f"{spec['input']['name']}:0"],

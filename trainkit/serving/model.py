@@ -49,7 +49,8 @@ def copy_weights(model: keras.Model, copy: keras.Model) -> None:
     through a Keras weights file, which holds each LoRA kernel merged into its
     base kernel.
     """
-    if not any(getattr(layer, "lora_enabled", False) for layer in model._flatten_layers()):
+    # LoRA layers (Keras's Dense, EinsumDense) add weights named lora_kernel_a/_b.
+    if not any(weight.name.startswith("lora_kernel") for weight in model.weights):
         copy.set_weights(model.get_weights())
         return
     import tempfile

@@ -57,12 +57,12 @@ CALLBACK_STATE = {
 
 
 def seed_generator_states(model) -> list:
-    """The state variables of every Keras SeedGenerator inside ``model``."""
-    states = []
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        for generator in getattr(layer, "_seed_generators", []):
-            states.append(generator.state)
-    return states
+    """The state variables of every Keras SeedGenerator inside ``model``.
+
+    ``model.variables`` holds them (nested layers' too), each named
+    ``seed_generator_state`` by Keras's ``SeedGenerator``.
+    """
+    return [variable for variable in model.variables if variable.name == "seed_generator_state"]
 
 
 def _files_of(prefix: str) -> list[Path]:

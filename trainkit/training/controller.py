@@ -6,9 +6,12 @@
 a profile window, an epoch end, the end of the budget. With
 ``trainer.steps_per_execution: auto`` the chunk grows until a call takes about
 ``TARGET_CALL_SECONDS``: small models stop paying Python overhead per step,
-large ones still report often. The checkpointer and the output sink are
-passed in; the run's lifecycle around it (lock, status, final evaluation,
-export) is :mod:`trainkit.training.lifecycle`'s.
+large ones still report often. Its collaborators are passed in, as orbit's
+``Controller`` takes its summary manager and actions: the checkpointer, the
+metrics log, the profiler window and the output sink. It writes no run
+status: the run's lifecycle around it (lock, status, final evaluation, export)
+is :mod:`trainkit.training.lifecycle`'s, which reads :attr:`Controller.summary`
+and the stops it raises (each carries its step).
 
 Keras callbacks get Keras's protocol as ``fit`` drives it under
 ``steps_per_execution``: ``on_train_batch_begin``/``_end`` once per compiled call
@@ -44,12 +47,13 @@ import time
 
 import keras
 
-from trainkit import distribute, teardown
-from trainkit.distribute import Consensus
+from trainkit import teardown
+from trainkit.distribution.cluster import is_parameter_server
+from trainkit.distribution.consensus import Consensus
 from trainkit.errors import TrainkitError
 from trainkit.recipe import ValidationPolicy
 from trainkit.signals import SignalRecorder
-from trainkit.training import input_wait, report
+from trainkit.training import input_wait
 from trainkit.training.checkpoint import Checkpointer, read_counters
 from trainkit.training.events import (
     BudgetEnd,
@@ -81,10 +85,14 @@ class TrainableChanged(TrainkitError):
 class Controller:
     """Trains ``trainer`` on ``data`` under ``strategy`` from the run's latest checkpoint.
 
-    ``policy`` is the recipe's trainer section; ``run_dir`` the run directory
-    (status and ``metrics.jsonl``); ``checkpointer`` saves and restores the full
-    state; ``sink`` shows progress; ``callbacks`` are Keras callbacks.
-    :meth:`run` returns the history of the epochs it ran.
+    ``policy`` is the recipe's trainer section; ``checkpointer`` saves and
+    restores the full state; ``metrics_log`` records each log event
+    (``metrics.jsonl``, TensorBoard; the controller closes it when training
+    ends); ``profile`` is the profiler window of ``trainer.profile_steps``;
+    ``sink`` shows progress; ``callbacks`` are Keras callbacks.
+    ``process_started`` (``time.time()``), when given, is when the process began,
+    for :attr:`summary`'s ``seconds_to_first_step``. :meth:`run` returns the
+    history of the epochs it ran.
     """
 
     def __init__(
@@ -94,18 +102,21 @@ class Controller:
         data,
         strategy,
         policy,
-        run_dir,
         checkpointer: Checkpointer,
+        metrics_log: MetricsLog,
+        profile: ProfileWindow,
         sink: Sink,
         callbacks: list,
         steps_per_epoch: int,
         total_steps: int,
         events: tuple = (),
         phases: Phases | None = None,
+        process_started: float | None = None,
     ):
         self.trainer, self.data, self.strategy, self.policy = trainer, data, strategy, policy
         self.model = trainer.model
-        self.run_dir, self.checkpointer, self.sink = run_dir, checkpointer, sink
+        self.checkpointer, self.metrics_log, self.profile, self.sink = checkpointer, metrics_log, profile, sink
+        self.process_started = process_started
         self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
         self.epochs = policy.epochs or math.ceil(total_steps / steps_per_epoch)
         self.callback_objects = list(callbacks)
@@ -119,7 +130,6 @@ class Controller:
         self.validation = policy.validation if policy.validation != "sidecar" else ValidationPolicy(every_epochs=None)
         self.validation_due = EverySteps(self.validation.every_steps)
         self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
-        self.profile = ProfileWindow(policy.profile_steps, run_dir.tensorboard)
         #: Every periodic event; the chunk is cut at the nearest. ``events`` passed in
         #: (stages, say) may also have ``fire(controller)``, called when they are due.
         self.events = [
@@ -133,15 +143,12 @@ class Controller:
         self.chunk = spe if isinstance(spe, int) else 1
         self.position = Position()
         self.history: dict[str, list] = {}
-        self.metrics_log: MetricsLog | None = None
+        #: What the run's status records of this training (step, epoch, speed,
+        #: costs), once :meth:`run` has returned.
+        self.summary: dict = {}
         # Batch hooks are Python calls per compiled call: look for trainability
         # changes after them only when some callback overrides them.
-        base = keras.callbacks.Callback
-        self._batch_hooks = any(
-            type(cb).on_train_batch_begin is not base.on_train_batch_begin
-            or type(cb).on_train_batch_end is not base.on_train_batch_end
-            for cb in self.callback_objects
-        )
+        self._batch_hooks = any(_has_batch_hooks(callback) for callback in self.callback_objects)
         self._trainable = self._trainable_ids()
         self._last_save_time = time.monotonic()
         self._first_step_seconds = None
@@ -159,7 +166,7 @@ class Controller:
         resumed_from = self._resume()
         if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
             self._fire_due()
-        self.metrics_log = MetricsLog(self.run_dir, start_step=self.position.step)
+        self.metrics_log.count_rate_from(self.position.step)
         iterator = iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
         ))
@@ -246,8 +253,8 @@ class Controller:
         if not self._first_call_done:  # tracing and the pipeline's start: a fixed cost of its own
             self._first_call_done = True
             self.phases.add("first_step", time.perf_counter() - call_start)
-        if self._first_step_seconds is None and report.PROCESS_STARTED:
-            self._first_step_seconds = round(time.time() - report.PROCESS_STARTED, 2)
+        if self._first_step_seconds is None and self.process_started:
+            self._first_step_seconds = round(time.time() - self.process_started, 2)
         self.position = position = self.position.advanced(n)
         self.profile.at(position)
         if self.auto_chunk:
@@ -277,7 +284,6 @@ class Controller:
             self.save()
         if signaled:
             path = self.save()
-            self.run_dir.update_status(status="interrupted", step=position.step, ended=now(), **self.costs())
             raise stopped_by(flag.signum or signal.SIGTERM, path, position.step)
         return results
 
@@ -396,9 +402,8 @@ class Controller:
         )
 
     def _diverged(self, what: str, step: int, checkpoint: str | None, note: str = "") -> None:
-        self.run_dir.update_status(status="diverged", step=step)
         kept = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
-        raise Diverged(f"the {what} became NaN or infinite by step {step}{note}{kept}")
+        raise Diverged(f"the {what} became NaN or infinite by step {step}{note}{kept}", step=step)
 
     # -- the end ------------------------------------------------------------------
 
@@ -436,10 +441,12 @@ class Controller:
         phases.add("checkpoint_saves", self.checkpointer.save_seconds)
         phases.add("training", elapsed - sum(phases.seconds.get(k, 0.0) for k in ("first_step", "validation", "checkpoint_saves")))
         # (Not under a parameter server: its steps run asynchronously on remote workers.)
-        measured = policy.measure_input and not distribute.is_parameter_server(self.strategy)
+        measured = policy.measure_input and not is_parameter_server(self.strategy)
         waited = input_wait.from_trainer(trainer) if measured else None
         self.trained_steps = position.step - start_step
-        measured_now = {
+        self.summary = {
+            "step": position.step,
+            "epoch": position.epoch,
             "steps_per_second": round(self.trained_steps / elapsed, 2) if elapsed > 0 else None,
             "train_seconds": round(elapsed, 2),
             "stopped_early": bool(self.model.stop_training),
@@ -447,13 +454,6 @@ class Controller:
             **({"input_wait_fraction": round(waited.fraction, 4)} if waited else {}),
             **self.costs(),
         }
-        # Each session's figures are kept; the run's own (top-level) figures are those of
-        # the last session that trained: opening a finished run again measures nothing.
-        sessions = self.run_dir.read_status().get("sessions")
-        sessions = [*(sessions if isinstance(sessions, list) else []), {"steps": self.trained_steps, **measured_now}]
-        self.run_dir.update_status(
-            step=position.step, epoch=position.epoch, sessions=sessions, **(measured_now if self.trained_steps else {})
-        )
         if measured and not waited and trainer.steps_run:
             self.sink.line("input wait: not measured (runtime.deterministic forbids the timing ops)")
         hint = waited.hint(self.data) if waited else None
@@ -510,6 +510,12 @@ def _next_chunk(chunk: int, ran: int, seconds: float) -> int:
     per_step = seconds / max(ran, 1)
     wanted = int(TARGET_CALL_SECONDS / max(per_step, 1e-6))
     return max(1, min(MAX_STEPS_PER_CALL, wanted, chunk * 4))
+
+
+def _has_batch_hooks(callback) -> bool:
+    base = keras.callbacks.Callback
+    kind = type(callback)
+    return kind.on_train_batch_begin is not base.on_train_batch_begin or kind.on_train_batch_end is not base.on_train_batch_end
 
 
 def _what_diverged(results: dict[str, float], trainer) -> str | None:

@@ -26,7 +26,8 @@ from typing import Any
 
 import tensorflow as tf
 
-from trainkit import distribute
+from trainkit.distribution.cluster import num_workers
+from trainkit.distribution.strategies import coordinator
 from trainkit.training.loop import Trainer, all_finite
 
 #: Scheduled closures per worker per loop call (keeps every worker busy while
@@ -40,15 +41,15 @@ class _CoordinatedTrainer:
     def train(self, iterator, num_steps: int) -> dict[str, float]:
         if self._train_fn is None:
             self._train_fn = self._make_train_fn()
-        coordinator = distribute.coordinator(self.strategy)
-        workers = distribute.num_workers(self.strategy)
+        cluster_coordinator = coordinator(self.strategy)
+        workers = num_workers(self.strategy)
         per_closure = max(1, math.ceil(num_steps / (workers * CLOSURES_PER_WORKER)))
         left = num_steps
         while left > 0:
             n = min(per_closure, left)
-            coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n, tf.int32)))
+            cluster_coordinator.schedule(self._train_fn, args=(iterator, tf.constant(n, tf.int32)))
             left -= n
-        coordinator.join()  # raises a worker's error here, on the chief
+        cluster_coordinator.join()  # raises a worker's error here, on the chief
         self.weights_finite = bool(all_finite(self.model.trainable_variables))
         return self.result()
 
@@ -96,7 +97,7 @@ class CoordinatedData:
     def distributed_training(self, strategy, *, start_epoch: int = 0, skip_batches: int = 0) -> Any:
         """A per-worker iterator: worker ``i`` reads batches ``i, i+W, i+2W, ...`` of the stream."""
         data = self._data
-        coordinator = distribute.coordinator(strategy)
+        cluster_coordinator = coordinator(strategy)
 
         def dataset_fn(context: tf.distribute.InputContext):
             stream = data.fresh().training_stream(start_epoch=start_epoch, skip_batches=skip_batches)
@@ -106,7 +107,7 @@ class CoordinatedData:
         def per_worker_dataset():
             return strategy.distribute_datasets_from_function(dataset_fn)
 
-        return coordinator.create_per_worker_dataset(per_worker_dataset)  # fit calls iter()
+        return cluster_coordinator.create_per_worker_dataset(per_worker_dataset)  # fit calls iter()
 
     def evaluation_cycle(self, strategy, split: str, *, take: int | None = None) -> None:
         """None: the chief evaluates a plain dataset of its own (see :meth:`distributed`)."""

@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit import distribute
+from trainkit.distribution import cluster
+from trainkit.distribution.cluster import Role
+from trainkit.distribution.consensus import check_same_start
+from trainkit.distribution.strategies import describe
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.files import write_bytes_atomic, write_json_atomic
+from trainkit.optim import batch_plan, batch_text, scaled_learning_rate
 from trainkit.recipe import Recipe
 from trainkit.rundir import RunDir, command_line
-from trainkit.training import disk_full
+from trainkit.training import disk_full, scratch
 from trainkit.training.phases import Phases
 from trainkit.training.sinks import Sink, make_sink, say
 
@@ -68,13 +72,14 @@ def train_run(
     started: float | None = None,
     record_inputs: Callable[[Built, RunDir], None] | None = None,
     export: Callable[[Built, RunDir], Any] | None = None,
+    process_started: float | None = None,
 ) -> Trained:
     """Train ``recipe`` into ``run_dir`` (resuming a run of the same recipe), evaluate, export.
 
     ``record_inputs`` and ``export`` come from the serving layer above (passed in by
-    :func:`trainkit.train`): ``inference.json`` written at the start, the exports at
-    the end. ``started`` (``time.time()``): when the job began (the process's start
-    or the call of :func:`trainkit.train`), for run.json's ``phases.start_up``.
+    :func:`trainkit.train`): ``inference.json`` at the start, the exports at the end.
+    ``started`` (``time.time()``): when the job began (the process's start or the call),
+    for run.json's ``phases.start_up``; ``process_started`` for ``seconds_to_first_step``.
     """
     from trainkit.evaluation import final_evaluation
     from trainkit.plan import make_callbacks
@@ -85,7 +90,7 @@ def train_run(
     directory = RunDir(run_dir)
     checked = _build_checked(recipe, directory, restart=restart, trainer_class=trainer_class, phases=phases)
     built = checked.built
-    role = distribute.role(built.strategy)
+    role = cluster.role(built.strategy)
     sink = sink or make_sink(recipe.trainer.progress, chief=role.is_chief)
     shared, directory = directory, _writable_dir(directory, built, role, restart=restart)
     # The callbacks checked above are the run's (built once); a non-chief worker's
@@ -93,13 +98,13 @@ def train_run(
     made = checked.callbacks if directory is shared else make_callbacks(recipe, run_dir=directory.path)
     callback_objects = made + list(callbacks or [])
     moved = _lock(directory, role, restart=restart)
+    controller = None
     try:
         step = _begin(recipe, checked, directory, role, sink, recipe_source=recipe_source, record_inputs=record_inputs)
-        if moved:
-            sink.notice(f"the previous run in {directory.path} was moved to {moved}")
-        _resume_notices(checked, step, role, sink)
-        controller = _controller(built, directory, sink, callback_objects, phases)
+        _resume_notices(checked, step, role, sink, moved=moved, directory=directory)
+        controller = _controller(built, directory, sink, callback_objects, phases, process_started=process_started)
         history = controller.run()
+        _record_summary(directory, controller.summary, trained_steps=controller.trained_steps)
         with phases.timed("final_evaluation"):
             metrics = final_evaluation(controller, built, directory, sink)
         if role.is_chief and export is not None:
@@ -108,17 +113,17 @@ def train_run(
         _record_phases(directory, phases, trained=bool(controller.trained_steps))
         directory.update_status(status="completed", ended=now())
     except BaseException as err:
-        replacement = _record_failure(err, directory, built)
+        replacement = _record_failure(err, directory, built, controller)
         if replacement is not None:
             raise replacement from None
         raise
     finally:
         directory.release()
-        distribute.remove_scratch(directory, role)
+        scratch.remove_scratch(directory, role)
     return Trained(shared.path, built, history, metrics)
 
 
-def _lock(directory: RunDir, role: distribute.Role, *, restart: bool) -> Path | None:
+def _lock(directory: RunDir, role: Role, *, restart: bool) -> Path | None:
     """Take the directory's lock; with ``restart``, move the old run aside first
     (under the lock: never a run that a live process trains). Returns where it went."""
     moved = None
@@ -166,21 +171,21 @@ def _build_checked(recipe: Recipe, directory: RunDir, *, restart: bool, trainer_
     return _Checked(built, callbacks, changes, previous)
 
 
-def _writable_dir(directory: RunDir, built: Built, role: distribute.Role, *, restart: bool) -> RunDir:
+def _writable_dir(directory: RunDir, built: Built, role: Role, *, restart: bool) -> RunDir:
     """Multi-worker: only the chief writes the run directory; the other workers
     write to a scratch directory, removed at the end, starting from a copy of
     the chief's checkpoints so that every worker resumes (and later decides
     its saves) exactly as the chief does."""
-    writable = distribute.writable_run_dir(directory, role)
+    writable = scratch.writable_run_dir(directory, role)
     if not role.is_chief:
-        built.recipe = distribute.quiet(built.recipe)  # the chief alone reports
+        built.recipe = scratch.quiet(built.recipe)  # the chief alone reports
         if not restart:
-            distribute.copy_checkpoints(directory, writable)
+            scratch.copy_checkpoints(directory, writable)
     return writable
 
 
 def _begin(
-    recipe: Recipe, checked: _Checked, directory: RunDir, role: distribute.Role, sink: Sink, *,
+    recipe: Recipe, checked: _Checked, directory: RunDir, role: Role, sink: Sink, *,
     recipe_source: str | None, record_inputs: Callable[[Built, RunDir], None] | None,
 ) -> int:
     """Holding the lock: config.yaml, run.json, the sources' copy, inference.json and
@@ -190,7 +195,7 @@ def _begin(
     built = checked.built
     found = candidates(directory.checkpoints)
     step = step_of(found[0]) if found else 0
-    distribute.check_same_start(built.strategy, step)
+    check_same_start(built.strategy, step)
     directory.start(
         recipe, identity=built.identity.hash, command=command_line(), recipe_source=recipe_source, resumed=bool(found)
     )
@@ -200,7 +205,7 @@ def _begin(
     # write its files (inside the run directory, so a resumed run reuses them).
     built.data.use_cache_dir(directory.path)
     directory.update_status(
-        distribution=distribute.batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
+        distribution=batch_plan(recipe, built.strategy), examples=dict(built.data.info.sizes)
     )
     if role.is_chief:
         built.data.write_fitted(directory.path)  # the vocabulary: a resumed run reads it back
@@ -210,7 +215,9 @@ def _begin(
     return step
 
 
-def _resume_notices(checked: _Checked, step: int, role: distribute.Role, sink: Sink) -> None:
+def _resume_notices(checked: _Checked, step: int, role: Role, sink: Sink, *, moved: Path | None, directory: RunDir) -> None:
+    if moved:
+        sink.notice(f"the previous run in {directory.path} was moved to {moved}")
     if checked.changes and role.is_chief:
         sink.notice(f"resuming with changed settings: {', '.join(checked.changes)}")
         note = schedule_note(checked.built, checked.previous, step)
@@ -218,10 +225,15 @@ def _resume_notices(checked: _Checked, step: int, role: distribute.Role, sink: S
             sink.notice(note)
 
 
-def _controller(built: Built, directory: RunDir, sink: Sink, callbacks: list, phases: Phases) -> Controller:
-    """The controller of this run, with its checkpointer."""
+def _controller(
+    built: Built, directory: RunDir, sink: Sink, callbacks: list, phases: Phases, *, process_started: float | None
+) -> Controller:
+    """The controller of this run, with its collaborators: the checkpointer, the
+    metrics log and the profiler window in the run directory, the sink, the callbacks."""
     from trainkit.training.checkpoint import Checkpointer
     from trainkit.training.controller import Controller
+    from trainkit.training.events import ProfileWindow
+    from trainkit.training.report import MetricsLog
 
     policy = built.recipe.trainer
     checkpointer = Checkpointer(
@@ -236,17 +248,21 @@ def _controller(built: Built, directory: RunDir, sink: Sink, callbacks: list, ph
     )
     return Controller(
         trainer=built.trainer, data=built.data, strategy=built.strategy, policy=policy,
-        run_dir=directory, checkpointer=checkpointer, sink=sink, callbacks=callbacks,
+        checkpointer=checkpointer, metrics_log=MetricsLog(directory),
+        profile=ProfileWindow(policy.profile_steps, directory.tensorboard), sink=sink, callbacks=callbacks,
         steps_per_epoch=built.steps_per_epoch, total_steps=built.total_steps, phases=phases,
-        events=(built.stages,) if built.stages else (),
+        events=(built.stages,) if built.stages else (), process_started=process_started,
     )
 
 
-def _record_failure(err: BaseException, directory: RunDir, built: Built) -> BaseException | None:
-    """How a run ended early, written to run.json; the error to raise instead of
+def _record_failure(err: BaseException, directory: RunDir, built: Built, controller: Controller | None) -> BaseException | None:
+    """How a run ended early, written to run.json (the one place a run's status is
+    written: the controller raises, it writes nothing); the error to raise instead of
     ``err`` (a full disk, an unreadable file, a lost worker), or None."""
     from trainkit.training.controller import now
 
+    if controller is not None:
+        controller.metrics_log.close()  # (the controller closes it, unless it failed before training)
     full = disk_full.is_disk_full(err)
     if full:  # first make room: the status below must still be written
         disk_full.remove_partial_files(directory.path)
@@ -256,20 +272,28 @@ def _record_failure(err: BaseException, directory: RunDir, built: Built) -> Base
     if unreadable is not None:
         err = unreadable
     try:
-        status = directory.read_status()
-        if status.get("status") == "running":
-            if isinstance(err, KeyboardInterrupt):
-                directory.update_status(status="interrupted", ended=now())
-            else:
-                directory.update_status(status="failed", error=f"{type(err).__name__}: {err}", ended=now())
-        elif not status.get("ended"):  # interrupted or diverged, said by the controller
-            directory.update_status(ended=now())
+        if directory.read_status().get("status") == "running":
+            costs = controller.costs() if controller is not None else {}
+            directory.update_status(**ended_status(err, costs), ended=now())
     except OSError:
         if not full:
             raise
     if full or unreadable is not None:
         return err
-    return distribute.as_worker_lost(err, built.strategy)
+    return cluster.as_worker_lost(err, built.strategy)
+
+
+def ended_status(err: BaseException, costs: dict[str, Any]) -> dict[str, Any]:
+    """The status fields of a run that ``err`` ended (``costs``: the controller's, if it ran)."""
+    from trainkit.training.stops import Diverged, TrainingStopped
+
+    if isinstance(err, TrainingStopped):  # a signal, at a chunk boundary: saved at err.step
+        return {"status": "interrupted", "step": err.step, **costs}
+    if isinstance(err, Diverged):
+        return {"status": "diverged", "step": err.step}
+    if isinstance(err, KeyboardInterrupt):
+        return {"status": "interrupted"}
+    return {"status": "failed", "error": f"{type(err).__name__}: {err}"}
 
 
 def schedule_note(built, previous: Recipe, step: int) -> str | None:
@@ -277,7 +301,7 @@ def schedule_note(built, previous: Recipe, step: int) -> str | None:
     from trainkit.optim import budget_change_note
     from trainkit.plan import total_steps
 
-    rate = {"learning_rate": distribute.learning_rate(built.recipe)}
+    rate = {"learning_rate": scaled_learning_rate(built.recipe)}
     return budget_change_note(
         previous.optimizer.model_copy(update=rate),
         built.recipe.optimizer.model_copy(update=rate),
@@ -344,8 +368,8 @@ def header(built, directory: RunDir) -> str:
     return (
         f"training {recipe.name} ({built.identity.hash}) into {directory.path}: "
         f"{info.sizes['train']} training examples, {built.steps_per_epoch} steps/epoch, {built.total_steps} steps; "
-        f"{built.model.count_params():,} parameters; {distribute.describe(built.strategy)}, "
-        f"{distribute.batch_text(recipe, built.strategy)}"
+        f"{built.model.count_params():,} parameters; {describe(built.strategy)}, "
+        f"{batch_text(recipe, built.strategy)}"
     )
 
 
@@ -357,6 +381,17 @@ def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[s
             sink.result(split, results[split])
     write_json_atomic(directory.eval_json, results)
     return results
+
+
+def _record_summary(directory: RunDir, summary: dict, *, trained_steps: int) -> None:
+    """The controller's figures in run.json. Each session's figures are kept in ``sessions``;
+    the run's own (top-level) figures are those of the last session that trained, so
+    opening a finished run again measures nothing and loses nothing."""
+    position = {key: summary[key] for key in ("step", "epoch")}
+    measured = {key: value for key, value in summary.items() if key not in position}
+    sessions = directory.read_status().get("sessions")
+    sessions = [*(sessions if isinstance(sessions, list) else []), {"steps": trained_steps, **measured}]
+    directory.update_status(**position, sessions=sessions, **(measured if trained_steps else {}))
 
 
 def _record_phases(directory: RunDir, phases: Phases, *, trained: bool) -> None:

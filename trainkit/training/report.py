@@ -16,9 +16,6 @@ from typing import Any
 
 from trainkit.files import open_for_append
 
-#: Set by the CLI when the process starts, to report the time to the first step.
-PROCESS_STARTED: float | None = None
-
 
 class MetricsLog:
     """Each log event into ``metrics.jsonl`` and TensorBoard (the console is a sink's job)."""
@@ -26,9 +23,13 @@ class MetricsLog:
     def __init__(self, run_dir, *, start_step: int = 0):
         self.run_dir = run_dir
         self._writers = {split: ScalarWriter(run_dir.tensorboard / split) for split in ("train", "validation")}
-        self._last_time = time.perf_counter()
-        self._last_step = start_step
+        self.count_rate_from(start_step)
         self._events = open_for_append(run_dir.metrics_log)  # one line, one write
+
+    def count_rate_from(self, step: int) -> None:
+        """Measure :meth:`steps_per_second` from ``step``, now (where training starts or resumes)."""
+        self._last_time = time.perf_counter()
+        self._last_step = step
 
     def steps_per_second(self, step: int) -> float:
         now = time.perf_counter()

@@ -45,6 +45,10 @@ def stopped_by(signum: int, checkpoint: str | None, step: int | None) -> Trainin
 
 
 class Diverged(TrainkitError):
-    """The training loss or the model's weights became NaN or infinite."""
+    """The training loss or the model's weights became NaN or infinite (by ``step``)."""
 
     exit_code = 3
+
+    def __init__(self, message: str, *, step: int | None = None):
+        super().__init__(message)
+        self.step = step

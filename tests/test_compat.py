@@ -1,0 +1,108 @@
+"""Each shim of ``trainkit/compat.py`` still works on the installed TensorFlow and Keras.
+
+Checked on TensorFlow 2.21 and Keras 3.15 (``compat.CHECKED_ON``). A failure
+here after an upgrade names the private API that moved: fix that shim, and
+only that module.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from conftest import ROOT
+
+from trainkit import compat
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``code`` in a fresh Python with this checkout's trainkit."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_the_checked_versions_are_named_and_the_installed_ones_reported():
+    import keras
+    import tensorflow as tf
+
+    assert compat.CHECKED_ON == {"tensorflow": "2.21", "keras": "3.15"}
+    installed = {"tensorflow": tf.__version__, "keras": keras.__version__}
+    print(f"compat shims checked on {compat.CHECKED_ON}; installed: {installed}")
+
+
+def test_op_determinism_can_be_read_and_switched_off_again():
+    code = """
+        import tensorflow as tf
+        from trainkit import compat
+        assert compat.op_determinism_enabled() is False
+        tf.config.experimental.enable_op_determinism()
+        assert compat.op_determinism_enabled() is True
+        compat.disable_op_determinism()
+        assert compat.op_determinism_enabled() is False
+        print("ok")
+    """
+    # In a child: op determinism is process-wide, and forbids tf.timestamp in later tests.
+    result = run_python(code)
+    assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_random_seed_state_round_trips():
+    import keras
+    import tensorflow as tf
+
+    before = compat.random_seed_state()
+    try:
+        keras.utils.set_random_seed(1234)
+        seeded = compat.random_seed_state()
+        assert seeded[0] == 1234 and seeded[1] == 1234  # TensorFlow's and Keras's global seeds
+        first = keras.random.uniform((3,), seed=keras.random.SeedGenerator(7))
+        compat.restore_random_seed_state(before)
+        compat.restore_random_seed_state(seeded)
+        again = keras.random.uniform((3,), seed=keras.random.SeedGenerator(7))
+        assert tf.reduce_all(first == again)
+    finally:
+        compat.restore_random_seed_state(before)
+    assert compat.random_seed_state()[:2] == before[:2]
+
+
+def test_a_function_is_frozen_with_its_variables_as_constants():
+    import tensorflow as tf
+
+    weight = tf.Variable([2.0, 3.0])
+    function = tf.function(lambda x: x * weight, input_signature=[tf.TensorSpec([2], tf.float32)])
+    frozen = compat.freeze_function(function.get_concrete_function())
+    ops = {op.type for op in frozen.graph.get_operations()}
+    assert "ReadVariableOp" not in ops and "Const" in ops
+    assert frozen(tf.constant([1.0, 1.0]))[0].numpy().tolist() == [2.0, 3.0]
+
+
+def test_exit_handlers_run_before_a_hard_exit():
+    code = """
+        import atexit, os
+        from trainkit import compat
+        atexit.register(lambda: print("handler ran", flush=True))
+        compat.run_exit_handlers()
+        os._exit(0)
+    """
+    result = run_python(code)
+    assert result.stdout.strip() == "handler ran", result.stderr
+
+
+@pytest.mark.parametrize(
+    "component, section",
+    [
+        (lambda keras: keras.optimizers.Adam(beta_1="abc"), "optimizer"),
+        (lambda keras: keras.losses.SparseCategoricalCrossentropy(), "loss"),
+        (lambda keras: keras.metrics.Precision(), "metrics"),
+    ],
+)
+def test_a_keras_components_source_file_names_its_recipe_section(component, section):
+    import inspect
+
+    import keras
+
+    assert compat.keras_section_of(inspect.getfile(type(component(keras)))) == section
+    assert compat.keras_section_of("/home/me/my_layers.py") is None

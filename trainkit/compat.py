@@ -1,0 +1,88 @@
+"""The one home of the private TensorFlow, Keras and Python internals trainkit needs.
+
+Each shim below stands in for a public API that does not exist (checked on
+TensorFlow 2.21 and Keras 3.15; ``tests/test_compat.py`` checks each one on the
+installed versions, so an upgrade that moves one fails there, by name).
+Everything else in trainkit uses public APIs only
+(``tests/test_no_private_internals.py`` enforces it).
+
+Imported lazily by its callers: it imports TensorFlow and Keras inside each
+function, so ``import trainkit.compat`` costs nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: The versions these shims were last checked on (``tests/test_compat.py`` names them).
+CHECKED_ON = {"tensorflow": "2.21", "keras": "3.15"}
+
+
+def op_determinism_enabled() -> bool:
+    """Whether TensorFlow's op determinism is on (it has a public setter, no getter)."""
+    try:
+        from tensorflow.python.framework.config import is_op_determinism_enabled
+    except ImportError:
+        return False
+    return bool(is_op_determinism_enabled())
+
+
+def disable_op_determinism() -> None:
+    """Turn TensorFlow's process-wide op determinism off (there is no public switch back)."""
+    from tensorflow.python.framework import config as tf_config
+
+    tf_config.disable_op_determinism()
+
+
+def random_seed_state() -> tuple[Any, Any, Any]:
+    """TensorFlow's global seed and Keras's global seed and seed generator, for
+    :func:`restore_random_seed_state` (no public getter for any of them)."""
+    from keras.src.backend.common import global_state
+    from tensorflow.python.eager import context
+
+    return (
+        context.global_seed(),
+        global_state.get_global_attribute("global_random_seed"),
+        global_state.get_global_attribute("global_seed_generator"),
+    )
+
+
+def restore_random_seed_state(state: tuple[Any, Any, Any]) -> None:
+    """Put back what :func:`random_seed_state` returned."""
+    import tensorflow as tf
+    from keras.src.backend.common import global_state
+
+    tf_seed, keras_seed, keras_generator = state
+    tf.random.set_seed(tf_seed)
+    global_state.set_global_attribute("global_random_seed", keras_seed)
+    global_state.set_global_attribute("global_seed_generator", keras_generator)
+
+
+def freeze_function(concrete_function):
+    """``concrete_function`` with its variables made constants (for ONNX conversion:
+    tf2onnx turns captured variables into graph inputs otherwise)."""
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    return convert_variables_to_constants_v2(concrete_function)
+
+
+def run_exit_handlers() -> None:
+    """Run the ``atexit`` handlers now (before ``os._exit``, which skips them)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+
+
+#: Where Keras keeps each kind of component's source (``keras/src/<part>/...``): a
+#: traceback through one of them names the recipe section whose component failed.
+KERAS_SOURCE_PARTS = (("/optimizers/", "optimizer"), ("/metrics/", "metrics"), ("/losses/", "loss"))
+
+
+def keras_section_of(path: str) -> str | None:
+    """The recipe section (``optimizer``, ``metrics``, ``loss``) whose Keras source
+    file ``path`` is, or None: Keras's source layout, which no API describes."""
+    path = path.replace("\\", "/")
+    for part, section in KERAS_SOURCE_PARTS:
+        if part in path:
+            return section
+    return None
