@@ -218,7 +218,7 @@ def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_ke
 
 def test_validation_sidecar_leaves_validation_to_an_evaluator_task_when_the_cluster_has_one(monkeypatch):
     import trainkit
-    from trainkit.distribute import resolve_validation
+    from trainkit.plan import resolve_validation
     from trainkit.recipe import ValidationPolicy
 
     recipe = trainkit.load_recipe("digits_mlp", configs=["digits_mlp_smoke"], overrides=["trainer.validation=sidecar"])
