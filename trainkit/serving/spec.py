@@ -177,6 +177,17 @@ class _Resize(BaseModel):
     method: str = "bilinear"
 
 
+class _Vectorize(BaseModel):
+    model_config = _Strict
+    type: Literal["vectorize"]
+    standardize: Literal["lower_and_strip_punctuation", "lower", "strip_punctuation", "none"]
+    ngrams: Annotated[int, Field(ge=1, le=5)] | None
+    output_mode: Literal["int", "multi_hot", "tf_idf"]
+    sequence_length: _Dim | None
+    vocabulary: Annotated[list[str], Field(min_length=2)]
+    idf_weights: list[float] | None
+
+
 class _InferenceSpec(BaseModel):
     model_config = _Strict
     recipe: str
@@ -185,7 +196,7 @@ class _InferenceSpec(BaseModel):
     num_classes: Annotated[int, Field(ge=1, le=1 << 20)] | None
     class_names: list[str] | None
     input: _Input
-    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize, Field(discriminator="type")]]
+    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize, Field(discriminator="type")]]
     head: Literal["binary_logits", "binary", "softmax", "probabilities", "identity"]
     outputs: list[str]
     unsupported: str | None = None
