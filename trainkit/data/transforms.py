@@ -237,7 +237,7 @@ def from_step(step: Step, *, kind: str | None = None) -> Transform:
         return layers[key](batch)[0]
 
     def whole(v, seed):
-        if v.dtype != tf.float32:
+        if v.dtype not in (tf.float32, tf.string):
             v = tf.cast(v, tf.float32)
         key = ("batch", *v.shape[1:])
         if key not in layers:
