@@ -642,9 +642,12 @@ def _child(annotation: Any, part: Any) -> Any:
 def _union_member(annotation: Any, tag: Any) -> Any:
     for arg in _flatten(annotation):
         model = arg if isinstance(arg, type) and issubclass(arg, BaseModel) else None
-        if model and "type" in model.model_fields and model.model_fields["type"].default == tag:
-            if len([a for a in _flatten(annotation) if isinstance(a, type)]) > 1:
-                return model
+        # A tagged union names its member by the ``type`` value; a plain one by the class name.
+        named = model is not None and (
+            ("type" in model.model_fields and model.model_fields["type"].default == tag) or model.__name__ == tag
+        )
+        if named and len(_flatten(annotation)) > 1:
+            return model
     return None
 
 

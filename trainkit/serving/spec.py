@@ -144,12 +144,26 @@ class _Input(BaseModel):
         return value
 
 
+def _numbers(value: Any, depth: int = 0) -> Any:
+    """Numbers nested as lists (one statistic per value of a feature of any rank)."""
+    if isinstance(value, list) and depth < 8:
+        return [_numbers(item, depth + 1) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return value
+    raise ValueError("expected numbers, in lists nested at most 8 deep")
+
+
 class _Normalize(BaseModel):
     model_config = _Strict
     type: Literal["normalize"]
-    mean: list[float]
-    std: list[float]
+    mean: list[Any]
+    std: list[Any]
     per: Literal["element", "channel"]
+
+    @field_validator("mean", "std")
+    @classmethod
+    def _nested_numbers(cls, value: list[Any]) -> list[Any]:
+        return _numbers(value)
 
 
 class _Rescale(BaseModel):

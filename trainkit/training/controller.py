@@ -51,6 +51,7 @@ from trainkit import teardown
 from trainkit.distribution.cluster import is_parameter_server
 from trainkit.distribution.consensus import Consensus
 from trainkit.errors import TrainkitError
+from trainkit.optim import base_optimizer
 from trainkit.recipe import ValidationPolicy
 from trainkit.signals import SignalRecorder
 from trainkit.training import input_wait
@@ -494,8 +495,9 @@ class Controller:
 
 
 def _schedule_of(optimizer) -> keras.optimizers.schedules.LearningRateSchedule | None:
-    """The learning-rate schedule an optimizer was made with (None: a rate)."""
-    rate = optimizer.get_config().get("learning_rate")
+    """The learning-rate schedule an optimizer was made with (None: a rate); that of the
+    base group of a grouped optimizer, inside any loss scaling."""
+    rate = base_optimizer(optimizer).get_config().get("learning_rate")
     return keras.optimizers.schedules.deserialize(rate) if isinstance(rate, dict) else None
 
 
