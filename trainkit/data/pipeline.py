@@ -214,7 +214,9 @@ class PreparedData:
     def write_fitted(self, directory: str | os.PathLike) -> None:
         """Write what was fitted on the training split and a resumed run reuses
         (``data.text``'s vocabulary) into the run directory."""
-        if self.text_step is not None:
+        if self.text_step is not None and self.text_step["type"] != "vectorize":
+            text.write_tokenizer_file(Path(directory), self.text_step)
+        elif self.text_step is not None:
             text.write_vocabulary(Path(directory), self.text_step)
 
     def use_cache_dir(self, directory: str | os.PathLike) -> None:
@@ -778,6 +780,8 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
         raise ConfigError(f"data.text: the features are {what}, not one text per example; data.text applies to string features")
     if section.scale != "none":
         raise ConfigError("data.scale: the features are text; scaling is for numbers (data.text turns text into numbers)")
+    if section.text.type != "vectorize":  # (a tokenizer from a file: nothing to fit)
+        return text.tokenizer_step(section.text, run_dir)
     fitted = text.read_vocabulary(run_dir, section.text)
     if fitted is None:
         fitted = text.fit_vocabulary(section.text, _training_features(section, splits, transforms.chain([]), seed))
