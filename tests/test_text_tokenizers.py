@@ -115,35 +115,47 @@ def test_a_bad_tokenizer_file_stops_a_run_before_anything_is_written(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_wordpiece_run_exports_raw_strings_and_survives_its_vocabulary_file(tmp_path):
+@pytest.mark.parametrize("kind", ["wordpiece", "sentencepiece"])
+def test_a_tokenizer_run_exports_raw_strings_and_survives_its_file(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)  # (recipe paths are relative to the working directory)
     recipe_path = recipe_file(tmp_path)
-    vocabulary = write_wordpiece_vocabulary(tmp_path / "vocab.txt")
+    if kind == "wordpiece":
+        file, size = "vocab.txt", len(write_wordpiece_vocabulary(tmp_path / "vocab.txt"))
+        tokenizer = {"type": "wordpiece", "vocabulary": file, "sequence_length": 12}
+    else:
+        write_sentencepiece_model(tmp_path / "sp.model")
+        file, size = "sp.model", 100  # (the embedding's input size: at least the model's ~60 pieces)
+        tokenizer = {"type": "sentencepiece", "proto": file, "sequence_length": 24}
     recipe = json.loads(recipe_path.read_text())
-    recipe["data"]["text"] = {"type": "wordpiece", "vocabulary": "vocab.txt", "sequence_length": 12}
-    recipe["model"]["layers"][0]["input_dim"] = len(vocabulary)
+    recipe["data"]["text"] = tokenizer
+    recipe["model"]["layers"][0]["input_dim"] = size
     recipe_path.write_text(json.dumps(recipe))
-    result = run_cli("train", "reviews.yaml", "--run-dir", "run", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    recipe = trainkit.load_recipe(str(recipe_path))
     run_dir = tmp_path / "run"
-    assert (run_dir / "vocabulary.txt").read_text().split("\n")[:-1] == vocabulary
+    run = trainkit.train(recipe, run_dir=run_dir)
+    kept = run_dir / ("vocabulary.txt" if kind == "wordpiece" else "sentencepiece.model")
+    assert kept.read_bytes() == (tmp_path / file).read_bytes()
     step = json.loads((run_dir / "inference.json").read_text())["preprocessing"][0]
-    assert step["type"] == "wordpiece" and step["vocabulary"] == vocabulary
+    assert step["type"] == kind
 
-    # The exports take raw sentences and agree with the trained model, in a process without trainkit.
-    sentences = ["Great superb good film", "Awful boring bad plot", "an unseen zebra"]
-    expected = trainkit.predict(run_dir, sentences).probabilities
-    (tmp_path / "sentences.json").write_text(json.dumps(sentences))
+    # The exports take the raw test sentences and agree with the trained model on trainkit's
+    # token ids, in a process without trainkit.
+    raw = np.concatenate([x.numpy() for x, _ in trainkit.dataset(recipe, "test", raw=True)])
+    ids = np.concatenate([x.numpy() for x, _ in trainkit.dataset(recipe, "test")])
+    assert ids.dtype == np.int32
+    logits = run.model.predict(ids, verbose=0)
+    expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    (tmp_path / "sentences.json").write_text(json.dumps([t.decode() for t in raw]))
     done = subprocess.run(
         [sys.executable, "-c", _SERVE, str(run_dir), str(tmp_path / "sentences.json"), str(tmp_path / "out.npz")],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     outputs = np.load(tmp_path / "out.npz")
-    logits = outputs["keras"]
-    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True), expected, atol=1e-5)
-    np.testing.assert_allclose(outputs["saved_model"], expected, atol=1e-5)
+    for name in ("keras", "saved_model"):
+        np.testing.assert_allclose(outputs[name], expected, atol=1e-5, rtol=1e-6, err_msg=name)
 
-    # The vocabulary file gone, the run continues from its own copy.
-    (tmp_path / "vocab.txt").unlink()
+    # The tokenizer's file gone, the run continues from its own copy.
+    (tmp_path / file).unlink()
     again = run_cli("train", "reviews.yaml", "trainer.epochs=4", "--run-dir", "run", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
