@@ -159,3 +159,13 @@ def test_a_tokenizer_run_exports_raw_strings_and_survives_its_file(tmp_path, mon
     (tmp_path / file).unlink()
     again = run_cli("train", "reviews.yaml", "trainer.epochs=4", "--run-dir", "run", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
+
+
+def test_trainkit_data_statistics_know_the_file_tokenizers(tmp_path):
+    from trainkit.data import text
+
+    write_wordpiece_vocabulary(tmp_path / "vocab.txt")
+    data = prepare(tokenized(tmp_path, {"type": "wordpiece", "vocabulary": str(tmp_path / "vocab.txt"), "sequence_length": 4}), seed=0)
+    shown = text.statistics(data.text_step, np.array(["good", "zzzz " + " ".join(["good film was bad"] * 3)], dtype=object))
+    assert shown["vocabulary_size"] == data.info.vocab_size and shown["examples"] == 2
+    assert shown["cut_by_sequence_length"] == 0.5 and 0 < shown["out_of_vocabulary_rate"] < 0.5

@@ -131,6 +131,8 @@ def statistics(step: dict[str, Any], texts: np.ndarray) -> dict[str, Any]:
         whole = (wordpiece_layer if step["type"] == "wordpiece" else sentencepiece_layer)({**step, "sequence_length": None}, 1, "statistics")
         unknown_id = step["vocabulary"].index("[UNK]") if step["type"] == "wordpiece" else _unknown_piece_id(whole)
     ids = whole(tf.constant(np.asarray(texts, dtype=object))) if len(texts) else np.zeros((0, 0), np.int64)
+    if isinstance(ids, list):  # (KerasHub gives ragged ids eagerly as lists)
+        ids = tf.ragged.constant(ids, dtype=tf.int64) if ids else np.zeros((0, 0), np.int64)
     ids = ids.to_tensor().numpy() if isinstance(ids, tf.RaggedTensor) else np.asarray(ids)
     lengths = [int(n) for n in np.count_nonzero(ids, axis=-1)]  # (0 is padding)
     tokens, unknown = sum(lengths), int(np.sum(ids == unknown_id))
