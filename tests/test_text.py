@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import random
 import subprocess
 import sys
@@ -213,6 +214,14 @@ def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
     bad = run_cli("predict", str(tmp_path / "run"), str(tmp_path / "bad.csv"), "--output", str(tmp_path / "q.csv"), cwd=tmp_path)
     assert bad.returncode == 2 and "no column 'review'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "q.csv").exists()
+    # Text inputs are read as bounded UTF-8 lines from regular files, as numeric ones are.
+    (tmp_path / "latin1.csv").write_bytes("review\ncaf\xe9 cr\xe8me\n".encode("latin-1"))
+    (tmp_path / "nested.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    os.mkfifo(tmp_path / "fifo.csv")
+    for bad_input, message in (("latin1.csv", "not UTF-8 text"), ("nested.jsonl", "nested too deeply"), ("fifo.csv", "not a regular file")):
+        bad = run_cli("predict", str(tmp_path / "run"), str(tmp_path / bad_input), "--output", str(tmp_path / "q.csv"), cwd=tmp_path, timeout=120)
+        assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        assert not (tmp_path / "q.csv").exists()
 
     # LiteRT and ONNX refuse string inputs in one line.
     refused = run_cli("export", str(tmp_path / "run"), "--format", "onnx", cwd=tmp_path)

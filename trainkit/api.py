@@ -71,16 +71,9 @@ def train(
     started = process_started or time.time()
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
-    if is_evaluator_task():
-        # The cluster's evaluator task evaluates the workers' checkpoints as they come.
-        from trainkit.sidecar import EVALUATOR_POLL_SECONDS, watch
-
-        target = Path(run_dir or default_run_dir(recipe))
-        watch(target, until_finished=True, every_seconds=EVALUATOR_POLL_SECONDS, wait_for_run=True, ended_after=started)
-        return Run(recipe, target, served_only=True)
-    if serve_if_server_task(recipe.runtime):
-        # A parameter-server cluster's worker or ps task: it served the chief, which trained.
-        return Run(recipe, Path(run_dir or default_run_dir(recipe)), served_only=True)
+    served = _serve_if_not_a_trainer(recipe, Path(run_dir or default_run_dir(recipe)), started)
+    if served is not None:
+        return served
     from trainkit.runtime import preserved_process_state
     from trainkit.serving.export import export_trained, record_inputs
     from trainkit.training.lifecycle import train_run
@@ -108,6 +101,20 @@ def train(
     built = trained.built
     # The history of every epoch the run has trained, not only this call's (a resumed run).
     return Run(recipe, trained.run_dir, built.model, read_history(trained.run_dir), trained.metrics, built)
+
+
+def _serve_if_not_a_trainer(recipe: Recipe, target: Path, started: float) -> Run | None:
+    """The run as this task of a cluster saw it, where the task does not train: the
+    evaluator task evaluates the workers' checkpoints as they come, and a parameter-server
+    cluster's worker or ps task serves the chief, which trains. None: this task trains."""
+    if is_evaluator_task():
+        from trainkit.sidecar import EVALUATOR_POLL_SECONDS, watch
+
+        watch(target, until_finished=True, every_seconds=EVALUATOR_POLL_SECONDS, wait_for_run=True, ended_after=started)
+        return Run(recipe, target, served_only=True)
+    if serve_if_server_task(recipe.runtime):
+        return Run(recipe, target, served_only=True)
+    return None
 
 
 def _init_line(report: dict) -> str:

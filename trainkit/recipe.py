@@ -548,7 +548,32 @@ class VectorizeText(Section):
         return self
 
 
-TextSection = Annotated[VectorizeText, Field(discriminator="type")]
+class WordPieceText(Section):
+    """KerasHub's ``WordPieceTokenizer`` on a vocabulary file (one token per line, as
+    ``keras_hub.tokenizers.compute_word_piece_vocabulary`` gives), ``[PAD]`` first (id 0,
+    padding) and ``[UNK]`` in it. The file's content is kept in the run directory."""
+
+    type: Literal["wordpiece"] = "wordpiece"
+    vocabulary: str
+    """The vocabulary file (a path)."""
+    sequence_length: PositiveInt = 200
+    """Token ids per example: longer texts are cut, shorter ones padded with 0."""
+    lowercase: StrictBool = True
+
+
+class SentencePieceText(Section):
+    """KerasHub's ``SentencePieceTokenizer`` on a trained SentencePiece model file
+    (``.model``, a serialized proto). Id 0 is padding (train it with ``pad_id=0``).
+    The file's content is kept in the run directory."""
+
+    type: Literal["sentencepiece"] = "sentencepiece"
+    proto: str
+    """The SentencePiece model file (a path)."""
+    sequence_length: PositiveInt = 200
+    """Token ids per example: longer texts are cut, shorter ones padded with 0."""
+
+
+TextSection = Annotated[VectorizeText | WordPieceText | SentencePieceText, Field(discriminator="type")]
 
 
 class SplitFractions(Section):
@@ -592,8 +617,9 @@ class DataSection(Section, _OmitsUnusedFields):
     """Feature scaling of in-memory sources, fitted on the training split only
     (for any source: the ``normalize`` transform)."""
     text: TextSection | None = None
-    """How string features become numbers (``{type: vectorize, ...}``), fitted on the
-    training split and part of the exported model; ``none`` (default): no tokenizer."""
+    """How string features become numbers (``{type: vectorize, ...}``, fitted on the
+    training split; ``wordpiece`` or ``sentencepiece`` from a file), part of the exported
+    model; ``none`` (default): no tokenizer."""
     feature_shape: list[PositiveInt] | None = None
     """Reshape each example's features, e.g. ``[8, 8, 1]`` for the 8x8 digits."""
     transforms: list[Transform] = Field(default_factory=list)

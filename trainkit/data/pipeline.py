@@ -214,7 +214,9 @@ class PreparedData:
     def write_fitted(self, directory: str | os.PathLike) -> None:
         """Write what was fitted on the training split and a resumed run reuses
         (``data.text``'s vocabulary) into the run directory."""
-        if self.text_step is not None:
+        if self.text_step is not None and self.text_step["type"] != "vectorize":
+            text.write_tokenizer_file(Path(directory), self.text_step)
+        elif self.text_step is not None:
             text.write_vocabulary(Path(directory), self.text_step)
 
     def use_cache_dir(self, directory: str | os.PathLike) -> None:
@@ -778,6 +780,8 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
         raise ConfigError(f"data.text: the features are {what}, not one text per example; data.text applies to string features")
     if section.scale != "none":
         raise ConfigError("data.scale: the features are text; scaling is for numbers (data.text turns text into numbers)")
+    if section.text.type != "vectorize":  # (a tokenizer from a file: nothing to fit)
+        return text.tokenizer_step(section.text, run_dir)
     fitted = text.read_vocabulary(run_dir, section.text)
     if fitted is None:
         fitted = text.fit_vocabulary(section.text, _training_features(section, splits, transforms.chain([]), seed))
@@ -962,6 +966,33 @@ def _shape(spec) -> tuple:
     return tuple(spec.shape.as_list()) if spec.shape.rank is not None else None
 
 
+def _check_splits_match(data: PreparedData, spec_of, train_spec) -> None:
+    """The model sees training examples (after augment) and evaluation examples (after
+    eval_transforms) of every split, the training split included: their specs must agree."""
+    x_spec, y_spec = train_spec
+    section = data.section
+    for split in [*(s for s in data.splits if s != "train"), "train"]:
+        other = spec_of(split, False)
+        if _compatible((x_spec, y_spec), other):
+            continue
+        if section.augment or section.eval_transforms:
+
+            def after(*groups: str) -> str:
+                named = [f"data.{g}" for g in groups if getattr(section, g)]
+                return f"after {', '.join(named)}" if named else "untransformed"
+
+            raise ConfigError(
+                f"data.eval_transforms: evaluation examples of split '{split}' are {_spec_text(other)} "
+                f"({after('transforms', 'eval_transforms')}), but training examples are {_spec_text((x_spec, y_spec))} "
+                f"({after('transforms', 'augment')}); they must have the same shapes and dtypes: end "
+                "data.eval_transforms where data.augment ends (e.g. a center_crop or resize to the size a random_crop gives)"
+            )
+        raise ConfigError(
+            f"data: evaluation examples of split '{split}' are {_spec_text(other)}, but training examples are "
+            f"{_spec_text((x_spec, y_spec))}; they must have the same shapes and dtypes (check data.transforms and the source)"
+        )
+
+
 def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> DataInfo:
     import tensorflow as tf
 
@@ -992,36 +1023,14 @@ def _describe(data: PreparedData, label_info: dict, loaded: sources.Loaded) -> D
                 f"data: the training {key} have no fixed shape ({shape}); add a resize transform "
                 "(or set image_size) so that examples can be batched"
             )
-    # The model sees training examples (after augment) and evaluation examples
-    # (after eval_transforms) of every split, the training split included.
-    section = data.section
-    for split in [*(s for s in data.splits if s != "train"), "train"]:
-        other = spec_of(split, False)
-        if _compatible((x_spec, y_spec), other):
-            continue
-        if section.augment or section.eval_transforms:
-
-            def after(*groups: str) -> str:
-                named = [f"data.{g}" for g in groups if getattr(section, g)]
-                return f"after {', '.join(named)}" if named else "untransformed"
-
-            raise ConfigError(
-                f"data.eval_transforms: evaluation examples of split '{split}' are {_spec_text(other)} "
-                f"({after('transforms', 'eval_transforms')}), but training examples are {_spec_text((x_spec, y_spec))} "
-                f"({after('transforms', 'augment')}); they must have the same shapes and dtypes: end "
-                "data.eval_transforms where data.augment ends (e.g. a center_crop or resize to the size a random_crop gives)"
-            )
-        raise ConfigError(
-            f"data: evaluation examples of split '{split}' are {_spec_text(other)}, but training examples are "
-            f"{_spec_text((x_spec, y_spec))}; they must have the same shapes and dtypes (check data.transforms and the source)"
-        )
+    _check_splits_match(data, spec_of, (x_spec, y_spec))
     return DataInfo(
         feature_shape=feature_shape,
         task=label_info["task"],
         num_classes=label_info["num_classes"],
         target_shape=_shape(y_spec) or (),
         sizes={k: s.size for k, s in data._splits.items()},
-        class_names=_class_names(section, label_info, loaded),
+        class_names=_class_names(data.section, label_info, loaded),
         feature_names=loaded.feature_names,
         skipped=tuple(loaded.skipped),
         vocab_size=text.vocabulary_size(data.text_step) if data.text_step else None,

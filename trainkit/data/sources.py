@@ -589,18 +589,7 @@ def load_tfds(source: TfdsSource) -> Loaded:
             f"data.source: TFDS dataset '{source.name}' has no supervised keys; set data.source.features "
             f"and data.source.label (its features: {', '.join(info.features.keys())})"
         )
-    if source.features is not None:
-        keys = [source.features] if isinstance(source.features, str) else list(source.features)
-        for key in [*keys, source.label]:
-            if key not in info.features:
-                raise ConfigError(
-                    f"data.source: TFDS dataset '{source.name}' has no feature '{key}'; "
-                    f"{did_you_mean(key, info.features.keys())}"
-                )
-        label_key = source.label
-    else:
-        keys, label_key = None, info.supervised_keys[1] if info.supervised_keys else None
-
+    keys, label_key = _tfds_keys(source, info)
     splits = {}
     for split, expression in source.splits.items():
         try:
@@ -631,6 +620,20 @@ def load_tfds(source: TfdsSource) -> Loaded:
         class_names=list(info.features[label_key].names) if num_classes else None,
         label_kind="class" if num_classes else None,
     )
+
+
+def _tfds_keys(source: TfdsSource, info: Any) -> tuple[list[str] | None, str | None]:
+    """The feature keys the recipe names (None: the supervised pair) and the label's key."""
+    if source.features is None:
+        return None, info.supervised_keys[1] if info.supervised_keys else None
+    keys = [source.features] if isinstance(source.features, str) else list(source.features)
+    for key in [*keys, source.label]:
+        if key not in info.features:
+            raise ConfigError(
+                f"data.source: TFDS dataset '{source.name}' has no feature '{key}'; "
+                f"{did_you_mean(key, info.features.keys())}"
+            )
+    return keys, source.label
 
 
 def _tfds_stream(builder: Any, expression: str, keys: list[str] | None) -> Callable:

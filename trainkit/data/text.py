@@ -90,7 +90,7 @@ def vectorize_layer(step: dict[str, Any], rank: int, name: str):
 
 
 def vocabulary_size(step: dict[str, Any]) -> int:
-    return len(step["vocabulary"])
+    return step.get("vocabulary_size") or len(step["vocabulary"])
 
 
 # ---------------------------------------------------------------- run directory
@@ -124,10 +124,18 @@ def statistics(step: dict[str, Any], texts: np.ndarray) -> dict[str, Any]:
     ``sequence_length``."""
     import tensorflow as tf
 
-    whole = vectorize_layer({**step, "output_mode": "int", "sequence_length": None, "idf_weights": None}, 1, "statistics")
-    ids = whole(tf.constant(np.asarray(texts, dtype=object))).numpy() if len(texts) else np.zeros((0, 0), np.int64)
+    if step["type"] == "vectorize":
+        whole = vectorize_layer({**step, "output_mode": "int", "sequence_length": None, "idf_weights": None}, 1, "statistics")
+        unknown_id = 1  # [UNK]
+    else:
+        whole = (wordpiece_layer if step["type"] == "wordpiece" else sentencepiece_layer)({**step, "sequence_length": None}, 1, "statistics")
+        unknown_id = step["vocabulary"].index("[UNK]") if step["type"] == "wordpiece" else _unknown_piece_id(whole)
+    ids = whole(tf.constant(np.asarray(texts, dtype=object))) if len(texts) else np.zeros((0, 0), np.int64)
+    if isinstance(ids, list):  # (KerasHub gives ragged ids eagerly as lists)
+        ids = tf.ragged.constant(ids, dtype=tf.int64) if ids else np.zeros((0, 0), np.int64)
+    ids = ids.to_tensor().numpy() if isinstance(ids, tf.RaggedTensor) else np.asarray(ids)
     lengths = [int(n) for n in np.count_nonzero(ids, axis=-1)]  # (0 is padding)
-    tokens, unknown = sum(lengths), int(np.sum(ids == 1))  # (1 is [UNK])
+    tokens, unknown = sum(lengths), int(np.sum(ids == unknown_id))
     length = step["sequence_length"]
     return {
         "vocabulary_size": vocabulary_size(step),
@@ -135,3 +143,115 @@ def statistics(step: dict[str, Any], texts: np.ndarray) -> dict[str, Any]:
         "cut_by_sequence_length": (sum(n > length for n in lengths) / len(lengths)) if length and lengths else 0.0,
         "examples": len(lengths),
     }
+
+
+# ---------------------------------------------------- wordpiece and sentencepiece
+#
+# Tokenizers made from a file, not fitted: the file's content becomes the step (the
+# wordpiece vocabulary, the sentencepiece proto in base64), so the tf.data pipeline and
+# the exported model use one KerasHub layer, and a copy in the run directory
+# (:data:`TOKENIZER_FILES`) is what a resumed run reads, whatever became of the file.
+
+#: The copy of a tokenizer's file in the run directory, by ``data.text.type``.
+TOKENIZER_FILES = {"wordpiece": VOCABULARY_FILE, "sentencepiece": "sentencepiece.model"}
+WORDPIECE_SPECIAL = ("[PAD]", "[UNK]")
+_TOKENIZER_FILE_LIMIT = 64 << 20  # (BERT's vocabulary is ~230 KiB, big sentencepiece models a few MiB)
+
+
+def _tokenizer_file(spec: Any, run_dir: Path | None) -> tuple[bytes, str]:
+    """The bytes of the tokenizer's file (the run directory's copy where a run has one)
+    and where they came from, for error messages."""
+    from trainkit.files import read_regular
+
+    kept = Path(run_dir) / TOKENIZER_FILES[spec.type] if run_dir is not None else None
+    if kept is not None and kept.is_file():
+        path, where = kept, str(kept)
+    else:
+        name = "vocabulary" if spec.type == "wordpiece" else "proto"
+        path, where = Path(spec.vocabulary if spec.type == "wordpiece" else spec.proto), f"{FIELD}.{name}: {spec.vocabulary if spec.type == 'wordpiece' else spec.proto}"
+    try:
+        return read_regular(path, _TOKENIZER_FILE_LIMIT), where
+    except FileNotFoundError:
+        raise ConfigError(f"{where}: no such file") from None
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{where}: cannot be read ({err})") from None
+
+
+def wordpiece_vocabulary(data: bytes, where: str) -> list[str]:
+    """The tokens of a wordpiece vocabulary file; refused unless it is UTF-8 text, one
+    token per line, ``[PAD]`` first (id 0 is padding) and ``[UNK]`` in it, with words besides."""
+    if b"\0" in data:
+        raise ConfigError(f"{where}: holds NUL bytes; expected a wordpiece vocabulary, one token per line (is it a binary file?)")
+    try:
+        vocabulary = data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{where}: not UTF-8 text (byte {data[err.start]:#04x}); expected one token per line") from None
+    if len(vocabulary) <= len(WORDPIECE_SPECIAL) or vocabulary[0] != "[PAD]" or "[UNK]" not in vocabulary:
+        raise ConfigError(
+            f"{where}: the vocabulary has {len(vocabulary)} token(s); it must start with [PAD] (id 0, padding), "
+            "hold [UNK] and at least one word besides"
+        )
+    return vocabulary
+
+
+def _sentencepiece_size(proto: bytes, where: str) -> int:
+    """The vocabulary size of a sentencepiece model; a file that is not one is refused."""
+    try:
+        size = int(sentencepiece_layer({"proto": proto, "sequence_length": None}, 1, "check").vocabulary_size())
+    except Exception:  # (TensorFlow's InternalError, or the proto library's own)
+        raise ConfigError(f"{where}: not a SentencePiece model (a serialized model proto, the .model file its trainer writes)") from None
+    if size < 2:
+        raise ConfigError(f"{where}: the model has {size} piece(s); it needs padding (id 0) and at least one piece besides")
+    return size
+
+
+def tokenizer_step(spec: Any, run_dir: Path | None) -> dict[str, Any]:
+    """The preprocessing step of ``wordpiece`` or ``sentencepiece``: the file's content and settings."""
+    import base64
+
+    data, where = _tokenizer_file(spec, run_dir)
+    step: dict[str, Any] = {"type": spec.type, "field": FIELD, "sequence_length": spec.sequence_length}
+    if spec.type == "wordpiece":
+        vocabulary = wordpiece_vocabulary(data, where)
+        return {**step, "lowercase": spec.lowercase, "vocabulary": vocabulary, "vocabulary_size": len(vocabulary)}
+    return {**step, "proto": base64.b64encode(data).decode("ascii"), "vocabulary_size": _sentencepiece_size(data, where)}
+
+
+def wordpiece_layer(step: dict[str, Any], rank: int, name: str):
+    """KerasHub's ``WordPieceTokenizer``: int32 ids, padded with 0 (``[PAD]``) to ``sequence_length``."""
+    import keras_hub
+
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=list(step["vocabulary"]), sequence_length=step["sequence_length"], lowercase=step["lowercase"],
+        oov_token="[UNK]", dtype="int32", name=name,
+    )
+
+
+def sentencepiece_layer(step: dict[str, Any], rank: int, name: str):
+    """KerasHub's ``SentencePieceTokenizer``: int32 ids, padded with 0 to ``sequence_length``."""
+    import base64
+
+    import keras_hub
+
+    proto = step["proto"] if isinstance(step["proto"], bytes) else base64.b64decode(step["proto"])
+    return keras_hub.tokenizers.SentencePieceTokenizer(proto=proto, sequence_length=step["sequence_length"], dtype="int32", name=name)
+
+
+def write_tokenizer_file(directory: Path, step: dict[str, Any]) -> None:
+    """The run directory's copy of a tokenizer's file (what a resumed run reads)."""
+    import base64
+
+    from trainkit.files import write_bytes_atomic, write_text_atomic
+
+    if step["type"] == "wordpiece":
+        write_text_atomic(Path(directory) / VOCABULARY_FILE, "".join(f"{token}\n" for token in step["vocabulary"]))
+    else:
+        write_bytes_atomic(Path(directory) / TOKENIZER_FILES["sentencepiece"], base64.b64decode(step["proto"]))
+
+
+def _unknown_piece_id(layer: Any) -> int:
+    """A sentencepiece model's out-of-vocabulary id (-1 where it names none)."""
+    try:
+        return int(layer.token_to_id("<unk>"))
+    except Exception:  # (a model whose unknown piece is named otherwise)
+        return -1

@@ -137,6 +137,8 @@ LAYERS: dict[str, Callable[[Step, int, str], Any]] = {
     "resize": _resizing,
     "center_crop": _center_crop,
     "vectorize": text.vectorize_layer,
+    "wordpiece": text.wordpiece_layer,  # (KerasHub layers: model.keras loads where keras_hub is installed)
+    "sentencepiece": text.sentencepiece_layer,
 }
 
 

@@ -243,13 +243,15 @@ def read_texts(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
     if isinstance(inputs, str | os.PathLike):  # (texts themselves come as a list)
         path = Path(inputs)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+            files = sorted(p for p in path.rglob("*.txt") if p.is_file() and not p.is_symlink())
             if not files:
                 raise ConfigError(f"{path}: no .txt files; expected a folder of text files, one example each")
             return [str(f.relative_to(path)) for f in files], np.array([_text_of(f) for f in files], dtype=object)
-        if not path.is_file():
+        if not path.exists():
             raise ConfigError(f"{path}: no such file or folder (give a CSV or JSON lines file with the text, a .txt file or a folder of .txt files)")
         suffix = path.suffix.lower()
+        if suffix != ".txt":
+            suffix = _kind_of(path)  # a regular file of a bounded size, or one line saying why not
         if suffix == ".txt":
             return [path.name], np.array([_text_of(path)], dtype=object)
         if suffix == ".csv":
@@ -265,15 +267,18 @@ def read_texts(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
 
 
 def _text_of(file: Path) -> str:
-    try:
-        return file.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{file}: not valid utf-8 text (byte {err.start})") from None
+    """One example's text: a regular file, UTF-8, read line by line with each line bounded."""
+    if not file.is_file():
+        raise ConfigError(f"{file}: not a regular file (a FIFO, socket or device); give a .txt file")
+    return "".join(text for _, text in _text_lines(file))
 
 
 def _text_column_of_csv(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = [row for row in csv.reader(f) if row and any(cell.strip() for cell in row)]
+    reader = csv.reader(text for _, text in _text_lines(path))
+    try:
+        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+    except csv.Error as err:
+        raise ConfigError(f"{path}, line {reader.line_num}: not CSV ({err})") from None
     if not rows:
         raise ConfigError(f"{path}: empty; expected a header row and one text per row")
     header = [cell.strip() for cell in rows[0]]
@@ -295,13 +300,15 @@ def _text_column_of_csv(path: Path, column: str | None) -> tuple[list[str], np.n
 
 def _texts_of_json_lines(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
     names, texts = [], []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in _text_lines(path):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path}, line {number}: not JSON ({err.msg})") from None
+        except RecursionError:
+            raise ConfigError(f"{path}, line {number}: nested too deeply; expected a text or an object with it") from None
         if isinstance(value, dict):
             key = column if column in value else "features" if "features" in value else None
             if key is None:

@@ -202,6 +202,24 @@ class _Vectorize(BaseModel):
     idf_weights: list[float] | None
 
 
+class _WordPiece(BaseModel):
+    model_config = _Strict
+    type: Literal["wordpiece"]
+    sequence_length: _Dim
+    lowercase: bool
+    vocabulary: Annotated[list[str], Field(min_length=3)]
+    vocabulary_size: Annotated[int, Field(ge=3)]
+
+
+class _SentencePiece(BaseModel):
+    model_config = _Strict
+    type: Literal["sentencepiece"]
+    sequence_length: _Dim
+    proto: str
+    """The model file's bytes in base64."""
+    vocabulary_size: Annotated[int, Field(ge=2)]
+
+
 class _InferenceSpec(BaseModel):
     model_config = _Strict
     recipe: str
@@ -210,7 +228,7 @@ class _InferenceSpec(BaseModel):
     num_classes: Annotated[int, Field(ge=1, le=1 << 20)] | None
     class_names: list[str] | None
     input: _Input
-    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize, Field(discriminator="type")]]
+    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize | _WordPiece | _SentencePiece, Field(discriminator="type")]]
     head: Literal["binary_logits", "binary", "softmax", "probabilities", "identity"]
     outputs: list[str]
     unsupported: str | None = None

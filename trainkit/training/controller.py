@@ -124,20 +124,7 @@ class Controller:
         self.callbacks = keras.callbacks.CallbackList(
             callbacks, model=self.model, epochs=self.epochs, steps=steps_per_epoch, verbose=0
         )
-        self.epoch_end = EpochEnd(steps_per_epoch)
-        self.budget_end = BudgetEnd(total_steps)
-        self.log_due = EverySteps(policy.log_every_steps)
-        # ``sidecar``: the cluster's evaluator task validates; the loop never does.
-        self.validation = policy.validation if policy.validation != "sidecar" else ValidationPolicy(every_epochs=None)
-        self.validation_due = EverySteps(self.validation.every_steps)
-        self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
-        #: Every periodic event; the chunk is cut at the nearest. ``events`` passed in
-        #: (stages, say) may also have ``fire(controller)``, called when they are due.
-        self.events = [
-            self.epoch_end, self.budget_end, self.log_due, self.validation_due, self.checkpoint_due, self.profile,
-            *events,
-        ]
-        self._actions = [event for event in events if hasattr(event, "fire")]
+        self._make_events(events)
         self.has_validation = data.has_split("validation") and policy.validation != "sidecar"
         spe = policy.steps_per_execution
         self.auto_chunk = spe == "auto"
@@ -159,6 +146,23 @@ class Controller:
         #: Steps this session trained (set when it ends): 0 when a finished run is opened again.
         self.trained_steps = 0
         self._first_call_done = False
+
+    def _make_events(self, extra: tuple) -> None:
+        """The periodic events; the chunk is cut at the nearest. ``extra`` events passed in
+        (stages, say) may also have ``fire(controller)``, called when they are due."""
+        policy = self.policy
+        self.epoch_end = EpochEnd(self.steps_per_epoch)
+        self.budget_end = BudgetEnd(self.total_steps)
+        self.log_due = EverySteps(policy.log_every_steps)
+        # ``sidecar``: the cluster's evaluator task validates; the loop never does.
+        self.validation = policy.validation if policy.validation != "sidecar" else ValidationPolicy(every_epochs=None)
+        self.validation_due = EverySteps(self.validation.every_steps)
+        self.checkpoint_due = EverySteps(policy.checkpoint.every_steps)
+        self.events = [
+            self.epoch_end, self.budget_end, self.log_due, self.validation_due, self.checkpoint_due, self.profile,
+            *extra,
+        ]
+        self._actions = [event for event in extra if hasattr(event, "fire")]
 
     # -- the run ------------------------------------------------------------------
 

@@ -81,9 +81,7 @@ def train_run(
     ``started`` (``time.time()``): when the job began (the process's start or the call),
     for run.json's ``phases.start_up``; ``process_started`` for ``seconds_to_first_step``.
     """
-    from trainkit.evaluation import final_evaluation
     from trainkit.plan import make_callbacks
-    from trainkit.training.controller import now
 
     phases = Phases()
     phases.add("start_up", time.time() - started if started else 0.0)
@@ -103,15 +101,9 @@ def train_run(
         step = _begin(recipe, checked, directory, role, sink, recipe_source=recipe_source, record_inputs=record_inputs)
         _resume_notices(checked, step, role, sink, moved=moved, directory=directory)
         controller = _controller(built, directory, sink, callback_objects, phases, process_started=process_started)
-        history = controller.run()
-        _record_summary(directory, controller.summary, trained_steps=controller.trained_steps)
-        with phases.timed("final_evaluation"):
-            metrics = final_evaluation(controller, built, directory, sink)
-        if role.is_chief and export is not None:
-            with phases.timed("export"):
-                export(built, directory)
-        _record_phases(directory, phases, trained=bool(controller.trained_steps))
-        directory.update_status(status="completed", ended=now())
+        history, metrics = _train_to_the_end(
+            controller, built, directory, sink, phases, export=export if role.is_chief else None
+        )
     except BaseException as err:
         replacement = _record_failure(err, directory, built, controller)
         if replacement is not None:
@@ -373,14 +365,22 @@ def header(built, directory: RunDir) -> str:
     )
 
 
-def final_evaluation(controller, built, directory: RunDir, sink: Sink) -> dict[str, dict[str, float]]:
-    results = {}
-    for split in built.recipe.trainer.evaluate:
-        if built.data.has_split(split):
-            results[split] = controller.evaluate(split, hooks=False)
-            sink.result(split, results[split])
-    write_json_atomic(directory.eval_json, results)
-    return results
+def _train_to_the_end(controller, built: Built, directory: RunDir, sink: Sink, phases: Phases, *, export) -> tuple[dict, dict]:
+    """Train, record the session's figures, evaluate the final model, export it (``export``:
+    the chief's writer, or None), and mark the run completed; the history and metrics."""
+    from trainkit.evaluation import final_evaluation
+    from trainkit.training.controller import now
+
+    history = controller.run()
+    _record_summary(directory, controller.summary, trained_steps=controller.trained_steps)
+    with phases.timed("final_evaluation"):
+        metrics = final_evaluation(controller, built, directory, sink)
+    if export is not None:
+        with phases.timed("export"):
+            export(built, directory)
+    _record_phases(directory, phases, trained=bool(controller.trained_steps))
+    directory.update_status(status="completed", ended=now())
+    return history, metrics
 
 
 def _record_summary(directory: RunDir, summary: dict, *, trained_steps: int) -> None:
