@@ -45,7 +45,7 @@ def _env() -> dict[str, str]:
     }
 
 
-def run_once(recipe: str, overrides: list[str], workdir: Path, *, sidecar: bool) -> dict:
+def run_once(recipe: str, overrides: list[str], workdir: Path, *, sidecar: bool, nice: int = 0) -> dict:
     """Train once (with a sidecar evaluator beside it if asked); run.json and the evaluations made."""
     run_dir = workdir / "run"
     trainkit = [sys.executable, "-m", "trainkit.cli"]
@@ -58,7 +58,7 @@ def run_once(recipe: str, overrides: list[str], workdir: Path, *, sidecar: bool)
         while not (run_dir / "config.yaml").exists() and training.poll() is None:
             time.sleep(0.1)
         evaluator = subprocess.Popen(
-            [*trainkit, "eval", str(run_dir), "--watch", "--until-finished", "--every-seconds", "1"],
+            [*(["nice", "-n", str(nice)] if nice else []), *trainkit, "eval", str(run_dir), "--watch", "--until-finished", "--every-seconds", "1"],
             cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
     _, err = training.communicate()
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides applied to both modes")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
+    parser.add_argument("--nice", type=int, default=0, help="run the sidecar at this niceness (e.g. 19: the training first)")
     args = parser.parse_args(argv)
 
     results = {}
@@ -88,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for _ in range(args.repeats):
             with tempfile.TemporaryDirectory(prefix="trainkit-sidecar-cost-") as tmp:
-                rows.append(run_once(args.recipe, args.overrides, Path(tmp), sidecar=mode == "sidecar"))
+                rows.append(run_once(args.recipe, args.overrides, Path(tmp), sidecar=mode == "sidecar", nice=args.nice))
         rates = [r["steps_per_second"] for r in rows]
         results[mode] = {
             "steps_per_second": statistics.median(rates), "min": min(rates), "max": max(rates),
