@@ -273,12 +273,17 @@ def _text_of(file: Path) -> str:
     return "".join(text for _, text in _text_lines(file))
 
 
-def _text_column_of_csv(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
+def _csv_rows(path: Path) -> list[list[str]]:
+    """The non-empty rows of a CSV input, read as bounded UTF-8 lines; a malformed one is one line."""
     reader = csv.reader(text for _, text in _text_lines(path))
     try:
-        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
+        return [row for row in reader if row and any(cell.strip() for cell in row)]
     except csv.Error as err:
         raise ConfigError(f"{path}, line {reader.line_num}: not CSV ({err})") from None
+
+
+def _text_column_of_csv(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
+    rows = _csv_rows(path)
     if not rows:
         raise ConfigError(f"{path}: empty; expected a header row and one text per row")
     header = [cell.strip() for cell in rows[0]]
@@ -353,11 +358,7 @@ def _one_example(values: list, expected: tuple, where: str) -> np.ndarray:
 def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.ndarray]:
     expected = tuple(spec["input"]["shape"])
     columns = spec["input"]["columns"]
-    reader = csv.reader(text for _, text in _text_lines(path))
-    try:
-        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
-    except csv.Error as err:
-        raise ConfigError(f"{path}, line {reader.line_num}: not CSV ({err})") from None
+    rows = _csv_rows(path)
     if not rows:
         raise ConfigError(f"{path}: empty; expected rows of {_describe(expected)}")
     first = [cell.strip() for cell in rows[0]]
