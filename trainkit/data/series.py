@@ -19,9 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from trainkit import registry
-from trainkit.data.sources import Loaded, Split, _read_csv
-from trainkit.errors import ConfigError, TrainkitError, did_you_mean, user_code_error
+from trainkit.data.sources import Loaded, Split, _read_csv, call_registered_dataset
+from trainkit.errors import ConfigError, did_you_mean
 from trainkit.recipe import SplitFractions, TimeseriesSource
 
 FIELD = "data.source"
@@ -122,13 +121,7 @@ def _check_complete(table: dict[str, np.ndarray], names: list[str], source: Time
 
 
 def _registered(source: TimeseriesSource) -> dict[str, np.ndarray]:
-    fn = registry.datasets.get(source.name, field=f"{FIELD}.name")
-    try:
-        value = fn(**source.kwargs)
-    except TrainkitError:
-        raise
-    except Exception as err:  # a registered dataset is user code
-        raise user_code_error(err, f"{FIELD}.name: dataset '{source.name}'") from None
+    value = call_registered_dataset(source.name, source.kwargs, field=f"{FIELD}.name")
     if isinstance(value, dict):
         table = {str(k): np.asarray(v, np.float64) for k, v in value.items()}
         lengths = {len(v) if v.ndim == 1 else -1 for v in table.values()}

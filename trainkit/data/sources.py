@@ -139,14 +139,19 @@ def load_sklearn(source: SklearnSource) -> Loaded:
     )
 
 
-def load_arrays(source: ArraysSource) -> Loaded:
-    fn = registry.datasets.get(source.name, field="data.source.name")
+def call_registered_dataset(name: str, kwargs: dict, *, field: str) -> Any:
+    """What the registered dataset ``name`` returns; its own errors (it is user code) in one line."""
+    fn = registry.datasets.get(name, field=field)
     try:
-        value = fn(**source.kwargs)
+        return fn(**kwargs)
     except TrainkitError:
         raise
-    except Exception as err:  # a registered dataset is user code
-        raise user_code_error(err, f"data.source.name: dataset '{source.name}'") from None
+    except Exception as err:
+        raise user_code_error(err, f"{field}: dataset '{name}'") from None
+
+
+def load_arrays(source: ArraysSource) -> Loaded:
+    value = call_registered_dataset(source.name, source.kwargs, field="data.source.name")
     if isinstance(value, tuple) and len(value) == 2:
         return Loaded({"all": _arrays(*value)})
     if isinstance(value, dict):
