@@ -65,3 +65,15 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         timeout=timeout,
         env=full_env,
     )
+
+
+#: The smallest training for tests that only need a run to exist.
+TINY = ["trainer.epochs=null", "trainer.steps=3", "trainer.progress=false", "export.formats=[]"]
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    """The one error line of a command that refused its input: exit 2, no traceback."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "warning:", "note:"))]
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
+    return lines[0]

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from conftest import TINY, run_cli
+from conftest import one_error_line as _one_line
 
 import trainkit
 from trainkit import api
@@ -18,15 +19,6 @@ from trainkit.errors import ConfigError, RunDirError
 from trainkit.files import write_json_atomic
 from trainkit.loader import load_recipe, parse_yaml
 from trainkit.rundir import RunDir
-
-TINY = ["trainer.epochs=null", "trainer.steps=3", "trainer.progress=false", "export.formats=[]"]
-
-
-def _one_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "warning:", "note:"))]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
-    return lines[0]
 
 
 def _bomb(levels: int = 9) -> str:

@@ -17,22 +17,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, TINY, run_cli
+from conftest import one_error_line as _one_line
 
 import trainkit
 from trainkit import api
 from trainkit.errors import ConfigError, RunDirError, TrainkitError
 from trainkit.loader import load_recipe, parse_yaml
 from trainkit.serving.predict import read_inputs
-
-TINY = ["trainer.epochs=null", "trainer.steps=3", "trainer.progress=false", "export.formats=[]"]
-
-
-def _one_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "warning:", "note:"))]
-    assert result.returncode == 2, result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and len(lines) == 1, result.stderr[-2000:]
-    return lines[0]
 
 
 def _refused(call, error=TrainkitError, match: str = "") -> str:
