@@ -67,6 +67,64 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
     )
 
 
+#: Python's own warning filters, as a fresh ``python -m trainkit.cli`` has them.
+_PROCESS_WARNING_FILTERS = [
+    ("default", DeprecationWarning, "__main__"),
+    ("ignore", DeprecationWarning, ""),
+    ("ignore", PendingDeprecationWarning, ""),
+    ("ignore", ImportWarning, ""),
+    ("ignore", ResourceWarning, ""),
+]
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``trainkit ARGS`` through :func:`trainkit.cli.main` in this process.
+
+    For tests of what a command does and says (exit code, output, files), not of
+    the process itself: a subprocess pays a TensorFlow import (4 s on two idle
+    cores, far more under load) on every call. The result reads like
+    :func:`run_cli`'s: ``main``'s exit code (argparse's for ``--help`` and usage
+    errors), stdout and stderr as a user's terminal would show them, Python
+    warnings included. An exception that escapes ``main`` is what a process
+    would print: a ``Traceback`` on stderr and exit 1. Tests of exit behaviour,
+    signals, kills, environment at start-up or several processes keep
+    :func:`run_cli`.
+    """
+    import contextlib
+    import io
+    import traceback
+    import warnings
+
+    from trainkit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env = {key: os.environ.get(key) for key in (env or {})}
+    os.environ.update(env or {})
+    try:
+        with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(_PROCESS_WARNING_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module)
+            warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: sys.stderr.write(
+                warnings.formatwarning(message, category, filename, lineno, line)
+            )
+            try:
+                code = main(list(args))
+            except SystemExit as stop:  # argparse: --help, usage errors
+                code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+            except Exception:  # noqa: BLE001 -- what the process would have printed
+                traceback.print_exc()
+                code = 1
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["trainkit", *args], code, out.getvalue(), err.getvalue())
+
+
 #: The smallest training for tests that only need a run to exist.
 TINY = ["trainer.epochs=null", "trainer.steps=3", "trainer.progress=false", "export.formats=[]"]
 

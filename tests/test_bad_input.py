@@ -10,7 +10,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -186,8 +186,8 @@ def _nothing_written(result, tmp_path, before) -> str:
 
 def test_a_bad_callback_is_refused_before_config_yaml_and_run_json_exist(tmp_path):
     before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run",
-                     "trainer.callbacks=[{type: ReduceLROnPlateau, factor: 2}]", cwd=tmp_path, timeout=180)
+    result = cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run",
+                 "trainer.callbacks=[{type: ReduceLROnPlateau, factor: 2}]", cwd=tmp_path)
     line = _nothing_written(result, tmp_path, before)
     assert "trainer.callbacks.0" in line and not (tmp_path / "run").exists()
 
@@ -197,7 +197,7 @@ def test_an_unusable_run_dir_is_refused_before_anything_is_built(tmp_path, where
     (tmp_path / "file").write_text("x")
     before = sorted(p.name for p in tmp_path.iterdir())
     run_dir = str(tmp_path / "file" / "run") if where == "under-a-file" else str(tmp_path / ("r" * 300))
-    line = _nothing_written(run_cli("train", "digits_mlp", "--run-dir", run_dir, cwd=tmp_path, timeout=120), tmp_path, before)
+    line = _nothing_written(cli("train", "digits_mlp", "--run-dir", run_dir, cwd=tmp_path), tmp_path, before)
     assert line.startswith(f"error: --run-dir {run_dir}")
     assert ("is a file" in line) if where == "under-a-file" else ("at most 255" in line)
 

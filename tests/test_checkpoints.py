@@ -16,7 +16,7 @@ from _checkpoint_helpers import (
     snapshot,
     train,
 )
-from conftest import run_cli
+from conftest import cli
 
 
 def test_a_finished_run_keeps_the_last_k_the_best_and_the_final_checkpoint(reference):
@@ -117,7 +117,7 @@ def test_eval_picks_last_best_final_a_step_or_a_path(tmp_path, reference):
 
 def test_eval_of_a_checkpoint_that_is_not_kept_is_one_line_naming_the_kept_steps(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
-    result = run_cli("eval", str(run), "--checkpoint", "7", cwd=tmp_path)
+    result = cli("eval", str(run), "--checkpoint", "7", cwd=tmp_path)
     assert result.returncode == 2
     lines = messages(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -194,7 +194,7 @@ def test_auto_mode_maximises_accuracy_like_metrics_and_minimises_the_rest():
 
 
 def test_an_unknown_monitor_is_one_line_naming_the_field_before_anything_is_written(tmp_path):
-    result = run_cli(
+    result = cli(
         "train", "digits_cnn", "-c", "digits_cnn_smoke", "--run-dir", "run",
         "trainer.checkpoint.monitor=val_acc", cwd=tmp_path,
     )

@@ -1,4 +1,9 @@
-"""The CLI as a user runs it: a subprocess, its exit code, its output, its files."""
+"""The CLI as a user runs it: its exit code, its output, its files.
+
+What a command does and says is checked through ``cli.main`` in this process
+(:func:`conftest.cli`); what needs a process of its own (which modules a fresh
+interpreter imports, the installed script as ``make train`` runs it) runs one.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 from trainkit.recipe import Recipe
 
@@ -27,14 +32,14 @@ def test_help_and_ls_do_not_import_tensorflow():
 
 
 def test_help_lists_the_commands():
-    result = run_cli("--help")
+    result = cli("--help")
     assert result.returncode == 0
     for command in ("train", "launch", "eval", "show", "validate", "ls"):
         assert command in result.stdout
 
 
 def test_ls_lists_recipes_and_configs_with_descriptions():
-    result = run_cli("ls")
+    result = cli("ls")
     assert result.returncode == 0
     assert "digits_cnn " in result.stdout and "A small CNN" in result.stdout
     assert "digits_cnn_smoke" in result.stdout
@@ -42,7 +47,7 @@ def test_ls_lists_recipes_and_configs_with_descriptions():
 
 
 def test_show_prints_yaml_that_loads_back_to_the_same_recipe(tmp_path):
-    result = run_cli("show", "digits_mlp", "-c", "digits_mlp_smoke", "trainer.epochs=4")
+    result = cli("show", "digits_mlp", "-c", "digits_mlp_smoke", "trainer.epochs=4")
     assert result.returncode == 0, result.stderr
     header, body = result.stdout.split("\n", 1)
     recipe = Recipe.from_yaml(body)
@@ -51,7 +56,7 @@ def test_show_prints_yaml_that_loads_back_to_the_same_recipe(tmp_path):
 
 
 def test_show_lists_the_model_builders_own_defaults_as_comments_outside_the_hash():
-    result = run_cli("show", "digits_cnn", "model.pool=false")
+    result = cli("show", "digits_cnn", "model.pool=false")
     assert result.returncode == 0, result.stderr
     header, body = result.stdout.split("\n", 1)
     comments = body[body.index("# model builder 'cnn' defaults"):].splitlines()[1:]
@@ -75,7 +80,7 @@ BAD_INPUT = [
 
 @pytest.mark.parametrize(("overrides", "expected"), BAD_INPUT)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, overrides, expected):
-    result = run_cli("train", "digits_mlp", "--run-dir", "run", *overrides, cwd=tmp_path)
+    result = cli("train", "digits_mlp", "--run-dir", "run", *overrides, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -98,7 +103,7 @@ BAD_MODELS = [
 @pytest.mark.parametrize("command", ["train", "validate"])
 def test_model_mistakes_are_found_before_training(tmp_path, command, overrides, expected):
     extra = ["--run-dir", "run"] if command == "train" else []
-    result = run_cli(command, "digits_mlp", *extra, *overrides, cwd=tmp_path)
+    result = cli(command, "digits_mlp", *extra, *overrides, cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert f"error: {expected}" in result.stderr
@@ -115,7 +120,7 @@ def test_bad_files(tmp_path):
         "tag.yaml": "tags that build Python objects are refused",
     }
     for name, expected in cases.items():
-        result = run_cli("train", name, "--run-dir", "run", cwd=tmp_path)
+        result = cli("train", name, "--run-dir", "run", cwd=tmp_path)
         assert result.returncode == 2, name
         assert expected in result.stderr, (name, result.stderr)
         assert "Traceback" not in result.stderr
@@ -123,7 +128,7 @@ def test_bad_files(tmp_path):
 
 
 def test_validate_reports_shapes_without_training(tmp_path):
-    result = run_cli("validate", "digits_cnn", "-c", "digits_cnn_smoke", cwd=tmp_path)
+    result = cli("validate", "digits_cnn", "-c", "digits_cnn_smoke", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "features: [8, 8, 1]" in result.stdout
     assert "ok:" in result.stdout
@@ -131,26 +136,26 @@ def test_validate_reports_shapes_without_training(tmp_path):
 
 
 def test_train_then_eval_then_refuse_another_recipe(tmp_path):
-    train = run_cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run", cwd=tmp_path)
+    train = cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run", cwd=tmp_path)
     assert train.returncode == 0, train.stderr
     run = tmp_path / "run"
     eval_json = json.loads((run / "eval.json").read_text())
     assert 0.0 <= eval_json["test"]["accuracy"] <= 1.0
 
-    evaluated = run_cli("eval", "run", "--split", "test", cwd=tmp_path)
+    evaluated = cli("eval", "run", "--split", "test", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(eval_json["test"], rel=1e-5)
 
-    bad_checkpoint = run_cli("eval", "run", "--checkpoint", "run/checkpoints/ckpt-999", cwd=tmp_path)
+    bad_checkpoint = cli("eval", "run", "--checkpoint", "run/checkpoints/ckpt-999", cwd=tmp_path)
     assert bad_checkpoint.returncode == 2 and "no checkpoint at" in bad_checkpoint.stderr
 
     before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    other = run_cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run", "optimizer.learning_rate=0.5", cwd=tmp_path)
+    other = cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run", "optimizer.learning_rate=0.5", cwd=tmp_path)
     assert other.returncode == 2
     assert "holds a run of a different recipe (differs in: optimizer.learning_rate)" in other.stderr
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
 
-    restarted = run_cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run", "optimizer.learning_rate=0.5", "--restart", cwd=tmp_path)
+    restarted = cli("train", "digits_mlp", "-c", "digits_mlp_smoke", "--run-dir", "run", "optimizer.learning_rate=0.5", "--restart", cwd=tmp_path)
     assert restarted.returncode == 0, restarted.stderr
     aside = [p for p in tmp_path.iterdir() if p.name.startswith("run.old-")]
     assert len(aside) == 1 and (aside[0] / "config.yaml").read_bytes() == before["config.yaml"]

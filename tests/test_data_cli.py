@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 import yaml
-from conftest import run_cli
+from conftest import cli
 
 import trainkit
 from trainkit import api
@@ -52,7 +52,7 @@ def test_trainkit_data_command_shows_a_split(tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text("a,b,label\n" + "".join(f"{i},{i % 3},{i % 2}\n" for i in range(20)))
     recipe = write_recipe(tmp_path / "r.yaml", {"type": "csv", "path": str(csv), "label": "label"})
-    result = run_cli("data", recipe, "--split", "train", "-n", "2", cwd=tmp_path)
+    result = cli("data", recipe, "--split", "train", "-n", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "element spec: features float32 [2]; label int32 []" in out
@@ -63,14 +63,14 @@ def test_bad_data_via_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path):
     csv = tmp_path / "d.csv"
     csv.write_text("width,height,label\n1,2,0\n3,4,1\n")
     recipe = write_recipe(tmp_path / "r.yaml", {"type": "csv", "path": str(csv), "label": "label", "features": ["width", "hieght"]})
-    result = run_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr
     assert "no column 'hieght'; did you mean 'height'?" in result.stderr
     assert not (tmp_path / "run").exists()
     missing = write_recipe(tmp_path / "m.yaml", {"type": "image_folder", "path": str(tmp_path / "photos")})
-    result = run_cli("data", missing, cwd=tmp_path)
+    result = cli("data", missing, cwd=tmp_path)
     assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -86,7 +86,7 @@ def test_trainkit_data_shows_the_evaluation_pipeline_of_a_split(tmp_path):
     source = {"type": "image_folder", "path": str(tmp_path / "photos")}
     augment = [{"type": "random_crop", "size": [4, 4]}]
     recipe = write_recipe(tmp_path / "r.yaml", source, augment=augment, eval_transforms=[{"type": "center_crop", "size": [4, 4]}])
-    result = run_cli("data", recipe, "--split", "validation", "-n", "1", cwd=tmp_path)
+    result = cli("data", recipe, "--split", "validation", "-n", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "element spec: features float32 [4, 4, 3]; label int64 []" in result.stdout
     first = next(line for line in result.stdout.splitlines() if line.strip().startswith("example 0:"))
@@ -94,7 +94,7 @@ def test_trainkit_data_shows_the_evaluation_pipeline_of_a_split(tmp_path):
 
     # Without the matching eval transform: one line naming both pipelines, exit 2, nothing written.
     recipe = write_recipe(tmp_path / "bad.yaml", source, augment=augment)
-    result = run_cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", recipe, "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: data.eval_transforms: evaluation examples of split 'validation'")
@@ -140,7 +140,7 @@ def test_trainkit_data_times_each_stage_of_a_streamed_pipeline(tmp_path):
     source = {"type": "tfrecord", "files": str(tmp_path / "d.tfrecord"), "label": "label", "inputs": "x",
               "features": {"x": {"dtype": "float32", "shape": [2]}, "label": {"dtype": "int64"}}}
     recipe = write_recipe(tmp_path / "r.yaml", source, batch_size=8, transforms=[{"type": "normalize", "mean": 1.0, "std": 2.0}])
-    result = run_cli("data", recipe, "--split", "train", "-n", "1", "--seconds", "1", cwd=tmp_path)
+    result = cli("data", recipe, "--split", "train", "-n", "1", "--seconds", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = lines.index("  by stage (each includes the ones before; examples/s):")

@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 import trainkit
 
@@ -19,7 +19,7 @@ RECIPES = ["digits_cnn", "digits_mlp", "binary_classifier", "linear_regression",
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_smoke_variant_trains_through_the_cli(tmp_path, name):
-    result = run_cli("train", name, "-c", f"{name}_smoke", "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", name, "-c", f"{name}_smoke", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert np.isfinite(metrics["test"]["loss"])

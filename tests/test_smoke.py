@@ -2,11 +2,11 @@
 
 import json
 
-from conftest import run_cli
+from conftest import cli
 
 
 def test_digits_cnn_smoke_trains_and_writes_its_run_directory(tmp_path):
-    result = run_cli("train", "digits_cnn", "-c", "digits_cnn_smoke", "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", "digits_cnn", "-c", "digits_cnn_smoke", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run = tmp_path / "run"
     for name in ("config.yaml", "run.json", "metrics.jsonl", "eval.json", "model.keras"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli
 from test_text import _SERVE, recipe_file, sentence, write_reviews
 
 import trainkit
@@ -109,7 +109,7 @@ def test_a_bad_tokenizer_file_stops_a_run_before_anything_is_written(tmp_path):
     recipe_file(tmp_path)
     (tmp_path / "vocab.txt").write_text("[PAD]\n[UNK]\n")
     for tokenizer in ("{type: wordpiece, vocabulary: vocab.txt}", "{type: sentencepiece, proto: missing.model}"):
-        result = run_cli("train", "reviews.yaml", f"data.text={tokenizer}", "--run-dir", "run", cwd=tmp_path)
+        result = cli("train", "reviews.yaml", f"data.text={tokenizer}", "--run-dir", "run", cwd=tmp_path)
         assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
         assert "data.text." in result.stderr and not (tmp_path / "run").exists()
 
@@ -157,7 +157,7 @@ def test_a_tokenizer_run_exports_raw_strings_and_survives_its_file(tmp_path, mon
 
     # The tokenizer's file gone, the run continues from its own copy.
     (tmp_path / file).unlink()
-    again = run_cli("train", "reviews.yaml", "trainer.epochs=4", "--run-dir", "run", cwd=tmp_path)
+    again = cli("train", "reviews.yaml", "trainer.epochs=4", "--run-dir", "run", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
 
 

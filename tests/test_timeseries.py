@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 import trainkit
 from trainkit.data.pipeline import prepare
@@ -144,7 +144,7 @@ def series_recipe(tmp_path: Path, **model) -> Path:
 
 def test_a_split_shorter_than_a_window_exits_2_before_anything_is_written(tmp_path):
     series_recipe(tmp_path)
-    result = run_cli("train", "series.yaml", "data.source.sequence_length=40", "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", "series.yaml", "data.source.sequence_length=40", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2
     assert "data.splits.validation: 0.2 of the 80 rows is 16 row(s), shorter than one window" in result.stderr
     assert "Traceback" not in result.stderr
