@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,8 +96,9 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
     import traceback
     import warnings
 
-    from trainkit.cli import main
+    from trainkit import cli as command_line
 
+    command_line._STARTED = time.time()  # the "process" starts now: run.json's start-up phase is the command's own
     out, err = io.StringIO(), io.StringIO()
     saved_env = {key: os.environ.get(key) for key in (env or {})}
     os.environ.update(env or {})
@@ -110,7 +112,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
                 warnings.formatwarning(message, category, filename, lineno, line)
             )
             try:
-                code = main(list(args))
+                code = command_line.main(list(args))
             except SystemExit as stop:  # argparse: --help, usage errors
                 code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
             except Exception:  # noqa: BLE001 -- what the process would have printed

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 import trainkit
 from trainkit.distribution import cluster, strategies
@@ -168,9 +168,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     assert launched.returncode == 0, launched.stdout[-3000:]
     assert "[worker 0] training digits_mlp" in launched.stdout and "[worker 1]" in launched.stdout
     assert "MultiWorkerMirroredStrategy (2 workers, 2 replicas), global batch 32 (16 per replica)" in launched.stdout
-    single = run_cli(
-        "train", "digits_mlp", *EXACT, "runtime.strategy=one_device", "--run-dir", "one", cwd=tmp_path, timeout=240
-    )
+    single = cli("train", "digits_mlp", *EXACT, "runtime.strategy=one_device", "--run-dir", "one", cwd=tmp_path)
     assert single.returncode == 0, single.stderr[-3000:]
 
     multi, one = tmp_path / "multi", tmp_path / "one"
@@ -189,7 +187,7 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
     assert sorted(p.name for p in multi.iterdir()) == sorted(p.name for p in one.iterdir())
     assert not list((tmp_path / "tmp").glob("trainkit-*"))
     # A cluster's run is evaluated in one process.
-    evaluated = run_cli("eval", "multi", "--split", "test", cwd=tmp_path, timeout=120)
+    evaluated = cli("eval", "multi", "--split", "test", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(multi_eval["test"], rel=1e-5)
 
@@ -215,7 +213,7 @@ def test_a_multi_worker_runs_model_restores_in_one_process_as_evaluate_does(tmp_
 
 
 def test_launch_refuses_a_bad_recipe_before_starting_workers(tmp_path):
-    result = run_cli("launch", "-n", "2", "digits_mlp", "trainer.epoch=3", "--run-dir", "run", cwd=tmp_path, timeout=60)
+    result = cli("launch", "-n", "2", "digits_mlp", "trainer.epoch=3", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2
     assert "did you mean 'epochs'" in result.stderr and "[launch]" not in result.stdout
     assert not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 from _checkpoint_helpers import messages, train
-from conftest import run_cli
+from conftest import cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 def source_run(tmp_path_factory) -> Path:
     """A digits_cnn run (10 steps), the pretrained source of these tests."""
     run = tmp_path_factory.mktemp("source") / "digits_cnn"
-    result = run_cli(
+    result = cli(
         "train", "digits_cnn", "-c", "digits_cnn_smoke", "trainer.steps=10", "runtime.deterministic=true",
         "--run-dir", str(run),
     )
@@ -78,7 +78,7 @@ def test_frozen_layers_and_a_zero_multiplier_group_hold_their_weights_and_a_stag
     stages = [{"epochs": 1}, {"epochs": 1, "unfreeze": ["^conv_1$"], "learning_rate": 5e-4}]
     groups = [{"match": "^dense_0/", "learning_rate_multiplier": 0.0}]
     recipe = recipe_file(tmp_path, str(source_run), trainer__stages=stages, optimizer__groups=groups)
-    result = run_cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), "trainer.progress=true")
+    result = cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), "trainer.progress=true")
     assert result.returncode == 0, result.stderr
     assert "stage 2/2 from step 23" in result.stdout
     # The stage is announced after the epoch that stage 1 trained, and each epoch's
@@ -224,22 +224,22 @@ def test_a_changed_source_is_refused_and_a_removed_one_is_not_needed(tmp_path, s
     restore_source(source_run, "final", field="model.source").save(source)  # the trained CNN alone
     recipe = recipe_file(tmp_path, str(source))
     run = tmp_path / "run"
-    trained = run_cli("train", str(recipe), "--run-dir", str(run))
+    trained = cli("train", str(recipe), "--run-dir", str(run))
     assert trained.returncode == 0, trained.stderr
     expected = json.loads((run / "eval.json").read_text())["test"]
 
     source.unlink()  # evaluation and a further resume need the source no more
-    evaluated = run_cli("eval", str(run), "--split", "test")
+    evaluated = cli("eval", str(run), "--split", "test")
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(expected)
-    again = run_cli("train", str(recipe), "--run-dir", str(run))
+    again = cli("train", str(recipe), "--run-dir", str(run))
     assert again.returncode == 0, again.stderr
 
     model = keras.saving.load_model(run / "pretrained_source.keras", compile=False)
     kernel = model.get_layer("conv_0").kernel
     kernel.assign(kernel + 1e-3)
     model.save(source)  # the same path, other weights
-    refused = run_cli("train", str(recipe), "--run-dir", str(run))
+    refused = cli("train", str(recipe), "--run-dir", str(run))
     assert refused.returncode == 2
     lines = messages(refused.stderr)
     assert len(lines) == 1 and "model.source" in lines[0] and str(source) in lines[0] and "changed" in lines[0]
@@ -247,7 +247,7 @@ def test_a_changed_source_is_refused_and_a_removed_one_is_not_needed(tmp_path, s
 
 def test_init_restores_matching_variables_and_reports_the_rest(tmp_path, source_run):
     run = tmp_path / "run"
-    result = run_cli(
+    result = cli(
         "train", "digits_cnn", "-c", "digits_cnn_smoke", "trainer.epochs=1", "trainer.steps=2",
         f"model.init={{source: {source_run}, skip: ['^output/']}}", "model.dense_units=[64]",
         "--run-dir", str(run),
@@ -264,7 +264,7 @@ def test_init_restores_matching_variables_and_reports_the_rest(tmp_path, source_
 
 def test_a_preset_that_needs_a_download_fails_offline_with_what_to_fetch(tmp_path):
     recipe = recipe_file(tmp_path, "kaggle://keras/bert/keras/bert_tiny_en_uncased", model__freeze=[])
-    result = run_cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), env={"TRAINKIT_OFFLINE": "1"})
+    result = cli("train", str(recipe), "--run-dir", str(tmp_path / "run"), env={"TRAINKIT_OFFLINE": "1"})
     assert result.returncode == 2
     lines = messages(result.stderr)
     assert len(lines) == 1, result.stderr
@@ -286,7 +286,7 @@ def test_the_digits_transfer_smoke_config_fine_tunes_a_digits_cnn_run(tmp_path, 
 
     assert trainkit.load_recipe("digits_transfer_scratch").name == "digits_transfer"
     shutil.copytree(source_run, tmp_path / "runs" / "digits_cnn")
-    result = run_cli("train", "digits_transfer", "-c", "digits_transfer_smoke", "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", "digits_transfer", "-c", "digits_transfer_smoke", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0.5 < metrics["test"]["accuracy"] <= 1.0  # two classes: better than chance after two epochs

@@ -8,7 +8,7 @@ import shutil
 import textwrap
 
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 pytest.importorskip("keras_hub")
 
@@ -51,7 +51,7 @@ def test_lora_on_a_local_preset_trains_few_parameters_and_the_run_outlives_the_p
     recipe = tmp_path / "text_lora.py"
     recipe.write_text(textwrap.dedent(RECIPE).replace("PRESET", repr(str(preset))))
 
-    validated = run_cli("validate", str(recipe), cwd=tmp_path)
+    validated = cli("validate", str(recipe), cwd=tmp_path)
     assert validated.returncode == 0, validated.stderr
     counts = dict(
         line.strip().split(": ", 1) for line in validated.stdout.splitlines() if "_parameters:" in line
@@ -61,11 +61,11 @@ def test_lora_on_a_local_preset_trains_few_parameters_and_the_run_outlives_the_p
     assert "lora_kernel_a: x1" in validated.stdout
 
     run = tmp_path / "run"
-    trained = run_cli("train", str(recipe), "--run-dir", str(run), cwd=tmp_path)
+    trained = cli("train", str(recipe), "--run-dir", str(run), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     shutil.rmtree(preset)
     # (--recipe: the recipe registers its dataset; a run directory never imports it by itself)
-    evaluated = run_cli("eval", str(run), "--split", "test", "--recipe", str(recipe), cwd=tmp_path)
+    evaluated = cli("eval", str(run), "--split", "test", "--recipe", str(recipe), cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     expected = json.loads((run / "eval.json").read_text())["test"]
     assert json.loads(evaluated.stdout)["test"] == pytest.approx(expected)
@@ -89,19 +89,19 @@ def test_the_hub_text_classifier_recipe_trains_offline_on_a_tiny_preset_and_its_
     assert (preset / "config.json").is_file() and (preset / "metadata.json").is_file()
 
     smoke = ("hub_text_classifier", "-c", "hub_text_classifier_smoke", f"model.source={preset}")
-    validated = run_cli("validate", *smoke, cwd=tmp_path)
+    validated = cli("validate", *smoke, cwd=tmp_path)
     assert validated.returncode == 0, validated.stderr
     counts = dict(line.strip().split(": ", 1) for line in validated.stdout.splitlines() if "_parameters:" in line)
     assert 0 < int(counts["trainable_parameters"]) < int(counts["total_parameters"]) / 5  # LoRA: a few factors train
 
-    trained = run_cli("train", *smoke, "--run-dir", "run", cwd=tmp_path)
+    trained = cli("train", *smoke, "--run-dir", "run", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     metrics = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
 
     # The recipe's own source is an online handle: offline it fails at once, in one line.
     started = time.monotonic()
-    offline = run_cli("train", "hub_text_classifier", "--run-dir", "online", cwd=tmp_path, env={"TRAINKIT_OFFLINE": "1"})
+    offline = cli("train", "hub_text_classifier", "--run-dir", "online", cwd=tmp_path, env={"TRAINKIT_OFFLINE": "1"})
     assert offline.returncode == 2, offline.stderr
     assert time.monotonic() - started < 60  # (the interpreter's start included; the check itself is immediate)
     message = offline.stderr.strip()

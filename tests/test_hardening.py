@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, cli, run_cli
 from conftest import one_error_line as _one_line
 
 import trainkit
@@ -100,12 +100,12 @@ def test_ordinary_yaml_with_aliases_still_reads():
 
 def test_an_alias_bomb_config_and_run_dir_config_are_one_line(tmp_path, tiny_run):
     (tmp_path / "bomb.yaml").write_text("base: digits_mlp\n" + _bomb())
-    line = _one_line(run_cli("show", "digits_mlp", "-c", str(tmp_path / "bomb.yaml"), cwd=tmp_path, timeout=60))
+    line = _one_line(cli("show", "digits_mlp", "-c", str(tmp_path / "bomb.yaml"), cwd=tmp_path))
     assert "bomb.yaml" in line and "expand to more than" in line
 
     run = _copy(tiny_run, tmp_path / "run")
     (run / "config.yaml").write_text(_bomb())
-    line = _one_line(run_cli("eval", str(run), cwd=tmp_path, timeout=60))
+    line = _one_line(cli("eval", str(run), cwd=tmp_path))
     assert f"{run / 'config.yaml'} cannot be read back" in line and "--restart" in line
 
 
@@ -120,7 +120,7 @@ def test_a_recipe_name_is_a_name_not_a_path(tmp_path, name):
 
 def test_name_dotdot_writes_nothing_from_the_command_line(tmp_path):
     before = sorted(os.listdir(tmp_path))
-    line = _one_line(run_cli("train", "digits_mlp", "name=..", *TINY, cwd=tmp_path))
+    line = _one_line(cli("train", "digits_mlp", "name=..", *TINY, cwd=tmp_path))
     assert "a recipe name is a name, not a path" in line
     assert sorted(os.listdir(tmp_path)) == before
 
@@ -158,7 +158,7 @@ def test_a_symlinked_lock_from_the_command_line_exits_2_and_writes_nothing(tmp_p
     target = tmp_path / "victim.txt"
     target.write_text("precious\n")
     (run / ".lock").symlink_to(target)
-    line = _one_line(run_cli("train", str(tiny_run.parent / "own_model.py"), "--run-dir", str(run), cwd=tmp_path))
+    line = _one_line(cli("train", str(tiny_run.parent / "own_model.py"), "--run-dir", str(run), cwd=tmp_path))
     assert "symbolic link" in line and target.read_text() == "precious\n"
 
 
@@ -245,7 +245,7 @@ def test_damaged_metadata_is_one_line_naming_the_file_and_the_way_out(tmp_path, 
 def test_damaged_metadata_from_the_command_line_exits_2(tmp_path, tiny_run):
     run = _copy(tiny_run, tmp_path / "run")
     (run / "run.json").write_bytes(b"\xff\xfe\x00garbage\x9c")
-    line = _one_line(run_cli("train", str(tiny_run.parent / "own_model.py"), "--run-dir", str(run), cwd=tmp_path, timeout=120))
+    line = _one_line(cli("train", str(tiny_run.parent / "own_model.py"), "--run-dir", str(run), cwd=tmp_path))
     assert f"{run / 'run.json'} is not trainkit's status" in line
 
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, cli, run_cli
 from conftest import one_error_line as _one_line
 
 import trainkit
@@ -70,7 +70,7 @@ def test_base_naming_a_python_file_from_the_command_line_is_one_line(tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
     (tmp_path / "cfg.yaml").write_text("base: evil.py\n")
-    line = _one_line(run_cli("show", "cfg.yaml", cwd=tmp_path, timeout=60))
+    line = _one_line(cli("show", "cfg.yaml", cwd=tmp_path))
     assert "trainkit train FILE.py -c" in line and not marker.exists()
 
 
@@ -466,9 +466,9 @@ def test_export_onto_a_full_disk_is_exit_5_with_nothing_left(tmp_path, tiny_run)
 
 
 def test_output_errors_from_the_command_line_are_one_line(tmp_path, tiny_run):
-    line = _one_line(run_cli("plot", str(tiny_run), "-o", "curves.xyz", cwd=tmp_path, timeout=60))
+    line = _one_line(cli("plot", str(tiny_run), "-o", "curves.xyz", cwd=tmp_path))
     assert "'.xyz' is not an image format" in line
-    line = _one_line(run_cli("predict", str(tiny_run), "in.csv", "-o", "missing/out.csv", cwd=tmp_path, timeout=60))
+    line = _one_line(cli("predict", str(tiny_run), "in.csv", "-o", "missing/out.csv", cwd=tmp_path))
     assert "the folder missing does not exist" in line
 
 

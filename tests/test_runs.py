@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 import trainkit
 
@@ -32,11 +32,11 @@ def test_one_identity_in_the_header_run_json_export_json_show_and_run(tmp_path):
 
     given = recipe(**{"export.formats": ["keras"]})
     before = given.hash
-    result = run_cli("train", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
-                     "--run-dir", "run", cwd=tmp_path, timeout=300)
+    result = cli("train", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
+                 "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    shown = run_cli("show", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
-                    cwd=tmp_path, timeout=60)
+    shown = cli("show", "digits_mlp", "model.hidden_units=[16]", "trainer.epochs=1", "export.formats=[keras]",
+                cwd=tmp_path)
     identity = json.loads((tmp_path / "run" / "run.json").read_text())["recipe_hash"]
     assert f"({identity}) into run" in result.stdout
     assert f"(hash {identity})" in shown.stdout
@@ -93,10 +93,10 @@ def test_compare_lists_final_metrics_and_the_recipe_fields_that_differ(two_runs)
 
 def test_cli_plot_writes_an_image_and_refuses_a_non_run(two_runs, tmp_path):
     out = tmp_path / "curves.png"
-    done = run_cli("plot", *(str(r.run_dir) for r in two_runs), "-o", str(out))
+    done = cli("plot", *(str(r.run_dir) for r in two_runs), "-o", str(out))
     assert done.returncode == 0, done.stderr
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    bad = run_cli("plot", str(tmp_path / "missing"), "-o", str(tmp_path / "x.png"))
+    bad = cli("plot", str(tmp_path / "missing"), "-o", str(tmp_path / "x.png"))
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "missing" in bad.stderr
     assert not (tmp_path / "x.png").exists()
 

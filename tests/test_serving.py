@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 import trainkit
 
@@ -209,7 +209,7 @@ def test_predict_api_and_run_predict_take_arrays_npy_and_json_lines(cases, tmp_p
     from_npy = trainkit.predict(case.run.run_dir, tmp_path / "x.npy")
     np.testing.assert_allclose(from_npy.values, expected[:3], atol=1e-5, rtol=1e-6)
     (tmp_path / "x.jsonl").write_text("".join(json.dumps(row.tolist()) + "\n" for row in case.raw[:3]))
-    result = run_cli("predict", str(case.run.run_dir), "x.jsonl", cwd=tmp_path)
+    result = cli("predict", str(case.run.run_dir), "x.jsonl", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "input,prediction"
@@ -226,7 +226,7 @@ def test_predict_api_and_run_predict_take_arrays_npy_and_json_lines(cases, tmp_p
 )
 def test_bad_predict_input_is_one_line_exit_2_and_writes_nothing(cases, tmp_path, content, message):
     (tmp_path / "in.csv").write_text(content)
-    result = run_cli("predict", str(cases["binary_classifier"].run.run_dir), "in.csv", "-o", "out.csv", cwd=tmp_path)
+    result = cli("predict", str(cases["binary_classifier"].run.run_dir), "in.csv", "-o", "out.csv", cwd=tmp_path)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -239,7 +239,7 @@ def test_image_folder_run_exports_and_predicts_a_folder_of_images(cases, tmp_pat
     check_agreement(case)
     assert case.names["onnx"]["class_names"] == ["circle", "square"]
     images = case.run.run_dir.parent / "images"
-    result = run_cli("predict", str(case.run.run_dir), str(images / "square"), cwd=tmp_path)
+    result = cli("predict", str(case.run.run_dir), str(images / "square"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "input,class,probability_circle,probability_square" and len(lines) == 7
@@ -255,7 +255,7 @@ def test_export_of_an_earlier_checkpoint_and_quantized_litert(cases, tmp_path):
     run_dir = case.run.run_dir
     kept = sorted(int(p.name[len("ckpt-") : -len(".index")]) for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
     first_epoch = str(kept[0])  # the end of epoch 1 of 2
-    result = run_cli(
+    result = cli(
         "export", str(run_dir), "--checkpoint", first_epoch, "--format", "keras", "--format", "tflite",
         "--quantize", "dynamic_range", "-o", "early", cwd=tmp_path,
     )
@@ -278,7 +278,7 @@ def test_export_of_an_earlier_checkpoint_and_quantized_litert(cases, tmp_path):
 
 def test_export_refuses_an_unknown_format_in_one_line(cases, tmp_path):
     run_dir = cases["digits_mlp"].run.run_dir
-    result = run_cli("export", str(run_dir), "--format", "tflight", cwd=tmp_path)
+    result = cli("export", str(run_dir), "--format", "tflight", cwd=tmp_path)
     assert result.returncode == 2
     assert "error: --format: unknown format 'tflight'; did you mean 'tflite'?" in result.stderr
     assert not list(run_dir.glob("export-*"))

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke"]
 # One checkpoint per epoch, all kept: every epoch is something to evaluate.
@@ -144,11 +144,11 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(run, capsys):
 
 
 def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
-    result = run_cli("eval", str(tmp_path / "nowhere"), "--watch")
+    result = cli("eval", str(tmp_path / "nowhere"), "--watch")
     assert result.returncode == 2 and "not a trainkit run directory" in result.stderr
-    result = run_cli("eval", str(run), "--until-finished")
+    result = cli("eval", str(run), "--until-finished")
     assert result.returncode == 2 and "--until-finished goes with --watch" in result.stderr
-    result = run_cli("eval", str(run), "--watch", "--checkpoint", "best")
+    result = cli("eval", str(run), "--watch", "--checkpoint", "best")
     assert result.returncode == 2 and "--checkpoint goes without --watch" in result.stderr
     from trainkit.rundir.lock import RunLock
 
@@ -191,7 +191,7 @@ def _wait_for(condition, timeout=240.0):
 def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_kept_checkpoint_once(tmp_path):
     run = tmp_path / "run"
     common = [*SMOKE, *EVERY_EPOCH, "trainer.checkpoint.keep=4", "--run-dir", str(run)]
-    assert run_cli("train", *common, "trainer.epochs=2").returncode == 0
+    assert cli("train", *common, "trainer.epochs=2").returncode == 0
     watch = ["eval", str(run), "--watch", "--every-seconds", "0.3"]
     with open(tmp_path / "eval1.log", "w") as log:
         first = _spawn(*watch, log=log)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _checkpoint_helpers import messages, weights
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli, run_cli
 
 from trainkit.errors import ConfigError
 from trainkit.sweeps import load_sweep
@@ -83,7 +83,7 @@ def test_a_bad_sweep_setting_is_one_line(tmp_path, fields, expected):
 def test_the_command_refuses_a_bad_space_with_exit_2_and_writes_nothing(tmp_path, given_as):
     path = write_sweep(tmp_path / "bad.yaml", {"model.hiden_units": {"choice": [[16], [32]]}})
     named = [str(path)] if given_as == "argument" else ["--space", str(path)]
-    result = run_cli("sweep", *named, *SMALL, cwd=tmp_path)
+    result = cli("sweep", *named, *SMALL, cwd=tmp_path)
     assert result.returncode == 2
     lines = messages(result.stderr)
     assert len(lines) == 1 and "did you mean 'hidden_units'?" in lines[0], result.stderr
@@ -92,7 +92,7 @@ def test_the_command_refuses_a_bad_space_with_exit_2_and_writes_nothing(tmp_path
 
 def test_a_metric_the_runs_do_not_report_is_refused_before_anything_is_written(tmp_path):
     path = write_sweep(tmp_path / "bad.yaml", LR, metric="val_acc")
-    result = run_cli("sweep", str(path), *SMALL, cwd=tmp_path)
+    result = cli("sweep", str(path), *SMALL, cwd=tmp_path)
     assert result.returncode == 2
     assert "metric: 'val_acc' is not a metric of this run; did you mean 'val_accuracy'?" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
@@ -193,7 +193,7 @@ def test_a_sweep_trains_trials_as_runs_prunes_records_failures_and_writes_a_best
     # HParams for TensorBoard, per completed trial.
     assert list((best.run_dir / "tensorboard" / "hparams").glob("events.out.tfevents.*"))
     # The best config trains, in another process, to the same result.
-    shown = run_cli("sweep", "show", str(tmp_path / "sw"), "--best-config", "best.yaml", cwd=tmp_path)
+    shown = cli("sweep", "show", str(tmp_path / "sw"), "--best-config", "best.yaml", cwd=tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert "PRUNED" in shown.stdout or "COMPLETE" in shown.stdout
     assert f"best: trial {result.best_trial().number}" in shown.stdout

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 import trainkit
 from trainkit.data.pipeline import prepare
@@ -200,7 +200,7 @@ def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
 
     # trainkit predict on a CSV with the text column (other columns around it).
     (tmp_path / "new.csv").write_text("id,review\n1,Great superb good film\n2,Awful boring bad plot\n")
-    result = run_cli("predict", str(tmp_path / "run"), str(tmp_path / "new.csv"), "--output", str(tmp_path / "p.csv"), cwd=tmp_path)
+    result = cli("predict", str(tmp_path / "run"), str(tmp_path / "new.csv"), "--output", str(tmp_path / "p.csv"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert [r["input"] for r in rows] == ["2", "3"] and {r["class"] for r in rows} <= {"negative", "positive"}
@@ -211,7 +211,7 @@ def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
     folder = write_text_folder(tmp_path / "texts", per_class=1)
     assert trainkit.predict(tmp_path / "run", folder).inputs == ["neg/0.txt", "pos/0.txt"]
     (tmp_path / "bad.csv").write_text("text\nhello\n")
-    bad = run_cli("predict", str(tmp_path / "run"), str(tmp_path / "bad.csv"), "--output", str(tmp_path / "q.csv"), cwd=tmp_path)
+    bad = cli("predict", str(tmp_path / "run"), str(tmp_path / "bad.csv"), "--output", str(tmp_path / "q.csv"), cwd=tmp_path)
     assert bad.returncode == 2 and "no column 'review'" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "q.csv").exists()
     # Text inputs are read as bounded UTF-8 lines from regular files, as numeric ones are.
@@ -219,12 +219,12 @@ def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
     (tmp_path / "nested.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
     os.mkfifo(tmp_path / "fifo.csv")
     for bad_input, message in (("latin1.csv", "not UTF-8 text"), ("nested.jsonl", "nested too deeply"), ("fifo.csv", "not a regular file")):
-        bad = run_cli("predict", str(tmp_path / "run"), str(tmp_path / bad_input), "--output", str(tmp_path / "q.csv"), cwd=tmp_path, timeout=120)
+        bad = cli("predict", str(tmp_path / "run"), str(tmp_path / bad_input), "--output", str(tmp_path / "q.csv"), cwd=tmp_path)
         assert bad.returncode == 2 and message in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
         assert not (tmp_path / "q.csv").exists()
 
     # LiteRT and ONNX refuse string inputs in one line.
-    refused = run_cli("export", str(tmp_path / "run"), "--format", "onnx", cwd=tmp_path)
+    refused = cli("export", str(tmp_path / "run"), "--format", "onnx", cwd=tmp_path)
     assert refused.returncode == 2 and "ONNX has no string ops" in refused.stderr
 
 
@@ -264,7 +264,7 @@ def test_a_killed_text_run_resumes_bit_identical_with_its_vocabulary(tmp_path):
 )
 def test_bad_text_input_is_one_line_exit_2_and_writes_nothing(tmp_path, override, message):
     recipe_file(tmp_path)
-    result = run_cli("train", "reviews.yaml", override, "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", "reviews.yaml", override, "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
@@ -282,14 +282,14 @@ def test_a_wrong_key_or_text_beside_numbers_is_one_line(tmp_path):
 def test_an_empty_text_folder_is_one_line_exit_2(tmp_path):
     (tmp_path / "reviews" / "pos").mkdir(parents=True)
     recipe_file(tmp_path, source={"type": "text_folder", "path": "reviews"})
-    result = run_cli("train", "reviews.yaml", "--run-dir", "run", cwd=tmp_path)
+    result = cli("train", "reviews.yaml", "--run-dir", "run", cwd=tmp_path)
     assert result.returncode == 2 and "no text files (.txt) in the class folders" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
 def test_trainkit_data_shows_tokens_next_to_the_raw_text(tmp_path):
     recipe_file(tmp_path)
-    result = run_cli("data", "reviews.yaml", "-n", "2", cwd=tmp_path)
+    result = cli("data", "reviews.yaml", "-n", "2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "out of vocabulary 0.0% of words; cut by sequence_length 0.0% of examples" in result.stdout
     assert result.stdout.count("tokens [") == 2 and "text '" in result.stdout
