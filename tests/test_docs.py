@@ -3,7 +3,11 @@
 Each ``trainkit ...`` command and each Python snippet in README.md, docs/*.md and
 ``trainkit --help``'s examples is extracted and run, in document order, in one
 fresh working directory per document (so ``trainkit eval runs/x`` finds the run
-an earlier ``trainkit train x`` made). New documents and sections are picked up
+an earlier ``trainkit train x`` made). Commands run through ``trainkit.cli.main``
+in the test process (:func:`conftest.cli`: what a command does and prints, without
+a TensorFlow import per command; the process-level behaviour of ``trainkit`` is
+tested in test_cli.py and the fault tests); Python snippets run as the scripts a
+user runs, each in a fresh interpreter. New documents and sections are picked up
 without touching this file. Commands that train are smoke-sized: the CLI appends
 ``trainer.epochs=1``, or one epoch per stage for a staged recipe (the last layer
 wins, and the budget is a setting a run may change). A command written after a ``$ `` prompt and followed by output must
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli
 
 #: Documented commands and snippets that cannot run here, by a piece of their text.
 SKIP = {
@@ -205,7 +209,7 @@ def _run_command(snippet: Snippet, cwd: Path) -> str | None:
     words = shlex.split(snippet.text, comments=True)[1:]
     if words and words[0] in TRAINING_COMMANDS and not snippet.expected:
         words += smoke(words)
-    result = run_cli(*words, cwd=cwd)
+    result = cli(*words, cwd=cwd)
     output = result.stdout + result.stderr
     if snippet.expected:
         missing = [line for line in snippet.expected if line not in output.splitlines()]
@@ -220,7 +224,7 @@ def _run_python(snippet: Snippet, cwd: Path, number: int) -> str | None:
     path.write_text(snippet.text + "\n")
     if re.search(r"^def recipe\(", snippet.text, re.M):
         # A recipe file: it must resolve to a valid recipe.
-        result = run_cli("show", str(path), cwd=cwd)
+        result = cli("show", str(path), cwd=cwd)
     else:
         env = {
             **os.environ,
