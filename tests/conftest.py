@@ -100,7 +100,7 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
 
     command_line._STARTED = time.time()  # the "process" starts now: run.json's start-up phase is the command's own
     out, err = io.StringIO(), io.StringIO()
-    saved_env = {key: os.environ.get(key) for key in (env or {})}
+    saved_env = dict(os.environ)  # what the command sets in its environment ends with it, as with a process
     os.environ.update(env or {})
     try:
         with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
@@ -119,11 +119,8 @@ def cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subproc
                 traceback.print_exc()
                 code = 1
     finally:
-        for key, value in saved_env.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        os.environ.clear()
+        os.environ.update(saved_env)
     return subprocess.CompletedProcess(["trainkit", *args], code, out.getvalue(), err.getvalue())
 
 

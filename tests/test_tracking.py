@@ -11,7 +11,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import run_cli
+from conftest import cli
 
 pytest.importorskip("mlflow")
 
@@ -161,12 +161,12 @@ def test_a_real_mlflow_server_gets_the_runs_epochs_and_a_resume_appends_to_its_r
 
     run_dir = tmp_path / "run"
     track = [f"tracking.mlflow.uri={mlflow_server}", "tracking.mlflow.experiment=served"]
-    result = run_cli("train", *SMOKE, *track, "--run-dir", str(run_dir))
+    result = cli("train", *SMOKE, *track, "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     client = MlflowClient(mlflow_server)
     first = _only_run(client, "served")
     _assert_mirrors(client, first, run_dir)
-    result = run_cli("train", *SMOKE, *track, "trainer.epochs=3", "--run-dir", str(run_dir))
+    result = cli("train", *SMOKE, *track, "trainer.epochs=3", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stderr
     resumed = _only_run(client, "served")
     assert resumed.info.run_id == first.info.run_id
