@@ -1,10 +1,12 @@
 """Shared pieces of the checkpoint tests: one small exact recipe, runs, weights.
 
-Every run here is a real ``trainkit`` subprocess. ``BASE`` is digits_cnn made
-exactly reproducible on CPU (deterministic ops; Dropout and shuffling stay on),
-three epochs of 23 steps (69 steps), a checkpoint every 10 steps, the best kept
-by validation accuracy, and a constant learning rate (a cosine schedule's length
-depends on the budget; these tests change nothing that it depends on anyway).
+A run that is killed, signalled or held is a real ``trainkit`` subprocess; the
+others (the reference, a resume) run the same command in the test process.
+``BASE`` is digits_cnn made exactly reproducible on CPU (deterministic ops;
+Dropout and shuffling stay on), three epochs of 23 steps (69 steps), a
+checkpoint every 10 steps, the best kept by validation accuracy, and a constant
+learning rate (a cosine schedule's length depends on the budget; these tests
+change nothing that it depends on anyway).
 """
 
 from __future__ import annotations
@@ -65,6 +67,18 @@ def train(run_dir: Path, *extra: str, faults: tuple[str, ...] = (), base: list[s
     return subprocess.run(command(*args, faults=faults), cwd=cwd or run_dir.parent, capture_output=True, text=True, timeout=300, env=env())
 
 
+def train_here(run_dir: Path, *extra: str, base: list[str] = BASE, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """The same command as :func:`train`, through ``trainkit.cli.main`` in this process.
+
+    For the trainings whose process is not what a test is about: a reference run,
+    a resume after a kill (the killed run was a process of its own; nothing of it
+    is in this one), a refusal. Saves a TensorFlow import per training.
+    """
+    from conftest import cli
+
+    return cli("train", *base, "--run-dir", str(run_dir), *extra, cwd=cwd or run_dir.parent)
+
+
 def start(run_dir: Path, *extra: str, faults: tuple[str, ...] = (), base: list[str] = BASE) -> subprocess.Popen:
     args = ["train", *base, "--run-dir", str(run_dir), *extra]
     return subprocess.Popen(command(*args, faults=faults), cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
@@ -115,7 +129,7 @@ def reference_run(tmp_path_factory) -> Path:
     """The uninterrupted BASE run, trained once per test session (read-only: copy it to change it)."""
     if "run" not in _reference:
         run = tmp_path_factory.mktemp("reference") / "run"
-        result = train(run)
+        result = train_here(run)
         assert result.returncode == 0, result.stderr
         _reference["run"] = run
     return _reference["run"]

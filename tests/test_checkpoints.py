@@ -14,7 +14,7 @@ from _checkpoint_helpers import (
     kept_steps,
     messages,
     snapshot,
-    train,
+    train_here,
 )
 from conftest import cli
 
@@ -60,7 +60,7 @@ SLOW_DAMAGE = ("deleted-index", "truncated-data", "flipped-byte-in-data")
 def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning_and_the_run_ends_identical(tmp_path, reference, damage):
     run = copy_run(reference, tmp_path / "run")
     DAMAGE[damage](run / "checkpoints")
-    result = train(run)
+    result = train_here(run)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in messages(result.stderr) if line.startswith("warning:")]
     assert len(warnings) == 1 and "ckpt-69" in warnings[0] and "cannot be read back" in warnings[0], result.stderr
@@ -74,7 +74,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning_and_the_run_ends_
 def test_a_damaged_checkpoint_list_does_not_hide_the_checkpoints(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
     (run / "checkpoints" / "checkpoint").write_text("model_checkpoint_path: \x00garbage{{\n")
-    result = train(run)
+    result = train_here(run)
     assert result.returncode == 0, result.stderr
     assert f"ckpt-{STEPS} at step {STEPS} " in result.stdout
     assert "already trained" in result.stdout
@@ -85,7 +85,7 @@ def test_when_no_checkpoint_reads_back_the_run_is_refused_and_they_are_left_alon
     for index in (run / "checkpoints").glob("ckpt-*.index"):
         _truncate(index)
     before = snapshot(run / "checkpoints")
-    result = train(run)
+    result = train_here(run)
     assert result.returncode == 2
     lines = messages(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr

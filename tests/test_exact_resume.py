@@ -2,7 +2,7 @@
 
 Each case kills a real ``trainkit train`` process at a chosen moment (see
 ``_fault_runner.py``), trains again into the same directory with the same
-command, and compares every array of the final ``model.keras`` with the
+command (in the test process: nothing of the killed one is there), and compares every array of the final ``model.keras`` with the
 uninterrupted run's, bit for bit.
 """
 
@@ -22,6 +22,7 @@ from _checkpoint_helpers import (
     messages,
     start,
     train,
+    train_here,
     wait_for_training,
 )
 
@@ -30,7 +31,7 @@ def _kill_then_resume(run, fault: str, reference, *, resumes: bool = True) -> st
     killed = train(run, faults=(fault,))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert json.loads((run / "run.json").read_text())["status"] == "running"  # died without a word
-    resumed = train(run)
+    resumed = train_here(run)
     assert resumed.returncode == 0, resumed.stderr
     assert ("resumed from" in resumed.stdout) == resumes
     assert_same_weights(run, reference)
@@ -79,7 +80,7 @@ def test_killed_twice_then_resumed_is_still_bit_identical(tmp_path, reference):
     run = tmp_path / "run"
     assert train(run, faults=("kill-after-train:17",)).returncode == -signal.SIGKILL
     assert train(run, faults=("kill-after-train:25",)).returncode == -signal.SIGKILL  # now at ~step 35+
-    assert train(run).returncode == 0
+    assert train_here(run).returncode == 0
     assert_same_weights(run, reference)
 
 
@@ -93,7 +94,7 @@ def test_sigkill_from_outside_at_a_random_moment_resumes_bit_identical(tmp_path,
     time.sleep(random.uniform(0.0, 1.5))
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=60)
-    resumed = train(run)
+    resumed = train_here(run)
     assert resumed.returncode == 0, resumed.stderr
     assert_same_weights(run, reference)
 
@@ -121,7 +122,7 @@ def test_signal_saves_exits_with_its_code_and_resumes_bit_identical(tmp_path, re
     assert max(kept_steps(run / "checkpoints")) == step  # saved where it stopped
     assert not (run / ".lock").exists()
 
-    resumed = train(run)
+    resumed = train_here(run)
     assert resumed.returncode == 0, resumed.stderr
     assert f"at step {step} " in resumed.stdout
     assert_same_weights(run, reference)
@@ -131,9 +132,9 @@ def test_signal_saves_exits_with_its_code_and_resumes_bit_identical(tmp_path, re
 def test_mirrored_strategy_on_two_cpus_resumes_bit_identical(tmp_path):
     mirrored = [*BASE[:2], "digits_cnn_mirrored", *BASE[3:]]  # same overrides, 2 replicas
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train(reference, base=mirrored).returncode == 0
+    assert train_here(reference, base=mirrored).returncode == 0
     assert train(run, base=mirrored, faults=("kill-after-train:33",)).returncode == -signal.SIGKILL
-    resumed = train(run, base=mirrored)
+    resumed = train_here(run, base=mirrored)
     assert resumed.returncode == 0, resumed.stderr
     assert "at step 30 " in resumed.stdout
     assert_same_weights(run, reference)

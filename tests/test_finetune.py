@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from _checkpoint_helpers import messages, train
+from _checkpoint_helpers import messages, train, train_here
 from conftest import cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -200,14 +200,14 @@ def test_a_stage_boundary_resumes_bit_exactly_after_a_kill(tmp_path, source_run)
     recipe = recipe_file(tmp_path, str(source_run), trainer__stages=stages, optimizer__groups=groups)
     base = [str(recipe), "trainer.checkpoint.every_steps=5", "trainer.progress=true"]
     (tmp_path / "whole").mkdir()
-    whole = train(tmp_path / "whole" / "run", base=base)
+    whole = train_here(tmp_path / "whole" / "run", base=base)
     assert whole.returncode == 0, whole.stderr
     # Killed after step 30 (stage 2 began at step 23): resumes from ckpt-25, inside stage 2.
     (tmp_path / "killed").mkdir()
     run = tmp_path / "killed" / "run"
     killed = train(run, base=base, faults=("kill-after-train:30",))
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    resumed = train(run, base=base)
+    resumed = train_here(run, base=base)
     assert resumed.returncode == 0, resumed.stderr
     assert "at step 25 " in resumed.stdout and "stage 2/2" in resumed.stdout
     a, b = layer_weights(tmp_path / "whole" / "run" / "model.keras"), layer_weights(run / "model.keras")

@@ -12,7 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from _checkpoint_helpers import kept_steps, messages, train, weights
+from _checkpoint_helpers import kept_steps, messages, train_here, weights
 
 RECIPE = '''
 """Blobs with one poisoned training row (for the NaN guard's tests)."""
@@ -82,7 +82,7 @@ def _finite_checkpoint(path) -> bool:
 )
 def test_nan_stops_with_exit_3_naming_the_step_and_saves_nothing_after_it(tmp_path, recipe, activation, what):
     run = tmp_path / "run"
-    result = train(run, f"model.activation={activation}", base=recipe)
+    result = train_here(run, f"model.activation={activation}", base=recipe)
     assert result.returncode == 3
     lines = messages(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -99,7 +99,7 @@ def test_nan_stops_with_exit_3_naming_the_step_and_saves_nothing_after_it(tmp_pa
 
 def test_nan_rollback_skips_the_offending_batches_and_finishes(tmp_path, recipe):
     run = tmp_path / "run"
-    result = train(run, "trainer.nan_policy=rollback", base=recipe)
+    result = train_here(run, "trainer.nan_policy=rollback", base=recipe)
     assert result.returncode == 0, result.stderr
     warnings = [line for line in messages(result.stderr) if line.startswith("warning:")]
     assert len(warnings) == 3, result.stderr  # one poisoned batch per epoch
@@ -116,7 +116,7 @@ def test_nan_rollback_skips_the_offending_batches_and_finishes(tmp_path, recipe)
 
 def test_nan_rollback_gives_up_after_the_retry_limit(tmp_path, recipe):
     run = tmp_path / "run"
-    result = train(run, "trainer.nan_policy=rollback", "trainer.nan_max_retries=1", base=recipe)
+    result = train_here(run, "trainer.nan_policy=rollback", "trainer.nan_max_retries=1", base=recipe)
     assert result.returncode == 3
     lines = messages(result.stderr)
     assert re.match(r"error: the (training loss|model's weights) became NaN or infinite by step ", lines[-1]), lines[-1]

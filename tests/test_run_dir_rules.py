@@ -16,14 +16,14 @@ from _checkpoint_helpers import (
     messages,
     snapshot,
     start,
-    train,
+    train_here,
     wait_for_training,
 )
 
 
 def test_the_same_recipe_resumes_and_says_so(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
-    result = train(run)
+    result = train_here(run)
     assert result.returncode == 0, result.stderr
     assert f"resumed from {run / 'checkpoints' / f'ckpt-{STEPS}'} at step {STEPS} " in result.stdout
     assert "already trained" in result.stdout
@@ -32,7 +32,7 @@ def test_the_same_recipe_resumes_and_says_so(tmp_path, reference):
 
 def test_a_longer_budget_is_an_allowed_change_that_is_listed(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
-    result = train(run, "trainer.epochs=4", "trainer.log_every_steps=7")
+    result = train_here(run, "trainer.epochs=4", "trainer.log_every_steps=7")
     assert result.returncode == 0, result.stderr
     assert "resuming with changed settings: trainer.epochs, trainer.log_every_steps" in result.stdout
     assert f"at step {STEPS} " in result.stdout
@@ -43,7 +43,7 @@ def test_a_longer_budget_is_an_allowed_change_that_is_listed(tmp_path, reference
 def test_a_forbidden_change_is_refused_in_one_line_and_changes_nothing(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
     before = snapshot(run)
-    result = train(run, "optimizer.learning_rate=0.01", "model.dropout=0.5")
+    result = train_here(run, "optimizer.learning_rate=0.01", "model.dropout=0.5")
     assert result.returncode == 2
     lines = messages(result.stderr)
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
@@ -55,7 +55,7 @@ def test_a_forbidden_change_is_refused_in_one_line_and_changes_nothing(tmp_path,
 def test_restart_moves_the_old_run_aside_whole_and_starts_over(tmp_path, reference):
     run = copy_run(reference, tmp_path / "run")
     before = snapshot(run)
-    result = train(run, "optimizer.learning_rate=0.01", "--restart")
+    result = train_here(run, "optimizer.learning_rate=0.01", "--restart")
     assert result.returncode == 0, result.stderr
     (old,) = tmp_path.glob("run.old-*")
     assert f"was moved to {old}" in result.stdout
@@ -69,11 +69,11 @@ def test_restart_moves_the_old_run_aside_whole_and_starts_over(tmp_path, referen
 @pytest.mark.slow
 def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_over(tmp_path, reference):
     run = tmp_path / "run"
-    first = start(run, faults=("slow:2",))  # holds the directory for a while
+    first = start(run, faults=("slow:0.5",))  # holds the directory for 35 s or more (69 steps)
     try:
         wait_for_training(run, first)
         for extra in ((), ("--restart",)):  # --restart must not move a live run either
-            second = train(run, *extra)
+            second = train_here(run, *extra)
             assert second.returncode == 2
             lines = messages(second.stderr)
             assert len(lines) == 1 and "Traceback" not in second.stderr, second.stderr
@@ -88,7 +88,7 @@ def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_ove
         first.communicate(timeout=60)
     assert (run / ".lock").is_file()  # left behind by the killed process: stale
 
-    third = train(run)
+    third = train_here(run)
     assert third.returncode == 0, third.stderr
     assert f"stale lock of process {first.pid}" in third.stderr
     assert "resumed from" in third.stdout
@@ -101,11 +101,11 @@ def test_a_run_stopped_early_stays_stopped_when_trained_again(tmp_path):
     run = tmp_path / "run"
     # Never "improves" by 10: stops at the end of the second epoch (step 46 of 115).
     stopper = "trainer.callbacks=[{type: EarlyStopping, monitor: loss, patience: 0, min_delta: 10}]"
-    first = train(run, "trainer.epochs=5", stopper)
+    first = train_here(run, "trainer.epochs=5", stopper)
     assert first.returncode == 0, first.stderr
     assert json.loads((run / "run.json").read_text())["stopped_early"] is True
     assert kept_steps(run / "checkpoints" / "final") == [46]
-    again = train(run, "trainer.epochs=5", stopper)
+    again = train_here(run, "trainer.epochs=5", stopper)
     assert again.returncode == 0, again.stderr
     assert "the run stopped early at step 46; not training further" in again.stdout
     assert max(kept_steps(run / "checkpoints")) == 46  # no step trained after it

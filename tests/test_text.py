@@ -230,23 +230,23 @@ def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_text_run_resumes_bit_identical_with_its_vocabulary(tmp_path):
-    from _checkpoint_helpers import assert_same_weights, train
+    from _checkpoint_helpers import assert_same_weights, train, train_here
 
     recipe_file(tmp_path)
     base = ["reviews.yaml", "trainer.progress=true"]  # 3 epochs of 5 steps, a checkpoint every 5
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train(reference, base=base).returncode == 0
+    assert train_here(reference, base=base).returncode == 0
     killed = train(run, base=base, faults=("kill-after-train:8",))
     assert killed.returncode == -9
     assert (run / "vocabulary.txt").read_text() == (reference / "vocabulary.txt").read_text()
-    resumed = train(run, base=base)
+    resumed = train_here(run, base=base)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "at step 5 " in resumed.stdout
     assert_same_weights(run, reference)
 
     # The kept vocabulary is what a continued run reads: one cut to nothing is refused in one line.
     (run / "vocabulary.txt").write_text("\n[UNK]\n")
-    again = train(run, *["trainer.epochs=4"], base=base)
+    again = train_here(run, *["trainer.epochs=4"], base=base)
     assert again.returncode == 2 and "vocabulary.txt: the vocabulary has 2 token(s)" in again.stderr
 
 

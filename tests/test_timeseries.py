@@ -189,15 +189,15 @@ def test_exports_take_the_raw_window_and_agree_with_the_trained_model(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_series_run_resumes_bit_identical(tmp_path):
-    from _checkpoint_helpers import assert_same_weights, train
+    from _checkpoint_helpers import assert_same_weights, train, train_here
 
     series_recipe(tmp_path)
     base = ["series.yaml", "trainer.progress=true"]  # 3 epochs of 6 steps, a checkpoint every 5
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train(reference, base=base).returncode == 0
+    assert train_here(reference, base=base).returncode == 0
     killed = train(run, base=base, faults=("kill-after-train:8",))
     assert killed.returncode == -9
-    resumed = train(run, base=base)
+    resumed = train_here(run, base=base)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "at step 5 " in resumed.stdout
     assert_same_weights(run, reference)
