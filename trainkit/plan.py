@@ -269,8 +269,10 @@ def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy, *, run_dir: str
     """The data step: every split prepared, the batch size checked against the training split
     (``run_dir``: the run this continues, whose fitted vocabulary is reused)."""
     from trainkit.data.pipeline import prepare
+    from trainkit.models.pretrained import data_section
 
-    data = prepare(data_section_for(recipe.data, strategy), seed=recipe.seed, run_dir=run_dir)
+    section = data_section(recipe, Path(run_dir) if run_dir is not None else None)  # (a KerasHub preset's preprocessor)
+    data = prepare(data_section_for(section, strategy), seed=recipe.seed, run_dir=run_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "

@@ -53,11 +53,11 @@ def restore_source(path: Path, checkpoint: str, *, field: str) -> keras.Model:
     inference model, preprocessing included, so it is not what is restored.)"""
     from trainkit.data.pipeline import prepare
     from trainkit.models.build import build_with_sources
-    from trainkit.models.pretrained import STORED_SOURCE
+    from trainkit.models.pretrained import STORED_SOURCE, data_section
 
     try:
         directory, recipe = run_recipe(path)
-        info = prepare(recipe.data, seed=recipe.seed).info
+        info = prepare(data_section(recipe, path), seed=recipe.seed, run_dir=path).info
         model, _ = build_with_sources(
             recipe.model, info, stored_source=path / STORED_SOURCE, runs=source_models(recipe.model)
         )

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import numpy as np
 
 from trainkit.console import warn
-from trainkit.data import series, sources, text, transforms
+from trainkit.data import preset_text, series, sources, text, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
@@ -214,9 +214,13 @@ class PreparedData:
     def write_fitted(self, directory: str | os.PathLike) -> None:
         """Write what was fitted on the training split and a resumed run reuses
         (``data.text``'s vocabulary) into the run directory."""
-        if self.text_step is not None and self.text_step["type"] != "vectorize":
+        if self.text_step is None:
+            return
+        if self.text_step["type"] == "preset":
+            preset_text.write_step(Path(directory), self.text_step)
+        elif self.text_step["type"] != "vectorize":
             text.write_tokenizer_file(Path(directory), self.text_step)
-        elif self.text_step is not None:
+        else:
             text.write_vocabulary(Path(directory), self.text_step)
 
     def use_cache_dir(self, directory: str | os.PathLike) -> None:
@@ -768,7 +772,10 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
     or fitted on the training split only; the features must be text exactly when it is set."""
     spec_x = _raw_feature_spec(section, splits["train"], seed)
     is_text = not isinstance(spec_x, dict) and spec_x.dtype.name == "string"
-    if section.text is None:
+    spec = None if section.text == "none" else section.text
+    if spec is not None and spec.type == "preset" and spec._implicit and not is_text:
+        spec = None  # (a preset's preprocessor by default: for text only, token ids go as they are)
+    if spec is None:
         if is_text or (isinstance(spec_x, dict) and any(v.dtype.name == "string" for v in spec_x.values())):
             raise ConfigError(
                 "data.text: the features are text (strings), which a model cannot take; set data.text, "
@@ -780,12 +787,16 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
         raise ConfigError(f"data.text: the features are {what}, not one text per example; data.text applies to string features")
     if section.scale != "none":
         raise ConfigError("data.scale: the features are text; scaling is for numbers (data.text turns text into numbers)")
-    if section.text.type != "vectorize":  # (a tokenizer from a file: nothing to fit)
-        return text.tokenizer_step(section.text, run_dir)
-    fitted = text.read_vocabulary(run_dir, section.text)
+    if spec.type == "preset":  # (a KerasHub preset's own preprocessor: nothing to fit)
+        if spec.source is None:
+            raise ConfigError(f"{text.FIELD}: preset needs a KerasHub preset: set data.text.source, or model: {{type: pretrained, source: PRESET}}")
+        return preset_text.preset_step(spec, run_dir)
+    if spec.type != "vectorize":  # (a tokenizer from a file: nothing to fit)
+        return text.tokenizer_step(spec, run_dir)
+    fitted = text.read_vocabulary(run_dir, spec)
     if fitted is None:
-        fitted = text.fit_vocabulary(section.text, _training_features(section, splits, transforms.chain([]), seed))
-    return text.vectorize_step(section.text, fitted)
+        fitted = text.fit_vocabulary(spec, _training_features(section, splits, transforms.chain([]), seed))
+    return text.vectorize_step(spec, fitted)
 
 
 def _raw_feature_spec(section: DataSection, split: Split, seed: int):

@@ -220,6 +220,37 @@ class _SentencePiece(BaseModel):
     vocabulary_size: Annotated[int, Field(ge=2)]
 
 
+class _Preset(BaseModel):
+    model_config = _Strict
+    type: Literal["preset"]
+    source: str
+    preprocessor: str
+    """The class name of the preset's preprocessor."""
+    tokenizer: dict[str, Any]
+    """The KerasHub tokenizer's Keras config (``serialize_keras_object``)."""
+    assets: dict[str, str]
+    """Its asset files (the vocabulary) in base64, by file name."""
+    start_id: int
+    end_id: int
+    pad_id: int
+    sequence_length: Annotated[int, Field(ge=3, le=1 << 20)]
+    vocabulary_size: Annotated[int, Field(ge=2)]
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _keras_hub(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not str(value.get("registered_name", "")).startswith("keras_hub>"):
+            raise ValueError("not a KerasHub tokenizer")
+        return value
+
+    @field_validator("assets")
+    @classmethod
+    def _file_names(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not name or name.startswith(".") or "/" in name or "\\" in name for name in value):
+            raise ValueError("asset names are plain file names")
+        return value
+
+
 class _InferenceSpec(BaseModel):
     model_config = _Strict
     recipe: str
@@ -228,7 +259,7 @@ class _InferenceSpec(BaseModel):
     num_classes: Annotated[int, Field(ge=1, le=1 << 20)] | None
     class_names: list[str] | None
     input: _Input
-    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize | _WordPiece | _SentencePiece, Field(discriminator="type")]]
+    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize | _WordPiece | _SentencePiece | _Preset, Field(discriminator="type")]]
     head: Literal["binary_logits", "binary", "softmax", "probabilities", "identity"]
     outputs: list[str]
     unsupported: str | None = None
