@@ -52,6 +52,7 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
     if dtype == "string":  # one text per example: the text column of a CSV or JSON lines, if it had a name
         columns = info.feature_names if info.feature_names and len(info.feature_names) == 1 else None
     source = section.source
+    series = {"columns": list(info.feature_names)} if source.type == "timeseries" and info.feature_names else None
     image = None
     if source.type == "image_folder":
         image = {"channels": source.channels, "size": shape[:2], "resize": source.image_size is not None}
@@ -70,7 +71,8 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
         "task": info.task,
         "num_classes": info.num_classes,
         "class_names": _class_names(info),
-        "input": {"name": INPUT_NAME, "shape": shape, "dtype": dtype, "columns": columns, "image": image},
+        "input": {"name": INPUT_NAME, "shape": shape, "dtype": dtype, "columns": columns, "image": image,
+                  **({"series": series} if series else {})},  # (a window's columns: predict cuts a series CSV)
         "preprocessing": steps,
         "head": head,
         "outputs": ["probabilities", "class_ids"] if info.task == "classification" else ["predictions"],
@@ -130,6 +132,8 @@ class _Input(BaseModel):
     dtype: str
     columns: list[str] | None = None
     image: dict[str, Any] | None = None
+    series: dict[str, list[str]] | None = None
+    """A time-series run's input columns, in a window's order."""
 
     @field_validator("dtype")
     @classmethod
