@@ -46,7 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import load, provenance, ratio
+from machine import Others, provenance, ratio
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -214,13 +214,13 @@ def worker(method: str, name: str) -> None:
 
 def measure(method: str, name: str) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    before = load()
-    out = subprocess.run(
-        [sys.executable, __file__, "--worker", method, name], capture_output=True, text=True, env=env, cwd=ROOT
-    )
+    with Others() as others:
+        out = subprocess.run(
+            [sys.executable, __file__, "--worker", method, name], capture_output=True, text=True, env=env, cwd=ROOT
+        )
     if out.returncode != 0:
         raise RuntimeError(f"{method}/{name} failed:\n{out.stderr[-3000:]}")
-    return {**json.loads(out.stdout.strip().splitlines()[-1]), "loads": [before, load()]}
+    return {**json.loads(out.stdout.strip().splitlines()[-1]), "loads": [others.cores]}
 
 
 def startup_times(repeats: int) -> dict:

@@ -39,7 +39,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import load, provenance, ratio, spread
+from machine import Others, provenance, ratio, spread
 from markdown_section import replace_section
 
 HERE = Path(__file__).resolve().parent
@@ -170,12 +170,12 @@ def worker(name: str, method: str, steps: int, examples: int) -> None:
 
 def measure(name: str, method: str, steps: int, examples: int) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "TRAINKIT_HOME": str(ROOT)}
-    before = load()
     argv = [sys.executable, __file__, "--worker", name, method, str(steps), str(examples)]
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    with Others() as others:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{name}/{method} failed:\n{out.stderr[-3000:]}")
-    return {"steps_per_second": json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"], "loads": [before, load()]}
+    return {"steps_per_second": json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"], "loads": [others.cores]}
 
 
 def report(samples: dict, args: argparse.Namespace) -> str:
@@ -218,7 +218,7 @@ def main() -> None:
             for method in CASES[name][repeat % 2 :] + CASES[name][: repeat % 2]:
                 result = measure(name, method, args.steps, args.examples)
                 samples[name][method].append(result)
-                print(f"[{repeat + 1}/{args.repeats}] {name:10} {method:8} {result['steps_per_second']:8.1f} steps/s  load {result['loads'][0]:.2f}", flush=True)
+                print(f"[{repeat + 1}/{args.repeats}] {name:10} {method:8} {result['steps_per_second']:8.1f} steps/s  others {result['loads'][0]:.2f} cores", flush=True)
     if not args.quick:  # a check's numbers are not kept
         (HERE / "streamed.json").write_text(json.dumps(samples, indent=2))
         replace_section(BEGIN, END, report(samples, args))
