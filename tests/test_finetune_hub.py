@@ -128,6 +128,20 @@ def test_the_tiny_preset_has_a_real_wordpiece_vocabulary_and_its_preprocessor_is
     with pytest.raises(ConfigError, match="longer than the preset's backbone takes"):
         prepare(data_section(too_long), seed=0)
 
+    # A preset whose tokenizer is missing, or whose vocabulary is damaged: one line.
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_preset, broken)
+    (broken / "tokenizer.json").unlink()
+    elsewhere = trainkit.load_recipe(recipe, overrides={"model.source": str(broken)})
+    with pytest.raises(ConfigError, match=r"data.text: the KerasHub preset .*broken gives no text classifier preprocessor") as err:
+        prepare(data_section(elsewhere), seed=0)
+    assert "\n" not in str(err.value)
+    shutil.copy(tiny_preset / "tokenizer.json", broken / "tokenizer.json")
+    (broken / "assets" / "tokenizer" / "vocabulary.txt").write_text("[PAD]\n")
+    with pytest.raises(ConfigError, match=r"gives no text classifier preprocessor") as err:
+        prepare(data_section(elsewhere), seed=0)
+    assert "\n" not in str(err.value)
+
 
 _SERVE = """
 import json, sys, numpy as np, keras, tensorflow as tf

@@ -592,7 +592,13 @@ class PresetText(Section):
     # need no preprocessor, rather than being refused as not text)
 
 
-TextSection = Annotated[VectorizeText | WordPieceText | SentencePieceText | PresetText, Field(discriminator="type")]
+class NoText(Section):
+    """``data.text: none``: no tokenizer at all, not even a KerasHub preset's (data that is token ids already)."""
+
+    type: Literal["none"] = "none"
+
+
+TextSection = Annotated[VectorizeText | WordPieceText | SentencePieceText | PresetText | NoText, Field(discriminator="type")]
 
 
 class SplitFractions(Section):
@@ -635,7 +641,7 @@ class DataSection(Section, _OmitsUnusedFields):
     scale: Literal["none", "standard", "minmax"] = "none"
     """Feature scaling of in-memory sources, fitted on the training split only
     (for any source: the ``normalize`` transform)."""
-    text: TextSection | Literal["none"] | None = None
+    text: TextSection | None = None
     """How string features become numbers (``{type: vectorize, ...}``, fitted on the
     training split; ``wordpiece`` or ``sentencepiece`` from a file; ``preset``, a KerasHub
     preset's own preprocessor), part of the exported model. Unset (default): no tokenizer,
@@ -678,8 +684,7 @@ class DataSection(Section, _OmitsUnusedFields):
     @field_validator("text", mode="before")
     @classmethod
     def _text_off(cls, value: Any) -> Any:
-        if value == "none":
-            return value  # (kept: unlike leaving it unset, it turns a preset's preprocessor off)
+        # ("none" is kept, as {type: none}: unlike leaving it unset, it turns a preset's preprocessor off)
         return {"type": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -1046,7 +1051,7 @@ class Recipe(Section, _OmitsUnusedFields):
     @model_validator(mode="after")
     def _text_exports(self) -> Recipe:
         for name in self.export.formats:
-            if self.data.text not in (None, "none") and name in NO_STRING_INPUTS:
+            if self.data.text is not None and self.data.text.type != "none" and name in NO_STRING_INPUTS:
                 raise ValueError(
                     f"export.formats: {name} cannot take the raw text this run's exports take: {NO_STRING_INPUTS[name]}; "
                     "export keras and/or saved_model"

@@ -883,7 +883,7 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
     or fitted on the training split only; the features must be text exactly when it is set."""
     spec_x = _raw_feature_spec(section, splits["train"], seed)
     is_text = not isinstance(spec_x, dict) and spec_x.dtype.name == "string"
-    spec = None if section.text == "none" else section.text
+    spec = None if section.text is not None and section.text.type == "none" else section.text
     if spec is not None and spec.type == "preset" and spec._implicit and not is_text:
         spec = None  # (a preset's preprocessor by default: for text only, token ids go as they are)
     if spec is None:
