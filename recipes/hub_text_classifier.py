@@ -20,8 +20,11 @@ Smoke:    python recipes/hub_text_classifier.py --make-tiny-preset presets/hub_t
           save_to_preset, so the preset is loaded by the real code path, no network. It
           shows the mechanics (raw strings through the preset's own preprocessor), not
           pretraining's benefit: the weights are random.
-Reaches:  not measured on bert_tiny_en_uncased here (this machine has no network). See the
-          README's table for the tiny random preset.
+Reaches:  not measured on bert_tiny_en_uncased here (this machine has no network). On the
+          tiny random preset, 10 epochs: test accuracy 0.32 with LoRA (seeds 0, 1, 2: the
+          majority class; low-rank updates of random frozen kernels learn nothing here), 0.81
+          with model.lora_rank=null (every weight trains; seed 0); ~14 s and ~21 s of training
+          on 2 shared CPU cores.
 Data:     raw strings, the preset's own preprocessor applied (data.text: preset, the default
           for a KerasHub source): its WordPiece tokenizer, [CLS] ... [SEP] packing and the
           padding mask, 128 token ids per text. The texts: the paragraphs of at least 8 words
