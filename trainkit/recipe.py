@@ -641,7 +641,10 @@ class DataSection(Section, _OmitsUnusedFields):
     relative path is inside the run directory (``runs/NAME/PATH/train``, ...),
     written only once the run is validated and locked, and a resumed run reads
     it; outside a run (``trainkit data``, ``trainkit eval``) it falls back to
-    memory and nothing is written. In-memory sources need no cache."""
+    memory and nothing is written. In-memory sources need no cache. ``none``: no
+    cache at all. Unset (``false``), the splits of a streamed source that
+    ``data.text`` tokenizes are kept in memory all the same where they fit
+    (``trainkit.data.pipeline.choose_cache``; the start header says so)."""
     parallel_calls: PositiveInt | Literal["auto"] = "auto"
     """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
     deterministic: StrictBool = True

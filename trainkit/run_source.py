@@ -58,10 +58,21 @@ def restore_source(path: Path, checkpoint: str, *, field: str) -> keras.Model:
     try:
         directory, recipe = run_recipe(path)
         info = prepare(recipe.data, seed=recipe.seed).info
-        model, _ = build_with_sources(
-            recipe.model, info, stored_source=path / STORED_SOURCE, runs=source_models(recipe.model)
-        )
-        load_weights(model, directory, checkpoint, field=f"{field}_checkpoint")
+
+        def build() -> keras.Model:
+            stored, runs = path / STORED_SOURCE, source_models(recipe.model)
+            return build_with_sources(recipe.model, info, stored_source=stored, runs=runs)[0]
+
+        model = build()
+        if recipe.model.lora_rank:  # its checkpoint holds the low-rank updates: read them, then merge
+            from trainkit.models.finetune import enable_lora, merge_lora
+
+            adapted = build()
+            enable_lora(adapted, recipe.model.lora_rank)
+            load_weights(adapted, directory, checkpoint, field=f"{field}_checkpoint")
+            merge_lora(adapted, model)
+        else:
+            load_weights(model, directory, checkpoint, field=f"{field}_checkpoint")
     except TrainkitError as err:
         raise ConfigError(f"{field}: the run {path} cannot be loaded: {err}" if field not in str(err) else str(err)) from None
     return model
