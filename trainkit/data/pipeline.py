@@ -185,6 +185,10 @@ class PreparedData:
         self._bases: dict = {}
         # Evaluation datasets by (split, take), each with the strategy it was made for.
         self._evaluation_sets: dict = {}
+        self.threads: int | None = None
+        """A thread pool of this size for the pipelines made from here on, one thread per
+        op (a sidecar evaluator's: the training beside it keeps the cores); None:
+        tf.data's own, one thread per core."""
 
     def fresh(self) -> PreparedData:
         """The same data with no pipeline built yet: for a parameter-server worker,
@@ -724,6 +728,9 @@ class PreparedData:
             ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is True else int(prefetch))
         options = tf.data.Options()
         options.deterministic = self.section.deterministic
+        if self.threads:
+            options.threading.private_threadpool_size = self.threads
+            options.threading.max_intra_op_parallelism = 1
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF if sharded else tf.data.experimental.AutoShardPolicy.DATA
         )
