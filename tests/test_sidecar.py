@@ -215,6 +215,8 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
     assert result.returncode == 2 and "--checkpoint goes without --watch" in result.stderr
     result = run_cli("eval", str(run), "--threads", "2")
     assert result.returncode == 2 and "--threads goes with --watch" in result.stderr
+    result = run_cli("eval", str(run), "--wait")
+    assert result.returncode == 2 and "--wait goes with --watch" in result.stderr
     for option, value, valid in (("--threads", "-1", "0 (TensorFlow's default"), ("--nice", "20", "0 (keep the priority) to 19")):
         result = run_cli("eval", str(run), "--watch", option, value)
         assert result.returncode == 2 and f"error: {option}: must be {valid}" in result.stderr, result.stderr
@@ -283,6 +285,20 @@ def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_ke
     assert any(2 * 45 < r["step"] and r["time"] < ended - 1 for r in history)  # evaluated beside the training
     assert json.loads((run / "eval.json").read_text())["validation"]  # the run's own final evaluation
     assert "(every 0.3 s; 1 thread, nice 10)" in (tmp_path / "eval2.log").read_text()  # the defaults
+
+
+@pytest.mark.slow
+def test_an_evaluator_started_before_its_training_waits_for_it_and_for_its_end(tmp_path):
+    run = tmp_path / "run"
+    with open(tmp_path / "eval.log", "w") as log:
+        evaluator = _spawn("eval", str(run), "--watch", "--wait", "--until-finished", "--every-seconds", "0.3", log=log)
+    with open(tmp_path / "train.log", "w") as log:
+        training = _spawn("train", *SMOKE, *EVERY_EPOCH, "trainer.epochs=6", "--run-dir", str(run), log=log)
+    assert training.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()
+    assert evaluator.wait(timeout=300) == 0, (tmp_path / "eval.log").read_text()
+    steps = [r["step"] for r in _history(run)]
+    assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
+    assert steps[-1] == json.loads((run / "run.json").read_text())["step"]
 
 
 def test_validation_sidecar_leaves_validation_to_an_evaluator_task_when_the_cluster_has_one(monkeypatch):

@@ -120,6 +120,11 @@ def _run_commands(commands) -> None:
     p.add_argument("--every-seconds", type=float, default=30.0, metavar="S", help="with --watch: how often to look (default 30)")
     p.add_argument("--until-finished", action="store_true", help="with --watch: stop once the run has ended and its last checkpoint is evaluated")
     p.add_argument(
+        "--wait", action="store_true",
+        help="with --watch: the training starts now, beside this evaluator: wait for RUN_DIR to appear, "
+        "and for this training's end (TensorFlow's start-up overlaps the training's)",
+    )
+    p.add_argument(
         "--threads", type=int, metavar="N",
         help="with --watch: TensorFlow's threads in the evaluator (intra-op, inter-op, tf.data; "
         "default 1, so the training keeps the other cores; 0: one per core)",
@@ -284,13 +289,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         watch(
             args.run_dir, split=args.split or "validation", every_seconds=args.every_seconds,
             until_finished=args.until_finished, recipe_file=args.recipe,
+            wait_for_run=args.wait, ended_after=time.time() if args.wait else None,
             threads=DEFAULT_THREADS if args.threads is None else args.threads,
             nice=DEFAULT_NICE if args.nice is None else args.nice,
         )
         return 0
-    for option, value in (("--until-finished", args.until_finished or None), ("--threads", args.threads), ("--nice", args.nice)):
+    flags = (("--until-finished", args.until_finished or None), ("--wait", args.wait or None))
+    for option, value in (*flags, ("--threads", args.threads), ("--nice", args.nice)):
         if value is not None:
-            shown = option if option == "--until-finished" else f"{option} {value}"
+            shown = option if option in ("--until-finished", "--wait") else f"{option} {value}"
             raise ConfigError(f"{option} goes with --watch (trainkit eval RUN_DIR --watch {shown})")
     split = args.split or "test"
     results = api.evaluate(args.run_dir, split=split, checkpoint=args.checkpoint, recipe_file=args.recipe)
