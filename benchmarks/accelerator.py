@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import load, provenance, ratio, spread
+from machine import Others, provenance, ratio, spread
 from markdown_section import replace_section
 
 HERE = Path(__file__).resolve().parent
@@ -108,13 +108,13 @@ def worker(method: str, name: str, mode: str, steps: int, repeats: int) -> None:
 
 def measure(method: str, name: str, mode: str, steps: int, repeats: int, timeout: float) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "TRAINKIT_HOME": str(ROOT)}
-    before = load()
     argv = [sys.executable, __file__, "--worker", method, name, mode, str(steps), str(repeats)]
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=max(timeout, 1))
+    with Others() as others:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=max(timeout, 1))
     if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:200], "loads": [before, load()]}
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1][:200], "loads": [others.cores]}
     seconds = json.loads(out.stdout.strip().splitlines()[-1])["seconds"]
-    return {"steps_per_second": [steps / s for s in seconds], "loads": [before, load()]}
+    return {"steps_per_second": [steps / s for s in seconds], "loads": [others.cores]}
 
 
 def run_all(args: argparse.Namespace) -> dict:

@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import load, provenance, ratio, verdict
+from machine import Others, provenance, ratio, verdict
 from markdown_section import replace_section
 
 _STARTED = time.time()  # in a worker: the counterpart of trainkit's start-up clock (cli.py)
@@ -180,16 +180,16 @@ def run_once(method: str, name: str, *, epochs: int | None) -> dict:
                 argv.append(f"trainer.epochs={epochs}")
         else:
             argv = [sys.executable, __file__, "--worker", method, name, tmp] + ([str(epochs)] if epochs else [])
-        before = load()
-        start = time.perf_counter()
-        process = subprocess.Popen(argv, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
+        with Others() as others:
+            start = time.perf_counter()
+            process = subprocess.Popen(argv, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            _, status, usage = os.wait4(process.pid, 0)
+            seconds = time.perf_counter() - start
         process.returncode = os.waitstatus_to_exitcode(status)
         stdout, stderr = process.communicate()
         if process.returncode != 0:
             raise RuntimeError(f"{method}/{name} failed ({process.returncode}):\n{stderr.decode()[-3000:]}")
-        result = {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "loads": [before, load()]}
+        result = {"seconds": seconds, "rss_mb": usage.ru_maxrss / 1024, "loads": [others.cores]}
         if method == "trainkit":
             result["phases"] = json.loads((Path(tmp) / "run" / "run.json").read_text()).get("phases", {})
             result["start_up"] = result["phases"].get("start_up", 0.0)

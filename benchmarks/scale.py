@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import Others, provenance
 from markdown_section import replace_section
 
 HERE = Path(__file__).resolve().parent
@@ -123,10 +124,11 @@ def worker(source: str, n: int, out: str) -> None:
 def run_once(source: str, n: int) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "TRAINKIT_HOME": str(ROOT)}
     with tempfile.TemporaryDirectory() as tmp:
-        process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", source, str(n), tmp], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        _, status, usage = os.wait4(process.pid, 0)
+        with Others() as others:
+            process = subprocess.Popen(
+                [sys.executable, __file__, "--worker", source, str(n), tmp], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         _, stderr = process.communicate()
         if process.returncode != 0:
@@ -137,6 +139,7 @@ def run_once(source: str, n: int) -> dict:
             "steps_per_second": status_file["steps_per_second"],
             "to_first_step": phases.get("build", 0.0) + phases.get("first_step", 0.0),
             "rss_mb": usage.ru_maxrss / 1024,
+            "loads": [others.cores],
         }
 
 
@@ -178,10 +181,12 @@ def plot(table: dict, sizes: list[int]) -> None:
     fig.savefig(HERE / "scale.png", dpi=110)
 
 
-def report(table: dict, sizes: list[int], repeats: int, note: str) -> str:
+def report(table: dict, sizes: list[int], repeats: int, note: str, loads: list[float]) -> str:
     lines = [
         BEGIN,
         "## Scale (`benchmarks/scale.py`)",
+        "",
+        provenance(loads),
         "",
         f"The same MLP ({FEATURES} features, {CLASSES} classes, batch {BATCH}, {STEPS} steps) trained from a TFRecord",
         "stream and from in-memory arrays of the same synthetic examples, each run a fresh process; medians of",
@@ -227,7 +232,7 @@ def report(table: dict, sizes: list[int], repeats: int, note: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--note", default="", help="a sentence for the report, e.g. the machine's load")
+    parser.add_argument("--note", default="", help="a sentence added to the report")
     parser.add_argument("--quick", action="store_true", help="one repeat at 10k and 100k: a check that it runs")
     parser.add_argument("--worker", nargs=3, metavar=("SOURCE", "N", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -256,7 +261,7 @@ def main() -> None:
     table = summarise(samples)
     (HERE / "scale.json").write_text(json.dumps({"samples": {s: {str(n): r for n, r in v.items()} for s, v in samples.items()}, "table": table}, indent=2))
     if not args.quick:
-        replace_section(BEGIN, END, report(table, sizes, repeats, args.note))
+        replace_section(BEGIN, END, report(table, sizes, repeats, args.note, [v for by in samples.values() for runs in by.values() for r in runs for v in r['loads']]))
         plot(table, sizes)
     print(json.dumps(table, indent=2))
 

@@ -1,22 +1,33 @@
 """What a sidecar evaluator costs the training beside it: steps/s with and without one.
 
-    python benchmarks/sidecar_cost.py [--repeats 3] [RECIPE] [KEY=VALUE ...]
+    python benchmarks/sidecar_cost.py [--repeats 3] [--threads N] [--nice N] [RECIPE] [KEY=VALUE ...]
 
-Each mode trains the recipe (default: the full ``digits_cnn``) into a fresh
-temporary run directory, ``--repeats`` times, with in-loop validation off
-(``trainer.validation.every_epochs=null``) and a checkpoint at every epoch end:
+Each repeat trains the recipe (default: the full ``digits_cnn``) into a fresh
+temporary run directory once in each mode, the modes taking turns (so a machine
+that gets busier or quieter in between weighs on all of them alike), with in-loop
+validation off (``trainer.validation.every_epochs=null``) and a checkpoint at every
+epoch end:
 
 - ``validation off``: the training alone;
-- ``sidecar``: the same training, with ``trainkit eval RUN --watch
-  --until-finished`` started beside it as soon as the run directory exists,
-  evaluating every checkpoint on the validation split.
+- ``sidecar, with the training``: an evaluator started at the same moment as the
+  training, as ``trainkit launch --evaluator`` and a cluster's ``evaluator`` task
+  start one (:func:`trainkit.sidecar.watch` waiting for the run directory): its
+  start-up (importing TensorFlow and Keras, some seconds of CPU) overlaps the
+  training's own;
+- ``sidecar, at the first step``: ``trainkit eval RUN --watch --until-finished``
+  started once the run directory exists, which is when the training takes its
+  first step: the evaluator's whole start-up falls inside the timed training.
+
+Both evaluators look every second and evaluate every checkpoint on the validation
+split, with ``--threads`` and ``--nice`` (default: trainkit's, 1 thread and nice 10).
 
 The figure is the training's own steps per second (``steps_per_second`` in
-``run.json``, timed by trainkit over the training loop), median over repeats.
-The issue's bar: with the sidecar, at least 90% of the steps/s without it. The
-sidecar takes CPU time of its own: on a machine with fewer cores than the two
-processes can use, that shows here, as it would in a real job. Run it on a
-quiet machine.
+``run.json``, timed by trainkit over the training loop: the same span in every
+mode), median over repeats. The issue's bar: with the sidecar, at least 90% of the
+steps/s without it. The sidecar takes CPU time of its own: on a machine with fewer
+cores than the two processes can use, that shows here, as it would in a real job.
+Each run also records the cores other processes took meanwhile (benchmarks/machine.py):
+run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -31,9 +42,17 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import Others, comparable, provenance
+
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = ["trainer.progress=false", "trainer.validation.every_epochs=null", "trainer.checkpoint.every_epoch=true"]
-MODES = ("validation off", "sidecar")
+MODES = ("validation off", "sidecar, with the training", "sidecar, at the first step")
+# What a cluster's evaluator task runs (trainkit.api), with the look every second of the other mode.
+WITH_TRAINING = (
+    "import sys, time; from trainkit.sidecar import watch; "
+    "watch(sys.argv[1], until_finished=True, every_seconds=1.0, wait_for_run=True, ended_after=time.time(), "
+    "threads=int(sys.argv[2]), nice=int(sys.argv[3]))"
+)
 
 
 def _env() -> dict[str, str]:
@@ -45,64 +64,81 @@ def _env() -> dict[str, str]:
     }
 
 
-def run_once(recipe: str, overrides: list[str], workdir: Path, *, sidecar: bool, nice: int = 0) -> dict:
-    """Train once (with a sidecar evaluator beside it if asked); run.json and the evaluations made."""
-    run_dir = workdir / "run"
-    trainkit = [sys.executable, "-m", "trainkit.cli"]
-    training = subprocess.Popen(
-        [*trainkit, "train", recipe, "--run-dir", str(run_dir), *COMMON, *overrides],
-        cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-    evaluator = None
-    if sidecar:
+def _start_evaluator(mode: str, run_dir: Path, training: subprocess.Popen, workdir: Path, limits: list[str]):
+    if mode == "sidecar, with the training":
+        command = [sys.executable, "-c", WITH_TRAINING, str(run_dir), *limits]
+    else:
         while not (run_dir / "config.yaml").exists() and training.poll() is None:
             time.sleep(0.1)
-        evaluator = subprocess.Popen(
-            [*(["nice", "-n", str(nice)] if nice else []), *trainkit, "eval", str(run_dir), "--watch", "--until-finished", "--every-seconds", "1"],
+        threads, nice = limits
+        command = [
+            sys.executable, "-m", "trainkit.cli", "eval", str(run_dir), "--watch", "--until-finished",
+            "--every-seconds", "1", "--threads", threads, "--nice", nice,
+        ]
+    return subprocess.Popen(command, cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def run_once(mode: str, recipe: str, overrides: list[str], workdir: Path, limits: list[str]) -> dict:
+    """Train once in ``mode``; run.json, the evaluations made and the cores others took."""
+    run_dir = workdir / "run"
+    with Others() as others:
+        training = subprocess.Popen(
+            [sys.executable, "-m", "trainkit.cli", "train", recipe, "--run-dir", str(run_dir), *COMMON, *overrides],
             cwd=workdir, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
-    _, err = training.communicate()
-    if training.returncode != 0:
-        sys.exit(f"training failed ({training.returncode}): {err.strip().splitlines()[-1:]}")
-    if evaluator is not None:
-        _, err = evaluator.communicate()
-        if evaluator.returncode != 0:
-            sys.exit(f"the sidecar failed ({evaluator.returncode}): {err.strip().splitlines()[-1:]}")
+        evaluator = None if mode == "validation off" else _start_evaluator(mode, run_dir, training, workdir, limits)
+        _, err = training.communicate()
+        if training.returncode != 0:
+            sys.exit(f"training failed ({training.returncode}): {err.strip().splitlines()[-1:]}")
+        if evaluator is not None:
+            _, err = evaluator.communicate()
+            if evaluator.returncode != 0:
+                sys.exit(f"the sidecar failed ({evaluator.returncode}): {err.strip().splitlines()[-1:]}")
     status = json.loads((run_dir / "run.json").read_text())
     history = run_dir / "eval_history.jsonl"
     status["evaluated"] = len(history.read_text().splitlines()) if history.exists() else 0
+    status["others"] = round(others.cores, 2)
     return status
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe", nargs="?", default="digits_cnn")
-    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides applied to both modes")
+    parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides applied to every mode")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
-    parser.add_argument("--nice", type=int, default=0, help="run the sidecar at this niceness (e.g. 19: the training first)")
+    parser.add_argument("--threads", type=int, default=1, help="the evaluator's TensorFlow threads (0: one per core)")
+    parser.add_argument("--nice", type=int, default=10, help="the evaluator's niceness (0: the training's priority)")
     args = parser.parse_args(argv)
+    limits = [str(args.threads), str(args.nice)]
 
-    results = {}
-    print(f"{'mode':<16} {'steps/s':>9} {'min':>9} {'max':>9} {'evaluated':>10}")
-    for mode in MODES:
-        rows = []
-        for _ in range(args.repeats):
+    rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
+    for _ in range(args.repeats):
+        for mode in MODES:
             with tempfile.TemporaryDirectory(prefix="trainkit-sidecar-cost-") as tmp:
-                rows.append(run_once(args.recipe, args.overrides, Path(tmp), sidecar=mode == "sidecar", nice=args.nice))
-        rates = [r["steps_per_second"] for r in rows]
+                rows[mode].append(run_once(mode, args.recipe, args.overrides, Path(tmp), limits))
+    results = {}
+    print(f"{'mode':<28} {'steps/s':>9} {'min':>9} {'max':>9} {'evaluated':>12} {'others':>16}")
+    for mode, runs in rows.items():
+        rates = [r["steps_per_second"] for r in runs]
         results[mode] = {
             "steps_per_second": statistics.median(rates), "min": min(rates), "max": max(rates),
-            "steps": rows[0]["step"], "evaluated": [r["evaluated"] for r in rows],
+            "steps": runs[0]["step"], "evaluated": [r["evaluated"] for r in runs], "others": [r["others"] for r in runs],
         }
         row = results[mode]
-        print(f"{mode:<16} {row['steps_per_second']:>9.1f} {row['min']:>9.1f} {row['max']:>9.1f} {str(row['evaluated']):>10}")
-    ratio = results["sidecar"]["steps_per_second"] / results["validation off"]["steps_per_second"]
-    print(f"with the sidecar: {ratio:.1%} of the steps/s without it (bar: 90% or more)")
+        print(f"{mode:<28} {row['steps_per_second']:>9.1f} {row['min']:>9.1f} {row['max']:>9.1f} "
+              f"{str(row['evaluated']):>12} {str(row['others']):>16}")
+    base = results["validation off"]["steps_per_second"]
+    ratios = {mode: results[mode]["steps_per_second"] / base for mode in MODES[1:]}
+    for mode, ratio in ratios.items():
+        print(f"{mode}: {ratio:.1%} of the steps/s without it (bar: 90% or more)")
+    loads = [r["others"] for runs in rows.values() for r in runs]
+    print(provenance(loads))
     if args.json:
-        Path(args.json).write_text(
-            json.dumps({"recipe": args.recipe, "repeats": args.repeats, "results": results, "ratio": ratio}, indent=2) + "\n"
-        )
+        Path(args.json).write_text(json.dumps({
+            "recipe": args.recipe, "repeats": args.repeats, "threads": args.threads, "nice": args.nice,
+            "results": results, "ratios": ratios, "comparable": comparable(loads),
+        }, indent=2) + "\n")
     return 0
 
 

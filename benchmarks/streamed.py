@@ -1,5 +1,6 @@
 """Streamed data against the same data in memory: TFRecord files and a TFDS dataset
-(mock data) against in-memory arrays, training steps per second (goal: >= 0.8).
+(mock data) against in-memory arrays, and raw text tokenized inside ``tf.data``
+against token ids in memory, training steps per second (goal: >= 0.8).
 
 Run with ``python benchmarks/streamed.py [--repeats 3] [--steps 300] [--examples 20000]``;
 ``--quick`` is a check that it runs (a few steps, no report).
@@ -16,6 +17,13 @@ the training steps, for both). Cases:
 - ``mnist_cnn``: TFDS mock data (``tfds.testing.mock_data``) of ``--examples``
   examples read by the TFDS source without a cache (``tfds``), against the same
   examples read into memory first (``memory``).
+- ``text_transformer``: the recipe's model, tokenizer (``vectorize``, 20,000 tokens,
+  200 per review) and batch on ``--examples`` generated reviews (80-240 words each
+  from 30,000 made-up words, Zipf-like; the label decides a few sentiment words).
+  ``tfrecord``: the raw reviews in a TFRecord file, tokenized inside ``tf.data``
+  (whole batches at a time, then kept in memory after the first pass where they fit:
+  the run's "data cache" line); ``memory``: the same reviews as arrays, which
+  trainkit tokenizes once before training, so the steps read token ids from memory.
 
 Writes the "Streamed" section of BENCHMARKS.md and ``benchmarks/streamed.json``.
 """
@@ -31,13 +39,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from machine import load, provenance, ratio, spread
+from machine import Others, provenance, ratio, spread
 from markdown_section import replace_section
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BEGIN, END = "<!-- streamed: written by benchmarks/streamed.py -->", "<!-- /streamed -->"
-CASES = {"digits_mlp": ["tfrecord", "memory"], "digits_cnn": ["tfrecord", "memory"], "mnist_cnn": ["tfds", "memory"]}
+CASES = {
+    "digits_mlp": ["tfrecord", "memory"], "digits_cnn": ["tfrecord", "memory"], "mnist_cnn": ["tfds", "memory"],
+    "text_transformer": ["tfrecord", "memory"],
+}
 GOAL = 0.8
 
 
@@ -91,6 +102,44 @@ def mnist_data(method: str) -> dict:
     return {"source": source, "transforms": [{"type": "scale", "factor": 1 / 255}], "cache": False}
 
 
+def reviews(examples: int):
+    """``examples`` generated reviews (strings) and their labels (0 or 1)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    letters = rng.integers(ord("a"), ord("z") + 1, size=(30_000, 7), dtype=np.uint8)
+    words = np.array([row.tobytes().decode("ascii")[: 3 + i % 5] for i, row in enumerate(letters)])
+    sentiment = [["awful", "boring", "dull", "poor"], ["great", "superb", "lovely", "moving"]]
+    labels = np.arange(examples) % 2
+    texts = []
+    for label in labels:
+        chosen = list(words[np.minimum(rng.zipf(1.3, size=int(rng.integers(80, 241))) - 1, len(words) - 1)])
+        for _ in range(4):
+            chosen.insert(int(rng.integers(0, len(chosen))), sentiment[label][int(rng.integers(0, 4))])
+        texts.append(" ".join(chosen))
+    return np.array(texts, dtype=object), labels.astype("int64")
+
+
+def text_data(method: str, examples: int, tmp: Path, text: dict) -> dict:
+    """The reviews as a streamed TFRecord file of raw strings, or as arrays (tokenized once, in memory)."""
+    import tensorflow as tf
+
+    import trainkit
+
+    x, y = reviews(examples)
+    if method == "memory":
+        trainkit.register_dataset("streamed_bench_reviews")(lambda: {"train": (x, y)})
+        return {"source": {"type": "arrays", "name": "streamed_bench_reviews"}, "text": text}
+    with tf.io.TFRecordWriter(str(tmp / "reviews.tfrecord")) as writer:
+        for review, label in zip(x, y, strict=True):
+            feature = {"review": tf.train.Feature(bytes_list=tf.train.BytesList(value=[review.encode()])),
+                       "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+    source = {"type": "tfrecord", "files": {"train": str(tmp / "reviews.tfrecord")}, "inputs": "review", "label": "label",
+              "features": {"review": {"dtype": "string"}, "label": {"dtype": "int64"}}}
+    return {"source": source, "text": text}
+
+
 def worker(name: str, method: str, steps: int, examples: int) -> None:
     """Train one case and print its steps/s (trainkit's run.json) as one JSON line."""
     import contextlib
@@ -104,7 +153,12 @@ def worker(name: str, method: str, steps: int, examples: int) -> None:
         mock = tfds.testing.mock_data(num_examples=examples)
     with mock, tempfile.TemporaryDirectory() as tmp:
         base = trainkit.load_recipe(name).model_dump(mode="json")
-        data = mnist_data(method) if name == "mnist_cnn" else digits_data(name, method, examples, Path(tmp))
+        if name == "mnist_cnn":
+            data = mnist_data(method)
+        elif name == "text_transformer":
+            data = text_data(method, examples, Path(tmp), base["data"]["text"])
+        else:
+            data = digits_data(name, method, examples, Path(tmp))
         base["data"] = {"batch_size": base["data"]["batch_size"], **data}  # the sources give a train split only
         base["trainer"] = {"steps": steps, "progress": False, "evaluate": []}
         base["export"] = {"formats": []}
@@ -116,12 +170,12 @@ def worker(name: str, method: str, steps: int, examples: int) -> None:
 
 def measure(name: str, method: str, steps: int, examples: int) -> dict:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT), "TRAINKIT_HOME": str(ROOT)}
-    before = load()
     argv = [sys.executable, __file__, "--worker", name, method, str(steps), str(examples)]
-    out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
+    with Others() as others:
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT)
     if out.returncode != 0:
         raise RuntimeError(f"{name}/{method} failed:\n{out.stderr[-3000:]}")
-    return {"steps_per_second": json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"], "loads": [before, load()]}
+    return {"steps_per_second": json.loads(out.stdout.strip().splitlines()[-1])["steps_per_second"], "loads": [others.cores]}
 
 
 def report(samples: dict, args: argparse.Namespace) -> str:
@@ -164,7 +218,7 @@ def main() -> None:
             for method in CASES[name][repeat % 2 :] + CASES[name][: repeat % 2]:
                 result = measure(name, method, args.steps, args.examples)
                 samples[name][method].append(result)
-                print(f"[{repeat + 1}/{args.repeats}] {name:10} {method:8} {result['steps_per_second']:8.1f} steps/s  load {result['loads'][0]:.2f}", flush=True)
+                print(f"[{repeat + 1}/{args.repeats}] {name:10} {method:8} {result['steps_per_second']:8.1f} steps/s  others {result['loads'][0]:.2f} cores", flush=True)
     if not args.quick:  # a check's numbers are not kept
         (HERE / "streamed.json").write_text(json.dumps(samples, indent=2))
         replace_section(BEGIN, END, report(samples, args))

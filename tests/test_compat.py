@@ -106,3 +106,23 @@ def test_a_keras_components_source_file_names_its_recipe_section(component, sect
 
     assert compat.keras_section_of(inspect.getfile(type(component(keras)))) == section
     assert compat.keras_section_of("/home/me/my_layers.py") is None
+
+
+def test_all_sublayers_reaches_the_layers_a_subclassed_layer_keeps_as_attributes():
+    import keras
+
+    from trainkit.compat import all_sublayers
+
+    class Outer(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.inner = keras.layers.Dense(3, name="hidden_projection")
+
+        def call(self, x):
+            return self.inner(x)
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, Outer()(inputs))
+    names = [layer.name for layer in all_sublayers(model)]
+    assert "hidden_projection" in names
+    assert "hidden_projection" not in [layer.name for layer in model.layers]

@@ -69,15 +69,23 @@ def _assert_same(a, b, *, exact: bool = True) -> None:
 
 
 @pytest.mark.parametrize("drop_remainder", [False, True])
-def test_batched_parsing_gives_the_batches_of_one_record_at_a_time(files, drop_remainder):
+def test_batched_parsing_gives_the_batches_of_one_record_at_a_time(files, drop_remainder, monkeypatch):
     batched = _tfrecord(files, shuffle_buffer=16, drop_remainder=drop_remainder)
-    # A cache in memory keeps the per-record path: records are parsed, cached, then shuffled.
-    single = _tfrecord(files, shuffle_buffer=16, drop_remainder=drop_remainder, cache="memory")
+    # A cache in memory parses before the cache (a batch of records at a time, cached
+    # example by example), then shuffles the examples by the buffer that shuffles records.
+    cached = _tfrecord(files, shuffle_buffer=16, drop_remainder=drop_remainder, cache="memory")
     assert batched._batch_loader("train", None, training=True) is not None
-    assert single._batch_loader("train", None, training=True) is None
+    assert cached._batch_loader("train", None, training=True) is None
+    with monkeypatch.context() as patched:  # the reference: every record parsed alone
+        patched.setattr(type(batched), "_on_batches_of", lambda *args, **kwargs: None)
+        single = _tfrecord(files, shuffle_buffer=16, drop_remainder=drop_remainder)
+        references = [_batches(single.dataset("train", training=True, epoch=epoch)) for epoch in (0, 1)]
+        reference_test = _batches(single.dataset("test"))
     for epoch in (0, 1):
-        _assert_same(_batches(batched.dataset("train", training=True, epoch=epoch)), _batches(single.dataset("train", training=True, epoch=epoch)))
-    _assert_same(_batches(batched.dataset("test")), _batches(single.dataset("test")))
+        _assert_same(_batches(batched.dataset("train", training=True, epoch=epoch)), references[epoch])
+        _assert_same(_batches(cached.dataset("train", training=True, epoch=epoch)), references[epoch])
+    _assert_same(_batches(batched.dataset("test")), reference_test)
+    _assert_same(_batches(cached.dataset("test")), reference_test)
     # Exact resume: the stream from epoch 1, batch 2 on is the uninterrupted one's tail.
     whole = _batches(batched.training_stream().take(14))
     resumed = _batches(batched.training_stream(start_epoch=1, skip_batches=2).take(14 - 2 - (5 if drop_remainder else 6)))

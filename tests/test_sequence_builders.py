@@ -94,6 +94,29 @@ def test_transformer_on_series_and_token_ids(pooling):
     np.testing.assert_allclose(probabilities.sum(-1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("pooling", ["last", "mean", "max"])
+@pytest.mark.parametrize("builder", ["transformer", "rnn"])
+def test_pooling_over_token_ids_never_pools_the_padding(builder, pooling):
+    import keras
+
+    if builder == "transformer":
+        model = transformer(
+            input_shape=(8,), num_outputs=3, task="classification", vocab_size=30, num_layers=1, num_heads=2,
+            hidden_dim=8, intermediate_dim=16, pooling=pooling, dropout=0.0,
+        )
+    else:
+        model = rnn(input_shape=(8,), num_outputs=3, task="classification", vocab_size=30, units=[8], pooling=pooling)
+    pooled = keras.Model(model.input, model.get_layer("output").input)
+    ids = np.array([[5, 6, 7, 0, 0, 0, 0, 0], [9, 8, 7, 6, 5, 4, 3, 2]], np.int32)
+    before = pooled(ids).numpy()
+    # Whatever the padding's embedding (and so its hidden states), the pooled vector of
+    # the real tokens stays: big padding vectors would win max, and be the "last" step.
+    embedding = model.get_layer("embedding")
+    table = embedding.token_embedding.embeddings if builder == "transformer" else embedding.embeddings
+    table.assign(np.concatenate([np.full((1, table.shape[1]), 50.0, np.float32), table.numpy()[1:]]))
+    np.testing.assert_allclose(pooled(ids).numpy(), before, atol=1e-5)
+
+
 def test_builders_train_a_step():
     import keras
 

@@ -80,6 +80,69 @@ def test_each_checkpoint_is_evaluated_once_in_order_with_the_best_kept(run):
     assert [r["step"] for r in _history(run)] == kept
 
 
+def test_a_poll_that_finds_nothing_changed_reads_nothing_and_sees_the_next_checkpoint(run, monkeypatch):
+    import os
+
+    import trainkit.sidecar as sidecar_module
+    from trainkit.rundir.checkpoints import write_state
+
+    ckpts = run / "checkpoints"
+    sidecar = _sidecar(run, evaluate=lambda path: {"loss": 1.0})
+    assert sidecar.poll() == (4, True)
+    # Nothing has changed for a minute: the next pass's view of it can be trusted.
+    old = time.time() - 60
+    for path in (ckpts, ckpts / "checkpoint", run / "run.json", run / "config.yaml"):
+        os.utime(path, (old, old))
+    assert sidecar.poll() == (0, True)
+
+    def unread(*args, **kwargs):
+        raise AssertionError("read although nothing changed")
+
+    with monkeypatch.context() as patched:
+        for name in ("candidates", "read_history"):
+            patched.setattr(sidecar_module, name, unread)
+        for name in ("_check_same_run", "_run_ended", "_listed"):
+            patched.setattr(sidecar, name, unread)
+        assert sidecar.poll() == (0, True)
+    # A resumed training writes a newer checkpoint: the folder's stat shows it.
+    last = max(_steps(ckpts))
+    for file in ckpts.glob(f"ckpt-{last}.*"):
+        shutil.copy(file, ckpts / file.name.replace(f"ckpt-{last}.", f"ckpt-{last + 5}."))
+    write_state(ckpts, f"ckpt-{last + 5}", [f"ckpt-{s}" for s in [*_steps(ckpts)]])
+    assert sidecar.poll() == (1, True)
+    assert [r["step"] for r in _history(run)][-2:] == [last, last + 5]
+
+
+def test_the_evaluators_pipeline_runs_on_its_own_few_threads(run):
+    sidecar = _sidecar(run, threads=1)
+    assert sidecar.poll() == (4, True)
+    data = sidecar._evaluate.__self__.built.data
+    threading = data.dataset("validation").options().threading
+    assert (threading.private_threadpool_size, threading.max_intra_op_parallelism) == (1, 1)
+
+
+def test_limit_process_sets_the_threads_and_the_priority_once():
+    import os
+
+    code = (
+        "import os, tensorflow as tf\n"
+        "from trainkit.sidecar import limit_process\n"
+        "before = os.nice(0)\n"
+        "limit_process(2, 5)\n"
+        "limit_process(2, 5)  # once per process\n"
+        "tf.constant(1)\n"
+        "print(os.nice(0) - before, tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["5", "2", "2"]
+    late = "import tensorflow as tf\nfrom trainkit.sidecar import limit_process\ntf.constant(1)\nlimit_process(1, 0)\n"
+    result = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0 and "--threads 1: TensorFlow had started already" in result.stderr
+
+
 def test_a_restarted_evaluator_continues_after_the_last_recorded_step(run):
     evaluated = []
     _sidecar(run, evaluate=lambda path: evaluated.append(path) or {"loss": 1.0}).poll()
@@ -150,6 +213,14 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
     assert result.returncode == 2 and "--until-finished goes with --watch" in result.stderr
     result = cli("eval", str(run), "--watch", "--checkpoint", "best")
     assert result.returncode == 2 and "--checkpoint goes without --watch" in result.stderr
+    result = cli("eval", str(run), "--threads", "2")
+    assert result.returncode == 2 and "--threads goes with --watch" in result.stderr
+    result = cli("eval", str(run), "--wait")
+    assert result.returncode == 2 and "--wait goes with --watch" in result.stderr
+    for option, value, valid in (("--threads", "-1", "0 (TensorFlow's default"), ("--nice", "20", "0 (keep the priority) to 19")):
+        # (a process of its own: were the value taken, it would renice or thread this one)
+        result = run_cli("eval", str(run), "--watch", option, value)
+        assert result.returncode == 2 and f"error: {option}: must be {valid}" in result.stderr, result.stderr
     from trainkit.rundir.lock import RunLock
 
     held = RunLock(run / ".eval.lock", run / ".eval.lock")
@@ -214,6 +285,21 @@ def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_ke
     ended = time.mktime(time.strptime(status["ended"], "%Y-%m-%dT%H:%M:%S%z"))
     assert any(2 * 45 < r["step"] and r["time"] < ended - 1 for r in history)  # evaluated beside the training
     assert json.loads((run / "eval.json").read_text())["validation"]  # the run's own final evaluation
+    assert "(every 0.3 s; 1 thread, nice 10)" in (tmp_path / "eval2.log").read_text()  # the defaults
+
+
+@pytest.mark.slow
+def test_an_evaluator_started_before_its_training_waits_for_it_and_for_its_end(tmp_path):
+    run = tmp_path / "run"
+    with open(tmp_path / "eval.log", "w") as log:
+        evaluator = _spawn("eval", str(run), "--watch", "--wait", "--until-finished", "--every-seconds", "0.3", log=log)
+    with open(tmp_path / "train.log", "w") as log:
+        training = _spawn("train", *SMOKE, *EVERY_EPOCH, "trainer.epochs=6", "--run-dir", str(run), log=log)
+    assert training.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()
+    assert evaluator.wait(timeout=300) == 0, (tmp_path / "eval.log").read_text()
+    steps = [r["step"] for r in _history(run)]
+    assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
+    assert steps[-1] == json.loads((run / "run.json").read_text())["step"]
 
 
 def test_validation_sidecar_leaves_validation_to_an_evaluator_task_when_the_cluster_has_one(monkeypatch):
@@ -237,7 +323,8 @@ def test_launch_with_an_evaluator_validates_beside_two_workers_that_never_valida
         "trainer.validation=sidecar", "--run-dir", str(run), timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "[evaluator 0] watching" in result.stdout
+    assert "[evaluator 0] watching" in result.stdout and "1 thread, nice 10)" in result.stdout
+    assert "TensorFlow had started already" not in result.stdout + result.stderr  # its threads were set in time
     steps = [r["step"] for r in _history(run)]
     assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
     assert steps[-1] == json.loads((run / "run.json").read_text())["step"]

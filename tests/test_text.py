@@ -130,6 +130,84 @@ def test_multi_hot_and_tf_idf_give_one_value_per_vocabulary_entry(tmp_path):
         assert x.max() > 0 and (mode == "multi_hot" or x.dtype == np.float32)
 
 
+# ------------------------------------------------- the cache of a tokenized stream
+
+READS: dict[str, int] = {"n": 0}
+
+
+@trainkit.register_dataset("test_text_counted_reviews", overwrite=True)
+def counted_reviews(split: str):
+    """48 reviews, streamed (a generator source); counts how often it is read."""
+    READS["n"] += 1
+    rng = random.Random(0)
+    for i in range(48):
+        yield sentence(rng, i % 2), i % 2
+
+
+def streamed_reviews(**section):
+    return prepare(text_data({"type": "generator", "name": "test_text_counted_reviews", "splits": ["train"]}, batch_size=8, shuffle_buffer=16, **section), seed=0)
+
+
+def three_epochs(data) -> tuple[list, int]:
+    """The training stream's batches over three epochs, and how often the source was read for them."""
+    before = READS["n"]
+    batches = list(data.training_stream().take(3 * data.steps_per_epoch()).as_numpy_iterator())
+    return batches, READS["n"] - before
+
+
+def assert_same_batches(a: list, b: list) -> None:
+    assert len(a) == len(b)
+    for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+
+
+def test_a_tokenized_stream_that_fits_is_cached_in_memory_and_gives_the_same_batches():
+    from trainkit.data.pipeline import choose_cache
+
+    cached = streamed_reviews()
+    assert cached.cache_note.startswith("data cache: the tokenized split train (~")
+    assert "is kept in memory after the first pass, within 25% of the" in cached.cache_note
+    batches, reads = three_epochs(cached)
+    assert reads == 1  # tokenized once, then read from memory
+
+    off = streamed_reviews(cache="none")
+    assert off.cache_note == "data cache: off (data.cache: none): the text is tokenized again every epoch"
+    uncached, reads = three_epochs(off)
+    assert reads >= 3
+    assert_same_batches(batches, uncached)  # the cache changes nothing but speed
+
+    too_big = streamed_reviews()
+    choose_cache(too_big, available=4096)
+    assert too_big.cache_note.startswith("data cache: the tokenized split train (~")
+    assert "is not cached: it would pass 25% of the 4.0 KiB of memory available" in too_big.cache_note
+    again, reads = three_epochs(too_big)
+    assert reads >= 3
+    assert_same_batches(batches, again)
+
+    # Exact resume: the stream from epoch 1, batch 2 on is the uninterrupted one's tail.
+    steps = cached.steps_per_epoch()
+    resumed = list(streamed_reviews().training_stream(start_epoch=1, skip_batches=2).take(2 * steps - 2).as_numpy_iterator())
+    assert_same_batches(batches[steps + 2 :], resumed)
+
+
+def test_tfds_text_is_tokenized_a_batch_at_a_time_before_its_cache_as_one_at_a_time_would():
+    import tensorflow_datasets as tfds
+
+    section = text_data({"type": "tfds", "name": "imdb_reviews", "splits": {"train": "train", "test": "test"}}, batch_size=4, shuffle_buffer=8)
+    with tfds.testing.mock_data(num_examples=20):
+        cached = prepare(section, seed=0)
+        assert "splits train, test (~" in cached.cache_note and "are kept in memory" in cached.cache_note
+        assert cached._on_batches_of("train", None, training=True) is not None
+        uncached = prepare(section.model_copy(update={"cache": "none"}), seed=0)
+        for epoch in (0, 1):
+            assert_same_batches(
+                list(cached.dataset("train", training=True, epoch=epoch).as_numpy_iterator()),
+                list(uncached.dataset("train", training=True, epoch=epoch).as_numpy_iterator()),
+            )
+        assert_same_batches(list(cached.dataset("test").as_numpy_iterator()), list(uncached.dataset("test").as_numpy_iterator()))
+
+
 # ----------------------------------------------------------- runs, exports, predict
 
 
@@ -228,20 +306,43 @@ def test_exports_take_raw_strings_and_agree_with_the_trained_model(tmp_path):
     assert refused.returncode == 2 and "ONNX has no string ops" in refused.stderr
 
 
+def write_tfrecord_reviews(csv_path: Path, path: Path) -> None:
+    """The reviews of a CSV written by :func:`write_reviews` as a TFRecord file of raw strings."""
+    import tensorflow as tf
+
+    with open(csv_path, newline="") as f, tf.io.TFRecordWriter(str(path)) as writer:
+        for row in csv.DictReader(f):
+            feature = {
+                "review": tf.train.Feature(bytes_list=tf.train.BytesList(value=[row["review"].encode()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(row["sentiment"] == "positive")])),
+            }
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+
+
 @pytest.mark.slow
-def test_a_killed_text_run_resumes_bit_identical_with_its_vocabulary(tmp_path):
+@pytest.mark.parametrize("source", ["csv", "tfrecord"])
+def test_a_killed_text_run_resumes_bit_identical_with_its_vocabulary(tmp_path, source):
     from _checkpoint_helpers import assert_same_weights, train, train_here
 
     recipe_file(tmp_path)
     base = ["reviews.yaml", "trainer.progress=true"]  # 3 epochs of 5 steps, a checkpoint every 5
+    if source == "tfrecord":  # streamed: tokenized inside tf.data, then cached in memory
+        write_tfrecord_reviews(tmp_path / "reviews.csv", tmp_path / "reviews.tfrecord")
+        features = {"review": {"dtype": "string"}, "label": {"dtype": "int64"}}
+        spec = {"type": "tfrecord", "files": "reviews.tfrecord", "inputs": "review", "label": "label", "features": features}
+        base.append(f"data.source={json.dumps(spec)}")
     reference, run = tmp_path / "reference", tmp_path / "run"
-    assert train_here(reference, base=base).returncode == 0
+    first = train_here(reference, base=base)
+    assert first.returncode == 0, first.stderr
+    cached = "data cache: the tokenized splits train, validation, test (~"
+    assert (cached in first.stdout) == (source == "tfrecord")
     killed = train(run, base=base, faults=("kill-after-train:8",))
     assert killed.returncode == -9
     assert (run / "vocabulary.txt").read_text() == (reference / "vocabulary.txt").read_text()
     resumed = train_here(run, base=base)
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stdout and "at step 5 " in resumed.stdout
+    assert (cached in resumed.stdout) == (source == "tfrecord")
     assert_same_weights(run, reference)
 
     # The kept vocabulary is what a continued run reads: one cut to nothing is refused in one line.

@@ -186,6 +186,30 @@ def test_exports_take_the_raw_window_and_agree_with_the_trained_model(tmp_path):
     for name in ("keras", "saved_model"):
         np.testing.assert_allclose(outputs[name], expected, atol=1e-5, rtol=1e-6, err_msg=name)
 
+    # trainkit predict cuts a series CSV (its columns by name, rows in time order) into
+    # every window of raw values, and writes one value per window.
+    result = cli("predict", "run", "series.csv", "--output", "p.csv", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(open(tmp_path / "p.csv")))
+    assert len(rows) == 80 - 6 + 1 and rows[0]["input"] == "rows 2-7" and rows[-1]["input"] == "rows 76-81"
+    series = np.stack([np.arange(80.0), 1000 + 2 * np.arange(80.0)], axis=1)
+    windows = np.stack([series[i : i + 6] for i in range(75)]).astype(np.float32)
+    direct = trainkit.predict(tmp_path / "run", windows).values.reshape(-1)
+    np.testing.assert_allclose([float(r["prediction"]) for r in rows], direct, rtol=1e-5, atol=1e-4)
+    # (the test windows are the last ones with a target; the CSV's last window forecasts past its end)
+    assert direct[-len(raw) - 1 : -1] == pytest.approx(trainkit.predict(tmp_path / "run", raw).values.reshape(-1), abs=1e-4)
+    (tmp_path / "short.csv").write_text("load,temperature\n1,2\n3,4\n")
+    (tmp_path / "renamed.csv").write_text("load,temprature\n" + "1,2\n" * 8)
+    (tmp_path / "word.csv").write_text("load,temperature\n" + "1,2\n" * 3 + "1,hot\n" + "1,2\n" * 3)
+    for bad, message in (
+        ("short.csv", "short.csv: 2 row(s); one window is sequence_length = 6 rows (the run's): give at least 6"),
+        ("renamed.csv", "no column 'temperature' in the header; did you mean 'temprature'?"),
+        ("word.csv", "word.csv, row 5, column 'temperature': 'hot' is not a number"),
+    ):
+        refused = cli("predict", "run", bad, "--output", "q.csv", cwd=tmp_path)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "q.csv").exists()
+
 
 @pytest.mark.slow
 def test_a_killed_series_run_resumes_bit_identical(tmp_path):

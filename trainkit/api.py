@@ -132,8 +132,9 @@ def dataset(recipe: Recipe | str | os.PathLike, split: str = "train", *, raw: bo
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     from trainkit.data.pipeline import prepare
+    from trainkit.models.pretrained import data_section
 
-    data = prepare(recipe.data, seed=recipe.seed)
+    data = prepare(data_section(recipe), seed=recipe.seed)
     if raw:
         return data.raw_dataset(split)
     return data.dataset(split, training=split == "train")
@@ -199,8 +200,9 @@ def inspect_data(
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     from trainkit.data.pipeline import prepare
+    from trainkit.models.pretrained import data_section
 
-    data = prepare(recipe.data, seed=recipe.seed)
+    data = prepare(data_section(recipe), seed=recipe.seed)
     data._check_split(split)
     info = data.info
     ds = data.dataset(split, training=split == "train")

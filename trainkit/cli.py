@@ -119,6 +119,20 @@ def _run_commands(commands) -> None:
     )
     p.add_argument("--every-seconds", type=float, default=30.0, metavar="S", help="with --watch: how often to look (default 30)")
     p.add_argument("--until-finished", action="store_true", help="with --watch: stop once the run has ended and its last checkpoint is evaluated")
+    p.add_argument(
+        "--wait", action="store_true",
+        help="with --watch: the training starts now, beside this evaluator: wait for RUN_DIR to appear, "
+        "and for this training's end (TensorFlow's start-up overlaps the training's)",
+    )
+    p.add_argument(
+        "--threads", type=int, metavar="N",
+        help="with --watch: TensorFlow's threads in the evaluator (intra-op, inter-op, tf.data; "
+        "default 1, so the training keeps the other cores; 0: one per core)",
+    )
+    p.add_argument(
+        "--nice", type=int, metavar="N",
+        help="with --watch: lower the evaluator's priority by N, 0..19 (default 10: the training runs first; 0 keeps it)",
+    )
     p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
     p.add_argument(
         "--recipe", metavar="RECIPE",
@@ -267,7 +281,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from trainkit import api
 
     if args.watch:
-        from trainkit.sidecar import watch
+        from trainkit.sidecar import DEFAULT_NICE, DEFAULT_THREADS, watch
 
         if args.checkpoint != "last":
             raise ConfigError("--checkpoint goes without --watch (a sidecar evaluates every checkpoint as it comes)")
@@ -275,10 +289,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         watch(
             args.run_dir, split=args.split or "validation", every_seconds=args.every_seconds,
             until_finished=args.until_finished, recipe_file=args.recipe,
+            wait_for_run=args.wait, ended_after=time.time() if args.wait else None,
+            threads=DEFAULT_THREADS if args.threads is None else args.threads,
+            nice=DEFAULT_NICE if args.nice is None else args.nice,
         )
         return 0
-    if args.until_finished:
-        raise ConfigError("--until-finished goes with --watch (trainkit eval RUN_DIR --watch --until-finished)")
+    flags = (("--until-finished", args.until_finished or None), ("--wait", args.wait or None))
+    for option, value in (*flags, ("--threads", args.threads), ("--nice", args.nice)):
+        if value is not None:
+            shown = option if option in ("--until-finished", "--wait") else f"{option} {value}"
+            raise ConfigError(f"{option} goes with --watch (trainkit eval RUN_DIR --watch {shown})")
     split = args.split or "test"
     results = api.evaluate(args.run_dir, split=split, checkpoint=args.checkpoint, recipe_file=args.recipe)
     print(json.dumps({split: results}, indent=2))

@@ -86,3 +86,11 @@ def keras_section_of(path: str) -> str | None:
         if part in path:
             return section
     return None
+
+
+def all_sublayers(layer) -> list[Any]:
+    """Every layer inside ``layer``, however deep, the layers a subclassed layer keeps
+    as attributes included (a KerasHub attention layer's query and value projections,
+    which ``Model.layers`` does not list). Keras tracks them privately; KerasHub's own
+    ``enable_lora`` walks the same list."""
+    return list(layer._flatten_layers(include_self=False))

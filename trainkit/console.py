@@ -49,3 +49,14 @@ def say(text: str, stream: TextIO | None = None) -> None:
         print(text, file=stream, flush=True)
     else:
         _logger().info(text)
+
+
+def size_text(n: float | None) -> str:
+    """A number of bytes for people: ``512 bytes``, ``3.2 KiB``, ``1,024.0 MiB``, ``12.0 GiB``."""
+    if n is None:
+        return "?"
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} GiB"

@@ -10,7 +10,6 @@ before training starts.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -269,8 +268,10 @@ def setup_data(recipe: Recipe, strategy: tf.distribute.Strategy, *, run_dir: str
     """The data step: every split prepared, the batch size checked against the training split
     (``run_dir``: the run this continues, whose fitted vocabulary is reused)."""
     from trainkit.data.pipeline import prepare
+    from trainkit.models.pretrained import data_section
 
-    data = prepare(data_section_for(recipe.data, strategy), seed=recipe.seed, run_dir=run_dir)
+    section = data_section(recipe, Path(run_dir) if run_dir is not None else None)  # (a KerasHub preset's preprocessor)
+    data = prepare(data_section_for(section, strategy), seed=recipe.seed, run_dir=run_dir)
     if data.steps_per_epoch() == 0:
         raise ConfigError(
             f"data.batch_size: {recipe.data.batch_size} is larger than the training split "
@@ -378,26 +379,13 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
                 init_report = None
     every_variable = list(model.trainable_variables)
     if recipe.model.lora_rank:
-        _enable_lora(model, recipe.model.lora_rank)
+        finetune.enable_lora(model, recipe.model.lora_rank)
     if recipe.model.freeze:
         finetune.freeze(model, recipe.model.freeze)
     unfreezes = bool(stages and any(stage.unfreeze for stage in stages.stages))
     if stages:
         stages.check(model)
     return model, sources, init_report, every_variable if unfreezes else list(model.trainable_variables)
-
-
-def _enable_lora(model, rank: int) -> None:
-    from trainkit.models.finetune import layers_of
-
-    backbones = [layer for layer in [model, *layers_of(model)] if hasattr(layer, "enable_lora") and hasattr(layer, "layers")]
-    if not backbones:
-        raise ConfigError(
-            "model.lora_rank: the model has no KerasHub backbone to put LoRA on (no layer with enable_lora); "
-            "use a KerasHub preset as model.source"
-        )
-    _check_lora_size(backbones[0], rank)
-    backbones[0].enable_lora(rank)
 
 
 def _check_not_itself(recipe: Recipe, run_path: Path | None) -> None:
@@ -407,25 +395,6 @@ def _check_not_itself(recipe: Recipe, run_path: Path | None) -> None:
         check_not_itself(str(recipe.model.kwargs.get("source", "")), run_path, field="model.source")
     if recipe.model.init is not None:
         check_not_itself(recipe.model.init.source, run_path, field="model.init.source")
-
-
-def _check_lora_size(backbone, rank: int) -> None:
-    """Refuse, before anything is allocated, a rank beyond the adapted kernels or beyond memory."""
-    from trainkit.models.finetune import layers_of
-    from trainkit.models.memory import check_parameters_fit
-
-    targets = set(backbone.default_lora_layer_names())
-    kernels = [layer.kernel.shape for layer in layers_of(backbone) if layer.name in targets and hasattr(layer, "kernel")]
-    if not kernels:
-        return
-    smallest = min(min(int(math.prod(shape[:-1])), int(shape[-1])) for shape in kernels)
-    if rank > smallest:
-        raise ConfigError(
-            f"model.lora_rank: {rank:,} is larger than the kernels LoRA adapts (their smallest side is {smallest}); "
-            f"a low-rank update has a rank below that (typically 4-64)"
-        )
-    added = sum(rank * (int(math.prod(shape[:-1])) + int(shape[-1])) for shape in kernels)
-    check_parameters_fit(int(backbone.count_params()) + added, field="model.lora_rank")
 
 
 def check_model_fits_data(recipe: Recipe, model, data) -> None:

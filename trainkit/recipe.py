@@ -573,7 +573,32 @@ class SentencePieceText(Section):
     """Token ids per example: longer texts are cut, shorter ones padded with 0."""
 
 
-TextSection = Annotated[VectorizeText | WordPieceText | SentencePieceText, Field(discriminator="type")]
+class PresetText(Section):
+    """A KerasHub preset's own text preprocessor (its ``TextClassifierPreprocessor``):
+    the preset's tokenizer, packing with its special tokens (``[CLS] ... [SEP]`` for
+    BERT) and the padding mask. The default for string features when ``model`` is
+    ``{type: pretrained, source: PRESET}``; the preprocessor is kept in the run
+    directory (``text_preprocessor.json``), so a continued run needs no preset."""
+
+    type: Literal["preset"] = "preset"
+    source: str | None = None
+    """The preset (a ``save_to_preset`` directory or a ``kaggle://``/``hf://`` handle);
+    default: ``model.source``."""
+    sequence_length: PositiveInt | None = None
+    """Token ids per example, special tokens included: longer texts are cut, shorter
+    ones padded. Default: the preprocessor's own, at most the backbone's ``max_sequence_length``."""
+    _implicit: bool = PrivateAttr(default=False)
+    # (True where data.text was left unset: then features that are token ids already
+    # need no preprocessor, rather than being refused as not text)
+
+
+class NoText(Section):
+    """``data.text: none``: no tokenizer at all, not even a KerasHub preset's (data that is token ids already)."""
+
+    type: Literal["none"] = "none"
+
+
+TextSection = Annotated[VectorizeText | WordPieceText | SentencePieceText | PresetText | NoText, Field(discriminator="type")]
 
 
 class SplitFractions(Section):
@@ -618,8 +643,10 @@ class DataSection(Section, _OmitsUnusedFields):
     (for any source: the ``normalize`` transform)."""
     text: TextSection | None = None
     """How string features become numbers (``{type: vectorize, ...}``, fitted on the
-    training split; ``wordpiece`` or ``sentencepiece`` from a file), part of the exported
-    model; ``none`` (default): no tokenizer."""
+    training split; ``wordpiece`` or ``sentencepiece`` from a file; ``preset``, a KerasHub
+    preset's own preprocessor), part of the exported model. Unset (default): no tokenizer,
+    except the preset's preprocessor for string features when ``model.source`` is a
+    KerasHub preset; ``none``: no tokenizer at all (token ids already)."""
     feature_shape: list[PositiveInt] | None = None
     """Reshape each example's features, e.g. ``[8, 8, 1]`` for the 8x8 digits."""
     transforms: list[Transform] = Field(default_factory=list)
@@ -641,7 +668,10 @@ class DataSection(Section, _OmitsUnusedFields):
     relative path is inside the run directory (``runs/NAME/PATH/train``, ...),
     written only once the run is validated and locked, and a resumed run reads
     it; outside a run (``trainkit data``, ``trainkit eval``) it falls back to
-    memory and nothing is written. In-memory sources need no cache."""
+    memory and nothing is written. In-memory sources need no cache. ``none``: no
+    cache at all. Unset (``false``), the splits of a streamed source that
+    ``data.text`` tokenizes are kept in memory all the same where they fit
+    (``trainkit.data.pipeline.choose_cache``; the start header says so)."""
     parallel_calls: PositiveInt | Literal["auto"] = "auto"
     """Parallel map calls (``auto``: tf.data.AUTOTUNE)."""
     deterministic: StrictBool = True
@@ -654,8 +684,7 @@ class DataSection(Section, _OmitsUnusedFields):
     @field_validator("text", mode="before")
     @classmethod
     def _text_off(cls, value: Any) -> Any:
-        if value == "none":
-            return None
+        # ("none" is kept, as {type: none}: unlike leaving it unset, it turns a preset's preprocessor off)
         return {"type": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -1022,7 +1051,7 @@ class Recipe(Section, _OmitsUnusedFields):
     @model_validator(mode="after")
     def _text_exports(self) -> Recipe:
         for name in self.export.formats:
-            if self.data.text is not None and name in NO_STRING_INPUTS:
+            if self.data.text is not None and self.data.text.type != "none" and name in NO_STRING_INPUTS:
                 raise ValueError(
                     f"export.formats: {name} cannot take the raw text this run's exports take: {NO_STRING_INPUTS[name]}; "
                     "export keras and/or saved_model"

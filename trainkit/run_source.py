@@ -53,15 +53,26 @@ def restore_source(path: Path, checkpoint: str, *, field: str) -> keras.Model:
     inference model, preprocessing included, so it is not what is restored.)"""
     from trainkit.data.pipeline import prepare
     from trainkit.models.build import build_with_sources
-    from trainkit.models.pretrained import STORED_SOURCE
+    from trainkit.models.pretrained import STORED_SOURCE, data_section
 
     try:
         directory, recipe = run_recipe(path)
-        info = prepare(recipe.data, seed=recipe.seed).info
-        model, _ = build_with_sources(
-            recipe.model, info, stored_source=path / STORED_SOURCE, runs=source_models(recipe.model)
-        )
-        load_weights(model, directory, checkpoint, field=f"{field}_checkpoint")
+        info = prepare(data_section(recipe, path), seed=recipe.seed, run_dir=path).info
+
+        def build() -> keras.Model:
+            stored, runs = path / STORED_SOURCE, source_models(recipe.model)
+            return build_with_sources(recipe.model, info, stored_source=stored, runs=runs)[0]
+
+        model = build()
+        if recipe.model.lora_rank:  # its checkpoint holds the low-rank updates: read them, then merge
+            from trainkit.models.finetune import enable_lora, merge_lora
+
+            adapted = build()
+            enable_lora(adapted, recipe.model.lora_rank)
+            load_weights(adapted, directory, checkpoint, field=f"{field}_checkpoint")
+            merge_lora(adapted, model)
+        else:
+            load_weights(model, directory, checkpoint, field=f"{field}_checkpoint")
     except TrainkitError as err:
         raise ConfigError(f"{field}: the run {path} cannot be loaded: {err}" if field not in str(err) else str(err)) from None
     return model

@@ -24,6 +24,18 @@ from trainkit.startup import startup_noise_filtered as startup_noise_filtered
 log = logging.getLogger(__name__)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def split_cpu(count: int) -> None:
     """Expose ``count`` logical CPU devices (MirroredStrategy on a CPU-only machine)."""
     import tensorflow as tf

@@ -26,6 +26,13 @@ What a sidecar meets, and what it does:
 
 The model is built once; each checkpoint only swaps its weights in, so the
 evaluation function is traced once.
+
+What it costs the training beside it, on the same machine: by default the
+evaluator's process runs TensorFlow (and its ``tf.data`` pipeline) on one
+thread and at a lower priority (``nice`` 10), see :func:`limit_process`; a pass
+that finds nothing changed (by ``stat`` of the checkpoint folder, its list,
+``run.json`` and ``config.yaml``) reads and parses nothing; and the history is
+read from disk once, when the evaluator starts (it is the only writer).
 """
 
 from __future__ import annotations
@@ -61,6 +68,56 @@ READING = ".eval_reading"
 LOCK = ".eval.lock"
 #: How often a cluster's ``evaluator`` task looks for new checkpoints.
 EVALUATOR_POLL_SECONDS = 2.0
+#: TensorFlow's threads in an evaluator's process (intra-op, inter-op and tf.data's
+#: pool): the training beside it keeps the rest of the cores. 0: TensorFlow's default.
+DEFAULT_THREADS = 1
+#: How much an evaluator lowers its own priority (``nice``): where the cores are
+#: shared, the training's threads run first.
+DEFAULT_NICE = 10
+# A stat signature whose newest time is this close to the pass that read it might
+# hide a change made in the same clock tick: the next poll reads everything again.
+_RACY_SECONDS = 2.0
+_limited: list[tuple[int, int]] = []  # what limit_process set in this process (once)
+
+
+def limit_process(threads: int = DEFAULT_THREADS, nice: int = DEFAULT_NICE) -> None:
+    """Make this process a modest neighbour of the training: TensorFlow on ``threads``
+    intra-op and inter-op threads (0 leaves TensorFlow's defaults, one per core), and its
+    priority lowered by ``nice`` (0 keeps it). Call it before TensorFlow runs anything:
+    the thread counts are fixed when TensorFlow starts (then they stay as they are, with
+    a warning). Once per process: a second call changes nothing."""
+    check_limits(threads, nice)
+    if _limited:
+        return
+    _limited.append((threads, nice))
+    if nice:
+        os.nice(nice)
+    if not threads:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # TensorFlow has started in this process: its pools are made
+        warn(f"warning: --threads {threads}: TensorFlow had started already; it keeps its own thread counts")
+
+
+def warm_up() -> None:
+    """Import what evaluating takes (TensorFlow and Keras: seconds of CPU) ahead of the
+    first checkpoint: an evaluator started with the training pays it while the training
+    starts up too, not while it takes its steps."""
+    import trainkit.data.pipeline  # noqa: F401
+    import trainkit.models.build  # noqa: F401
+    import trainkit.training.loop  # noqa: F401
+
+
+def check_limits(threads: int, nice: int) -> None:
+    """Refuse a thread count or niceness the evaluator cannot use (before any work)."""
+    if threads < 0:
+        raise ConfigError(f"--threads: must be 0 (TensorFlow's default: one per core) or more, got {threads}")
+    if not 0 <= nice <= 19:
+        raise ConfigError(f"--nice: must be 0 (keep the priority) to 19 (the lowest), got {nice}")
 
 
 def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -115,11 +172,12 @@ class Evaluator:
     """The run's model and evaluation, restored once (:func:`trainkit.plan.restore_plan`,
     in one process); each checkpoint only swaps the weights in."""
 
-    def __init__(self, run_dir: Path, split: str, *, recipe_file: str | os.PathLike | None = None):
+    def __init__(self, run_dir: Path, split: str, *, recipe_file: str | os.PathLike | None = None, threads: int = 0):
         from trainkit.plan import restore_plan
 
         self.built = restore_plan(run_dir, None, recipe_file=recipe_file)
         self.built.data._check_split(split)
+        self.built.data.threads = threads or None  # before its first dataset is made
         self.split = split
 
     def evaluate(self, checkpoint: str) -> dict[str, float]:
@@ -140,16 +198,21 @@ class Sidecar:
         evaluate: Callable[[str], dict[str, float]] | None = None,
         report: Callable[[str], None] = say,
         ended_after: float | None = None,
+        threads: int = 0,
     ):
         self.run = RunDir(run_dir)
         self.ended_after = ended_after
         self.split = split
         self.report = report
         self.recipe_file = recipe_file
+        self.threads = threads
         self.recipe = load_run_recipe(run_dir, recipe_file=recipe_file)
         self._evaluate = evaluate
         self._writer = None
         self.monitor = monitor_for(self._resolved_recipe(), split)
+        self._records: list[dict] | None = None  # eval_history.jsonl, read once: only this evaluator writes it
+        self._unchanged: tuple | None = None  # what the last full pass saw, when it can be trusted
+        self._finished = False
 
     def _resolved_recipe(self) -> Recipe:
         from trainkit.plan import resolve_monitor
@@ -165,7 +228,7 @@ class Sidecar:
         """The evaluation, restored on first use (a recipe or split that cannot be
         evaluated stops the evaluator: it is not a damaged checkpoint)."""
         if self._evaluate is None:
-            self._evaluate = Evaluator(self.run.path, self.split, recipe_file=self.recipe_file).evaluate
+            self._evaluate = Evaluator(self.run.path, self.split, recipe_file=self.recipe_file, threads=self.threads).evaluate
         return self._evaluate
 
     # -- one pass ---------------------------------------------------------------
@@ -174,11 +237,40 @@ class Sidecar:
         """Evaluate every new checkpoint that is complete, oldest first.
 
         Returns ``(how many were evaluated, whether the run has ended and every
-        checkpoint it kept is evaluated)``.
+        checkpoint it kept is evaluated)``. A poll that finds nothing changed since
+        the last pass (:meth:`_signature`) reads nothing else.
         """
+        signature = self._signature()
+        if signature == self._unchanged:
+            return 0, self._finished
+        started = time.time()
+        evaluated, self._finished = self._pass()
+        newest = max((mark[2] for mark in signature if mark is not None), default=0) / 1e9
+        # Trusted next time only when its newest change is clearly older than the
+        # reading that followed: a change in the same clock tick would not show.
+        self._unchanged = signature if newest < started - _RACY_SECONDS else None
+        return evaluated, self._finished
+
+    def _signature(self) -> tuple:
+        """What a pass depends on, by ``stat`` alone: the checkpoint folder (files made,
+        renamed, deleted), TensorFlow's list in it, ``run.json`` (the run's end) and
+        ``config.yaml`` (a restart with another recipe); each replaced by a rename."""
+        marks = []
+        for path in (self.checkpoints, self.checkpoints / "checkpoint", self.run.run_json, self.run.config):
+            try:
+                st = os.stat(path, follow_symlinks=False)
+            except OSError:
+                marks.append(None)
+                continue
+            marks.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(marks)
+
+    def _pass(self) -> tuple[int, bool]:
         self._check_same_run()
         ended = self._run_ended()  # read before the listing: an ended run writes no more
-        records = read_history(self.run.path)
+        if self._records is None:
+            self._records = read_history(self.run.path)
+        records = self._records
         done = max((r["step"] for r in records if r.get("split") == self.split), default=-1)
         found = sorted((p for p in candidates(self.checkpoints) if step_of(p) > done), key=step_of)
         listed = self._listed()
@@ -338,6 +430,8 @@ def watch(
     report: Callable[[str], None] = say,
     wait_for_run: bool = False,
     ended_after: float | None = None,
+    threads: int = DEFAULT_THREADS,
+    nice: int = DEFAULT_NICE,
 ) -> int:
     """Evaluate each new checkpoint of ``run_dir`` once, in order, as training writes them.
 
@@ -346,20 +440,33 @@ def watch(
     ``wait_for_run``: wait for the run directory to be made (a cluster's
     evaluator task starts beside the workers); ``ended_after``: an
     end of the run recorded before this time is an earlier training's, not
-    the end awaited. Returns how many checkpoints this call evaluated.
+    the end awaited. ``threads`` and ``nice``: this process's share of the
+    machine (:func:`limit_process`; it is the evaluator's process). Returns how
+    many checkpoints this call evaluated.
     """
     if every_seconds <= 0:
         raise ConfigError(f"--every-seconds: must be above 0, got {every_seconds:g}")
+    check_limits(threads, nice)
     directory = RunDir(run_dir)
-    while wait_for_run and not directory.exists():
-        time.sleep(min(every_seconds, 1.0))  # the chief has not written the run directory yet
+    if wait_for_run and not directory.exists():  # the chief has not written the run directory yet
+        limit_process(threads, nice)
+        warm_up()
+        while not directory.exists():
+            time.sleep(min(every_seconds, 1.0))
     directory.refuse_symlinks()
-    sidecar = Sidecar(directory.path, split=split, recipe_file=recipe_file, report=report, ended_after=ended_after)
+    sidecar = Sidecar(
+        directory.path, split=split, recipe_file=recipe_file, report=report, ended_after=ended_after, threads=threads,
+    )
+    limit_process(threads, nice)  # once the run is known to be one; before TensorFlow runs anything
     total = 0
     lock = RunLock(directory.path / LOCK, directory.path / LOCK)  # one evaluator per run directory
     lock.acquire()
     try:
-        report(f"watching {directory.path} for checkpoints to evaluate on {split} (every {every_seconds:g} s)")
+        share = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "TensorFlow's threads"
+        report(
+            f"watching {directory.path} for checkpoints to evaluate on {split} "
+            f"(every {every_seconds:g} s; {share}, nice {nice})"
+        )
         try:
             while True:
                 evaluated, finished = sidecar.poll()

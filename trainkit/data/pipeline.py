@@ -40,8 +40,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from trainkit.console import warn
-from trainkit.data import series, sources, text, transforms
+from trainkit.console import size_text, warn
+from trainkit.data import preset_text, series, sources, text, transforms
 from trainkit.data.sources import Split, plain
 from trainkit.errors import ConfigError, TrainkitError, user_code_error
 from trainkit.recipe import DataSection, ReshapeTransform
@@ -61,6 +61,16 @@ _SHUFFLE_SALT = 0x5F1E
 # PREFIX_<n>.* (with a .lockfile) and renames its work to PREFIX.index/.data
 # only when it has read its input to the end.
 _PARTIAL_CACHE_FILE = re.compile(r".+_\d+\.(lockfile|index|data-\d+-of-\d+(\.tempstate\d+)?)$")
+
+#: A split that ``data.text`` tokenizes inside the pipeline (a streamed source) is kept
+#: in memory after its first pass, with ``data.cache`` unset, while the tokenized splits
+#: fit in this share of the memory available when the run starts.
+AUTO_CACHE_SHARE = 0.25
+# Bytes tf.data's memory cache holds per tensor beside its values (an estimate, on the safe side).
+_TENSOR_OVERHEAD = 128
+# Records parsed and transformed per call where the examples are then cached one by one:
+# tokenizing whole batches costs a fraction of tokenizing each text alone.
+_BASE_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -168,9 +178,17 @@ class PreparedData:
         self._on_batches = on_batches
         self._ignore_errors = ignore_errors
         self._cache_dir = Path(cache_dir) if cache_dir else None
+        # The splits kept in memory with data.cache unset (see choose_cache), and the
+        # start header's line that says which and why (None: there is nothing to say).
+        self._auto_cached: frozenset[str] = frozenset()
+        self.cache_note: str | None = None
         self._bases: dict = {}
         # Evaluation datasets by (split, take), each with the strategy it was made for.
         self._evaluation_sets: dict = {}
+        self.threads: int | None = None
+        """A thread pool of this size for the pipelines made from here on, one thread per
+        op (a sidecar evaluator's: the training beside it keeps the cores); None:
+        tf.data's own, one thread per core."""
 
     def fresh(self) -> PreparedData:
         """The same data with no pipeline built yet: for a parameter-server worker,
@@ -214,9 +232,13 @@ class PreparedData:
     def write_fitted(self, directory: str | os.PathLike) -> None:
         """Write what was fitted on the training split and a resumed run reuses
         (``data.text``'s vocabulary) into the run directory."""
-        if self.text_step is not None and self.text_step["type"] != "vectorize":
+        if self.text_step is None:
+            return
+        if self.text_step["type"] == "preset":
+            preset_text.write_step(Path(directory), self.text_step)
+        elif self.text_step["type"] != "vectorize":
             text.write_tokenizer_file(Path(directory), self.text_step)
-        elif self.text_step is not None:
+        else:
             text.write_vocabulary(Path(directory), self.text_step)
 
     def use_cache_dir(self, directory: str | os.PathLike) -> None:
@@ -249,6 +271,7 @@ class PreparedData:
 
         clone = copy.copy(self)
         clone.section = self.section.model_copy(update={"cache": False})
+        clone._auto_cached = frozenset()
         clone._bases = {k: v for k, v in self._bases.items() if k[0] == "columns"}
         clone._evaluation_sets = {}
         return clone
@@ -479,14 +502,17 @@ class PreparedData:
         calls = tf.data.AUTOTUNE if self.section.parallel_calls == "auto" else self.section.parallel_calls
         return ds.map(plain(fn), num_parallel_calls=calls, deterministic=self.section.deterministic)
 
-    def _cached(self) -> bool:
+    def _cached(self, split: str | None = None) -> bool:
+        """Whether ``data.cache`` asks for a cache; with ``split``: whether that split's
+        transformed examples are cached (by ``data.cache``, or kept in memory by
+        :func:`choose_cache`)."""
         cache = self.section.cache
-        return cache is not False and cache != "none"
+        return (cache is not False and cache != "none") or split in self._auto_cached
 
     def _indexed(self, split: str) -> bool:
         """Shuffled by an index permutation (else through a buffer)."""
         kind = self._splits[split].kind
-        return kind == "arrays" or (kind == "table" and not self._cached())
+        return kind == "arrays" or (kind == "table" and not self._cached(split))
 
     def _evaluates(self, training: bool) -> bool:
         """Whether a pipeline applies ``data.eval_transforms``."""
@@ -535,6 +561,9 @@ class PreparedData:
         import tensorflow as tf
 
         s = self._splits[split]
+        by_batch = self._on_batches_of(split, shard, training=training)
+        if by_batch is not None:  # parsed and transformed a batch at a time, then cut into examples again
+            return self._cache(self._map(self._records(split, shard).batch(_BASE_BATCH), by_batch).unbatch(), split, shard, training)
         if s.stream is not None:
             ds = s.stream()
         else:
@@ -544,9 +573,10 @@ class PreparedData:
         ds = self._map(ds, self._loader(split, training=training))
         if self._ignore_errors:
             ds = ds.ignore_errors()
-        if self._cached():
-            ds = ds.cache(self._cache_file(split, shard, training))
-        return ds
+        return self._cache(ds, split, shard, training)
+
+    def _cache(self, ds, split: str, shard, training: bool):
+        return ds.cache(self._cache_file(split, shard, training)) if self._cached(split) else ds
 
     @property
     def caches_to_files(self) -> bool:
@@ -654,16 +684,23 @@ class PreparedData:
         return self._bases[key]
 
     def _batch_loader(self, split: str, shard, *, training: bool) -> Callable | None:
+        """A batch of raw records to a transformed batch, for epochs batched before they
+        are parsed: where :meth:`_on_batches_of` allows it, with no cache (a cached
+        split's examples are parsed once, in :meth:`_make_base`) and no per-example
+        augmentation. Else None."""
+        if self._cached(split) or (training and self._augment is not None):
+            return None
+        return self._on_batches_of(split, shard, training=training)
+
+    def _on_batches_of(self, split: str, shard, *, training: bool) -> Callable | None:
         """A batch of raw records to a transformed batch, where every step can take a
         whole batch: the source parses batches (``load_batch``), the records have one
-        shape, no cache or skipped records, no per-example augmentation. Else None."""
+        shape, no records are skipped. Else None."""
         import tensorflow as tf
 
         s, (static, evaluation) = self._splits[split], self._on_batches
         evaluates = self._evaluates(training)
-        if s.load_batch is None or static is None or (evaluates and evaluation is None):
-            return None
-        if self._cached() or self._ignore_errors or (training and self._augment is not None):
+        if s.load_batch is None or static is None or (evaluates and evaluation is None) or self._ignore_errors:
             return None
         if not all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(self._records(split, shard).element_spec)):
             return None  # records of different shapes (decoded images) cannot be batched before their transforms
@@ -691,6 +728,9 @@ class PreparedData:
             ds = ds.prefetch(tf.data.AUTOTUNE if prefetch is True else int(prefetch))
         options = tf.data.Options()
         options.deterministic = self.section.deterministic
+        if self.threads:
+            options.threading.private_threadpool_size = self.threads
+            options.threading.max_intra_op_parallelism = 1
         options.experimental_distribute.auto_shard_policy = (
             tf.data.experimental.AutoShardPolicy.OFF if sharded else tf.data.experimental.AutoShardPolicy.DATA
         )
@@ -760,7 +800,89 @@ def prepare(
     )
     provisional.text_step = text_step
     provisional.info = _describe(provisional, label_info, loaded)
+    choose_cache(provisional)
     return provisional
+
+
+def choose_cache(data: PreparedData, *, available: int | None = None) -> None:
+    """Where ``data.text`` tokenizes a streamed split inside the pipeline, keep the
+    tokenized examples in memory after their first pass when ``data.cache`` is unset
+    and they fit in :data:`AUTO_CACHE_SHARE` of the ``available`` memory (default:
+    what the machine has now); splits in order, train first. Sets ``data.cache_note``,
+    the start header's line saying what is cached, or why not.
+
+    A cache changes nothing but speed: a cached stream is shuffled after the cache by
+    the same seeded buffer that shuffles its records otherwise, so the batches, and a
+    resumed run, are the same either way.
+    """
+    streamed = [name for name in data.splits if data.kind(name) == "stream"]
+    if data.text_step is None or not streamed:
+        return
+    cache, names = data.section.cache, f"{_split_names(streamed)} {'is' if len(streamed) == 1 else 'are'}"
+    if cache == "none":
+        data.cache_note = "data cache: off (data.cache: none): the text is tokenized again every epoch"
+        return
+    if cache is not False:
+        where = "in memory" if cache is True or cache == "memory" else f"in files under {cache}"
+        asked = "true" if cache is True else cache
+        data.cache_note = f"data cache: the tokenized {names} kept {where} after the first pass (data.cache: {asked})"
+        return
+    if available is None:
+        from trainkit.runtime import available_memory
+
+        available = available_memory()
+    if available is None:
+        data.cache_note = f"data cache: the tokenized {names} not cached: the memory available here is unknown (data.cache: memory caches it)"
+        return
+    budget = int(available * AUTO_CACHE_SHARE)
+    left, kept, refused = budget, [], []
+    for name in streamed:
+        size = _cached_bytes(data, name)
+        fits = size is not None and size <= left
+        (kept if fits else refused).append((name, size))
+        left -= size if fits else 0
+    data._auto_cached = frozenset(name for name, _ in kept)
+    data._bases = {k: v for k, v in data._bases.items() if k[0] != "base"}  # (built for the choice before)
+    data.cache_note = _auto_cache_note(kept, refused, available)
+
+
+def _cached_bytes(data: PreparedData, split: str) -> int | None:
+    """About how many bytes ``split``'s tokenized examples take in a memory cache; None
+    where an example has no fixed size."""
+    import tensorflow as tf
+
+    spec = data._uncached()._base(split, None, training=False).element_spec
+    total = 0
+    for tensor in tf.nest.flatten(spec):
+        if not tensor.shape.is_fully_defined() or tensor.dtype == tf.string:
+            return None
+        total += int(np.prod(tensor.shape.as_list(), dtype=np.int64)) * tensor.dtype.size + _TENSOR_OVERHEAD
+    return total * data.info.sizes[split]
+
+
+def _auto_cache_note(kept: list[tuple[str, int | None]], refused: list[tuple[str, int | None]], available: int) -> str:
+    """The start header's line on the automatic cache: what is kept in memory, and why the rest is not."""
+
+    def sized(parts: list[tuple[str, int | None]]) -> str:
+        sizes = [size for _, size in parts]
+        about = f" (~{size_text(sum(sizes))})" if None not in sizes else ""
+        return f"{_split_names([name for name, _ in parts])}{about} {'is' if len(parts) == 1 else 'are'}"
+
+    budget = f"{AUTO_CACHE_SHARE:.0%} of the {size_text(available)} of memory available"
+    if not refused:
+        return (
+            f"data cache: the tokenized {sized(kept)} kept in memory after the first pass, within {budget} "
+            "(data.cache: none turns this off)"
+        )
+    unsized = any(size is None for _, size in refused)
+    why = f"{sized(refused)} not cached: " + ("an example has no fixed size" if unsized else f"{'it' if len(refused) == 1 else 'they'} would pass {budget}")
+    if kept:
+        return f"data cache: the tokenized {sized(kept)} kept in memory after the first pass; the {why}"
+    return f"data cache: the tokenized {why}, so the text is tokenized again every epoch (data.cache: PATH caches it in files)"
+
+
+def _split_names(names: list[str]) -> str:
+    return f"split{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
 
 def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run_dir) -> transforms.Step | None:
@@ -768,7 +890,10 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
     or fitted on the training split only; the features must be text exactly when it is set."""
     spec_x = _raw_feature_spec(section, splits["train"], seed)
     is_text = not isinstance(spec_x, dict) and spec_x.dtype.name == "string"
-    if section.text is None:
+    spec = None if section.text is not None and section.text.type == "none" else section.text
+    if spec is not None and spec.type == "preset" and spec._implicit and not is_text:
+        spec = None  # (a preset's preprocessor by default: for text only, token ids go as they are)
+    if spec is None:
         if is_text or (isinstance(spec_x, dict) and any(v.dtype.name == "string" for v in spec_x.values())):
             raise ConfigError(
                 "data.text: the features are text (strings), which a model cannot take; set data.text, "
@@ -780,12 +905,16 @@ def _text_step(section: DataSection, splits: dict[str, Split], *, seed: int, run
         raise ConfigError(f"data.text: the features are {what}, not one text per example; data.text applies to string features")
     if section.scale != "none":
         raise ConfigError("data.scale: the features are text; scaling is for numbers (data.text turns text into numbers)")
-    if section.text.type != "vectorize":  # (a tokenizer from a file: nothing to fit)
-        return text.tokenizer_step(section.text, run_dir)
-    fitted = text.read_vocabulary(run_dir, section.text)
+    if spec.type == "preset":  # (a KerasHub preset's own preprocessor: nothing to fit)
+        if spec.source is None:
+            raise ConfigError(f"{text.FIELD}: preset needs a KerasHub preset: set data.text.source, or model: {{type: pretrained, source: PRESET}}")
+        return preset_text.preset_step(spec, run_dir)
+    if spec.type != "vectorize":  # (a tokenizer from a file: nothing to fit)
+        return text.tokenizer_step(spec, run_dir)
+    fitted = text.read_vocabulary(run_dir, spec)
     if fitted is None:
-        fitted = text.fit_vocabulary(section.text, _training_features(section, splits, transforms.chain([]), seed))
-    return text.vectorize_step(section.text, fitted)
+        fitted = text.fit_vocabulary(spec, _training_features(section, splits, transforms.chain([]), seed))
+    return text.vectorize_step(spec, fitted)
 
 
 def _raw_feature_spec(section: DataSection, split: Split, seed: int):

@@ -127,6 +127,10 @@ def statistics(step: dict[str, Any], texts: np.ndarray) -> dict[str, Any]:
     if step["type"] == "vectorize":
         whole = vectorize_layer({**step, "output_mode": "int", "sequence_length": None, "idf_weights": None}, 1, "statistics")
         unknown_id = 1  # [UNK]
+    elif step["type"] == "preset":  # (its tokenizer alone: the packer's special tokens are not words)
+        from trainkit.data.preset_text import tokenizer_layer
+
+        whole, unknown_id = tokenizer_layer(step)
     else:
         whole = (wordpiece_layer if step["type"] == "wordpiece" else sentencepiece_layer)({**step, "sequence_length": None}, 1, "statistics")
         unknown_id = step["vocabulary"].index("[UNK]") if step["type"] == "wordpiece" else _unknown_piece_id(whole)
@@ -136,7 +140,7 @@ def statistics(step: dict[str, Any], texts: np.ndarray) -> dict[str, Any]:
     ids = ids.to_tensor().numpy() if isinstance(ids, tf.RaggedTensor) else np.asarray(ids)
     lengths = [int(n) for n in np.count_nonzero(ids, axis=-1)]  # (0 is padding)
     tokens, unknown = sum(lengths), int(np.sum(ids == unknown_id))
-    length = step["sequence_length"]
+    length = step["sequence_length"] - (2 if step["type"] == "preset" else 0)  # (a preset packs [start] ... [end])
     return {
         "vocabulary_size": vocabulary_size(step),
         "out_of_vocabulary_rate": unknown / tokens if tokens else 0.0,

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from trainkit import registry
-from trainkit.data import text
+from trainkit.data import preset_text, text
 from trainkit.errors import ConfigError, TrainkitError, first_line, user_code_error
 
 TransformFn = Callable[[Any, Any, Any], tuple[Any, Any]]
@@ -139,6 +139,7 @@ LAYERS: dict[str, Callable[[Step, int, str], Any]] = {
     "vectorize": text.vectorize_layer,
     "wordpiece": text.wordpiece_layer,  # (KerasHub layers: model.keras loads where keras_hub is installed)
     "sentencepiece": text.sentencepiece_layer,
+    "preset": preset_text.preset_layer,  # (a KerasHub preset's preprocessor: a dict of token ids and masks)
 }
 
 
@@ -236,7 +237,7 @@ def from_step(step: Step, *, kind: str | None = None) -> Transform:
                 layer = preprocessing_layer(step, rank=v.shape.rank, name=name)
                 layer.build(batch.shape)
                 layers[key] = layer
-        return layers[key](batch)[0]
+        return tf.nest.map_structure(lambda t: t[0], layers[key](batch))  # (a preset's preprocessor gives a dict)
 
     def whole(v, seed):
         if v.dtype not in (tf.float32, tf.string):

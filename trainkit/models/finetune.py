@@ -10,6 +10,7 @@ in inference mode (Keras semantics) and its variables get no gradient.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -131,3 +132,59 @@ def summary(model, variables: Sequence[Any], groups: Sequence[Any], group_index:
         "total_parameters": count(model.weights),
         "learning_rate": per_variable,
     }
+
+
+def enable_lora(model, rank: int) -> None:
+    """LoRA of ``rank`` on the model's KerasHub backbone (``model.lora_rank``), its size checked first."""
+    backbones = [layer for layer in [model, *layers_of(model)] if hasattr(layer, "enable_lora") and hasattr(layer, "layers")]
+    if not backbones:
+        raise ConfigError(
+            "model.lora_rank: the model has no KerasHub backbone to put LoRA on (no layer with enable_lora); "
+            "use a KerasHub preset as model.source"
+        )
+    _check_lora_size(backbones[0], rank)
+    backbones[0].enable_lora(rank)
+
+
+def _check_lora_size(backbone, rank: int) -> None:
+    """Refuse, before anything is allocated, a rank beyond the adapted kernels or beyond memory."""
+    from trainkit.compat import all_sublayers
+    from trainkit.models.memory import check_parameters_fit
+
+    targets = set(backbone.default_lora_layer_names())
+    kernels = [layer.kernel.shape for layer in all_sublayers(backbone) if layer.name in targets and hasattr(layer, "kernel")]
+    if not kernels:
+        return
+    smallest = min(min(int(math.prod(shape[:-1])), int(shape[-1])) for shape in kernels)
+    if rank > smallest:
+        raise ConfigError(
+            f"model.lora_rank: {rank:,} is larger than the kernels LoRA adapts (their smallest side is {smallest}); "
+            f"a low-rank update has a rank below that (typically 4-64)"
+        )
+    added = sum(rank * (int(math.prod(shape[:-1])) + int(shape[-1])) for shape in kernels)
+    check_parameters_fit(int(backbone.count_params()) + added, field="model.lora_rank")
+
+def merge_lora(adapted, plain) -> None:
+    """Give ``plain`` (the same architecture built without LoRA) the weights ``adapted``
+    computes with: each adapted kernel is its frozen kernel plus its low-rank update.
+
+    A run trained with ``model.lora_rank`` and used as a fine-tuning source becomes
+    an ordinary model this way, which the new run may freeze, adapt again or train
+    as a whole. (Loading its checkpoint into a model without LoRA would silently
+    drop the update.)
+    """
+    from trainkit.compat import all_sublayers
+
+    effective = {}
+    for layer in all_sublayers(adapted):
+        if getattr(layer, "lora_enabled", False):
+            for name in ("kernel", "embeddings"):  # Dense / EinsumDense, Embedding
+                if hasattr(layer, name):
+                    effective[f"{layer.path}/{name}"] = getattr(layer, name)
+    values = {v.path: v for v in adapted.weights if "lora_kernel" not in v.path}
+    targets = {v.path: v for v in plain.weights}
+    if set(values) != set(targets):
+        missing = sorted(set(values) ^ set(targets))[:3]
+        raise ConfigError(f"the LoRA run's weights do not match its architecture without LoRA (e.g. {missing})")
+    for path, variable in targets.items():
+        variable.assign(effective.get(path, values[path]))

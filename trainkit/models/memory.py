@@ -4,6 +4,7 @@ are allocated (a builder's model, a pretrained source's weights, LoRA's added ke
 from __future__ import annotations
 
 from trainkit.errors import ConfigError
+from trainkit.runtime import available_memory
 
 #: Bytes per parameter while training: the weight, its gradient and two optimizer
 #: slots (Adam's moments), in float32. Activations come on top.
@@ -19,18 +20,6 @@ def check_parameters_fit(parameters: int, *, field: str, available: int | None =
             f"{field}: {parameters:,} parameters need about {_gib(needed)} to train (weights, gradients, "
             f"optimizer state), more than the {_gib(available)} of memory available; make the model smaller"
         )
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None if unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _gib(n: int) -> str:

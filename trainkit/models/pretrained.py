@@ -95,6 +95,62 @@ def _online(host: str, seconds: float = 3.0) -> bool:
     return True
 
 
+def require_network(source: str, *, field: str) -> None:
+    """An online handle offline is one line saying how to bring the preset here."""
+    host = "www.kaggle.com" if source.startswith("kaggle://") else "huggingface.co"
+    if not _online(host):
+        raise ConfigError(
+            f"{field}: {source} needs a download from {host}, which cannot be reached from here; "
+            "on a machine with network run keras_hub.models.Backbone.from_preset"
+            f"('{source}').save_to_preset('DIR') and keras_hub.models.Tokenizer.from_preset('{source}')"
+            f".save_to_preset('DIR') (the tokenizer, for raw text), copy DIR here and set {field}: DIR"
+        )
+
+
+def is_keras_hub_preset(source: str) -> bool:
+    """Whether a source names a KerasHub preset: a ``save_to_preset`` directory or an online handle."""
+    path = Path(source)
+    local = path.is_dir() and (path / "config.json").is_file() and (path / "metadata.json").is_file()
+    return source.startswith(_ONLINE_SCHEMES) or local
+
+
+def data_section(recipe: Any, run_dir: Path | None = None) -> Any:
+    """``recipe.data`` with ``data.text`` resolved for a KerasHub preset: unset, with
+    ``model.source`` a preset, it is the preset's preprocessor (for string features only);
+    ``{type: preset}`` takes ``model.source`` unless it names its own ``source``.
+
+    ``run_dir``: a run that continues, whose kept preprocessor stands in for a preset that is gone.
+    """
+    from trainkit.data.preset_text import STEP_FILE
+    from trainkit.recipe import PresetText
+
+    section, text = recipe.data, recipe.data.text
+    source = recipe.model.kwargs.get("source") if recipe.model.type == "pretrained" else None
+    kept = run_dir is not None and (Path(run_dir) / STEP_FILE).is_file()
+    preset = str(source) if isinstance(source, str) and (kept or is_keras_hub_preset(source)) else None
+    if text is None and preset is not None:
+        text = PresetText(source=preset)
+        text._implicit = True
+    elif isinstance(text, PresetText) and text.source is None:
+        if preset is None:
+            _not_a_preset(source)
+        text = text.model_copy(update={"source": preset})
+    else:
+        return section
+    if text.source.startswith(_ONLINE_SCHEMES) and not kept:
+        require_network(text.source, field="model.source")
+    return section.model_copy(update={"text": text})
+
+
+def _not_a_preset(source: Any) -> None:
+    """Why ``data.text: preset`` has no preset to take its preprocessor from."""
+    if not isinstance(source, str):
+        raise ConfigError("data.text: preset needs a KerasHub preset: set data.text.source, or model: {type: pretrained, source: PRESET}")
+    if not Path(source).exists():
+        raise ConfigError(f"model.source: '{source}' does not exist; data.text: preset needs a KerasHub preset (a save_to_preset directory)")
+    raise ConfigError(f"data.text: preset needs a KerasHub preset, and model.source {source} is not one (a save_to_preset directory holds config.json and metadata.json)")
+
+
 def is_headless(source: str, model) -> bool:
     """A source without a classification head (a KerasHub backbone, a
     keras.applications model without its top): ``head: replace`` adds one on top."""
@@ -120,14 +176,7 @@ def load_source(
     if source.startswith(_APPLICATIONS):
         return _load_application(source, weights, input_shape, field=field)
     if source.startswith(_ONLINE_SCHEMES):
-        host = "www.kaggle.com" if source.startswith("kaggle://") else "huggingface.co"
-        if not _online(host):
-            raise ConfigError(
-                f"{field}: {source} needs a download from {host}, which cannot be reached from here; "
-                "on a machine with network run keras_hub.models.Backbone.from_preset"
-                f"('{source}').save_to_preset('DIR') (a task class for its preprocessor too), "
-                f"copy DIR here and set {field}: DIR"
-            )
+        require_network(source, field=field)
         return _load_preset(source, field=field)
     path = Path(source)
     if not path.exists():

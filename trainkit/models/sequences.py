@@ -67,9 +67,15 @@ def _token_ids(input_shape: tuple[int, ...], vocab_size: int | None, name: str) 
     return False
 
 
-def _pool(keras, x, pooling: str, name: str = "pool"):
-    """Steps to one vector: ``mean`` or ``max`` over steps (masked padding left out of
-    the mean), or the ``last`` step."""
+def _pool(keras, x, pooling: str, name: str = "pool", mask=None):
+    """Steps to one vector: ``mean`` or ``max`` over steps, or the ``last`` step.
+
+    ``mask`` (``[batch, steps]``, True for real tokens; token ids only): padding never
+    counts, whatever its hidden states hold -- it is left out of the mean, never wins
+    the max, and ``last`` is the last real token, not the last padding step.
+    """
+    if mask is not None:
+        return _masked_pool(keras.ops, x, pooling, mask)
     if pooling == "mean":
         return keras.layers.GlobalAveragePooling1D(name=name)(x)
     if pooling == "max":
@@ -77,6 +83,21 @@ def _pool(keras, x, pooling: str, name: str = "pool"):
     steps, width = int(x.shape[1]), int(x.shape[2])
     x = keras.layers.Cropping1D((steps - 1, 0), name=f"{name}_last_step")(x)
     return keras.layers.Reshape((width,), name=name)(x)
+
+
+def _masked_pool(ops, x, pooling: str, mask):
+    """:func:`_pool` over the real steps only (``keras.ops``, so ``model.keras`` loads with plain Keras)."""
+    real = ops.cast(mask, x.dtype)[:, :, None]
+    count = ops.sum(real, axis=1)
+    if pooling == "mean":
+        return ops.sum(x * real, axis=1) / ops.maximum(count, 1)
+    if pooling == "max":
+        # Padding takes the smallest value over all steps: it can never exceed a real one.
+        lowest = ops.min(x, axis=1, keepdims=True)
+        return ops.max(ops.where(real > 0, x, lowest), axis=1) * ops.minimum(count, 1)
+    position = ops.cumsum(ops.ones_like(real), axis=1)  # 1, 2, ... per step
+    last = ops.max(position * real, axis=1, keepdims=True)  # the last real step's position (0: none)
+    return ops.sum(x * ops.cast(ops.equal(position, last), x.dtype) * real, axis=1)
 
 
 def recurrent_layer(keras, cell: str, units: int, *, return_sequences: bool, dropout: float, recurrent_dropout: float, name: str):
@@ -138,7 +159,7 @@ def rnn(
             layer = keras.layers.Bidirectional(layer, name=f"bidirectional_{i}")
         x = layer(x)
     if pooling != "last":
-        x = _pool(keras, x, pooling)
+        x = _pool(keras, x, pooling, mask=keras.ops.not_equal(inputs, 0) if tokens else None)
     for i, width in enumerate(dense_units):
         x = keras.layers.Dense(width, activation="relu", name=f"dense_{i}")(x)
     outputs = output_layer(
@@ -167,8 +188,8 @@ def transformer(
     ``TokenAndPositionEmbedding``, padding id 0 masked), or for a float series a
     ``Dense`` projection plus ``PositionEmbedding``; then ``num_layers`` KerasHub
     ``TransformerEncoder`` blocks (``num_heads``, ``intermediate_dim``, ``dropout``),
-    ``pooling`` over steps (``mean``, ``max`` or the ``last`` step) and a head as
-    :func:`mlp`'s."""
+    ``pooling`` over steps (``mean``, ``max`` or the ``last`` step; over token ids the
+    padding is never pooled: ``last`` is the last real token) and a head as :func:`mlp`'s."""
     import keras
     import keras_hub
 
@@ -187,11 +208,12 @@ def transformer(
         x = keras.layers.Dense(hidden_dim, name="projection")(inputs)
         positions = keras_hub.layers.PositionEmbedding(sequence_length, name="position_embedding")(x)
         x = keras.layers.Add(name="embedding")([x, positions])
+    mask = keras.ops.not_equal(inputs, 0) if tokens else None  # (id 0 is padding)
     for i in range(num_layers):
         x = keras_hub.layers.TransformerEncoder(
             intermediate_dim, num_heads, dropout=dropout, name=f"encoder_{i}"
-        )(x)
-    x = _pool(keras, x, pooling)
+        )(x, padding_mask=mask)
+    x = _pool(keras, x, pooling, mask=mask)
     if dropout:
         x = keras.layers.Dropout(dropout, name="head_dropout")(x)
     outputs = output_layer(

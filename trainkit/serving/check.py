@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
 
 def compare(built: Built, model: keras.Model, spec: dict[str, Any], out: Path, written: dict[str, Any], *, limit: int) -> None:
+    from keras import tree
+
     data = built.data
     split = next((s for s in ("test", "validation", "train") if data.has_split(s)), None)
     if split is None or not written:
@@ -30,7 +32,7 @@ def compare(built: Built, model: keras.Model, spec: dict[str, Any], out: Path, w
     for (x, y), (px, _) in zip(data.raw_dataset(split, batch_size=128), data.dataset(split, batch_size=128), strict=False):
         raw_x.append(x.numpy())
         labels.append(y.numpy())
-        piped_x.append(px.numpy())
+        piped_x.append(tree.map_structure(lambda t: t.numpy(), px))  # (a preset's preprocessor gives a dict)
         if sum(len(b) for b in raw_x) >= limit:
             break
     raw = np.concatenate(raw_x)[:limit]
@@ -47,8 +49,11 @@ def compare(built: Built, model: keras.Model, spec: dict[str, Any], out: Path, w
 
         # Called directly, not through predict(): under a multi-worker or parameter-server
         # strategy only the chief gets here, and predict() would distribute the work.
-        piped = np.concatenate(piped_x)[:limit]
-        trained = np.concatenate([np.asarray(built.model(piped[i : i + 128], training=False)) for i in range(0, len(piped), 128)])
+        piped = tree.map_structure(lambda *batches: np.concatenate(batches)[:limit], *piped_x)
+        trained = np.concatenate([
+            np.asarray(built.model(tree.map_structure(lambda t, i=i: t[i : i + 128], piped), training=False))
+            for i in range(0, len(raw), 128)
+        ])
         head_input = keras.Input(trained.shape[1:])
         headed = keras.Model(head_input, output_head(spec["head"], head_input))(trained)
         written["keras"]["examples_checked"] = int(len(raw))

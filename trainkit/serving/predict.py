@@ -150,6 +150,8 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
             names, array = _read_images(path, spec)
         elif kind == ".npy":
             names, array = _from_array(_read_npy(path), expected, str(path), dtype)
+        elif kind == ".csv" and spec["input"].get("series"):  # (a series run: the CSV is a series to cut)
+            names, array = _read_series_csv(path, spec, dtype)
         elif kind == ".csv":
             names, array = _read_csv(path, spec, dtype)
         else:
@@ -394,6 +396,37 @@ def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.nd
     if not examples:
         raise ConfigError(f"{path}: a header but no data rows")
     return [str(i) for i in range(start, start + len(examples))], np.stack(examples).astype(dtype)
+
+
+def _read_series_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.ndarray]:
+    """A series (a header naming the run's input columns, one row per time step, in
+    time order) cut into every window of the run's ``sequence_length`` rows, raw and
+    unscaled, as the model takes them; each window named by its first and last row."""
+    from trainkit.errors import did_you_mean
+
+    length = int(spec["input"]["shape"][0])
+    columns = list(spec["input"]["series"]["columns"])
+    wanted = f"a header naming {', '.join(columns)} and one row per time step, in time order"
+    rows = _csv_rows(path)
+    if not rows:
+        raise ConfigError(f"{path}: empty; expected {wanted}")
+    header = [cell.strip() for cell in rows[0]]
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ConfigError(f"{path}: no column '{missing[0]}' in the header; {did_you_mean(missing[0], [_shown(h) for h in header])} (expected {wanted})")
+    pick = [header.index(c) for c in columns]
+    values = []
+    for number, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise ConfigError(f"{path}, row {number}: {len(row)} values but the header has {len(header)} columns")
+        for j, name in zip(pick, columns, strict=True):
+            if not _is_number(row[j]):
+                raise ConfigError(f"{path}, row {number}, column '{name}': '{_shown(row[j].strip())}' is not a number")
+        values.append([float(row[j]) for j in pick])
+    if len(values) < length:
+        raise ConfigError(f"{path}: {len(values)} row(s); one window is sequence_length = {length} rows (the run's): give at least {length}")
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(values), length, axis=0).transpose(0, 2, 1)
+    return [f"rows {i + 2}-{i + 1 + length}" for i in range(len(windows))], windows.astype(dtype)
 
 
 def _read_json_lines(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.ndarray]:

@@ -52,6 +52,7 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
     if dtype == "string":  # one text per example: the text column of a CSV or JSON lines, if it had a name
         columns = info.feature_names if info.feature_names and len(info.feature_names) == 1 else None
     source = section.source
+    series = {"columns": list(info.feature_names)} if source.type == "timeseries" and info.feature_names else None
     image = None
     if source.type == "image_folder":
         image = {"channels": source.channels, "size": shape[:2], "resize": source.image_size is not None}
@@ -70,7 +71,8 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
         "task": info.task,
         "num_classes": info.num_classes,
         "class_names": _class_names(info),
-        "input": {"name": INPUT_NAME, "shape": shape, "dtype": dtype, "columns": columns, "image": image},
+        "input": {"name": INPUT_NAME, "shape": shape, "dtype": dtype, "columns": columns, "image": image,
+                  **({"series": series} if series else {})},  # (a window's columns: predict cuts a series CSV)
         "preprocessing": steps,
         "head": head,
         "outputs": ["probabilities", "class_ids"] if info.task == "classification" else ["predictions"],
@@ -130,6 +132,8 @@ class _Input(BaseModel):
     dtype: str
     columns: list[str] | None = None
     image: dict[str, Any] | None = None
+    series: dict[str, list[str]] | None = None
+    """A time-series run's input columns, in a window's order."""
 
     @field_validator("dtype")
     @classmethod
@@ -220,6 +224,37 @@ class _SentencePiece(BaseModel):
     vocabulary_size: Annotated[int, Field(ge=2)]
 
 
+class _Preset(BaseModel):
+    model_config = _Strict
+    type: Literal["preset"]
+    source: str
+    preprocessor: str
+    """The class name of the preset's preprocessor."""
+    tokenizer: dict[str, Any]
+    """The KerasHub tokenizer's Keras config (``serialize_keras_object``)."""
+    assets: dict[str, str]
+    """Its asset files (the vocabulary) in base64, by file name."""
+    start_id: int
+    end_id: int
+    pad_id: int
+    sequence_length: Annotated[int, Field(ge=3, le=1 << 20)]
+    vocabulary_size: Annotated[int, Field(ge=2)]
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _keras_hub(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not str(value.get("registered_name", "")).startswith("keras_hub>"):
+            raise ValueError("not a KerasHub tokenizer")
+        return value
+
+    @field_validator("assets")
+    @classmethod
+    def _file_names(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not name or name.startswith(".") or "/" in name or "\\" in name for name in value):
+            raise ValueError("asset names are plain file names")
+        return value
+
+
 class _InferenceSpec(BaseModel):
     model_config = _Strict
     recipe: str
@@ -228,7 +263,7 @@ class _InferenceSpec(BaseModel):
     num_classes: Annotated[int, Field(ge=1, le=1 << 20)] | None
     class_names: list[str] | None
     input: _Input
-    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize | _WordPiece | _SentencePiece, Field(discriminator="type")]]
+    preprocessing: list[Annotated[_Normalize | _Rescale | _CastFloat | _Reshape | _Resize | _Vectorize | _WordPiece | _SentencePiece | _Preset, Field(discriminator="type")]]
     head: Literal["binary_logits", "binary", "softmax", "probabilities", "identity"]
     outputs: list[str]
     unsupported: str | None = None

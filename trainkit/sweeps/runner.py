@@ -9,7 +9,9 @@ its checkpoint saved, and is told ``PRUNED``. A trial that fails (NaN, a
 parameter combination the recipe refuses) is told ``FAIL`` with its reason and
 the sweep goes on. SIGINT/SIGTERM stop the trial in training after its
 checkpoint is saved and leave it ``RUNNING`` and ``interrupted``: the same
-command later trains it on from there, bit-exact, with the same parameters.
+command later trains it on from there, bit-exact, with the same parameters. A
+trial whose process was killed outright is taken up the same way, from its last
+checkpoint (see :mod:`trainkit.sweeps.study`).
 """
 
 from __future__ import annotations
@@ -225,10 +227,14 @@ def run_sweep(
     # training at its start: it never kills the process with a trial half-told.
     with SignalRecorder() as flag:
         while flag.signum is None:
-            trial = studies.claim_next(sweep, study, storage)
-            if trial is None:
+            claimed = studies.claim_next(sweep, study, storage, directory)
+            if claimed is None:
                 break
-            run_trial(sweep, study, storage, trial, directory, report)
+            trial, lock = claimed
+            try:
+                run_trial(sweep, study, storage, trial, directory, report)
+            finally:
+                lock.release()
     report.finished(study)
     if flag.signum is not None:
         from trainkit.training.stops import stopped_by

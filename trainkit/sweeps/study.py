@@ -11,10 +11,20 @@ only). No process ever creates a trial of its own.
 A trial stopped by SIGINT/SIGTERM stays ``RUNNING`` with the user attribute
 ``interrupted``; the next ``trainkit sweep`` of the same study takes it up first
 and trains it on from its checkpoint with the same parameters.
+
+A process that dies without a word (SIGKILL, the out-of-memory killer, a power
+cut) leaves its trial ``RUNNING`` too. To tell such an orphan from a trial a live
+process trains, the claiming process holds a kernel lock on
+``SWEEP_DIR/.claims/trial-NNNN.lock`` from before its claim until the trial is
+told: the kernel drops it when the process dies, however it dies. A ``RUNNING``
+trial claimed on this host whose lock is free (and which is still ``RUNNING``
+once the lock is taken) is an orphan, taken up like an interrupted one. Trials
+of other hosts are left alone: their locks may live in another sweep directory.
 """
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +39,8 @@ JOURNAL = "study.journal"
 #: The study attribute holding the queued total; set once the queue is complete.
 QUEUED = "trainkit_trials"
 QUEUE_WAIT_SECONDS = 120.0
+#: The trial attribute naming the host whose process claimed it last.
+OWNER = "owner_host"
 
 
 def _optuna():
@@ -164,39 +176,71 @@ def queued_total(study) -> int:
     return int(study.user_attrs.get(QUEUED) or len(study.get_trials(deepcopy=False)))
 
 
-def claim_next(sweep: Sweep, study, storage) -> Any:
-    """The next trial this process trains (an :class:`optuna.trial.Trial`), or None when none is left.
+def claim_next(sweep: Sweep, study, storage, sweep_dir: Path) -> tuple[Any, Any] | None:
+    """The next trial this process trains (an :class:`optuna.trial.Trial`) and the claim
+    lock to release once it is told, or None when none is left.
 
-    First a trial an orderly stop left behind (it resumes from its checkpoint),
-    then a waiting one, taken with the storage's compare-and-set.
+    First a trial an orderly stop left behind or a dead process orphaned (it
+    resumes from its checkpoint), then a waiting one, taken with the storage's
+    compare-and-set.
     """
-    claimed = _claim(study, storage)
+    claimed = _claim(study, storage, sweep_dir)
     if claimed is None:
         return None
-    trial_id, number = claimed
+    trial_id, number, lock = claimed
     study.sampler = make_sampler(sweep, number)
     import optuna
 
-    return optuna.trial.Trial(study, trial_id)  # (its sampler's before_trial runs here)
+    return optuna.trial.Trial(study, trial_id), lock  # (its sampler's before_trial runs here)
 
 
-def _claim(study, storage) -> tuple[int, int] | None:
+def _claim_lock(sweep_dir: Path, number: int):
+    """The claim lock of trial ``number``, taken; None where a live process holds it."""
+    from trainkit.errors import RunDirError
+    from trainkit.rundir.lock import RunLock
+
+    folder = sweep_dir / ".claims"
+    folder.mkdir(exist_ok=True)
+    lock = RunLock(folder / f"trial-{number:04d}.lock", owner=sweep_dir / f"trial {number}")
+    try:
+        lock.acquire()
+    except RunDirError:
+        return None
+    return lock
+
+
+def _claim(study, storage, sweep_dir: Path) -> tuple[int, int, Any] | None:
     import optuna
     from optuna.trial import TrialState
 
     study_id = storage.get_study_id_from_name(study.study_name)
-    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if frozen.user_attrs.get("interrupted"):
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-            storage.set_trial_user_attr(trial_id, "interrupted", False)
-            storage.set_trial_user_attr(trial_id, "resumed", int(frozen.user_attrs.get("resumed", 0)) + 1)
-            return trial_id, frozen.number
+    host = socket.gethostname()
+    for frozen in sorted(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)), key=lambda t: t.number):
+        if not frozen.user_attrs.get("interrupted") and frozen.user_attrs.get(OWNER) != host:
+            continue  # trained by a process of another host, or claimed before owners were recorded
+        lock = _claim_lock(sweep_dir, frozen.number)
+        if lock is None:
+            continue  # a live process trains it
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
+        if storage.get_trial(trial_id).state != TrialState.RUNNING:
+            lock.release()  # told while we looked
+            continue
+        storage.set_trial_user_attr(trial_id, "interrupted", False)
+        storage.set_trial_user_attr(trial_id, "resumed", int(frozen.user_attrs.get("resumed", 0)) + 1)
+        storage.set_trial_user_attr(trial_id, OWNER, host)
+        return trial_id, frozen.number, lock
     for frozen in sorted(study.get_trials(deepcopy=False, states=(TrialState.WAITING,)), key=lambda t: t.number):
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, frozen.number)
-        try:
-            if not storage.set_trial_state_values(trial_id, state=TrialState.RUNNING):
-                continue  # another process took it
-        except optuna.exceptions.UpdateFinishedTrialError:
+        lock = _claim_lock(sweep_dir, frozen.number)
+        if lock is None:
             continue
-        return trial_id, frozen.number
+        try:
+            taken = storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            taken = False
+        if not taken:
+            lock.release()  # another process took it
+            continue
+        storage.set_trial_user_attr(trial_id, OWNER, host)
+        return trial_id, frozen.number, lock
     return None

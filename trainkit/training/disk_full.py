@@ -17,6 +17,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+from trainkit.console import size_text
 from trainkit.errors import TrainkitError
 
 DISK_FULL_EXIT_CODE = 5
@@ -73,8 +74,8 @@ def describe(run_dir: Path, *, writing: str, needed: int | None) -> DiskFullErro
         free = shutil.disk_usage(run_dir).free
     except OSError:
         free = None
-    have = f"{_size(free)} free" if free is not None else "no space left"
-    need = f"; it needs about {_size(needed)}: free space" if needed else "; free some space"
+    have = f"{size_text(free)} free" if free is not None else "no space left"
+    need = f"; it needs about {size_text(needed)}: free space" if needed else "; free some space"
     return DiskFullError(
         f"the disk is full: {where} ({have}) could not take {writing} of {run_dir}{need}, "
         " and train again to resume from the last checkpoint"
@@ -94,7 +95,7 @@ def writing(target: str | os.PathLike, what: str, *, option: str) -> Iterator[No
         if is_disk_full(err):
             where = Path(target).absolute().parent
             try:
-                free = f"{_size(shutil.disk_usage(where).free)} free"
+                free = f"{size_text(shutil.disk_usage(where).free)} free"
             except OSError:
                 free = "no space left"
             raise DiskFullError(
@@ -117,13 +118,3 @@ def _mount_point(path: Path) -> str:
     while not os.path.ismount(path) and path != path.parent:
         path = path.parent
     return str(path)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
-        n /= 1024
-    return f"{n} TiB"

@@ -204,6 +204,8 @@ def _begin(
     if role.is_chief and record_inputs is not None:
         record_inputs(built, directory)  # inference.json: what export and predict need
     sink.line(header(built, directory))
+    if built.data.cache_note:
+        sink.line(built.data.cache_note)
     return step
 
 
