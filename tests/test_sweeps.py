@@ -209,13 +209,28 @@ def _start_sweep(sweep: Path, sweep_dir: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=sweep_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_sweep_env())
 
 
+#: The sweep that is stopped and continued, and its arguments.
+STOPPED = {"space": LR, "trials": 2, "pruner": "none", "seed": 11}
+STOPPED_ARGS = ("model.hidden_units=[16]", "trainer.epochs=30", "trainer.evaluate=[validation]")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_sweep(tmp_path_factory) -> Path:
+    """The sweep of the stop-and-continue tests, run once without a stop (in this process)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    path = write_sweep(folder / "lr.yaml", **STOPPED)
+    whole = cli("sweep", str(path), *STOPPED_ARGS, "--sweep-dir", str(folder / "reference"), cwd=folder)
+    assert whole.returncode == 0, whole.stderr
+    return folder / "reference"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
-def test_a_stopped_sweep_continues_with_the_interrupted_trial_bit_exact(tmp_path, signum):
+def test_a_stopped_sweep_continues_with_the_interrupted_trial_bit_exact(tmp_path, signum, uninterrupted_sweep):
     """SIGTERM: the trial is stopped in order. SIGKILL: the process dies without a word, and
     the orphaned trial is still taken up (its claim lock died with the process)."""
-    path = write_sweep(tmp_path / "lr.yaml", LR, trials=2, pruner="none", seed=11)
-    args = ("model.hidden_units=[16]", "trainer.epochs=30", "trainer.evaluate=[validation]")
+    path = write_sweep(tmp_path / "lr.yaml", **STOPPED)
+    args = STOPPED_ARGS
     stopped = tmp_path / "stopped"
     process = _start_sweep(path, stopped, *args)
     first = stopped / "trial-0000" / "metrics.jsonl"
@@ -239,19 +254,15 @@ def test_a_stopped_sweep_continues_with_the_interrupted_trial_bit_exact(tmp_path
         assert "checkpoint saved" in err
     assert not (stopped / "trial-0001").exists()
     assert _trials(stopped).rows()[0]["state"] == "RUNNING"
-    # The same command again: the interrupted trial resumes, then the second one runs.
-    resumed = _start_sweep(path, stopped, *args)
-    out, err = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, err
+    # The same command again (here, in this process): the interrupted trial resumes, then the second one runs.
+    resumed = cli("sweep", str(path), *args, "--sweep-dir", str(stopped), cwd=stopped.parent)
+    assert resumed.returncode == 0, resumed.stderr
     rows = _trials(stopped).rows()
     assert [r["state"] for r in rows] == ["COMPLETE", "COMPLETE"]
-    assert "trial 0 of 2: resuming its run from its checkpoint" in out
+    assert "trial 0 of 2: resuming its run from its checkpoint" in resumed.stdout
     assert json.loads((stopped / "trial-0000" / "run.json").read_text())["resumed_at"]
     # An uninterrupted sweep of the same file proposes the same parameters and ends bit-identical.
-    reference = tmp_path / "reference"
-    whole = _start_sweep(path, reference, *args)
-    out, err = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err
+    reference = uninterrupted_sweep
     expected = _trials(reference).rows()
     assert [r["optimizer.learning_rate"] for r in rows] == [r["optimizer.learning_rate"] for r in expected]
     for name in ("trial-0000", "trial-0001"):
