@@ -158,12 +158,14 @@ def test_a_catastrophic_freeze_regex_is_one_line_at_once():
 # -------------------------------------------------------------------- model memory
 
 
-def test_a_lora_rank_beyond_the_kernels_is_refused_before_allocation():
-    from trainkit.plan import _check_lora_size
+def test_a_lora_rank_beyond_the_kernels_is_refused_before_allocation(monkeypatch):
+    from trainkit.models.finetune import _check_lora_size
 
     kernel = SimpleNamespace(shape=(64, 4, 16))
     layer = SimpleNamespace(name="query", kernel=kernel)
     backbone = SimpleNamespace(layers=[layer], default_lora_layer_names=lambda: ["query"], count_params=lambda: 10_000)
+    # (A stand-in backbone: its sublayers are its layers, where Keras would walk a real one.)
+    monkeypatch.setattr("trainkit.compat.all_sublayers", lambda model: model.layers)
     _refused(lambda: _check_lora_size(backbone, 10_000_000), ConfigError, "model.lora_rank: 10,000,000 is larger")
     _check_lora_size(backbone, 8)  # an ordinary rank passes
 
