@@ -1,2 +1,0 @@
-print('RAN')
-def recipe(): return {}
