@@ -136,6 +136,31 @@ def test_a_postgresql_url_uses_psycopg_when_psycopg2_is_absent():
     assert rdb_url("sqlite:///x.db") == "sqlite:///x.db"
 
 
+def test_a_process_that_lost_the_race_to_create_the_tables_opens_the_storage_again(tmp_path):
+    # PostgreSQL's words when two processes create Optuna's tables at once (seen in CI).
+    from trainkit.sweeps import study
+
+    race = "duplicate key value violates unique constraint \"pg_type_typname_nsp_index\""
+    tries = []
+
+    class Storages:
+        @staticmethod
+        def RDBStorage(url):  # noqa: N802 - Optuna's name
+            tries.append(url)
+            if len(tries) < 3:
+                raise RuntimeError(race)
+            return "opened"
+
+    class Optuna:
+        storages = Storages
+
+    assert study._rdb_storage(Optuna, "postgresql://x") == "opened" and len(tries) == 3
+    tries.clear()
+    refused = type("Refused", (), {"storages": type("S", (), {"RDBStorage": staticmethod(lambda url: 1 / 0)})})
+    with pytest.raises(ZeroDivisionError):  # anything else is not retried
+        study._rdb_storage(refused, "postgresql://x")
+
+
 # ------------------------------------------------------------------ local workers and GPUs
 
 

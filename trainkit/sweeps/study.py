@@ -62,9 +62,36 @@ def open_storage(url: str | None, sweep_dir: Path):
         # (The open-file lock: the default symlink lock would put links beside the journal.)
         return optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     try:
-        return optuna.storages.RDBStorage(rdb_url(url))
+        return _rdb_storage(optuna, rdb_url(url))
     except Exception as err:  # a bad URL, a server that does not answer, a missing driver
         raise ConfigError(f"--storage {url}: cannot open it: {first_line(err, limit=200)}") from None
+
+
+#: How often a process that lost the race to create a new database's tables opens it again.
+SCHEMA_RACE_TRIES = 5
+
+
+def _rdb_storage(optuna, url: str):
+    """Optuna's RDB storage, opened again when another process created its tables meanwhile.
+
+    Processes started together on a new database each create Optuna's tables;
+    on PostgreSQL the losers' ``CREATE TABLE`` fails in the catalog (a duplicate
+    key in ``pg_type``, or "already exists"). The tables are there by then, so
+    opening again succeeds. Any other error is raised at once.
+    """
+    for attempt in range(SCHEMA_RACE_TRIES):
+        try:
+            return optuna.storages.RDBStorage(url)
+        except Exception as err:
+            if attempt == SCHEMA_RACE_TRIES - 1 or not _lost_schema_race(err):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _lost_schema_race(err: Exception) -> bool:
+    text = str(err).lower()
+    return "already exists" in text or ("duplicate key" in text and "pg_" in text)
 
 
 def rdb_url(url: str) -> str:
