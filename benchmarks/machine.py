@@ -33,7 +33,7 @@ SETTLE_SECONDS = float(os.environ.get("TRAINKIT_BENCH_SETTLE_SECONDS", "240"))
 
 
 def _settled_load() -> float:
-    """The one-minute load average at the start, once it has settled.
+    """The one-minute load average once it has settled.
 
     The average trails by about a minute: a benchmark run right after another (as
     ``make bench`` runs them) starts above the limit on an idle machine, carrying its
@@ -43,9 +43,7 @@ def _settled_load() -> float:
     """
     start = time.monotonic()
     load = os.getloadavg()[0]
-    # A benchmark's own worker processes (``--worker``) run under its load: they never wait.
-    os.environ["TRAINKIT_BENCH_SETTLE_SECONDS"] = "0"
-    if load > MAX_LOAD and SETTLE_SECONDS > 0 and "--worker" not in sys.argv:
+    if load > MAX_LOAD:
         print(f"waiting up to {SETTLE_SECONDS:.0f} s for the load average ({load:.2f}) to fall to {SETTLE_LOAD}",
               file=sys.stderr, flush=True)
         while load > SETTLE_LOAD and time.monotonic() - start < SETTLE_SECONDS:
@@ -54,8 +52,25 @@ def _settled_load() -> float:
     return load
 
 
-START_LOAD = _settled_load()
-"""The one-minute load average when the benchmark started, before any of its own work."""
+START_LOAD = os.getloadavg()[0]
+"""The one-minute load average when the benchmark started (settled by :func:`settle`)."""
+
+_settled = False
+
+
+def settle() -> None:
+    """Before the first timed span: wait for the load average to settle, and take it as
+    :data:`START_LOAD`. Called by :class:`Others`; a benchmark's ``--worker`` processes
+    and ``--quick`` checks (run by the tests, under their load) never wait."""
+    global START_LOAD, _settled
+    if _settled:
+        return
+    _settled = True
+    waits = SETTLE_SECONDS > 0 and not {"--worker", "--quick"} & set(sys.argv)
+    os.environ["TRAINKIT_BENCH_SETTLE_SECONDS"] = "0"  # (children inherit it: they never wait)
+    if waits:
+        START_LOAD = _settled_load()
+
 
 _BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # user nice system irq softirq steal; idle and iowait are not busy
 
@@ -95,6 +110,7 @@ class Others:
     cores: float = 0.0
 
     def __enter__(self) -> Others:
+        settle()
         self._start = (time.monotonic(), _machine_cpu_seconds(), _own_cpu_seconds())
         return self
 
