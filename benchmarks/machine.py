@@ -66,9 +66,7 @@ def settle() -> None:
     if _settled:
         return
     _settled = True
-    waits = SETTLE_SECONDS > 0 and not {"--worker", "--quick"} & set(sys.argv)
-    os.environ["TRAINKIT_BENCH_SETTLE_SECONDS"] = "0"  # (children inherit it: they never wait)
-    if waits:
+    if SETTLE_SECONDS > 0 and not {"--worker", "--quick"} & set(sys.argv):
         START_LOAD = _settled_load()
 
 
