@@ -1,12 +1,18 @@
 """What a sidecar evaluator costs the training beside it: steps/s with and without one.
 
-    python benchmarks/sidecar_cost.py [--repeats 3] [--threads N] [--nice N] [RECIPE] [KEY=VALUE ...]
+    python benchmarks/sidecar_cost.py [--repeats 3] [--threads N] [--nice idle|N] [RECIPE] [KEY=VALUE ...]
 
 Each repeat trains the recipe (default: the full ``digits_cnn``) into a fresh
 temporary run directory once in each mode, the modes taking turns (so a machine
 that gets busier or quieter in between weighs on all of them alike), with in-loop
 validation off (``trainer.validation.every_epochs=null``) and a checkpoint at every
-epoch end:
+epoch end (KEY=VALUE overrides change that). The full ``digits_cnn`` trains for
+about 3 s: the evaluator's start-up then weighs more than it does on any run worth
+a sidecar. BENCHMARKS.md reports a 50 times longer one, with a checkpoint every
+230 steps (10 epochs)::
+
+    python benchmarks/sidecar_cost.py --repeats 3 digits_cnn trainer.epochs=150 \
+        trainer.checkpoint.every_epoch=false trainer.checkpoint.every_steps=230
 
 - ``validation off``: the training alone;
 - ``sidecar, with the training``: an evaluator started at the same moment as the
@@ -19,7 +25,7 @@ epoch end:
   first step: the evaluator's whole start-up falls inside the timed training.
 
 Both evaluators look every second and evaluate every checkpoint on the validation
-split, with ``--threads`` and ``--nice`` (default: trainkit's, 1 thread and nice 10).
+split, with ``--threads`` and ``--nice`` (default: trainkit's, 1 thread at nice 10).
 
 The figure is the training's own steps per second (``steps_per_second`` in
 ``run.json``, timed by trainkit over the training loop: the same span in every
@@ -51,7 +57,7 @@ MODES = ("validation off", "sidecar, with the training", "sidecar, at the first 
 WITH_TRAINING = (
     "import sys, time; from trainkit.sidecar import watch; "
     "watch(sys.argv[1], until_finished=True, every_seconds=1.0, wait_for_run=True, ended_after=time.time(), "
-    "threads=int(sys.argv[2]), nice=int(sys.argv[3]))"
+    "threads=int(sys.argv[2]), nice=sys.argv[3])"
 )
 
 
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--threads", type=int, default=1, help="the evaluator's TensorFlow threads (0: one per core)")
-    parser.add_argument("--nice", type=int, default=10, help="the evaluator's niceness (0: the training's priority)")
+    parser.add_argument("--nice", default="10", help="the evaluator's priority: a niceness 0..19 (trainkit's default 10) or idle")
     args = parser.parse_args(argv)
     limits = [str(args.threads), str(args.nice)]
 
@@ -136,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     print(provenance(loads))
     if args.json:
         Path(args.json).write_text(json.dumps({
-            "recipe": args.recipe, "repeats": args.repeats, "threads": args.threads, "nice": args.nice,
+            "recipe": args.recipe, "overrides": args.overrides, "repeats": args.repeats, "threads": args.threads, "nice": args.nice,
             "results": results, "ratios": ratios, "comparable": comparable(loads),
         }, indent=2) + "\n")
     return 0

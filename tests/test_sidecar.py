@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, cli, run_cli
+from conftest import ROOT, cli, one_error_line, run_cli
 
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke"]
 # One checkpoint per epoch, all kept: every epoch is something to evaluate.
@@ -143,6 +143,37 @@ def test_limit_process_sets_the_threads_and_the_priority_once():
     assert result.returncode == 0 and "--threads 1: TensorFlow had started already" in result.stderr
 
 
+def test_the_idle_priority_reaches_every_thread_tensorflow_starts():
+    import os
+
+    code = (
+        "import os, threading, time\n"
+        "from trainkit.sidecar import limit_process\n"
+        "early = threading.Thread(target=time.sleep, args=(30,), daemon=True); early.start()\n"
+        "limit_process(1, 'idle')\n"
+        "import tensorflow as tf\n"
+        "tf.data.Dataset.range(64).map(lambda x: x * 2, num_parallel_calls=2).reduce(tf.constant(0, tf.int64), lambda a, b: a + b)\n"
+        "tf.reduce_sum(tf.ones((256, 256)) @ tf.ones((256, 256)))\n"
+        "policies = {os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}\n"
+        "print(len(os.listdir('/proc/self/task')), policies == {os.SCHED_IDLE})\n"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    threads, all_idle = result.stdout.split()
+    assert int(threads) > 2 and all_idle == "True"  # the thread started before the call too
+
+
+@pytest.mark.parametrize("value", ["20", "-1", "low", "1.5"])
+def test_a_priority_the_evaluator_cannot_take_is_one_line_before_anything_runs(tmp_path, value):
+    result = cli("eval", str(tmp_path / "nowhere"), "--watch", "--nice", value)
+    assert result.returncode == 2
+    assert one_error_line(result) == (
+        "error: --nice: must be 0 (keep the priority), 1..19 (lower it) or idle (only CPU time nothing "
+        f"else wants), got {value}"
+    )
+
+
 def test_a_restarted_evaluator_continues_after_the_last_recorded_step(run):
     evaluated = []
     _sidecar(run, evaluate=lambda path: evaluated.append(path) or {"loss": 1.0}).poll()
@@ -217,7 +248,7 @@ def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
     assert result.returncode == 2 and "--threads goes with --watch" in result.stderr
     result = cli("eval", str(run), "--wait")
     assert result.returncode == 2 and "--wait goes with --watch" in result.stderr
-    for option, value, valid in (("--threads", "-1", "0 (TensorFlow's default"), ("--nice", "20", "0 (keep the priority) to 19")):
+    for option, value, valid in (("--threads", "-1", "0 (TensorFlow's default"), ("--nice", "20", "0 (keep the priority), 1..19")):
         # (a process of its own: were the value taken, it would renice or thread this one)
         result = run_cli("eval", str(run), "--watch", option, value)
         assert result.returncode == 2 and f"error: {option}: must be {valid}" in result.stderr, result.stderr

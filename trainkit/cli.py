@@ -130,8 +130,9 @@ def _run_commands(commands) -> None:
         "default 1, so the training keeps the other cores; 0: one per core)",
     )
     p.add_argument(
-        "--nice", type=int, metavar="N",
-        help="with --watch: lower the evaluator's priority by N, 0..19 (default 10: the training runs first; 0 keeps it)",
+        "--nice", metavar="idle|N",
+        help="with --watch: the evaluator's priority: N=1..19 lowers it by N (default 10), 0 keeps it, "
+        "idle runs it only on CPU time nothing else wants (Linux SCHED_IDLE)",
     )
     p.add_argument("--checkpoint", default="last", help="last (default), best, final, a step number (ckpt-N) or a checkpoint path")
     p.add_argument(

@@ -29,7 +29,8 @@ evaluation function is traced once.
 
 What it costs the training beside it, on the same machine: by default the
 evaluator's process runs TensorFlow (and its ``tf.data`` pipeline) on one
-thread and at a lower priority (``nice`` 10), see :func:`limit_process`; a pass
+thread and at nice 10 (the training's threads come first when both want a core),
+see :func:`limit_process`; a pass
 that finds nothing changed (by ``stat`` of the checkpoint folder, its list,
 ``run.json`` and ``config.yaml``) reads and parses nothing; and the history is
 read from disk once, when the evaluator starts (it is the only writer).
@@ -71,27 +72,31 @@ EVALUATOR_POLL_SECONDS = 2.0
 #: TensorFlow's threads in an evaluator's process (intra-op, inter-op and tf.data's
 #: pool): the training beside it keeps the rest of the cores. 0: TensorFlow's default.
 DEFAULT_THREADS = 1
-#: How much an evaluator lowers its own priority (``nice``): where the cores are
-#: shared, the training's threads run first.
-DEFAULT_NICE = 10
+#: An evaluator's priority: a ``nice`` level (1..19 lower) or ``idle`` (Linux's
+#: ``SCHED_IDLE``: only CPU time nothing else wants). Measured with
+#: ``benchmarks/sidecar_cost.py`` on 2 cores, nice 10 cost the training less than idle:
+#: an idle evaluator that holds a lock or a shared cache line when it is preempted
+#: stalls the training's threads that wait on it, so idle is an option, not the default.
+IDLE = "idle"
+DEFAULT_NICE: int | str = 10
 # A stat signature whose newest time is this close to the pass that read it might
 # hide a change made in the same clock tick: the next poll reads everything again.
 _RACY_SECONDS = 2.0
-_limited: list[tuple[int, int]] = []  # what limit_process set in this process (once)
+_limited: list[tuple[int, int | str]] = []  # what limit_process set in this process (once)
 
 
-def limit_process(threads: int = DEFAULT_THREADS, nice: int = DEFAULT_NICE) -> None:
+def limit_process(threads: int = DEFAULT_THREADS, nice: int | str = DEFAULT_NICE) -> None:
     """Make this process a modest neighbour of the training: TensorFlow on ``threads``
     intra-op and inter-op threads (0 leaves TensorFlow's defaults, one per core), and its
-    priority lowered by ``nice`` (0 keeps it). Call it before TensorFlow runs anything:
+    priority lowered to ``nice`` (``"idle"``, or 1..19 lower; 0 keeps it), for every thread
+    it has and will start. Call it before TensorFlow runs anything:
     the thread counts are fixed when TensorFlow starts (then they stay as they are, with
     a warning). Once per process: a second call changes nothing."""
-    check_limits(threads, nice)
+    nice = check_limits(threads, nice)
     if _limited:
         return
     _limited.append((threads, nice))
-    if nice:
-        os.nice(nice)
+    lower_priority(nice)
     if not threads:
         return
     import tensorflow as tf
@@ -103,6 +108,25 @@ def limit_process(threads: int = DEFAULT_THREADS, nice: int = DEFAULT_NICE) -> N
         warn(f"warning: --threads {threads}: TensorFlow had started already; it keeps its own thread counts")
 
 
+def lower_priority(nice: int | str) -> None:
+    """Lower this process's priority: ``"idle"`` (``SCHED_IDLE``; where the system has no
+    such policy, nice 19 with a warning) or by ``nice`` levels. Linux keeps a priority
+    per thread, and new threads inherit their creator's: every thread running now is
+    changed, and the ones started later follow."""
+    threads = [int(tid) for tid in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+    if nice == IDLE and not hasattr(os, "SCHED_IDLE"):
+        warn("warning: --nice idle: this system has no idle scheduling policy; running at nice 19 instead")
+        nice = 19
+    for tid in threads:
+        try:
+            if nice == IDLE:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            elif nice:
+                os.setpriority(os.PRIO_PROCESS, tid, min(os.getpriority(os.PRIO_PROCESS, tid) + nice, 19))
+        except ProcessLookupError:  # a thread that ended meanwhile
+            continue
+
+
 def warm_up() -> None:
     """Import what evaluating takes (TensorFlow and Keras: seconds of CPU) ahead of the
     first checkpoint: an evaluator started with the training pays it while the training
@@ -112,12 +136,34 @@ def warm_up() -> None:
     import trainkit.training.loop  # noqa: F401
 
 
-def check_limits(threads: int, nice: int) -> None:
-    """Refuse a thread count or niceness the evaluator cannot use (before any work)."""
+def check_limits(threads: int, nice: int | str) -> int | str:
+    """Refuse a thread count or priority the evaluator cannot use (before any work);
+    the priority as :func:`limit_process` takes it (``"idle"`` or an int)."""
     if threads < 0:
         raise ConfigError(f"--threads: must be 0 (TensorFlow's default: one per core) or more, got {threads}")
-    if not 0 <= nice <= 19:
-        raise ConfigError(f"--nice: must be 0 (keep the priority) to 19 (the lowest), got {nice}")
+    return parse_nice(nice)
+
+
+def parse_nice(value: int | str) -> int | str:
+    """``--nice``'s value: ``idle``, or a niceness 0..19 (a number given as text too)."""
+    text = str(value).strip().lower()
+    if text == IDLE:
+        return IDLE
+    try:
+        number = int(text)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 19:
+        raise ConfigError(
+            f"--nice: must be 0 (keep the priority), 1..19 (lower it) or idle (only CPU time nothing "
+            f"else wants), got {value}"
+        )
+    return number
+
+
+def describe_priority(nice: int | str) -> str:
+    """The evaluator's priority in words, for its start line."""
+    return "idle priority" if nice == IDLE else f"nice {nice}" if nice else "the training's priority"
 
 
 def read_history(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -431,7 +477,7 @@ def watch(
     wait_for_run: bool = False,
     ended_after: float | None = None,
     threads: int = DEFAULT_THREADS,
-    nice: int = DEFAULT_NICE,
+    nice: int | str = DEFAULT_NICE,
 ) -> int:
     """Evaluate each new checkpoint of ``run_dir`` once, in order, as training writes them.
 
@@ -446,7 +492,7 @@ def watch(
     """
     if every_seconds <= 0:
         raise ConfigError(f"--every-seconds: must be above 0, got {every_seconds:g}")
-    check_limits(threads, nice)
+    nice = check_limits(threads, nice)
     directory = RunDir(run_dir)
     if wait_for_run and not directory.exists():  # the chief has not written the run directory yet
         limit_process(threads, nice)
@@ -465,7 +511,7 @@ def watch(
         share = f"{threads} thread{'s' if threads != 1 else ''}" if threads else "TensorFlow's threads"
         report(
             f"watching {directory.path} for checkpoints to evaluate on {split} "
-            f"(every {every_seconds:g} s; {share}, nice {nice})"
+            f"(every {every_seconds:g} s; {share}, {describe_priority(nice)})"
         )
         try:
             while True:
