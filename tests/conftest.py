@@ -50,6 +50,15 @@ def reference(tmp_path_factory):
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
     """``trainkit ARGS`` in a subprocess, as a user runs it."""
+    return _run_checkout([sys.executable, "-m", "trainkit.cli", *args], cwd, timeout, env)
+
+
+def run_python(code: str, cwd: Path | None = None, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -c CODE`` in a fresh interpreter that imports this checkout's trainkit."""
+    return _run_checkout([sys.executable, "-c", code], cwd, timeout, env)
+
+
+def _run_checkout(command: list[str], cwd: Path | None, timeout: float, env: dict | None) -> subprocess.CompletedProcess:
     full_env = {
         **os.environ,
         "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -58,14 +67,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300, env: dict
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         **(env or {}),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "trainkit.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=full_env,
-    )
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
 #: Python's own warning filters, as a fresh ``python -m trainkit.cli`` has them.

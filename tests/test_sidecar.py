@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, cli, one_error_line, run_cli
+from conftest import ROOT, cli, one_error_line, run_cli, run_python
 
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke"]
 # One checkpoint per epoch, all kept: every epoch is something to evaluate.
@@ -122,8 +122,6 @@ def test_the_evaluators_pipeline_runs_on_its_own_few_threads(run):
 
 
 def test_limit_process_sets_the_threads_and_the_priority_once():
-    import os
-
     code = (
         "import os, tensorflow as tf\n"
         "from trainkit.sidecar import limit_process\n"
@@ -134,18 +132,15 @@ def test_limit_process_sets_the_threads_and_the_priority_once():
         "print(os.nice(0) - before, tf.config.threading.get_intra_op_parallelism_threads(),"
         " tf.config.threading.get_inter_op_parallelism_threads())\n"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["5", "2", "2"]
     late = "import tensorflow as tf\nfrom trainkit.sidecar import limit_process\ntf.constant(1)\nlimit_process(1, 0)\n"
-    result = subprocess.run([sys.executable, "-c", late], capture_output=True, text=True, timeout=300, env=env)
+    result = run_python(late)
     assert result.returncode == 0 and "--threads 1: TensorFlow had started already" in result.stderr
 
 
 def test_the_idle_priority_reaches_every_thread_tensorflow_starts():
-    import os
-
     code = (
         "import os, threading, time\n"
         "from trainkit.sidecar import limit_process\n"
@@ -157,8 +152,7 @@ def test_the_idle_priority_reaches_every_thread_tensorflow_starts():
         "policies = {os.sched_getscheduler(int(t)) for t in os.listdir('/proc/self/task')}\n"
         "print(len(os.listdir('/proc/self/task')), policies == {os.SCHED_IDLE})\n"
     )
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     threads, all_idle = result.stdout.split()
     assert int(threads) > 2 and all_idle == "True"  # the thread started before the call too

@@ -74,9 +74,9 @@ EVALUATOR_POLL_SECONDS = 2.0
 DEFAULT_THREADS = 1
 #: An evaluator's priority: a ``nice`` level (1..19 lower) or ``idle`` (Linux's
 #: ``SCHED_IDLE``: only CPU time nothing else wants). Measured with
-#: ``benchmarks/sidecar_cost.py`` on 2 cores, nice 10 cost the training less than idle:
-#: an idle evaluator that holds a lock or a shared cache line when it is preempted
-#: stalls the training's threads that wait on it, so idle is an option, not the default.
+#: ``benchmarks/sidecar_cost.py`` on 2 cores, nice 10 cost the training less than idle
+#: (likely: an idle evaluator preempted while it holds something a training thread waits
+#: for stalls that thread), so idle is an option, not the default.
 IDLE = "idle"
 DEFAULT_NICE: int | str = 10
 # A stat signature whose newest time is this close to the pass that read it might
