@@ -43,9 +43,13 @@ from trainkit.errors import ConfigError
 from trainkit.signals import SignalRecorder
 from trainkit.training import sinks
 
-#: After one process fails, how long the others get to stop by themselves
-#: (a worker blocked in a collective only notices when it fails, ~15 s).
-STOP_GRACE_SECONDS = 15.0
+#: After one process fails, how long the others get to stop by themselves. A
+#: worker blocked in a collective (or waiting for a peer to join a new one)
+#: only notices when TensorFlow's coordination service misses the dead task's
+#: heartbeats: 12-15 s measured on an idle machine, more under load. Twice that
+#: lets a survivor end with its own one-line error and a final run.json status
+#: instead of being killed mid-way.
+STOP_GRACE_SECONDS = 30.0
 
 
 @dataclass
