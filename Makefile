@@ -20,10 +20,11 @@ train: setup
 	$(BIN)/trainkit train digits_cnn
 
 ## Test processes (pytest-xdist), each given whole test files so that a file's shared runs are trained once.
+## Files go out in the order conftest.py gives (the heaviest first), not xdist's order by test count.
 ## Two on two cores: much of a test's time is process start-up and waiting on the processes it starts,
 ## which a second worker fills (a measured third of the time saved here; four were slower than two).
 TEST_WORKERS ?= 2
-PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## The whole test suite, slow end-to-end tests included (what CI runs).
 test: setup

@@ -33,6 +33,21 @@ def pytest_configure(config):
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
+#: The files that take longest (pytest --durations, summed per file), heaviest first.
+#: ``make test`` hands whole files to its workers in collection order; starting
+#: with these leaves short files for the end, so that both workers finish together
+#: instead of one waiting on a long file picked up last.
+HEAVIEST_FILES = (
+    "test_docs.py", "test_distribute.py", "test_exact_resume.py", "test_sweeps.py", "test_sidecar.py",
+    "test_text.py", "test_finetune_hub.py", "test_serving.py", "test_training.py", "test_notebook.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVIEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+
+
 @pytest.fixture(autouse=True)
 def _in_tmp(tmp_path, monkeypatch):
     """Each test runs in its own directory, so default run directories never collide."""
