@@ -22,6 +22,7 @@ Writes the "Accelerator" section of BENCHMARKS.md and ``benchmarks/accelerator.j
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import statistics
@@ -53,6 +54,12 @@ METHODS = ["trainkit", "keras_fit"]
 
 
 def has_gpu() -> bool:
+    """Whether TensorFlow sees a GPU; a machine with no GPU device file, or with every GPU
+    hidden by ``CUDA_VISIBLE_DEVICES``, is answered at once, without starting TensorFlow."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "unset").strip() in ("", "-1"):
+        return False
+    if not any(glob.glob(pattern) for pattern in ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")):
+        return False  # no NVIDIA (or WSL, or ROCm) device for TensorFlow to open
     import tensorflow as tf
 
     return bool(tf.config.list_physical_devices("GPU"))
@@ -174,7 +181,7 @@ def main() -> None:
         worker(method, name, mode, int(steps), int(repeats))
         return
     if not has_gpu():
-        print("accelerator.py: no GPU on this machine (TensorFlow lists none); nothing to time.")
+        print("accelerator.py: no GPU on this machine; nothing to time.")
         return
     if args.quick:
         args.steps, args.repeats = 20, 1

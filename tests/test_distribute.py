@@ -115,9 +115,11 @@ def test_missing_cluster_or_hardware_fails_before_anything_is_created(monkeypatc
 
 def test_tpu_without_a_tpu_exits_2_at_once_from_the_command_line(tmp_path):
     # The subprocess timeout is the "does not hang" check: TensorFlow's own
-    # resolver would wait on Google Cloud metadata for a Cloud TPU name.
-    for extra in ([], ["runtime.tpu=my-tpu"]):
-        result = run_cli("train", "digits_mlp", "--run-dir", "run", "runtime.strategy=tpu", *extra, cwd=tmp_path, timeout=90)
+    # resolver would wait on Google Cloud metadata for a Cloud TPU name, the case
+    # run as a process; the other is the same command through the same main().
+    for command, extra in ((cli, []), (run_cli, ["runtime.tpu=my-tpu"])):
+        kwargs = {"timeout": 90} if command is run_cli else {}
+        result = command("train", "digits_mlp", "--run-dir", "run", "runtime.strategy=tpu", *extra, cwd=tmp_path, **kwargs)
         assert result.returncode == 2, result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "tpu" in errors[0], result.stderr
@@ -161,11 +163,19 @@ def test_global_batch_split_per_replica_and_linear_learning_rate_rule(tmp_path, 
 # --------------------------------------------------------------- multi-worker mirrored
 
 
-@pytest.mark.slow
-def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
-    env = _env(tmp_path)
-    launched = run_cli("launch", "-n", "2", "digits_mlp", *EXACT, "--run-dir", "multi", cwd=tmp_path, timeout=240, env=env)
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``trainkit launch -n 2`` of :data:`EXACT` digits_mlp (a cluster costs a
+    TensorFlow start per worker), read by the tests that only read its run."""
+    tmp_path = tmp_path_factory.mktemp("two_workers")
+    launched = run_cli("launch", "-n", "2", "digits_mlp", *EXACT, "--run-dir", "multi", cwd=tmp_path, timeout=240, env=_env(tmp_path))
     assert launched.returncode == 0, launched.stdout[-3000:]
+    return tmp_path, launched
+
+
+@pytest.mark.slow
+def test_two_workers_match_one_process_and_only_the_chief_writes(two_workers):
+    tmp_path, launched = two_workers
     assert "[worker 0] training digits_mlp" in launched.stdout and "[worker 1]" in launched.stdout
     assert "MultiWorkerMirroredStrategy (2 workers, 2 replicas), global batch 32 (16 per replica)" in launched.stdout
     single = cli("train", "digits_mlp", *EXACT, "runtime.strategy=one_device", "--run-dir", "one", cwd=tmp_path)
@@ -193,12 +203,8 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_multi_worker_runs_model_restores_in_one_process_as_evaluate_does(tmp_path):
-    launched = run_cli(
-        "launch", "-n", "2", "digits_mlp", "trainer.epochs=null", "trainer.steps=6", "export.formats=[]",
-        "--run-dir", "multi", cwd=tmp_path, timeout=240, env=_env(tmp_path),
-    )
-    assert launched.returncode == 0, launched.stdout[-3000:]
+def test_a_multi_worker_runs_model_restores_in_one_process_as_evaluate_does(two_workers):
+    tmp_path, _ = two_workers
     from trainkit.plan import restore_plan
 
     run = trainkit.load_run(tmp_path / "multi")

@@ -15,7 +15,9 @@ print that output. Synopsis lines (``trainkit train RECIPE [-c CONFIG]...``) are
 not commands. A YAML block headed ``# configs/NAME.yaml`` must say what the file
 says.
 
-The only commands not run are in :data:`SKIP`, each with its reason. Input files
+The only commands not run are in :data:`SKIP`, each with its reason, and in
+:data:`RUN_ELSEWHERE`: multi-process commands that a named test runs in full,
+only parsed and resolved here. Input files
 a user brings (``trainkit predict RUN new_digits.csv``) are made by
 :func:`user_files` in every working directory first.
 """
@@ -41,6 +43,23 @@ SKIP = {
     "SlurmClusterResolver": "needs a Slurm allocation",
     '{..., "model"': "a fragment: `...` stands for the rest of a recipe",
     "--storage postgresql://sweeper": "a sweep on a PostgreSQL server of many machines (tests/test_sweeps.py starts a real one)",
+}
+
+#: Documented commands that start several TensorFlow processes (two or three
+#: seconds of CPU each just to import it) and that a named test already runs, the
+#: same command made smaller, with its behaviour asserted. Here such a command is
+#: parsed by the real command line and its recipe or sweep file resolved with its
+#: overrides, so a renamed option, recipe, config or field still fails this test;
+#: the named test must exist. Keys: (document, a piece of the command's text).
+RUN_ELSEWHERE = {
+    ("docs/distributed.md", "digits_mlp -c digits_mlp_smoke trainer.epochs=5 --run-dir runs/mw"):
+        "tests/test_distribute.py::test_two_workers_match_one_process_and_only_the_chief_writes",
+    ("docs/distributed.md", "launch -n 2 --evaluator digits_mlp"):
+        "tests/test_sidecar.py::test_launch_with_an_evaluator_validates_beside_two_workers_that_never_validate",
+    ("trainkit --help", "trainkit launch -n 2 digits_mlp"):
+        "tests/test_distribute.py::test_two_workers_match_one_process_and_only_the_chief_writes",
+    ("docs/sweeps.md", "--workers 2 --sweep-dir runs/sweeps/two"):
+        "tests/test_sweeps.py::test_local_workers_share_the_default_storage",
 }
 
 TRAINING_COMMANDS = ("train", "launch")
@@ -160,6 +179,11 @@ def skip_reason(snippet: Snippet) -> str | None:
     return next((reason for piece, reason in SKIP.items() if piece in snippet.text), None)
 
 
+def run_elsewhere(document: str, snippet: Snippet) -> str | None:
+    """The test that runs this command in full, if it is one of :data:`RUN_ELSEWHERE`."""
+    return next((test for (doc, piece), test in RUN_ELSEWHERE.items() if doc == document and piece in snippet.text), None)
+
+
 DOCUMENTS = documents()
 
 
@@ -181,6 +205,22 @@ def test_every_skip_entry_still_names_a_documented_snippet():
         assert any(piece in t for t in texts), f"SKIP entry {piece!r} matches nothing: remove it"
 
 
+def test_every_command_run_elsewhere_is_documented_and_its_test_exists():
+    for (document, piece), test in RUN_ELSEWHERE.items():
+        assert any(piece in s.text for s in extract(DOCUMENTS[document]) if s.kind == "command"), (document, piece)
+        path, name = test.split("::")
+        assert f"def {name}(" in (ROOT / path).read_text(), f"{test} is gone: run the command here again"
+
+
+def test_a_command_run_elsewhere_is_still_checked_against_the_command_line():
+    good = Snippet("command", "trainkit launch -n 2 digits_mlp -c digits_mlp_smoke trainer.epochs=5", 1)
+    assert _resolve_command(good) is None
+    assert "did you mean 'epochs'" in _resolve_command(Snippet("command", "trainkit launch -n 2 digits_mlp trainer.epoch=5", 1))
+    assert "does not parse" in _resolve_command(Snippet("command", "trainkit launch digits_mlp", 1))  # -n is required
+    assert "unknown options" in _resolve_command(Snippet("command", "trainkit launch -n 2 digits_mlp --evaluater", 1))
+    assert "digits_mlp_sweeep" in _resolve_command(Snippet("command", "trainkit sweep digits_mlp_sweeep --workers 2", 1))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("document", list(DOCUMENTS))
 def test_every_documented_command_and_snippet_runs(tmp_path, document):
@@ -195,6 +235,8 @@ def test_every_documented_command_and_snippet_runs(tmp_path, document):
             failure = _check_config(snippet)
         elif snippet.kind == "python":
             failure = _run_python(snippet, tmp_path, number)
+        elif run_elsewhere(document, snippet):
+            failure = _resolve_command(snippet)
         else:
             failure = _run_command(snippet, tmp_path)
         ran += 1
@@ -216,6 +258,30 @@ def _run_command(snippet: Snippet, cwd: Path) -> str | None:
         return f"documented output not printed: {missing}; got: {output[-800:]}" if missing else None
     if result.returncode != 0:
         return f"exit {result.returncode}: {output[-800:]}"
+    return None
+
+
+def _resolve_command(snippet: Snippet) -> str | None:
+    """Parse a command as ``trainkit`` does and resolve what it would train or sweep."""
+    import trainkit
+    from trainkit.cli import make_parser
+    from trainkit.errors import ConfigError
+    from trainkit.sweeps.space import load_sweep
+
+    words = shlex.split(snippet.text, comments=True)[1:]
+    try:
+        args, extra = make_parser().parse_known_args(words)
+    except SystemExit:
+        return "the command line does not parse"
+    if [word for word in extra if word.startswith("-")]:
+        return f"unknown options: {extra}"
+    try:
+        if args.command == "sweep":
+            load_sweep(args.sweep, [*args.overrides, *extra])
+        else:
+            trainkit.load_recipe(args.recipe, configs=args.config, overrides=[*args.overrides, *extra])
+    except ConfigError as err:
+        return str(err)
     return None
 
 
