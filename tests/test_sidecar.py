@@ -318,10 +318,16 @@ def test_an_evaluator_started_before_its_training_waits_for_it_and_for_its_end(t
     run = tmp_path / "run"
     with open(tmp_path / "eval.log", "w") as log:
         evaluator = _spawn("eval", str(run), "--watch", "--wait", "--until-finished", "--every-seconds", "0.3", log=log)
-    with open(tmp_path / "train.log", "w") as log:
-        training = _spawn("train", *SMOKE, *EVERY_EPOCH, "trainer.epochs=6", "--run-dir", str(run), log=log)
-    assert training.wait(timeout=300) == 0, (tmp_path / "train.log").read_text()
-    assert evaluator.wait(timeout=300) == 0, (tmp_path / "eval.log").read_text()
+    try:
+        _wait_for(lambda: "waiting for" in (tmp_path / "eval.log").read_text() or evaluator.poll() is not None)
+        assert f"waiting for {run} to be made" in (tmp_path / "eval.log").read_text()
+        # The training's own process is not what this is about: it runs in this one.
+        training = cli("train", *SMOKE, *EVERY_EPOCH, "trainer.epochs=6", "--run-dir", str(run))
+        assert training.returncode == 0, training.stderr[-3000:]
+        assert evaluator.wait(timeout=300) == 0, (tmp_path / "eval.log").read_text()
+    finally:
+        if evaluator.poll() is None:
+            evaluator.kill()
     steps = [r["step"] for r in _history(run)]
     assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
     assert steps[-1] == json.loads((run / "run.json").read_text())["step"]

@@ -497,6 +497,7 @@ def watch(
     if wait_for_run and not directory.exists():  # the chief has not written the run directory yet
         limit_process(threads, nice)
         warm_up()
+        report(f"waiting for {directory.path} to be made (by its training)")  # a silent wait looks like a hang
         while not directory.exists():
             time.sleep(min(every_seconds, 1.0))
     directory.refuse_symlinks()
