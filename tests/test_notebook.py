@@ -211,6 +211,20 @@ def test_load_train_evaluate_and_load_again_in_one_process_leave_it_as_it_was(tm
     assert context.global_seed() == 5
     assert dict(keras.saving.get_custom_objects()).keys() - custom.keys() <= {k for k in keras.saving.get_custom_objects() if k.startswith("trainkit>")}
 
+    # What a notebook does next with that deterministic bfloat16 run leaves the process as it was too.
+    raw = next(iter(trainkit.dataset(mixed.recipe, "test", raw=True)))[0].numpy()[:4]
+    for name, call in {
+        "export": lambda: trainkit.export(tmp_path / "mixed", formats=["keras"], out_dir=tmp_path / "exported"),
+        "predict": lambda: trainkit.predict(tmp_path / "mixed", raw),
+        "evaluate": lambda: trainkit.evaluate(tmp_path / "mixed", split="test"),
+        "restore": lambda: trainkit.restore(tmp_path / "mixed", "best"),
+        "Run.model": lambda: trainkit.load_run(tmp_path / "mixed").model,
+        "Run.predict": lambda: trainkit.load_run(tmp_path / "mixed").predict(raw),
+    }.items():
+        call()
+        assert (keras.mixed_precision.global_policy().name, op_determinism_enabled()) == (policy, False), name
+        assert context.global_seed() == 5, name
+
 
 def test_quickstart_notebook_is_valid_and_cleared():
     notebook = json.loads((ROOT / "examples" / "quickstart.ipynb").read_text())

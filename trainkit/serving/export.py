@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError, MissingExtra
 from trainkit.rundir import RunDir
+from trainkit.runtime import leaves_process_as_it_was
 from trainkit.serving import spec as inference_spec
 
 if TYPE_CHECKING:
@@ -118,6 +119,7 @@ def _importable(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
+@leaves_process_as_it_was  # restoring applies the run's runtime section (precision, determinism, seeds)
 def export(
     run_dir: str | os.PathLike,
     *,
