@@ -68,3 +68,30 @@ def test_reads_refuse_links_and_large_files(tmp_path):
         read_regular(tmp_path / "big", limit=1024)
     with pytest.raises(OSError):
         read_regular(tmp_path / "link")
+
+
+def test_writers_of_one_file_at_once_each_rename_a_whole_file_of_their_own(tmp_path):
+    # A sweep's worker processes all write its sweep.json: with one shared temporary
+    # name, one writer's rename took away the file another was still writing.
+    import json
+    import threading
+
+    from trainkit.files import write_json_atomic
+
+    target, failures = tmp_path / "sweep.json", []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(300):
+                write_json_atomic(target, {"writer": n, "i": i, "pad": "x" * 2000})
+        except OSError as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures[:3]
+    assert json.loads(target.read_text())["i"] == 299  # whole: some writer's last
+    assert [p.name for p in tmp_path.iterdir()] == ["sweep.json"]  # no temporary file left

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -72,10 +73,14 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, *, within: str | os
     The temporary file is created new (``O_EXCL | O_NOFOLLOW``) and renamed over
     ``path``: a symlink at either name is replaced, its target never written. On
     any failure (a full disk) the temporary file is removed and ``path`` is untouched.
+    Its name is this writer's own (``.NAME.PID.RANDOM.tmp``): processes that write
+    the same file at once (a sweep's workers, its ``sweep.json``) each rename a
+    whole file of theirs, the last one winning, instead of one renaming away the
+    temporary file another is writing.
     """
     path = Path(path)
     refuse_linked_folders(path, within)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         with os.fdopen(_create_new(tmp), "wb") as f:
             f.write(data)

@@ -47,7 +47,7 @@ def is_disk_full(err: BaseException | None) -> bool:
 
 def remove_partial_files(run_dir: Path) -> list[Path]:
     """Delete what an interrupted write left in ``run_dir``: temporary files
-    (``.NAME.tmp``, ``.model.tmp.keras``) and checkpoints TensorFlow had not
+    (``.NAME.PID.RANDOM.tmp``, ``.model.tmp.keras``) and checkpoints TensorFlow had not
     finished (``ckpt-N_temp/``). Returns what it removed."""
     removed: list[Path] = []
     if not run_dir.is_dir():
