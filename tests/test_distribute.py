@@ -205,13 +205,11 @@ def test_two_workers_match_one_process_and_only_the_chief_writes(two_workers):
 @pytest.mark.slow
 def test_a_multi_worker_runs_model_restores_in_one_process_as_evaluate_does(two_workers):
     tmp_path, _ = two_workers
-    from trainkit.plan import restore_plan
-
     run = trainkit.load_run(tmp_path / "multi")
     model = run.model  # a plain process: no TF_CONFIG, no cluster, and no --recipe hint
     x = trainkit.dataset(trainkit.load_run(tmp_path / "multi").recipe, "test")
     features = next(iter(x))[0]
-    evaluated = restore_plan(tmp_path / "multi", "final").model  # what trainkit.evaluate measures
+    evaluated = trainkit.restore(tmp_path / "multi", "final")  # restore_plan's model: what trainkit.evaluate measures
     np.testing.assert_allclose(model.predict(features, verbose=0), evaluated.predict(features, verbose=0), atol=1e-6)
     assert trainkit.evaluate(tmp_path / "multi", split="test", checkpoint="final")["accuracy"] == pytest.approx(
         json.loads((tmp_path / "multi" / "eval.json").read_text())["test"]["accuracy"], abs=1e-7

@@ -466,6 +466,15 @@ def promote(pin: Path, best: Path, name: str) -> None:
             old.unlink(missing_ok=True)
 
 
+def _wait_for_run(directory: RunDir, threads: int, nice: int | str, every_seconds: float, report: Callable[[str], None]) -> None:
+    """Wait for a training to make ``directory``, with TensorFlow imported meanwhile."""
+    limit_process(threads, nice)
+    warm_up()
+    report(f"waiting for {directory.path} to be made (by its training)")  # a silent wait looks like a hang
+    while not directory.exists():
+        time.sleep(min(every_seconds, 1.0))
+
+
 def watch(
     run_dir: str | os.PathLike,
     *,
@@ -495,11 +504,7 @@ def watch(
     nice = check_limits(threads, nice)
     directory = RunDir(run_dir)
     if wait_for_run and not directory.exists():  # the chief has not written the run directory yet
-        limit_process(threads, nice)
-        warm_up()
-        report(f"waiting for {directory.path} to be made (by its training)")  # a silent wait looks like a hang
-        while not directory.exists():
-            time.sleep(min(every_seconds, 1.0))
+        _wait_for_run(directory, threads, nice, every_seconds, report)
     directory.refuse_symlinks()
     sidecar = Sidecar(
         directory.path, split=split, recipe_file=recipe_file, report=report, ended_after=ended_after, threads=threads,
