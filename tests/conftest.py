@@ -55,6 +55,23 @@ def _in_tmp(tmp_path, monkeypatch):
     monkeypatch.setenv("TRAINKIT_HOME", str(ROOT))
 
 
+@pytest.fixture(autouse=True)
+def _leaves_the_process_as_it_was():
+    """A test that leaves op determinism on or another precision policy fails itself:
+    otherwise every later test in its worker runs changed (deterministic runs measure
+    no input wait), and fails far from the cause."""
+    import keras
+
+    from trainkit.compat import disable_op_determinism, op_determinism_enabled
+
+    yield
+    leaked = {"op determinism": op_determinism_enabled(), "precision policy": keras.mixed_precision.global_policy().name}
+    if leaked["op determinism"]:  # (put back first, so that only this test fails)
+        disable_op_determinism()
+    keras.mixed_precision.set_global_policy("float32")
+    assert leaked == {"op determinism": False, "precision policy": "float32"}, "the test changed the process for the tests after it"
+
+
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """The uninterrupted checkpoint-test run that resumed runs are compared with."""
