@@ -166,12 +166,12 @@ def test_atomic_writes_replace_a_symlink_instead_of_writing_through_it(tmp_path)
     target = tmp_path / "victim.txt"
     target.write_text("precious\n")
     (tmp_path / "status.json").symlink_to(target)
-    (tmp_path / ".status.json.tmp").symlink_to(target)  # a planted temporary name too
+    (tmp_path / ".status.json.tmp").symlink_to(target)  # a planted temporary name too (the writer's own is unguessable)
     write_json_atomic(tmp_path / "status.json", {"ok": True})
     assert target.read_text() == "precious\n"
     assert not (tmp_path / "status.json").is_symlink()
     assert json.loads((tmp_path / "status.json").read_text()) == {"ok": True}
-    assert not (tmp_path / ".status.json.tmp").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".status.json.tmp", "status.json", "victim.txt"]  # none of its own left
 
 
 # ------------------------------------------------- eval never imports run code
