@@ -117,9 +117,8 @@ def test_tpu_without_a_tpu_exits_2_at_once_from_the_command_line(tmp_path):
     # The subprocess timeout is the "does not hang" check: TensorFlow's own
     # resolver would wait on Google Cloud metadata for a Cloud TPU name, the case
     # run as a process; the other is the same command through the same main().
-    for command, extra in ((cli, []), (run_cli, ["runtime.tpu=my-tpu"])):
-        kwargs = {"timeout": 90} if command is run_cli else {}
-        result = command("train", "digits_mlp", "--run-dir", "run", "runtime.strategy=tpu", *extra, cwd=tmp_path, **kwargs)
+    command = ("train", "digits_mlp", "--run-dir", "run", "runtime.strategy=tpu")
+    for result in (cli(*command, cwd=tmp_path), run_cli(*command, "runtime.tpu=my-tpu", cwd=tmp_path, timeout=90)):
         assert result.returncode == 2, result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
         assert len(errors) == 1 and "tpu" in errors[0], result.stderr

@@ -45,7 +45,7 @@ SKIP = {
     "--storage postgresql://sweeper": "a sweep on a PostgreSQL server of many machines (tests/test_sweeps.py starts a real one)",
 }
 
-#: Documented commands that start several TensorFlow processes (two or three
+#: Documented commands that start several TensorFlow processes (about six
 #: seconds of CPU each just to import it) and that a named test already runs, the
 #: same command made smaller, with its behaviour asserted. Here such a command is
 #: parsed by the real command line and its recipe or sweep file resolved with its
@@ -65,13 +65,23 @@ RUN_ELSEWHERE = {
 TRAINING_COMMANDS = ("train", "launch")
 
 
-def smoke(words: list[str]) -> list[str]:
-    """Overrides appended to a training command so that it takes seconds."""
-    import trainkit
+def parse(words: list[str]):
+    """``(arguments, leftover words)`` of a command line (without ``trainkit``), as the CLI parses it."""
     from trainkit.cli import make_parser
 
-    args, extra = make_parser().parse_known_args(words)
-    recipe = trainkit.load_recipe(args.recipe, configs=args.config, overrides=[*args.overrides, *extra])
+    return make_parser().parse_known_args(words)
+
+
+def command_recipe(args, extra: list[str]):
+    """The recipe a parsed ``train``/``launch`` command trains: its recipe, configs and overrides."""
+    import trainkit
+
+    return trainkit.load_recipe(args.recipe, configs=args.config, overrides=[*args.overrides, *extra])
+
+
+def smoke(words: list[str]) -> list[str]:
+    """Overrides appended to a training command so that it takes seconds."""
+    recipe = command_recipe(*parse(words))
     if recipe.trainer.stages:
         return [f"trainer.stages.{i}.epochs=1" for i in range(len(recipe.trainer.stages))]
     return ["trainer.epochs=1"]
@@ -263,14 +273,12 @@ def _run_command(snippet: Snippet, cwd: Path) -> str | None:
 
 def _resolve_command(snippet: Snippet) -> str | None:
     """Parse a command as ``trainkit`` does and resolve what it would train or sweep."""
-    import trainkit
-    from trainkit.cli import make_parser
     from trainkit.errors import ConfigError
     from trainkit.sweeps.space import load_sweep
 
     words = shlex.split(snippet.text, comments=True)[1:]
     try:
-        args, extra = make_parser().parse_known_args(words)
+        args, extra = parse(words)
     except SystemExit:
         return "the command line does not parse"
     if [word for word in extra if word.startswith("-")]:
@@ -279,7 +287,7 @@ def _resolve_command(snippet: Snippet) -> str | None:
         if args.command == "sweep":
             load_sweep(args.sweep, [*args.overrides, *extra])
         else:
-            trainkit.load_recipe(args.recipe, configs=args.config, overrides=[*args.overrides, *extra])
+            command_recipe(args, extra)
     except ConfigError as err:
         return str(err)
     return None
