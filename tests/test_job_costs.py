@@ -64,7 +64,7 @@ def test_run_json_breaks_the_job_into_phases(tmp_path):
     status = json.loads((run_dir / "run.json").read_text())
     phases = status["phases"]
     assert list(phases) == [
-        "start_up", "build", "first_step", "training", "validation", "checkpoint_saves", "final_evaluation", "export", "total",
+        "start_up", "build", "checks", "first_step", "training", "validation", "checkpoint_saves", "final_evaluation", "export", "total",
     ]
     assert all(seconds > 0 for seconds in phases.values())
     # start-up counts from the process's start: at least the import of TensorFlow

@@ -153,13 +153,14 @@ def _build_checked(recipe: Recipe, directory: RunDir, *, restart: bool, trainer_
     # failure is a bad recipe, one line, exit 2), and one real step shows that
     # optimizer, loss and metrics work with the data (it also builds metrics
     # that make their variables on first use).
-    callbacks = make_callbacks(recipe, run_dir=directory.path)
-    rehearse(built)
-    check_policy(built)
-    check_callbacks(built, callbacks, run_dir=directory.path)
-    if not restart:
-        check_sources(directory, built, recipe)
-        directory.check_same_data(built.data.info.sizes)
+    with phases.timed("checks"):
+        callbacks = make_callbacks(recipe, run_dir=directory.path)
+        rehearse(built)
+        check_policy(built)
+        check_callbacks(built, callbacks, run_dir=directory.path)
+        if not restart:
+            check_sources(directory, built, recipe)
+            directory.check_same_data(built.data.info.sizes)
     return _Checked(built, callbacks, changes, previous)
 
 

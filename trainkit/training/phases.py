@@ -3,8 +3,11 @@
 A user pays for the whole job, not for the training loop alone. Each phase is
 wall time in this process: ``start_up`` (the process start, or the call of
 :func:`trainkit.train`, until TensorFlow and trainkit are imported), ``build``
-(data, model, optimizer, the shape check), ``first_step`` (the first training
-call: tracing and the pipeline's start), ``training`` (the other training
+(data, model, optimizer, the shape check), ``checks`` (what only the built run
+shows, before anything is written: one rehearsal training step, which traces
+the training function, and one evaluation step; the callbacks made; the sources
+compared), ``first_step`` (the first training call: the pipeline's start, and
+the tracing where no rehearsal ran, as on a cluster), ``training`` (the other training
 calls and their bookkeeping), ``validation``, ``checkpoint_saves``,
 ``final_evaluation`` and ``export``. ``total`` is their sum.
 """
@@ -15,7 +18,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 
-ORDER = ("start_up", "build", "first_step", "training", "validation", "checkpoint_saves", "final_evaluation", "export")
+ORDER = ("start_up", "build", "checks", "first_step", "training", "validation", "checkpoint_saves", "final_evaluation", "export")
 
 
 class Phases:
