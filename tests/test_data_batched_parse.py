@@ -11,6 +11,7 @@ import pytest
 import tensorflow as tf
 
 import trainkit
+from trainkit.data import pipeline
 from trainkit.data.pipeline import prepare
 from trainkit.recipe import DataSection
 
@@ -69,7 +70,13 @@ def _assert_same(a, b, *, exact: bool = True) -> None:
 
 
 @pytest.mark.parametrize("drop_remainder", [False, True])
-def test_batched_parsing_gives_the_batches_of_one_record_at_a_time(files, drop_remainder, monkeypatch):
+@pytest.mark.parametrize(("block", "block_bytes"), [(256, 4 << 20), (16, 4 << 20), (256, 1)])
+def test_batched_parsing_gives_the_batches_of_one_record_at_a_time(files, drop_remainder, block, block_bytes, monkeypatch):
+    # Records are parsed in blocks of whole batches (an epoch of 45 in one block, or in
+    # blocks of 16: two batches of 8, and the epoch's last 13), then cut into batches;
+    # or a batch at a time where a block would hold too many bytes.
+    monkeypatch.setattr(pipeline, "_BASE_BATCH", block)
+    monkeypatch.setattr(pipeline, "_BLOCK_BYTES", block_bytes)
     batched = _tfrecord(files, shuffle_buffer=16, drop_remainder=drop_remainder)
     # A cache in memory parses before the cache (a batch of records at a time, cached
     # example by example), then shuffles the examples by the buffer that shuffles records.
@@ -99,3 +106,18 @@ def test_batched_tfrecord_stream_matches_the_same_data_in_memory(files):
     test = _batches(streamed.dataset("test"))
     assert [len(y) for _, y in test] == [5, 5, 3]  # eval_batch_size, the short last batch kept
     _assert_same(test, _batches(in_memory.dataset("test")), exact=False)
+
+
+def test_a_mirrored_strategy_splits_batches_parsed_in_blocks_as_it_splits_any_batch(files, monkeypatch):
+    # tf.distribute reads the batch size from the pipeline's last batching step, here
+    # the cut of the parsed blocks: each replica must get its half of every batch (the
+    # short last one of the epoch included).
+    monkeypatch.setattr(pipeline, "_BASE_BATCH", 16)
+    prepared = _tfrecord(files, shuffle_buffer=16)
+    strategy = tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")[:2]])
+    replicated = iter(strategy.experimental_distribute_dataset(prepared.training_stream()))
+    for x, y in _batches(prepared.training_stream().take(7)):  # epoch 0 (5 x 8, then 5), then epoch 1's first
+        xs, ys = (strategy.experimental_local_results(part) for part in next(replicated))
+        assert len(xs) == 2 and abs(len(ys[0]) - len(ys[1])) <= 1
+        np.testing.assert_array_equal(np.concatenate(xs), x)
+        np.testing.assert_array_equal(np.concatenate(ys), y)
