@@ -137,7 +137,7 @@ def run_once(source: str, n: int) -> dict:
         phases = status_file.get("phases", {})
         return {
             "steps_per_second": status_file["steps_per_second"],
-            "to_first_step": phases.get("build", 0.0) + phases.get("first_step", 0.0),
+            "to_first_step": sum(phases.get(k, 0.0) for k in ("build", "checks", "first_step")),
             "rss_mb": usage.ru_maxrss / 1024,
             "loads": [others.cores],
         }
@@ -190,8 +190,8 @@ def report(table: dict, sizes: list[int], repeats: int, note: str, loads: list[f
         "",
         f"The same MLP ({FEATURES} features, {CLASSES} classes, batch {BATCH}, {STEPS} steps) trained from a TFRecord",
         "stream and from in-memory arrays of the same synthetic examples, each run a fresh process; medians of",
-        f"{repeats} runs (min..max), sources and sizes alternating. \"To first step\" is build + first step in",
-        f"`run.json`'s phases (reading, counting and tracing). {note}",
+        f"{repeats} runs (min..max), sources and sizes alternating. \"To first step\" is build + checks + first step in",
+        f"`run.json`'s phases (reading, counting, the rehearsal step and tracing). {note}",
         "",
         "| source | examples | steps/s | spread | to first step (s) | peak RSS (MB) | spread |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
