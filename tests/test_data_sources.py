@@ -280,6 +280,26 @@ def test_tfrecord_streams_with_a_feature_spec_and_decodes_images(tmp_path):
     assert len(ids["train"]) == 10
 
 
+@pytest.mark.parametrize("block", [1024, 3])
+def test_a_stream_cut_by_fractions_keeps_each_record_where_its_place_in_the_split_permutation_says(tmp_path, monkeypatch, block):
+    # Records are assigned a whole block at a time (here also in blocks of 3, which end
+    # mid-file): each one still goes where its index's place in the stateless
+    # permutation of data.split_seed puts it, in file order, as one at a time did.
+    from trainkit.data import pipeline
+
+    monkeypatch.setattr(pipeline, "_RANGE_BLOCK", block)
+    write_tfrecord(tmp_path / "a.tfrecord", 20)
+    section = data(
+        {"type": "tfrecord", "files": str(tmp_path / "a.tfrecord"), "features": TFRECORD_FEATURES, "inputs": ["x", "id"], "label": "label"},
+        splits={"train": 0.5, "validation": 0.25, "test": 0.25}, split_seed=7, batch_size=4,
+    )
+    prepared = prepare(section, seed=0)
+    places = tf.random.experimental.index_shuffle(tf.range(20, dtype=tf.int64), tf.constant([7, 0x5B17], tf.int64), tf.constant(19, tf.int64)).numpy()
+    for split, (a, b) in {"train": (0, 10), "validation": (10, 15), "test": (15, 20)}.items():
+        ids = [int(i) for x, _ in prepared.dataset(split).as_numpy_iterator() for i in x["id"]]
+        assert ids == [i for i in range(20) if a <= places[i] < b], split
+
+
 def test_tfrecord_per_split_files_and_errors(tmp_path):
     write_tfrecord(tmp_path / "train.tfrecord", 6)
     write_tfrecord(tmp_path / "test.tfrecord", 3, classes=5, offset=2)

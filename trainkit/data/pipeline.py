@@ -74,6 +74,8 @@ _TENSOR_OVERHEAD = 128
 _BASE_BATCH = 256
 # The most parsed bytes in one such block (several may be in flight at once).
 _BLOCK_BYTES = 4 << 20
+# Records whose split is decided per call in a stream cut by ``data.splits`` fractions.
+_RANGE_BLOCK = 1024
 
 
 @dataclass(frozen=True)
@@ -1052,11 +1054,22 @@ def _stream_range(whole: Split, a: int, b: int, split_seed: int) -> Split:
     def part():
         seed = tf.constant([split_seed, 0x5B17], tf.int64)
 
-        def keep(i, _):
-            position = tf.random.experimental.index_shuffle(i, seed, tf.constant(n - 1, tf.int64))
+        def in_range(index):
+            position = tf.random.experimental.index_shuffle(index, seed, tf.constant(n - 1, tf.int64))
             return (position >= a) & (position < b)
 
-        return stream().enumerate().filter(plain(keep)).map(plain(lambda i, record: record))
+        records = stream()
+        if not all(spec.shape.is_fully_defined() for spec in tf.nest.flatten(records.element_spec)):
+            # (records of different shapes cannot be batched: one at a time)
+            return records.enumerate().filter(plain(lambda i, _: in_range(i))).map(plain(lambda i, record: record))
+
+        def kept(k, block):  # block k of the records: those whose index falls in the range
+            mask = in_range(k * _RANGE_BLOCK + tf.range(tf.shape(tf.nest.flatten(block)[0])[0], dtype=tf.int64))
+            return tf.nest.map_structure(lambda t: tf.boolean_mask(t, mask), block)
+
+        # Whole blocks at a time, then one record at a time again: a function call per
+        # record (the filter) held a stream cut by fractions to about 25k records/s.
+        return records.batch(_RANGE_BLOCK).enumerate().map(plain(kept)).unbatch()
 
     return Split(b - a, stream=part, load=whole.load, load_batch=whole.load_batch)
 
