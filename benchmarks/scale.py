@@ -119,6 +119,22 @@ def worker(source: str, n: int, out: str) -> None:
         }
     )
     trainkit.train(recipe, run_dir=Path(out) / "run")
+    (Path(out) / "peak_rss_kb").write_text(str(_own_peak_rss_kb()))
+
+
+def _own_peak_rss_kb() -> int:
+    """This process's peak RSS since it started its program (``VmHWM``).
+
+    Not ``ru_maxrss``: Linux carries the parent's RSS at the fork into it, so a child
+    of a parent that had imported TensorFlow (writing the data files on a first run)
+    showed the parent's 1 GB whatever it used itself.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def run_once(source: str, n: int) -> dict:
@@ -128,7 +144,7 @@ def run_once(source: str, n: int) -> dict:
             process = subprocess.Popen(
                 [sys.executable, __file__, "--worker", source, str(n), tmp], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-            _, status, usage = os.wait4(process.pid, 0)
+            _, status, _ = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         _, stderr = process.communicate()
         if process.returncode != 0:
@@ -138,7 +154,7 @@ def run_once(source: str, n: int) -> dict:
         return {
             "steps_per_second": status_file["steps_per_second"],
             "to_first_step": sum(phases.get(k, 0.0) for k in ("build", "checks", "first_step")),
-            "rss_mb": usage.ru_maxrss / 1024,
+            "rss_mb": int((Path(tmp) / "peak_rss_kb").read_text()) / 1024,
             "loads": [others.cores],
         }
 
