@@ -172,9 +172,12 @@ class Controller:
         if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
             self._fire_due()
         self.metrics_log.count_rate_from(self.position.step)
-        iterator = iter(self.data.distributed_training(
+        # The list is the training iterator's only owner, so that _release can hand it
+        # to another thread to destroy (a local here kept it alive until run returned:
+        # its destruction then stalled this thread, 1.4 s at the end of most runs).
+        owner = [iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
-        ))
+        ))]
         consensus = Consensus(self.strategy)  # multi-worker: chunk sizes, timed saves, signals agreed
         self.model.stop_training = False
         started = time.perf_counter()
@@ -198,9 +201,9 @@ class Controller:
             flag = stack.enter_context(SignalRecorder(second_interrupt_stops=True))
             self.profile.at(self.position)
             while not self.budget_end.due(self.position) and not self.model.stop_training:
-                if not self._run_epoch(iterator, consensus, flag):
+                if not self._run_epoch(owner[0], consensus, flag):
                     break
-        self._release(iterator)
+        self._release(owner)
         self.save()
         self._finalize_weights()
         self.callbacks.on_train_end(self.history and {k: v[-1] for k, v in self.history.items()})
@@ -412,17 +415,14 @@ class Controller:
 
     # -- the end ------------------------------------------------------------------
 
-    def _release(self, iterator) -> None:
-        # Let go of the training iterator in the background: destroying it waits for
-        # tf.data's autotuning thread to wake from its sleep, which grows to a minute
-        # (measured: 3.5 s of a 10 s run). But when the budget ended inside the first
-        # epoch it may still be writing a file cache (data.cache), and a final
-        # evaluation of the training split reads the same cache; tf.data allows one
-        # writer at a time, so then wait for it.
-        owner = [iterator]
-        del iterator  # the list is now its only owner
+    def _release(self, owner: list) -> None:
+        # Let go of the training iterator (owner's only item, held nowhere else) in the
+        # background: destroying it waits for tf.data's autotuning thread to wake from
+        # its sleep, which grows to a minute (measured: 3.5 s of a 10 s run). But when
+        # the budget ended inside the first epoch it may still be writing a file cache
+        # (data.cache), and a final evaluation of the training split reads the same
+        # cache; tf.data allows one writer at a time, so then wait for it.
         released = teardown.release_in_background(owner)
-        del owner
         if self.data.caches_to_files:
             released.join()
 
