@@ -6,6 +6,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from trainkit import teardown
 
 # An object whose destruction blocks, as a tf.data iterator's can (for up to a minute).
@@ -55,12 +57,17 @@ def test_a_release_runs_on_a_thread_the_interpreter_waits_for():
     assert owner == [] and not thread.daemon and thread not in teardown.pending()
 
 
-def test_training_hands_its_iterator_to_the_release_with_no_other_reference(tmp_path, monkeypatch):
-    # Held anywhere else (as by a local of the training loop), the iterator is destroyed
-    # on the training's own thread when that reference goes, waiting there for tf.data's
+@pytest.mark.parametrize("stopped", [False, True])
+def test_training_hands_its_iterator_to_the_release_with_no_other_reference(tmp_path, monkeypatch, stopped):
+    # Held anywhere else (as by a local of the training loop, or by the frames of the
+    # exception that a SIGTERM's stop raises), the iterator is destroyed on the
+    # training's own thread when that reference goes, waiting there for tf.data's
     # autotuner (1.4 s at the end of most digits_cnn runs before this was fixed).
     import gc
+    import os
+    import signal
 
+    import keras
     from conftest import TINY
 
     import trainkit
@@ -72,7 +79,16 @@ def test_training_hands_its_iterator_to_the_release_with_no_other_reference(tmp_
         others.append(sys.getrefcount(owner[0]) - 2)  # (less the list's reference and getrefcount's own)
         return real(owner)
 
+    class Terminate(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            os.kill(os.getpid(), signal.SIGTERM)  # (trainkit's handler is in place while it trains)
+
     real = teardown.release_in_background
     monkeypatch.setattr(teardown, "release_in_background", release)
-    trainkit.train(trainkit.load_recipe("digits_mlp", overrides=TINY), run_dir=tmp_path / "run")
+    recipe = trainkit.load_recipe("digits_mlp", overrides=TINY)
+    if stopped:
+        with pytest.raises(trainkit.Terminated):
+            trainkit.train(recipe, run_dir=tmp_path / "run", callbacks=[Terminate()])
+    else:
+        trainkit.train(recipe, run_dir=tmp_path / "run")
     assert others == [0]

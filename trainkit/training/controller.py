@@ -172,9 +172,10 @@ class Controller:
         if resumed_from:  # an event due where the run resumes (a stage begun by then) fires first
             self._fire_due()
         self.metrics_log.count_rate_from(self.position.step)
-        # The list is the training iterator's only owner, so that _release can hand it
-        # to another thread to destroy (a local here kept it alive until run returned:
-        # its destruction then stalled this thread, 1.4 s at the end of most runs).
+        # The list is the training iterator's only owner (the epochs and chunks are given
+        # the list), so that _release can hand it to another thread to destroy (a local
+        # kept it alive until run returned, or in an exception's frames: its destruction
+        # then stalled this thread, 1.4 s at the end of most runs).
         owner = [iter(self.data.distributed_training(
             self.strategy, start_epoch=self.position.epoch, skip_batches=self.position.step_in_epoch
         ))]
@@ -194,16 +195,18 @@ class Controller:
             self.save()  # something to roll back to
         whole_epochs = self.total_steps % self.steps_per_epoch == 0  # (stages too: they count epochs)
         self.sink.start(total_steps=self.total_steps, epochs=self.policy.epochs or (self.epochs if whole_epochs else None), position=self.position)
-        with contextlib.ExitStack() as stack:
-            stack.callback(self.sink.finish)
-            stack.callback(self.metrics_log.close)
-            stack.callback(self.profile.stop)
-            flag = stack.enter_context(SignalRecorder(second_interrupt_stops=True))
-            self.profile.at(self.position)
-            while not self.budget_end.due(self.position) and not self.model.stop_training:
-                if not self._run_epoch(owner[0], consensus, flag):
-                    break
-        self._release(owner)
+        try:
+            with contextlib.ExitStack() as stack:
+                stack.callback(self.sink.finish)
+                stack.callback(self.metrics_log.close)
+                stack.callback(self.profile.stop)
+                flag = stack.enter_context(SignalRecorder(second_interrupt_stops=True))
+                self.profile.at(self.position)
+                while not self.budget_end.due(self.position) and not self.model.stop_training:
+                    if not self._run_epoch(owner, consensus, flag):
+                        break
+        finally:  # (also when a signal stops the run: the epochs' frames never held the iterator)
+            self._release(owner)
         self.save()
         self._finalize_weights()
         self.callbacks.on_train_end(self.history and {k: v[-1] for k, v in self.history.items()})
@@ -226,7 +229,7 @@ class Controller:
                 )
         return resumed_from
 
-    def _run_epoch(self, iterator, consensus, flag) -> bool:
+    def _run_epoch(self, owner: list, consensus, flag) -> bool:
         """One epoch (or what is left of it); False when the budget ended inside it."""
         position = self.position
         if position.step_in_epoch == 0:  # (a resumed epoch keeps its restored metrics)
@@ -235,7 +238,7 @@ class Controller:
         epoch_clock = (self.trainer.input_seconds, self.trainer.loop_seconds)
         results = None  # this epoch's metrics, as the last training call returned them
         while not self.epoch_end.due(self.position) and not self.budget_end.due(self.position):
-            results = self._run_chunk(iterator, consensus, flag)
+            results = self._run_chunk(owner, consensus, flag)
             if self.model.stop_training:
                 break
         if not self.epoch_end.due(self.position) and not self.model.stop_training:
@@ -251,13 +254,13 @@ class Controller:
             if event.due(self.position):
                 event.fire(self)
 
-    def _run_chunk(self, iterator, consensus, flag) -> dict[str, float]:
+    def _run_chunk(self, owner: list, consensus, flag) -> dict[str, float]:
         self._fire_due()
         n = steps_until_next(self.events, self.position, self.chunk)
         self.profile.at(self.position)
         self.callbacks.on_train_batch_begin(self.position.step_in_epoch)
         call_start = time.perf_counter()
-        results = self.trainer.train(iterator, n)
+        results = self.trainer.train(owner[0], n)  # (no frame keeps the iterator: see run)
         if not self._first_call_done:  # tracing and the pipeline's start: a fixed cost of its own
             self._first_call_done = True
             self.phases.add("first_step", time.perf_counter() - call_start)
