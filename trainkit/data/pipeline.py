@@ -74,8 +74,9 @@ _TENSOR_OVERHEAD = 128
 _BASE_BATCH = 256
 # The most parsed bytes in one such block (several may be in flight at once).
 _BLOCK_BYTES = 4 << 20
-# Records whose split is decided per call in a stream cut by ``data.splits`` fractions.
-_RANGE_BLOCK = 1024
+# Records whose split is decided per call in a stream cut by ``data.splits`` fractions
+# (fewer where they would hold more than _BLOCK_BYTES).
+_RANGE_BLOCK = 256
 
 
 @dataclass(frozen=True)
@@ -374,7 +375,7 @@ class PreparedData:
         read = self._records(split, None) if s.stream is not None else tf.data.Dataset.from_tensor_slices(self._columns(split))
         by_batch = self._batch_loader(split, None, training=training)
         if by_batch is not None:  # (in the blocks the pipeline parses: see _parsed_batches)
-            blocks = read.batch(_parse_block(batch_size))
+            blocks = read.batch(self._parse_block(read, by_batch, batch_size))
             parse, transform = self._map(blocks, s.load_batch), self._map(blocks, by_batch)
         else:
             load = s.load or (lambda x, y: (x, y))
@@ -724,27 +725,33 @@ class PreparedData:
         either way.
 
         Small batches of small examples are parsed several batches at a time
-        (blocks of about :data:`_BASE_BATCH` records, at most :data:`_BLOCK_BYTES`
-        parsed), then cut into batches again: a parse call costs about the same for
-        32 small records as for 256 (0.15 and 0.17 ms here), and at 32 a call it
-        held a tiny model's stream to 0.7x the speed of the same data in memory. The
-        cut is ``rebatch``: the batches of ``unbatch().batch()``, so the same
-        batches as batching the records directly, for one copy of each block
-        (tf.distribute splits them among replicas as any batch: tested). Examples
-        whose parsed shape is not fixed are parsed a batch at a time: padding to a
-        block's longest example would change the batches.
+        (:meth:`_parse_block`), then cut into batches again: a parse call costs
+        about the same for 32 small records as for 256 (0.15 and 0.17 ms here), and
+        at 32 a call it held a tiny model's stream to 0.7x the speed of the same
+        data in memory. The cut is ``rebatch``: the batches of ``unbatch().batch()``,
+        so the same batches as batching the records directly, for one copy of each
+        block (tf.distribute splits them among replicas as any batch: tested).
         """
         drop = self.section.drop_remainder and training
         records = self._records(split, shard)
         if training and self.section.shuffle_buffer > 0:
             records = _seeded_shuffle(records, self.section.shuffle_buffer, self._epoch_seed(epoch, _SHUFFLE_SALT))
-        block = _parse_block(batch_size)
+        block = self._parse_block(records, load, batch_size)
         if block > batch_size:
-            blocks = self._map(records.batch(block), load)
-            size = _example_bytes(blocks.element_spec)
-            if size is not None and size * block <= _BLOCK_BYTES:
-                return blocks.rebatch(batch_size, drop_remainder=drop)
+            return self._map(records.batch(block), load).rebatch(batch_size, drop_remainder=drop)
         return self._map(records.batch(batch_size, drop_remainder=drop), load)
+
+    def _parse_block(self, records, load: Callable, batch_size: int) -> int:
+        """Records parsed per call for batches of ``batch_size``: whole batches, about
+        :data:`_BASE_BATCH` records, at most :data:`_BLOCK_BYTES` parsed (several
+        blocks may be in flight). ``batch_size`` itself where an example's parsed size
+        is not fixed (strings, shapes that vary): padding to a block's longest example
+        would change the batches."""
+        size = _example_bytes(self._map(records.batch(batch_size), load).element_spec)
+        if size is None:
+            return batch_size
+        wanted = -(-_BASE_BATCH // batch_size) * batch_size
+        return max(batch_size, min(wanted, _BLOCK_BYTES // max(size, 1) // batch_size * batch_size))
 
     def _finish(self, ds, *, sharded: bool = False):
         import tensorflow as tf
@@ -770,21 +777,19 @@ class PreparedData:
             )
 
 
-def _example_bytes(batch_spec) -> int | None:
-    """Bytes of one example of batches of ``batch_spec``; None where a shape is not fixed."""
+def _example_bytes(spec, *, batched: bool = True) -> int | None:
+    """Bytes of one example of (batches of) ``spec``; None where a shape is not fixed or a string."""
     import tensorflow as tf
 
     total = 0
-    for spec in tf.nest.flatten(batch_spec):
-        if not isinstance(spec, tf.TensorSpec) or not spec.shape[1:].is_fully_defined() or spec.dtype == tf.string:
+    for part in tf.nest.flatten(spec):
+        if not isinstance(part, tf.TensorSpec) or part.dtype == tf.string:
             return None
-        total += spec.shape[1:].num_elements() * spec.dtype.size
+        shape = part.shape[1:] if batched else part.shape
+        if not shape.is_fully_defined():
+            return None
+        total += shape.num_elements() * part.dtype.size
     return total
-
-
-def _parse_block(batch_size: int) -> int:
-    """Records parsed per call for batches of ``batch_size``: whole batches, at least :data:`_BASE_BATCH`."""
-    return -(-_BASE_BATCH // batch_size) * batch_size
 
 
 def _seeded_shuffle(ds, buffer: int, seed):
@@ -1012,7 +1017,8 @@ def _split(whole: Split, section: DataSection) -> dict[str, Split]:
 
     Arrays and tables use a NumPy permutation (``split_seed``); streams keep the
     records whose position in a stateless permutation of the record indices falls
-    in the split's range, so nothing is held in memory.
+    in the split's range, deciding a block of records at a time, so no more than a
+    block is held in memory.
     """
     n = whole.size
     if n == 0:
@@ -1063,13 +1069,18 @@ def _stream_range(whole: Split, a: int, b: int, split_seed: int) -> Split:
             # (records of different shapes cannot be batched: one at a time)
             return records.enumerate().filter(plain(lambda i, _: in_range(i))).map(plain(lambda i, record: record))
 
-        def kept(k, block):  # block k of the records: those whose index falls in the range
-            mask = in_range(k * _RANGE_BLOCK + tf.range(tf.shape(tf.nest.flatten(block)[0])[0], dtype=tf.int64))
-            return tf.nest.map_structure(lambda t: tf.boolean_mask(t, mask), block)
-
         # Whole blocks at a time, then one record at a time again: a function call per
         # record (the filter) held a stream cut by fractions to about 25k records/s.
-        return records.batch(_RANGE_BLOCK).enumerate().map(plain(kept)).unbatch()
+        # A block holds its records twice (kept, and the block): at most _BLOCK_BYTES
+        # each where a record's size is known; strings (serialized records) are not.
+        size = _example_bytes(records.element_spec, batched=False)
+        block = _RANGE_BLOCK if size is None else max(1, min(_RANGE_BLOCK, _BLOCK_BYTES // max(size, 1)))
+
+        def kept(k, records):  # block k of the records: those whose index falls in the range
+            mask = in_range(k * block + tf.range(tf.shape(tf.nest.flatten(records)[0])[0], dtype=tf.int64))
+            return tf.nest.map_structure(lambda t: tf.boolean_mask(t, mask), records)
+
+        return records.batch(block).enumerate().map(plain(kept)).unbatch()
 
     return Split(b - a, stream=part, load=whole.load, load_batch=whole.load_batch)
 
