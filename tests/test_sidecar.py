@@ -269,11 +269,13 @@ def test_a_run_restarted_with_another_recipe_stops_the_evaluator(run):
         sidecar.poll()
 
 
-def _spawn(*args: str, log) -> subprocess.Popen:
+def _spawn(*args: str, log, faults: tuple[str, ...] = ()) -> subprocess.Popen:
+    """``trainkit ARGS`` in a process of its own (with ``faults``: through tests/_fault_runner.py)."""
     import os
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "trainkit.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    command = [str(ROOT / "tests" / "_fault_runner.py"), *faults, "--"] if faults else ["-m", "trainkit.cli"]
+    return subprocess.Popen([sys.executable, *command, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
 
 
 def _wait_for(condition, timeout=240.0):
@@ -293,7 +295,9 @@ def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_ke
         first = _spawn(*watch, log=log)
     _wait_for(lambda: len(_history(run)) == 2)  # the evaluator is up: the training resumes for more epochs
     with open(tmp_path / "train.log", "w") as log:
-        training = _spawn("train", *common, "trainer.epochs=40", log=log)
+        # (a pause after each training call of an epoch: the same training, long enough in
+        # wall time that the evaluators work beside it however fast the machine trains)
+        training = _spawn("train", *common, "trainer.epochs=40", "trainer.steps_per_execution=45", log=log, faults=("slow:0.1",))
     _wait_for(lambda: len(_history(run)) > 3 or training.poll() is not None)
     first.send_signal(signal.SIGKILL)  # mid-way, between or inside evaluations
     first.wait(timeout=30)
