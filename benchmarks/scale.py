@@ -132,9 +132,10 @@ def _own_peak_rss_kb() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
-    import resource
+    import resource  # (no /proc: not Linux, where ru_maxrss is the process's own; macOS counts bytes)
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak // 1024 if sys.platform == "darwin" else peak
 
 
 def run_once(source: str, n: int) -> dict:

@@ -222,7 +222,7 @@ def report(samples: dict, args: argparse.Namespace) -> str:
     loads = [v for by in samples.values() for runs in by.values() for r in runs for v in r["loads"]]
     lines = [BEGIN, "## Streamed against in memory (`benchmarks/streamed.py`)", "", provenance(loads), "",
              f"Training steps/s from trainkit's run.json over the steps shown, median (min..max) of {args.repeats} fresh "
-             f"processes per source, methods alternating; {args.examples} examples. Goal: streamed >= {GOAL}x in memory.", "",
+             f"processes per source, methods taking turns; {args.examples} examples. Goal: streamed >= {GOAL}x in memory.", "",
              "| recipe | steps | streamed source | streamed steps/s | in memory steps/s | streamed / memory | goal met? |",
              "| --- | ---: | --- | ---: | ---: | ---: | --- |"]
     for name, by_method in samples.items():
@@ -255,7 +255,8 @@ def main() -> None:
     samples = {name: {m: [] for m in CASES[name]} for name in args.cases}
     for repeat in range(args.repeats):
         for name in args.cases:
-            for method in CASES[name][repeat % 2 :] + CASES[name][: repeat % 2]:
+            turn = repeat % len(CASES[name])  # each method first in turn
+            for method in CASES[name][turn:] + CASES[name][:turn]:
                 result = measure(name, method, args.steps or STEPS[name], args.examples)
                 samples[name][method].append(result)
                 print(f"[{repeat + 1}/{args.repeats}] {name:10} {method:8} {result['steps_per_second']:8.1f} steps/s  others {result['loads'][0]:.2f} cores", flush=True)
