@@ -29,6 +29,7 @@ share of training spent waiting for input, measured on the run itself.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -272,8 +273,9 @@ class Trainer:
         if isinstance(self.strategy, tf.distribute.TPUStrategy):
             self._make_eval_fn()(iter(eval_dataset))
             return
-        for batch in eval_dataset:
-            self.strategy.run(self.test_step, args=(batch,))
+        with _without_the_eager_run_warning():
+            for batch in eval_dataset:
+                self.strategy.run(self.test_step, args=(batch,))
 
     @property
     def eval_traces(self) -> int:
@@ -287,6 +289,25 @@ class Trainer:
     def result(self) -> dict[str, float]:
         """The training metrics accumulated since the last reset."""
         return _results(self.train_metrics)
+
+
+@contextlib.contextmanager
+def _without_the_eager_run_warning():
+    """Without TensorFlow's "Using MirroredStrategy eagerly has significant overhead
+    ... wrap ``run`` inside a tf.function" warning: the rehearsal's one evaluation step
+    is eager on purpose (see :meth:`Trainer.trial`), and the warning was the first line
+    of every run on several devices, telling the user to fix what trainkit does."""
+    import logging
+
+    def other_records(record: logging.LogRecord) -> bool:
+        return "eagerly has significant overhead" not in record.getMessage()
+
+    logger = logging.getLogger("tensorflow")
+    logger.addFilter(other_records)
+    try:
+        yield
+    finally:
+        logger.removeFilter(other_records)
 
 
 def _one_trainers_function(python_function):
