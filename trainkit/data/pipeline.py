@@ -777,18 +777,17 @@ class PreparedData:
             )
 
 
-def _example_bytes(spec, *, batched: bool = True) -> int | None:
-    """Bytes of one example of (batches of) ``spec``; None where a shape is not fixed or a string."""
+def _example_bytes(spec, *, batched: bool = True, per_tensor: int = 0) -> int | None:
+    """Bytes of one example of (batches of) ``spec``, ``per_tensor`` more for each of its
+    tensors; None where a shape is not fixed or a tensor holds strings."""
     import tensorflow as tf
 
     total = 0
     for part in tf.nest.flatten(spec):
-        if not isinstance(part, tf.TensorSpec) or part.dtype == tf.string:
-            return None
         shape = part.shape[1:] if batched else part.shape
-        if not shape.is_fully_defined():
+        if not shape.is_fully_defined() or part.dtype == tf.string:
             return None
-        total += shape.num_elements() * part.dtype.size
+        total += shape.num_elements() * part.dtype.size + per_tensor
     return total
 
 
@@ -897,15 +896,9 @@ def choose_cache(data: PreparedData, *, available: int | None = None) -> None:
 def _cached_bytes(data: PreparedData, split: str) -> int | None:
     """About how many bytes ``split``'s tokenized examples take in a memory cache; None
     where an example has no fixed size."""
-    import tensorflow as tf
-
     spec = data._uncached()._base(split, None, training=False).element_spec
-    total = 0
-    for tensor in tf.nest.flatten(spec):
-        if not tensor.shape.is_fully_defined() or tensor.dtype == tf.string:
-            return None
-        total += int(np.prod(tensor.shape.as_list(), dtype=np.int64)) * tensor.dtype.size + _TENSOR_OVERHEAD
-    return total * data.info.sizes[split]
+    size = _example_bytes(spec, batched=False, per_tensor=_TENSOR_OVERHEAD)
+    return None if size is None else size * data.info.sizes[split]
 
 
 def _auto_cache_note(kept: list[tuple[str, int | None]], refused: list[tuple[str, int | None]], available: int) -> str:
