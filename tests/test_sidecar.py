@@ -6,11 +6,10 @@ import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import ROOT, cli, one_error_line, run_cli, run_python
+from conftest import cli, one_error_line, run_cli, run_python
 
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke"]
 # One checkpoint per epoch, all kept: every epoch is something to evaluate.
@@ -271,11 +270,9 @@ def test_a_run_restarted_with_another_recipe_stops_the_evaluator(run):
 
 def _spawn(*args: str, log, faults: tuple[str, ...] = ()) -> subprocess.Popen:
     """``trainkit ARGS`` in a process of its own (with ``faults``: through tests/_fault_runner.py)."""
-    import os
+    from _checkpoint_helpers import command, env
 
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
-    command = [str(ROOT / "tests" / "_fault_runner.py"), *faults, "--"] if faults else ["-m", "trainkit.cli"]
-    return subprocess.Popen([sys.executable, *command, *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(command(*args, faults=faults), stdout=log, stderr=subprocess.STDOUT, env=env())
 
 
 def _wait_for(condition, timeout=240.0):
