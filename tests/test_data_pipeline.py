@@ -124,6 +124,26 @@ def test_transforms_scale_normalize_from_training_split_one_hot_cast():
     assert data.info.num_classes == 2 and data.info.target_shape == (2,)
 
 
+@pytest.mark.parametrize("spec", [
+    {"transforms": ["scale", "normalize", "one_hot", {"type": "cast", "dtype": "float16"}]},
+    {"scale": "standard", "transforms": [{"type": "resize", "size": [5, 7]}, {"type": "center_crop", "size": [4, 4]}, "normalize"]},
+])
+def test_in_memory_transforms_take_whole_batches_and_give_each_example_bit_for_bit(spec, monkeypatch):
+    from trainkit.data import pipeline
+
+    calls = []
+    apply = pipeline._apply_in_memory
+    monkeypatch.setattr(pipeline, "_apply_in_memory", lambda arrays, one, whole: calls.append(whole) or apply(arrays, one, whole))
+    batched = prepare(section("test_images", **spec), seed=0)
+    assert calls and all(whole is not None for whole in calls)  # (these transforms all take batches)
+    monkeypatch.setattr(pipeline, "_apply_in_memory", lambda arrays, one, whole: apply(arrays, one, None))
+    one_by_one = prepare(section("test_images", **spec), seed=0)
+    assert batched.arrays.keys() == one_by_one.arrays.keys()
+    for split in batched.arrays:
+        for a, b in zip(tf.nest.flatten(batched.arrays[split]), tf.nest.flatten(one_by_one.arrays[split]), strict=True):
+            assert a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
+
+
 def test_normalize_statistics_come_from_the_training_split_of_a_stream():
     data = prepare(
         DataSection.model_validate(

@@ -837,7 +837,8 @@ def prepare(
     text_step = _text_step(section, splits, seed=seed, run_dir=run_dir)
     static, augment, evaluation = _transforms(section, splits, seed=seed, num_classes=label_info["num_classes"], text_step=text_step)
     if in_memory and static:
-        splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, transforms.chain(static), k)) for k, s in splits.items()}
+        by_example, by_batch = transforms.chain(static), transforms.chain_on_batches(static)
+        splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, by_example, by_batch)) for k, s in splits.items()}
     provisional = PreparedData(
         section, splits, seed=seed, info=None, static=transforms.chain(static), augment=augment,
         evaluation=transforms.chain(evaluation) if evaluation else None,
@@ -1094,12 +1095,34 @@ def _float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) if x.dtype != np.float32 and x.dtype.kind in "fiub" else x
 
 
-def _apply_in_memory(arrays, fn, split: str):
-    """Run the (deterministic) transforms over an in-memory split once."""
+#: Examples an in-memory split's transforms take at a time where they take whole batches.
+_IN_MEMORY_BLOCK = 4096
+
+
+def _apply_in_memory(arrays, by_example: Callable, by_batch: Callable | None):
+    """Run the (deterministic) transforms over an in-memory split once.
+
+    Where every transform takes a whole batch (``by_batch``), blocks of examples go
+    through it at once: the same elementwise ops on the same values (bit for bit,
+    tested), in a fifth of the time for digits' training split (0.02 s, not 0.1 s of
+    every run's start). A transform that refuses a batch is applied example by
+    example, which also words its error for one example.
+    """
     import tensorflow as tf
 
-    ds = tf.data.Dataset.from_tensor_slices(arrays).map(plain(lambda x, y: fn(x, y)), num_parallel_calls=tf.data.AUTOTUNE)
-    parts = list(ds.batch(4096).as_numpy_iterator())
+    examples = tf.data.Dataset.from_tensor_slices(arrays)
+    if by_batch is not None:
+        try:
+            return _concatenated(examples.batch(_IN_MEMORY_BLOCK).map(plain(lambda x, y: by_batch(x, y))))
+        except (TrainkitError, ValueError, TypeError):
+            pass  # (the per-example pass below raises its own, clearer error if there is one)
+    return _concatenated(examples.map(plain(lambda x, y: by_example(x, y)), num_parallel_calls=tf.data.AUTOTUNE).batch(_IN_MEMORY_BLOCK))
+
+
+def _concatenated(batches) -> Any:
+    import tensorflow as tf
+
+    parts = list(batches.as_numpy_iterator())
     return tf.nest.map_structure(lambda *p: np.concatenate(p), *parts)
 
 
