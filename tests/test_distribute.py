@@ -274,52 +274,38 @@ def test_a_killed_worker_fails_the_job_quickly_and_a_restart_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_parameter_server_in_process_cluster_trains_digits_and_resumes(tmp_path):
-    script = ROOT / "tests" / "_ps_in_process.py"
+def test_parameter_server_with_one_worker_equals_one_process_and_resumes_from_its_checkpoint(tmp_path):
+    # Asynchronous training has no race with one worker: the same stream, the same updates.
+    # A cluster inside one process (a worker and a ps server beside the chief), run twice:
+    # 40 steps, then the same run given 80, which resumes from its final checkpoint.
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
     env.pop("TF_CONFIG", None)
 
-    def run(*overrides: str) -> tuple[str, dict]:
+    def cluster_run(steps: int) -> tuple[str, dict]:
         result = subprocess.run(
-            [sys.executable, str(script), "run", "trainer.checkpoint.every_steps=100", *overrides],
+            [sys.executable, str(ROOT / "tests" / "_ps_in_process.py"), "ps", *EXACT, f"trainer.steps={steps}"],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
         )
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         line = next(x for x in result.stdout.splitlines() if x.startswith("METRICS "))
         return result.stdout, json.loads(line[len("METRICS "):])
 
-    out, metrics = run("trainer.epochs=8")
-    assert "ParameterServerStrategy (1 worker, 1 parameter server, asynchronous)" in out
-    assert metrics["test"]["accuracy"] >= 0.90
-    run_dir = tmp_path / "run"
-    assert (run_dir / "model.keras").is_file() and (run_dir / "eval.json").is_file()
-    assert json.loads((run_dir / "run.json").read_text())["step"] == 8 * 45
+    def one_process(steps: int):
+        overrides = [*EXACT, f"trainer.steps={steps}", "runtime.strategy=one_device", "trainer.progress=false"]
+        return trainkit.train(trainkit.load_recipe("digits_mlp", overrides=overrides), run_dir=tmp_path / f"one-{steps}")
 
-    out, metrics = run("trainer.epochs=10")  # more epochs: resumes from the final checkpoint
-    assert f"resumed from run/checkpoints/ckpt-{8 * 45} at step {8 * 45}" in out
-    assert json.loads((run_dir / "run.json").read_text())["step"] == 10 * 45
-    assert metrics["test"]["accuracy"] >= 0.90
-
-
-@pytest.mark.slow
-def test_parameter_server_with_one_worker_equals_one_process(tmp_path):
-    # Asynchronous training has no race with one worker: the same stream, the same updates.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
-    env.pop("TF_CONFIG", None)
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tests" / "_ps_in_process.py"), "ps", *EXACT, "trainer.progress=false"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    one = trainkit.train(
-        trainkit.load_recipe("digits_mlp", overrides=[*EXACT, "runtime.strategy=one_device", "trainer.progress=false"]),
-        run_dir=tmp_path / "one",
-    )
-    for a, b in zip(_weights(tmp_path / "ps" / "model.keras"), _weights(one.run_dir / "model.keras"), strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
-    ps_eval = json.loads((tmp_path / "ps" / "eval.json").read_text())
-    for split in ("validation", "test"):
-        assert ps_eval[split] == pytest.approx(one.metrics[split], rel=1e-5)
+    for steps in (40, 80):
+        out, metrics = cluster_run(steps)
+        assert "ParameterServerStrategy (1 worker, 1 parameter server, asynchronous)" in out
+        if steps == 80:
+            assert "resumed from ps/checkpoints/ckpt-40 at step 40" in out
+        assert json.loads((tmp_path / "ps" / "run.json").read_text())["step"] == steps
+        one = one_process(steps)
+        for a, b in zip(_weights(tmp_path / "ps" / "model.keras"), _weights(one.run_dir / "model.keras"), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-6, rtol=0, err_msg=f"after {steps} steps")
+        ps_eval = json.loads((tmp_path / "ps" / "eval.json").read_text())
+        for split in ("validation", "test"):
+            assert ps_eval[split] == pytest.approx(one.metrics[split], rel=1e-5) == metrics[split]
 
 
 @pytest.mark.slow

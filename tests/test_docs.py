@@ -54,6 +54,8 @@ SKIP = {
 RUN_ELSEWHERE = {
     ("docs/distributed.md", "digits_mlp -c digits_mlp_smoke trainer.epochs=5 --run-dir runs/mw"):
         "tests/test_distribute.py::test_two_workers_match_one_process_and_only_the_chief_writes",
+    ("docs/distributed.md", "# 2 workers, multi_worker_mirrored"):
+        "tests/test_distribute.py::test_two_workers_match_one_process_and_only_the_chief_writes",
     ("docs/distributed.md", "launch -n 2 --evaluator digits_mlp"):
         "tests/test_sidecar.py::test_launch_with_an_evaluator_validates_beside_two_workers_that_never_validate",
     ("trainkit --help", "trainkit launch -n 2 digits_mlp"):

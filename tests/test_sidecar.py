@@ -134,9 +134,20 @@ def test_limit_process_sets_the_threads_and_the_priority_once():
     result = run_python(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["5", "2", "2"]
-    late = "import tensorflow as tf\nfrom trainkit.sidecar import limit_process\ntf.constant(1)\nlimit_process(1, 0)\n"
-    result = run_python(late)
-    assert result.returncode == 0 and "--threads 1: TensorFlow had started already" in result.stderr
+
+
+def test_limit_process_after_tensorflow_started_keeps_its_threads_with_a_warning(monkeypatch, capsys):
+    # (this process has run TensorFlow ops: its thread pools are made)
+    import tensorflow as tf
+
+    from trainkit import sidecar
+
+    tf.constant(1) + 1
+    before = (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads())
+    monkeypatch.setattr(sidecar, "_limited", [])  # (the first call in a process; nice 0 keeps the priority)
+    sidecar.limit_process(1, 0)
+    assert "--threads 1: TensorFlow had started already; it keeps its own thread counts" in capsys.readouterr().err
+    assert (tf.config.threading.get_intra_op_parallelism_threads(), tf.config.threading.get_inter_op_parallelism_threads()) == before
 
 
 def test_the_idle_priority_reaches_every_thread_tensorflow_starts():
