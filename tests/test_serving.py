@@ -303,17 +303,13 @@ def test_a_registered_transform_trains_but_is_not_exported_as_an_inference_model
     assert not list(run.run_dir.glob("export-*"))
 
 
-def test_without_the_export_extra_onnx_export_names_the_extra_in_one_line(tmp_path):
+def test_without_the_export_extra_onnx_export_names_the_extra_in_one_line(tmp_path, monkeypatch):
     recipe = trainkit.load_recipe(
         "digits_mlp", configs=["digits_mlp_smoke"], overrides={"trainer.epochs": None, "trainer.steps": 2, "export.formats": ["keras"]}
     )
     run_dir = trainkit.train(recipe, run_dir=tmp_path / "run").run_dir
-    code = (
-        "import sys; sys.modules['tf2onnx'] = None\n"  # as if the export extra were not installed
-        "from trainkit.cli import main\n"
-        f"sys.exit(main(['export', {str(run_dir)!r}, '--format', 'onnx']))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the export extra were not installed
+    done = cli("export", str(run_dir), "--format", "onnx")
     assert done.returncode == 2, done.stderr[-2000:]
     assert done.stderr.strip() == (
         "error: export to onnx needs tf2onnx, which is not installed; install the extra: pip install 'trainkit[export]'"
