@@ -21,9 +21,11 @@ train: setup
 
 ## Test processes (pytest-xdist), each given whole test files so that a file's shared runs are trained once.
 ## Files go out in the order conftest.py gives (the heaviest first), not xdist's order by test count.
-## Two on two cores: much of a test's time is process start-up and waiting on the processes it starts,
-## which a second worker fills (a measured third of the time saved here; four were slower than two).
-TEST_WORKERS ?= 2
+## Three on two cores: much of a test's time is waiting on the processes it starts (a kill, a cluster, an
+## evaluator at idle priority), which another worker fills. Measured here on 2 cores: one worker -> two saved
+## about a third; three saved another 4-5% over two (10:15 against 10:39, and 10:16 against 10:52); four were
+## slower than two.
+TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 ## The whole test suite, slow end-to-end tests included (what CI runs).
