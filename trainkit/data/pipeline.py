@@ -836,15 +836,15 @@ def prepare(
     label_info = _labels(section, loaded, splits)
     text_step = _text_step(section, splits, seed=seed, run_dir=run_dir)
     static, augment, evaluation = _transforms(section, splits, seed=seed, num_classes=label_info["num_classes"], text_step=text_step)
+    by_example, by_batch = transforms.chain(static), transforms.chain_on_batches(static)
     if in_memory and static:
-        by_example, by_batch = transforms.chain(static), transforms.chain_on_batches(static)
         splits = {k: Split(s.size, arrays=_apply_in_memory(s.arrays, by_example, by_batch)) for k, s in splits.items()}
     provisional = PreparedData(
-        section, splits, seed=seed, info=None, static=transforms.chain(static), augment=augment,
+        section, splits, seed=seed, info=None, static=by_example, augment=augment,
         evaluation=transforms.chain(evaluation) if evaluation else None,
         ignore_errors=loaded.ignore_errors, cache_dir=cache_dir, raw_splits=raw_splits,
         preprocessing=transforms.exported_steps([*static, *evaluation]),
-        on_batches=(transforms.chain_on_batches(static), transforms.chain_on_batches(evaluation)),
+        on_batches=(by_batch, transforms.chain_on_batches(evaluation)),
     )
     provisional.text_step = text_step
     provisional.info = _describe(provisional, label_info, loaded)
