@@ -222,6 +222,29 @@ def test_launch_refuses_a_bad_recipe_before_starting_workers(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_errors_a_dead_peer_causes_become_one_line_and_others_pass_through():
+    # What a survivor prints (exit code 4) when TensorFlow reports the loss of another task.
+    import tensorflow as tf
+
+    class TwoWorkerStrategy:  # what is_multi_worker reads of MultiWorkerMirroredStrategy
+        cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
+            tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]}), task_type="worker", task_id=0
+        )
+
+    aborted = tf.errors.UnavailableError(
+        None, None, "{{function_node __inference_step_91}} Collective ops is aborted by: recvmsg:Connection "
+        "reset by peer\n\t [[{{node CollectiveReduceV2}}]] more detail"
+    )
+    lost = cluster.as_worker_lost(aborted, TwoWorkerStrategy())
+    assert isinstance(lost, cluster.WorkerLost) and lost.exit_code == 4
+    assert str(lost).startswith("lost contact with another task of the cluster (UnavailableError: Collective ops")
+    assert "{{" not in str(lost) and "\n" not in str(lost)
+    assert str(lost).endswith("restart it to resume from the last checkpoint")
+    # A bug of the user's is not reported as a lost worker, nor is anything off a cluster.
+    assert cluster.as_worker_lost(tf.errors.InvalidArgumentError(None, None, "bad shape"), TwoWorkerStrategy()) is None
+    assert cluster.as_worker_lost(aborted, tf.distribute.get_strategy()) is None
+
+
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_job_quickly_and_a_restart_resumes(tmp_path):
     env = {**os.environ, **_env(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
@@ -253,9 +276,13 @@ def test_a_killed_worker_fails_the_job_quickly_and_a_restart_resumes(tmp_path):
     assert code != 0
     assert stopped_after < 60, f"the job took {stopped_after:.0f} s to stop"  # the documented bound
     assert "[launch] worker 1 was killed by SIGKILL; stopping the other tasks" in output
-    # The survivor stopped by itself with one clear line (exit code 4), not a traceback or a hang.
-    survivor = "\n".join(line for line in output.splitlines() if line.startswith("[worker 0]"))
-    assert "[worker 0] error: lost contact with another task of the cluster" in output, survivor[-3000:]
+    # The survivor stopped with one clear line, not a traceback or a hang: its own (exit code 4)
+    # when TensorFlow noticed the loss within the grace period -- at once when it was exchanging
+    # data with the dead worker, else by the coordination service's heartbeats, ~10 s here and
+    # longer on a loaded machine -- or else the launcher's, which then killed it.
+    said = "[worker 0] error: lost contact with another task of the cluster" in output
+    killed_after_grace = "[launch] worker 0 did not stop within 30 s; killing it" in output
+    assert said or killed_after_grace, output[-4000:]
     assert "the job failed" in output and "resume from the last checkpoint" in output
     assert "Traceback" not in output
     saved = max(int(p.name.split("-")[1].split(".")[0]) for p in (tmp_path / "run" / "checkpoints").glob("ckpt-*.index"))
