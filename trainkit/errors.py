@@ -59,15 +59,35 @@ def first_line(err: BaseException, *, limit: int | None = None) -> str:
 
     Keras wraps an error raised inside a layer's ``call`` in a message whose first
     line only names the layer ("Exception encountered when calling Resizing.call()."):
-    the cause, the next line, is taken instead.
+    the cause, the next line, is taken instead. TensorFlow's errors from a compiled
+    function start "Graph execution error:", then the frames where the op was
+    defined: the first reason after them is taken (see :func:`graph_error_reasons`).
     """
-    text = re.sub(r"\x1b\[[0-9;]*m", "", getattr(err, "message", None) or str(err)).strip()
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = _message_lines(err)
     if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
         line = f"{lines[0].split()[-1].removesuffix('.call().')}: {lines[1]}"
+    elif lines and lines[0] == _GRAPH_ERROR:
+        line = next(iter(graph_error_reasons(err)), lines[0])
     else:
         line = lines[0] if lines else type(err).__name__
     return line[:limit] if limit else line
+
+
+_GRAPH_ERROR = "Graph execution error:"
+
+
+def graph_error_reasons(err: BaseException) -> list[str]:
+    """The lines of a TensorFlow error that say what went wrong, without the header,
+    the frames that defined the op and the ``[[{{node ...}}]]``/``[Op:...]`` tags."""
+    lines = _message_lines(err)
+    reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != _GRAPH_ERROR]
+    reasons = [re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", line) for line in reasons]
+    return [line for line in reasons if line]
+
+
+def _message_lines(err: BaseException) -> list[str]:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", getattr(err, "message", None) or str(err)).strip()
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def _is_download_failure(err: BaseException) -> bool:

@@ -20,7 +20,13 @@ from trainkit import compat, registry, runtime
 from trainkit.components import check_arguments, instantiate
 from trainkit.distribution.cluster import has_evaluator, is_multi_worker, is_parameter_server
 from trainkit.distribution.strategies import data_section_for
-from trainkit.errors import ConfigError, TrainkitError, did_you_mean, first_line
+from trainkit.errors import (
+    ConfigError,
+    TrainkitError,
+    did_you_mean,
+    first_line,
+    graph_error_reasons,
+)
 from trainkit.recipe import Component, Recipe, RunIdentity, ValidationPolicy
 from trainkit.run_source import run_recipe, source_models
 
@@ -564,9 +570,8 @@ def _blame(err: BaseException) -> tuple[str, str]:
     message = (getattr(err, "message", None) or str(err)).strip()
     files = [frame.filename for frame in traceback.extract_tb(err.__traceback__)]
     files += re.findall(r'File "([^"]+)"', message)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != "Graph execution error:"]
-    reason = re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", reasons[-1] if reasons else type(err).__name__)
+    reasons = graph_error_reasons(err)
+    reason = reasons[-1] if reasons else type(err).__name__
     for path in files:  # outermost first: a metric's update may call into keras's losses
         section = compat.keras_section_of(path)
         if section is not None:
