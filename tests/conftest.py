@@ -33,13 +33,15 @@ def pytest_configure(config):
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
-#: The files that take longest (pytest --durations, summed per file), heaviest first.
+#: The files that take longest (wall seconds under ``make test``, summed per file), heaviest first.
 #: ``make test`` hands whole files to its workers in collection order; starting
-#: with these leaves short files for the end, so that both workers finish together
-#: instead of one waiting on a long file picked up last.
+#: with these leaves short files for the end, so that the workers finish together
+#: instead of one working alone on a long file picked up last.
 HEAVIEST_FILES = (
-    "test_docs.py", "test_distribute.py", "test_exact_resume.py", "test_sweeps.py", "test_sidecar.py",
-    "test_text.py", "test_finetune_hub.py", "test_serving.py", "test_training.py", "test_notebook.py",
+    "test_sidecar.py", "test_exact_resume.py", "test_docs.py", "test_distribute.py", "test_sweeps.py",
+    "test_job_costs.py", "test_serving.py", "test_notebook.py", "test_text.py", "test_finetune_hub.py",
+    "test_training.py", "test_data_cli.py", "test_finetune.py", "test_bad_input.py", "test_hardening_surfaces.py",
+    "test_text_tokenizers.py", "test_checkpoints.py", "test_recipes.py", "test_run_dir_rules.py", "test_faults.py",
 )
 
 
