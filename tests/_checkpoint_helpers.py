@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
 import shutil
 import subprocess
@@ -23,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT
+from conftest import checkout_env
 
 TESTS = Path(__file__).resolve().parent
 STEPS = 69  # 3 epochs x 23 steps
@@ -46,15 +45,6 @@ BASE = [
 _NOISE = re.compile(r"^(WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d)")
 
 
-def env() -> dict[str, str]:
-    return {
-        **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
-        "TRAINKIT_HOME": str(ROOT),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    }
-
-
 def command(*args: str, faults: tuple[str, ...] = ()) -> list[str]:
     if faults:
         return [sys.executable, str(TESTS / "_fault_runner.py"), *faults, "--", *args]
@@ -64,7 +54,7 @@ def command(*args: str, faults: tuple[str, ...] = ()) -> list[str]:
 def train(run_dir: Path, *extra: str, faults: tuple[str, ...] = (), base: list[str] = BASE, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """``trainkit train BASE --run-dir RUN_DIR EXTRA`` in a subprocess, with optional faults."""
     args = ["train", *base, "--run-dir", str(run_dir), *extra]
-    return subprocess.run(command(*args, faults=faults), cwd=cwd or run_dir.parent, capture_output=True, text=True, timeout=300, env=env())
+    return subprocess.run(command(*args, faults=faults), cwd=cwd or run_dir.parent, capture_output=True, text=True, timeout=300, env=checkout_env())
 
 
 def train_here(run_dir: Path, *extra: str, base: list[str] = BASE, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -81,7 +71,7 @@ def train_here(run_dir: Path, *extra: str, base: list[str] = BASE, cwd: Path | N
 
 def start(run_dir: Path, *extra: str, faults: tuple[str, ...] = (), base: list[str] = BASE) -> subprocess.Popen:
     args = ["train", *base, "--run-dir", str(run_dir), *extra]
-    return subprocess.Popen(command(*args, faults=faults), cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env())
+    return subprocess.Popen(command(*args, faults=faults), cwd=run_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=checkout_env())
 
 
 def messages(stderr: str) -> list[str]:

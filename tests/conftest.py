@@ -92,16 +92,21 @@ def run_python(code: str, cwd: Path | None = None, timeout: float = 300, env: di
     return _run_checkout([sys.executable, "-c", code], cwd, timeout, env)
 
 
-def _run_checkout(command: list[str], cwd: Path | None, timeout: float, env: dict | None) -> subprocess.CompletedProcess:
-    full_env = {
+def checkout_env(extra: dict | None = None, *, quiet: bool = True) -> dict[str, str]:
+    """The environment of a subprocess that runs this checkout's trainkit, whatever is
+    installed; ``quiet``: TensorFlow's C++ log at level 3 (else as this process has it)."""
+    env = {
         **os.environ,
-        "TF_CPP_MIN_LOG_LEVEL": "3",
         "TRAINKIT_HOME": str(ROOT),
-        # The checkout under test, whatever is installed in the environment.
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        **(env or {}),
     }
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if quiet:
+        env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return {**env, **(extra or {})}
+
+
+def _run_checkout(command: list[str], cwd: Path | None, timeout: float, env: dict | None) -> subprocess.CompletedProcess:
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=checkout_env(env))
 
 
 #: Python's own warning filters, as a fresh ``python -m trainkit.cli`` has them.

@@ -3,14 +3,13 @@ is touched, including what only a real training step shows."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli
+from conftest import checkout_env, cli
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -206,7 +205,7 @@ def test_an_unusable_run_dir_is_refused_before_anything_is_built(tmp_path, where
 def test_a_run_dir_on_a_read_only_file_system_is_refused(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env()
     script = (f"mount -t tmpfs -o ro,size=64k none {ro} || exit 77; "
               f"exec {sys.executable} -m trainkit.cli train digits_mlp --run-dir {ro}/run")
     result = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120, env=env)

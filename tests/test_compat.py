@@ -7,21 +7,18 @@ only that module.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import textwrap
 
 import pytest
-from conftest import ROOT
+from conftest import run_python as run_checkout_python
 
 from trainkit import compat
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    """``code`` in a fresh Python with this checkout's trainkit."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120, env=env)
+    """``code`` (indented or not) in a fresh Python with this checkout's trainkit."""
+    return run_checkout_python(textwrap.dedent(code), timeout=120)
 
 
 def test_the_checked_versions_are_named_and_the_installed_ones_reported():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli, run_cli
+from conftest import ROOT, checkout_env, cli, run_cli
 
 import trainkit
 from trainkit.distribution import cluster, strategies
@@ -253,7 +253,7 @@ def test_the_errors_a_dead_peer_causes_become_one_line_and_others_pass_through()
 
 @pytest.mark.slow
 def test_a_killed_worker_fails_the_job_quickly_and_a_restart_resumes(tmp_path):
-    env = {**os.environ, **_env(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env(_env(tmp_path))
     args = [
         "digits_mlp", "--run-dir", "run", "trainer.epochs=null", "trainer.checkpoint.every_steps=50",
         "trainer.steps_per_execution=10", "trainer.log_every_steps=1000",
@@ -311,7 +311,7 @@ def test_parameter_server_with_one_worker_equals_one_process_and_resumes_from_it
     # Asynchronous training has no race with one worker: the same stream, the same updates.
     # A cluster inside one process (a worker and a ps server beside the chief), run twice:
     # 40 steps, then the same run given 80, which resumes from its final checkpoint.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env()
     env.pop("TF_CONFIG", None)
 
     def cluster_run(steps: int) -> tuple[str, dict]:

@@ -24,7 +24,6 @@ a user brings (``trainkit predict RUN new_digits.csv``) are made by
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ROOT, cli
+from conftest import ROOT, checkout_env, cli
 
 #: Documented commands and snippets that cannot run here, by a piece of their text.
 SKIP = {
@@ -302,14 +301,8 @@ def _run_python(snippet: Snippet, cwd: Path, number: int) -> str | None:
         # A recipe file: it must resolve to a valid recipe.
         result = cli("show", str(path), cwd=cwd)
     else:
-        env = {
-            **os.environ,
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-            "TRAINKIT_HOME": str(ROOT),
-            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-        }
         result = subprocess.run(
-            [sys.executable, str(path)], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+            [sys.executable, str(path)], cwd=cwd, capture_output=True, text=True, timeout=300, env=checkout_env()
         )
     if result.returncode != 0:
         return f"exit {result.returncode}: {(result.stdout + result.stderr)[-800:]}"

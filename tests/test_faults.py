@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, checkout_env
 
 import trainkit
 from trainkit.errors import ConfigError
@@ -19,10 +19,6 @@ from trainkit.training.disk_full import DISK_FULL_EXIT_CODE
 
 TESTS = ROOT / "tests"
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke", "trainer.epochs=null", "trainer.progress=false"]
-
-
-def _env() -> dict[str, str]:
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
 
 
 def _errors(stderr: str) -> list[str]:
@@ -52,7 +48,7 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_with_nothing_half_written(tmp_p
     result = subprocess.run(
         ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=120k none {disk} && {train}; code=$?; "
          f"ls -a {run} {run}/checkpoints; cat {run}/run.json; exit $code"],
-        capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, env=checkout_env(), cwd=tmp_path,
     )
     assert result.returncode == DISK_FULL_EXIT_CODE, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -69,7 +65,7 @@ def test_a_full_disk_at_export_is_one_line_with_status_failed_and_no_temporary_f
     result = subprocess.run(
         [sys.executable, str(TESTS / "_fault_runner.py"), "enospc-in-export", "--", "train", *SMOKE, "trainer.steps=4",
          "--run-dir", "run"],
-        capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path,
+        capture_output=True, text=True, timeout=300, env=checkout_env(), cwd=tmp_path,
     )
     assert result.returncode == DISK_FULL_EXIT_CODE, result.stderr[-3000:]
     assert "Traceback" not in result.stderr

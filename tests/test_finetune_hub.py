@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, cli
+from conftest import ROOT, checkout_env, cli
 
 import trainkit
 
@@ -81,7 +80,7 @@ def make_tiny_preset(directory: Path) -> Path:
     made = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / "hub_text_classifier.py"), "--make-tiny-preset", str(directory)],
         capture_output=True, text=True, timeout=300,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env=checkout_env(),
     )
     assert made.returncode == 0, made.stderr
     return directory

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from conftest import ROOT, TINY, cli, run_cli
+from conftest import ROOT, TINY, checkout_env, cli, run_cli
 from conftest import one_error_line as _one_line
 
 import trainkit
@@ -424,7 +424,7 @@ def _in_small_disk(tmp_path: Path, command: list[str], *, fill: bool, read_only:
     options = "size=64k" + (",ro" if read_only else "")
     filler = f"dd if=/dev/zero of={disk}/filler bs=1k count=80 2>/dev/null; " if fill else ""
     trainkit_cmd = " ".join([sys.executable, "-m", "trainkit.cli", *command])
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env()
     return subprocess.run(
         ["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o {options} none {disk} && {filler}{trainkit_cmd}; code=$?; "
          f"ls -A {disk} >&2; exit $code"],
@@ -478,7 +478,7 @@ def test_output_errors_from_the_command_line_are_one_line(tmp_path, tiny_run):
 
 
 def test_a_closed_pipe_ends_show_quietly(tmp_path):
-    env = {**os.environ, "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env(quiet=False)
     result = subprocess.run(
         ["sh", "-c", f"{sys.executable} -m trainkit.cli show digits_cnn | head -1"],
         capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path,
@@ -487,7 +487,7 @@ def test_a_closed_pipe_ends_show_quietly(tmp_path):
 
 
 def test_a_closed_pipe_never_fails_a_training(tmp_path):
-    env = {**os.environ, "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = checkout_env()
     command = f"{sys.executable} -m trainkit.cli train digits_mlp trainer.epochs=3 --run-dir run; echo $? > code"
     result = subprocess.run(["sh", "-c", f"({command}) | head -1"], capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr[-2000:]

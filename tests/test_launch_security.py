@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import checkout_env
 
 from trainkit import private_network
 from trainkit.errors import RunDirError
@@ -53,7 +53,7 @@ def _private_networks_work() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _private_networks_work(), reason="this kernel allows no unprivileged user namespaces")
 def test_launched_workers_see_only_loopback_and_die_with_a_killed_launcher(tmp_path):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env()
     log = tmp_path / "launch.log"
     with open(log, "w") as out:
         job = subprocess.Popen(

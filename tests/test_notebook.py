@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import ROOT, run_cli
+from conftest import ROOT, checkout_env, run_cli
 
 import trainkit
 
@@ -67,7 +67,7 @@ def test_the_quickstart_notebook_runs_offline_and_shows_what_it_says(tmp_path, m
 def test_a_terminal_gets_one_progress_line(tmp_path):
     args = ["train", "digits_mlp", "-c", "digits_mlp_smoke", "trainer.progress=true", "model.hidden_units=[16]",
             "trainer.epochs=1", "trainer.log_every_steps=5", "trainer.evaluate=[test]"]
-    env = {**os.environ, "TRAINKIT_HOME": str(ROOT), "PYTHONPATH": str(ROOT)}
+    env = checkout_env(quiet=False)
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 150, 0, 0))  # a 150-column terminal
     process = subprocess.Popen([sys.executable, "-m", "trainkit.cli", *args, "--run-dir", "tty"],

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _checkpoint_helpers import messages, weights
-from conftest import ROOT, cli, run_cli
+from conftest import ROOT, checkout_env, cli, run_cli
 
 from trainkit.errors import ConfigError
 from trainkit.sweeps import load_sweep
@@ -177,10 +177,7 @@ def test_workers_get_gpus_round_robin_and_none_without_gpus():
 
 
 def _sweep_env() -> dict[str, str]:
-    return {
-        **os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "TRAINKIT_HOME": str(ROOT),
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    }
+    return checkout_env()
 
 
 def _trials(sweep_dir: Path):
