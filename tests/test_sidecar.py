@@ -9,7 +9,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import cli, one_error_line, run_cli, run_python
+from conftest import checkout_env, cli, one_error_line, run_cli, run_python
 
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke"]
 # One checkpoint per epoch, all kept: every epoch is something to evaluate.
@@ -281,9 +281,9 @@ def test_a_run_restarted_with_another_recipe_stops_the_evaluator(run):
 
 def _spawn(*args: str, log, faults: tuple[str, ...] = ()) -> subprocess.Popen:
     """``trainkit ARGS`` in a process of its own (with ``faults``: through tests/_fault_runner.py)."""
-    from _checkpoint_helpers import command, env
+    from _checkpoint_helpers import command
 
-    return subprocess.Popen(command(*args, faults=faults), stdout=log, stderr=subprocess.STDOUT, env=env())
+    return subprocess.Popen(command(*args, faults=faults), stdout=log, stderr=subprocess.STDOUT, env=checkout_env())
 
 
 def _wait_for(condition, timeout=240.0):
