@@ -67,7 +67,7 @@ def first_line(err: BaseException, *, limit: int | None = None) -> str:
     if len(lines) > 1 and lines[0].startswith("Exception encountered when calling"):
         line = f"{lines[0].split()[-1].removesuffix('.call().')}: {lines[1]}"
     elif lines and lines[0] == _GRAPH_ERROR:
-        line = next(iter(graph_error_reasons(err)), lines[0])
+        line = next(iter(_reasons(lines)), lines[0])
     else:
         line = lines[0] if lines else type(err).__name__
     return line[:limit] if limit else line
@@ -79,7 +79,10 @@ _GRAPH_ERROR = "Graph execution error:"
 def graph_error_reasons(err: BaseException) -> list[str]:
     """The lines of a TensorFlow error that say what went wrong, without the header,
     the frames that defined the op and the ``[[{{node ...}}]]``/``[Op:...]`` tags."""
-    lines = _message_lines(err)
+    return _reasons(_message_lines(err))
+
+
+def _reasons(lines: list[str]) -> list[str]:
     reasons = [line for line in lines if not line.startswith(("File ", "[[", "Detected at node")) and line != _GRAPH_ERROR]
     reasons = [re.sub(r"\s*\[\[\{\{node.*$|\s*\[Op:.*$", "", line) for line in reasons]
     return [line for line in reasons if line]
