@@ -123,3 +123,21 @@ def test_all_sublayers_reaches_the_layers_a_subclassed_layer_keeps_as_attributes
     names = [layer.name for layer in all_sublayers(model)]
     assert "hidden_projection" in names
     assert "hidden_projection" not in [layer.name for layer in model.layers]
+
+
+def test_the_worker_coordination_service_is_configured_with_our_heartbeat_timeout():
+    code = """
+        import tensorflow as tf
+        from trainkit import compat
+        assert compat.coordination_heartbeat_timeout_ms() is None
+        spec = tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]})
+        compat.configure_worker_coordination(spec, heartbeat_timeout_s=30)
+        assert compat.coordination_heartbeat_timeout_ms() == 30000
+        compat.configure_worker_coordination(spec, heartbeat_timeout_s=5)  # configured once: kept
+        assert compat.coordination_heartbeat_timeout_ms() == 30000
+        compat.abort_collectives("worker 1 was killed by SIGKILL")  # TensorFlow still takes the call
+        print("ok")
+    """
+    # In a child: the coordination service is configured once per process.
+    result = run_python(code)
+    assert result.stdout.strip() == "ok", result.stderr

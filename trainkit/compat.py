@@ -66,6 +66,54 @@ def freeze_function(concrete_function):
     return convert_variables_to_constants_v2(concrete_function)
 
 
+def configure_worker_coordination(cluster_spec, *, heartbeat_timeout_s: float) -> None:
+    """Configure the coordination service of a MultiWorkerMirroredStrategy cluster
+    with ``heartbeat_timeout_s`` instead of TensorFlow's 10 s, before the strategy is made.
+
+    TF 2.21's strategy configures the service itself (chief and worker tasks, the
+    default timeout) only when none is configured yet, and takes no timeout. A
+    process that stalls longer than the timeout -- a loaded machine, a paused VM --
+    is declared dead and the whole job aborts ("Unexpected heartbeat request from an
+    already-in-error task"); this widens that margin.
+    """
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.distribute import multi_worker_util
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    jobs = [
+        coordination_config_pb2.CoordinatedJob(name=job, num_tasks=cluster_spec.num_tasks(job))
+        for job in ("chief", "worker")
+        if job in cluster_spec.jobs
+    ]
+    context.context().configure_coordination_service(
+        service_type="standalone",
+        service_leader=multi_worker_util.coordination_leader(cluster_spec),
+        heartbeat_timeout_in_ms=int(heartbeat_timeout_s * 1000),
+        coordinated_jobs=jobs,
+    )
+
+
+def coordination_heartbeat_timeout_ms() -> int | None:
+    """The heartbeat timeout this process's coordination service is configured with
+    (None: not configured yet; 0: TensorFlow's default)."""
+    from tensorflow.python.eager import context
+
+    config = context.context().coordination_service
+    return None if config is None else config.heartbeat_timeout_in_ms
+
+
+def abort_collectives(message: str) -> None:
+    """Make every collective op of this process, running or to come, fail at once with
+    ``UnavailableError(message)``: what a worker does when told that a peer is gone,
+    instead of waiting in a collective for the coordination service's heartbeats."""
+    from tensorflow.python.eager import context
+    from tensorflow.python.framework import errors
+
+    context.context().abort_collective_ops(errors.UNAVAILABLE, message)
+
+
 def run_exit_handlers() -> None:
     """Run the ``atexit`` handlers now (before ``os._exit``, which skips them)."""
     import atexit

@@ -9,10 +9,11 @@ job:
   for ``parameter_server``, in which case the cluster is a chief (which trains),
   N workers and ``--ps`` parameter servers;
 - every line a process prints is streamed with its name: ``[worker 1] ...``;
-- if any process fails, the others are stopped (SIGTERM, then SIGKILL after
-  :data:`STOP_GRACE_SECONDS`) and the launcher exits non-zero -- a job with a
-  dead worker never hangs. Running the same command again resumes from the
-  last checkpoint;
+- if any process fails, the others are told at once (a worker waiting for the
+  dead one in a collective aborts it and ends with one line) and stopped
+  (SIGTERM, then SIGKILL after :data:`STOP_GRACE_SECONDS`); the launcher exits
+  non-zero -- a job with a dead worker never hangs. Running the same command
+  again resumes from the last checkpoint;
 - Ctrl-C (or SIGTERM) is passed on to every process: the workers agree on a
   step, save a checkpoint there and stop;
 - ``--evaluator`` adds an ``evaluator`` task: a sidecar that evaluates each
@@ -39,16 +40,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from trainkit import private_network
+from trainkit.distribution.cluster import LAUNCHER_CHANNEL, PEER_LOST
 from trainkit.errors import ConfigError
 from trainkit.signals import SignalRecorder
 from trainkit.training import sinks
 
 #: After one process fails, how long the others get to stop by themselves. A
-#: worker blocked in a collective (or waiting for a peer to join a new one)
-#: only notices when TensorFlow's coordination service misses the dead task's
-#: heartbeats: 12-15 s measured on an idle machine, more under load. Twice that
-#: lets a survivor end with its own one-line error and a final run.json status
-#: instead of being killed mid-way.
+#: worker blocked in a collective learns of the death from the launcher at once
+#: (``peer-lost`` on its standard input: it aborts its collectives and ends with
+#: its own one-line error and a final run.json status); this bounds the wait for
+#: one that does not (stalled, or busy outside TensorFlow) before it is killed.
 STOP_GRACE_SECONDS = 30.0
 
 
@@ -173,13 +174,13 @@ def _run_tasks(
     """Start every task (each dies with the launcher, even by SIGKILL) and supervise the job."""
     preexec = network.join() if network else private_network.die_with_parent
     for task in tasks:
-        env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1", LAUNCHER_CHANNEL: "stdin"}
         task.process = subprocess.Popen(
             command,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,  # the launcher's channel to the task (cluster.watch_launcher)
             text=True,
             bufsize=1,
             start_new_session=True,  # Ctrl-C reaches the launcher, which passes it on
@@ -235,6 +236,7 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
             if forwarded:
                 continue
             say(f"[launch] {task.name} {_describe_exit(code)}; stopping the other tasks")
+            _tell_peer_lost(tasks, f"{task.name} {_describe_exit(code)}", exclude=task)
             _stop_all(tasks, say, exclude=task)
             say(
                 f"[launch] the job failed: {task.name} {_describe_exit(code)}; "
@@ -277,6 +279,19 @@ def _signal(task: Task, signum: int) -> None:
         try:
             task.process.send_signal(signum)
         except ProcessLookupError:
+            pass
+
+
+def _tell_peer_lost(tasks: list[Task], why: str, *, exclude: Task) -> None:
+    """Tell every other live task that ``exclude`` died: a worker waiting in a
+    collective for it then fails at once with ``why`` (cluster.watch_launcher)."""
+    for t in tasks:
+        if t is exclude or t.process is None or t.process.poll() is not None or t.process.stdin is None:
+            continue
+        try:
+            t.process.stdin.write(f"{PEER_LOST} {why}\n")
+            t.process.stdin.flush()
+        except OSError:  # it has just ended, or closed its end
             pass
 
 

@@ -13,13 +13,33 @@ import json
 import os
 import re
 import socket
+import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from trainkit.errors import ConfigError, TrainkitError, first_line
 
 #: The docs that show how to describe a cluster.
 DOCS = "docs/distributed.md"
+
+#: How long the coordination service of a multi_worker_mirrored job waits for a
+#: task's heartbeat before it declares the task dead and aborts the job.
+#: TensorFlow's default, 10 s, ended jobs whose processes were only stalled (a
+#: loaded machine, a paused VM: reproduced by stopping a worker for 14 s). A peer
+#: that really dies is mostly noticed sooner: its connections are reset, and under
+#: ``trainkit launch`` the launcher tells the survivors (:data:`PEER_LOST`).
+HEARTBEAT_TIMEOUT_SECONDS = 30.0
+
+#: Set by ``trainkit launch`` in each task's environment: the launcher writes news
+#: of the job on the task's standard input, one line per message.
+LAUNCHER_CHANNEL = "TRAINKIT_LAUNCHER_CHANNEL"
+
+#: The launcher's message that another task of the job has died: ``peer-lost <why>``.
+PEER_LOST = "peer-lost"
+
+_watching: list[threading.Thread] = []
 
 _resolver_override = None
 
@@ -202,11 +222,36 @@ def as_worker_lost(err: BaseException, strategy) -> WorkerLost | None:
         return None
     if type(err).__name__ not in _LOST_ERRORS:
         return None
-    detail = re.sub(r"\{\{[^}]*\}\}\s*", "", first_line(err, limit=160)).rstrip(" :")
+    detail = re.sub(r"\{\{[^}]*\}\}\s*", "", first_line(err))[:160].rstrip(" :")
     return WorkerLost(
         f"lost contact with another task of the cluster ({type(err).__name__}: {detail}); "
         "the job cannot continue -- restart it to resume from the last checkpoint"
     )
+
+
+def watch_launcher(abort: Callable[[str], None], stream: IO[str] | None = None) -> threading.Thread | None:
+    """Under ``trainkit launch``, call ``abort(why)`` when the launcher says a peer died.
+
+    A worker blocked in a collective with a dead peer otherwise waits for the
+    coordination service to miss the peer's heartbeats (:data:`HEARTBEAT_TIMEOUT_SECONDS`);
+    the launcher sees the death at once. ``abort`` runs on a daemon thread reading
+    ``stream`` (standard input); returns that thread, or None outside a launched
+    job or when one is already watching.
+    """
+    if os.environ.get(LAUNCHER_CHANNEL) != "stdin" or any(t.is_alive() for t in _watching):
+        return None
+    stream = stream or sys.stdin
+
+    def read() -> None:
+        for line in stream:
+            word, _, why = line.strip().partition(" ")
+            if word == PEER_LOST:
+                abort(why or "another task of the job died")
+
+    thread = threading.Thread(target=read, name="trainkit-launcher-channel", daemon=True)
+    _watching[:] = [thread]
+    thread.start()
+    return thread
 
 
 def is_evaluator_task() -> bool:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from trainkit import compat
 from trainkit.distribution.cluster import (
     DOCS,
+    HEARTBEAT_TIMEOUT_SECONDS,
     cluster_info,
     cluster_resolver,
     is_multi_worker,
@@ -24,6 +26,7 @@ from trainkit.distribution.cluster import (
     num_workers,
     reachable,
     task_count,
+    watch_launcher,
 )
 from trainkit.errors import ConfigError, first_line
 from trainkit.recipe import DataSection, Recipe, RuntimeSection
@@ -126,7 +129,11 @@ def _multi_worker(runtime: RuntimeSection):
     if runtime.communication == "nccl" and not tf.config.list_physical_devices("GPU"):
         raise ConfigError("runtime.communication: nccl needs GPUs and this machine has none; use auto or ring")
     options = tf.distribute.experimental.CommunicationOptions(implementation=implementation)
-    return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver(info), communication_options=options)
+    resolver = cluster_resolver(info)
+    compat.configure_worker_coordination(resolver.cluster_spec(), heartbeat_timeout_s=HEARTBEAT_TIMEOUT_SECONDS)
+    strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver, communication_options=options)
+    watch_launcher(compat.abort_collectives)
+    return strategy
 
 
 def _parameter_server(runtime: RuntimeSection):
