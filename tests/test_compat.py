@@ -129,12 +129,15 @@ def test_the_worker_coordination_service_is_configured_with_our_heartbeat_timeou
     code = """
         import tensorflow as tf
         from trainkit import compat
-        assert compat.coordination_heartbeat_timeout_ms() is None
-        spec = tf.train.ClusterSpec({"worker": ["127.0.0.1:1", "127.0.0.1:2"]})
-        compat.configure_worker_coordination(spec, heartbeat_timeout_s=30)
-        assert compat.coordination_heartbeat_timeout_ms() == 30000
+        assert compat.coordination_config() is None
+        spec = tf.train.ClusterSpec({"chief": ["127.0.0.1:1"], "worker": ["127.0.0.1:2", "127.0.0.1:3"]})
+        compat.configure_worker_coordination(spec, heartbeat_timeout_s=60)
+        config = compat.coordination_config()
+        assert config.heartbeat_timeout_in_ms == 60000 and config.service_type == "standalone"
+        assert config.service_leader == "/job:chief/replica:0/task:0"
+        assert [(job.name, job.num_tasks) for job in config.coordinated_job_list] == [("chief", 1), ("worker", 2)]
         compat.configure_worker_coordination(spec, heartbeat_timeout_s=5)  # configured once: kept
-        assert compat.coordination_heartbeat_timeout_ms() == 30000
+        assert compat.coordination_config().heartbeat_timeout_in_ms == 60000
         compat.abort_collectives("worker 1 was killed by SIGKILL")  # TensorFlow still takes the call
         print("ok")
     """

@@ -256,17 +256,53 @@ def test_the_errors_a_dead_peer_causes_become_one_line_and_others_pass_through()
     assert cluster.as_worker_lost(aborted, tf.distribute.get_strategy()) is None
 
 
-def test_a_launched_worker_aborts_its_collectives_when_the_launcher_says_a_peer_died(monkeypatch):
-    import io
-
+def test_a_launched_task_hears_from_the_launcher_when_a_peer_died(monkeypatch):
     told: list[str] = []
-    lines = io.StringIO("hello\npeer-lost worker 1 was killed by SIGKILL\n")
     monkeypatch.delenv(cluster.LAUNCHER_CHANNEL, raising=False)
-    assert cluster.watch_launcher(told.append, lines) is None  # not started by trainkit launch
-    monkeypatch.setenv(cluster.LAUNCHER_CHANNEL, "stdin")
-    watcher = cluster.watch_launcher(told.append, lines)
-    watcher.join(timeout=10)
+    assert cluster.watch_launcher(told.append) is None  # not started by trainkit launch
+    news, launcher = os.pipe()
+    os.write(launcher, b"hello\npeer-lost worker 1 was killed by SIGKILL\n")
+    os.close(launcher)
+    monkeypatch.setenv(cluster.LAUNCHER_CHANNEL, str(news))
+    cluster.watch_launcher(told.append).join(timeout=10)
     assert told == ["worker 1 was killed by SIGKILL"]  # other lines are not news of a death
+    assert cluster.LAUNCHER_CHANNEL not in os.environ  # (the processes it starts have no such pipe)
+
+
+# A task of a launched job (no TensorFlow): worker 1 fails, worker 0 waits as if in a collective.
+_TASK = """
+import json, os, signal, sys, time
+sys.path.insert(0, sys.argv[1])
+from trainkit.distribution import cluster
+if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+    sys.exit(3)
+signal.signal(signal.SIGTERM, lambda *_: None)  # as a training records it, to stop at a step boundary
+cluster.watch_launcher(lambda why: (print("told:", why, flush=True), os._exit(4)))
+time.sleep(120)
+"""
+
+
+def test_the_launcher_tells_the_other_tasks_at_once_when_one_fails(tmp_path):
+    from trainkit import launch
+    from trainkit.signals import SignalRecorder
+
+    script = tmp_path / "task.py"
+    script.write_text(_TASK)
+    tasks, said = plan_cluster(2, parameter_server=False), []
+    try:
+        code = launch._run_tasks(
+            tasks, [sys.executable, str(script), str(ROOT)], said.append, SignalRecorder(), None, parameter_server=False
+        )
+    finally:
+        for task in tasks:
+            os.close(task.channel)
+    for task in tasks:
+        task.reader.join(timeout=10)
+    assert code == 3
+    assert "[launch] worker 1 exited with code 3; stopping the other tasks" in said
+    # Worker 0 was told why, and stopped by itself: it was not killed at the end of the grace period.
+    assert "[worker 0] told: worker 1 exited with code 3" in said, "\n".join(said)
+    assert tasks[0].process.returncode == 4
 
 
 def _two_worker_strategy():

@@ -66,9 +66,11 @@ def freeze_function(concrete_function):
     return convert_variables_to_constants_v2(concrete_function)
 
 
-def configure_worker_coordination(cluster_spec, *, heartbeat_timeout_s: float) -> None:
+def configure_worker_coordination(cluster_spec: Any, *, heartbeat_timeout_s: float) -> None:
     """Configure the coordination service of a MultiWorkerMirroredStrategy cluster
-    with ``heartbeat_timeout_s`` instead of TensorFlow's 10 s, before the strategy is made.
+    (a ``tf.train.ClusterSpec``; called on its chief and worker tasks only, as
+    TensorFlow does) with ``heartbeat_timeout_s`` instead of TensorFlow's 10 s,
+    before the strategy is made.
 
     TF 2.21's strategy configures the service itself (chief and worker tasks, the
     default timeout) only when none is configured yet, and takes no timeout. A
@@ -95,13 +97,12 @@ def configure_worker_coordination(cluster_spec, *, heartbeat_timeout_s: float) -
     )
 
 
-def coordination_heartbeat_timeout_ms() -> int | None:
-    """The heartbeat timeout this process's coordination service is configured with
-    (None: not configured yet; 0: TensorFlow's default)."""
+def coordination_config() -> Any:
+    """This process's coordination service configuration (a ``CoordinationServiceConfig``
+    proto), or None when none is configured yet."""
     from tensorflow.python.eager import context
 
-    config = context.context().coordination_service
-    return None if config is None else config.heartbeat_timeout_in_ms
+    return context.context().coordination_service
 
 
 def abort_collectives(message: str) -> None:

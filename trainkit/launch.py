@@ -63,6 +63,7 @@ class Task:
     process: subprocess.Popen | None = None
     reader: threading.Thread | None = None
     lines: list[str] = field(default_factory=list)
+    channel: int | None = None  # the write end of the pipe the task reads news of the job from
 
     @property
     def name(self) -> str:
@@ -156,6 +157,10 @@ def launch(
     finally:
         if network is not None:
             network.close()
+        for task in tasks:
+            if task.channel is not None:
+                os.close(task.channel)
+                task.channel = None
     for task in tasks:
         if task.reader:
             task.reader.join(timeout=5)
@@ -174,18 +179,25 @@ def _run_tasks(
     """Start every task (each dies with the launcher, even by SIGKILL) and supervise the job."""
     preexec = network.join() if network else private_network.die_with_parent
     for task in tasks:
-        env = {**os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1", LAUNCHER_CHANNEL: "stdin"}
-        task.process = subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.PIPE,  # the launcher's channel to the task (cluster.watch_launcher)
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # Ctrl-C reaches the launcher, which passes it on
-            preexec_fn=preexec,  # noqa: PLW1509 - forked from the launcher's main thread
-        )
+        news, task.channel = os.pipe()  # the launcher's channel to the task (cluster.watch_launcher)
+        env = {
+            **os.environ, "TF_CONFIG": tf_config(tasks, task), "PYTHONUNBUFFERED": "1", LAUNCHER_CHANNEL: str(news),
+        }
+        try:
+            task.process = subprocess.Popen(
+                command,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                pass_fds=(news,),
+                text=True,
+                bufsize=1,
+                start_new_session=True,  # Ctrl-C reaches the launcher, which passes it on
+                preexec_fn=preexec,  # noqa: PLW1509 - forked from the launcher's main thread
+            )
+        finally:
+            os.close(news)  # the task's end: a task that ends closes the pipe
         task.reader = threading.Thread(target=_stream, args=(task, say), daemon=True)
         task.reader.start()
         say(f"[launch] {task.name}: pid {task.process.pid}, {task.address}")
@@ -285,13 +297,13 @@ def _signal(task: Task, signum: int) -> None:
 def _tell_peer_lost(tasks: list[Task], why: str, *, exclude: Task) -> None:
     """Tell every other live task that ``exclude`` died: a worker waiting in a
     collective for it then fails at once with ``why`` (cluster.watch_launcher)."""
+    message = f"{PEER_LOST} {why}\n".encode()
     for t in tasks:
-        if t is exclude or t.process is None or t.process.poll() is not None or t.process.stdin is None:
+        if t is exclude or t.channel is None or t.process is None or t.process.poll() is not None:
             continue
         try:
-            t.process.stdin.write(f"{PEER_LOST} {why}\n")
-            t.process.stdin.flush()
-        except OSError:  # it has just ended, or closed its end
+            os.write(t.channel, message)  # one short line: never blocks on an empty pipe
+        except OSError:  # it has just ended
             pass
 
 

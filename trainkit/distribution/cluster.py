@@ -13,8 +13,8 @@ import json
 import os
 import re
 import socket
-import sys
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any
@@ -25,21 +25,21 @@ from trainkit.errors import ConfigError, TrainkitError, first_line
 DOCS = "docs/distributed.md"
 
 #: How long the coordination service of a multi_worker_mirrored job waits for a
-#: task's heartbeat before it declares the task dead and aborts the job.
-#: TensorFlow's default, 10 s, ended jobs whose processes were only stalled (a
-#: loaded machine, a paused VM: reproduced by stopping a worker for 14 s). A peer
-#: that really dies is mostly noticed sooner: its connections are reset, and under
-#: ``trainkit launch`` the launcher tells the survivors (:data:`PEER_LOST`).
-HEARTBEAT_TIMEOUT_SECONDS = 30.0
+#: task's heartbeat before it declares the task dead and aborts the job. A task
+#: sends one every half of it, with half of it as the call's deadline, so a task
+#: may stall for about half of it. TensorFlow's default, 10 s, ended jobs whose
+#: processes were only stalled for more than about 5 s (a loaded machine, a paused
+#: VM; reproduced by stopping a worker for 12-14 s). A peer that really dies is
+#: mostly noticed sooner: its connections are reset, and under ``trainkit launch``
+#: the launcher tells the survivors (:data:`PEER_LOST`).
+HEARTBEAT_TIMEOUT_SECONDS = 60.0
 
-#: Set by ``trainkit launch`` in each task's environment: the launcher writes news
-#: of the job on the task's standard input, one line per message.
+#: Set by ``trainkit launch`` in each task's environment: the number of a file
+#: descriptor (a pipe) on which the launcher writes news of the job, a line each.
 LAUNCHER_CHANNEL = "TRAINKIT_LAUNCHER_CHANNEL"
 
 #: The launcher's message that another task of the job has died: ``peer-lost <why>``.
 PEER_LOST = "peer-lost"
-
-_watching: list[threading.Thread] = []
 
 _resolver_override = None
 
@@ -235,23 +235,33 @@ def watch_launcher(abort: Callable[[str], None], stream: IO[str] | None = None) 
     A worker blocked in a collective with a dead peer otherwise waits for the
     coordination service to miss the peer's heartbeats (:data:`HEARTBEAT_TIMEOUT_SECONDS`);
     the launcher sees the death at once. ``abort`` runs on a daemon thread reading
-    ``stream`` (standard input); returns that thread, or None outside a launched
-    job or when one is already watching.
+    the launcher's pipe (``stream`` in tests); returns that thread, or None outside
+    a launched job. Once per process: the variable is taken out of the environment,
+    so that processes this one starts do not look for a pipe they do not have.
     """
-    if os.environ.get(LAUNCHER_CHANNEL) != "stdin" or any(t.is_alive() for t in _watching):
+    channel = os.environ.pop(LAUNCHER_CHANNEL, None)
+    if channel is None:
         return None
-    stream = stream or sys.stdin
+    if stream is None:
+        try:
+            os.set_inheritable(int(channel), False)
+            stream = os.fdopen(int(channel), "r", encoding="utf-8", errors="replace")
+        except (ValueError, OSError) as err:
+            warnings.warn(f"{LAUNCHER_CHANNEL}={channel!r} is not an open pipe ({err}); not watching", stacklevel=2)
+            return None
+    thread = threading.Thread(target=_read_news, args=(stream, abort), name="trainkit-launcher-channel", daemon=True)
+    thread.start()
+    return thread
 
-    def read() -> None:
-        for line in stream:
+
+def _read_news(stream: IO[str], abort: Callable[[str], None]) -> None:
+    try:
+        for line in stream:  # until the launcher closes the pipe (or dies)
             word, _, why = line.strip().partition(" ")
             if word == PEER_LOST:
                 abort(why or "another task of the job died")
-
-    thread = threading.Thread(target=read, name="trainkit-launcher-channel", daemon=True)
-    _watching[:] = [thread]
-    thread.start()
-    return thread
+    except Exception as err:  # a traceback from this thread would read as the training's
+        warnings.warn(f"the launcher's news could not be acted on: {first_line(err)}", stacklevel=1)
 
 
 def is_evaluator_task() -> bool:
