@@ -294,8 +294,7 @@ def test_the_launcher_tells_the_other_tasks_at_once_when_one_fails(tmp_path):
             tasks, [sys.executable, str(script), str(ROOT)], said.append, SignalRecorder(), None, parameter_server=False
         )
     finally:
-        for task in tasks:
-            os.close(task.channel)
+        launch._close_channels(tasks)
     for task in tasks:
         task.reader.join(timeout=10)
     assert code == 3

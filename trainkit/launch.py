@@ -157,10 +157,7 @@ def launch(
     finally:
         if network is not None:
             network.close()
-        for task in tasks:
-            if task.channel is not None:
-                os.close(task.channel)
-                task.channel = None
+        _close_channels(tasks)
     for task in tasks:
         if task.reader:
             task.reader.join(timeout=5)
@@ -292,6 +289,13 @@ def _signal(task: Task, signum: int) -> None:
             task.process.send_signal(signum)
         except ProcessLookupError:
             pass
+
+
+def _close_channels(tasks: list[Task]) -> None:
+    for task in tasks:
+        if task.channel is not None:
+            os.close(task.channel)
+            task.channel = None
 
 
 def _tell_peer_lost(tasks: list[Task], why: str, *, exclude: Task) -> None:
