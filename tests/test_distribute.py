@@ -14,6 +14,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -275,32 +276,43 @@ import json, os, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 from trainkit.distribution import cluster
 if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
+    time.sleep(float(sys.argv[2]))  # it fails at once, or when asked to stop (SIGTERM's default)
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: None)  # as a training records it, to stop at a step boundary
 cluster.watch_launcher(lambda why: (print("told:", why, flush=True), os._exit(4)))
+print("training", flush=True)
 time.sleep(120)
 """
 
 
-def test_the_launcher_tells_the_other_tasks_at_once_when_one_fails(tmp_path):
+@pytest.mark.parametrize("stopping", [False, True], ids=["training", "stopping on Ctrl-C"])
+def test_the_launcher_tells_the_other_tasks_at_once_when_one_fails(tmp_path, stopping):
     from trainkit import launch
     from trainkit.signals import SignalRecorder
 
     script = tmp_path / "task.py"
     script.write_text(_TASK)
-    tasks, said = plan_cluster(2, parameter_server=False), []
+    tasks, said, stop = plan_cluster(2, parameter_server=False), [], SignalRecorder()
+
+    def press_ctrl_c_once_training() -> None:  # the launcher then asks every task to stop (SIGTERM)
+        while "[worker 0] training" not in said:
+            time.sleep(0.05)
+        stop.signum = signal.SIGINT
+
+    if stopping:
+        threading.Thread(target=press_ctrl_c_once_training, daemon=True).start()
+    command = [sys.executable, str(script), str(ROOT), "60" if stopping else "0"]
     try:
-        code = launch._run_tasks(
-            tasks, [sys.executable, str(script), str(ROOT)], said.append, SignalRecorder(), None, parameter_server=False
-        )
+        code = launch._run_tasks(tasks, command, said.append, stop, None, parameter_server=False)
     finally:
         launch._close_channels(tasks)
     for task in tasks:
         task.reader.join(timeout=10)
-    assert code == 3
-    assert "[launch] worker 1 exited with code 3; stopping the other tasks" in said
+    why = "was killed by SIGTERM" if stopping else "exited with code 3"
+    assert code == (128 + signal.SIGINT if stopping else 3)
+    assert stopping or f"[launch] worker 1 {why}; stopping the other tasks" in said
     # Worker 0 was told why, and stopped by itself: it was not killed at the end of the grace period.
-    assert "[worker 0] told: worker 1 exited with code 3" in said, "\n".join(said)
+    assert f"[worker 0] told: worker 1 {why}" in said, "\n".join(said)
     assert tasks[0].process.returncode == 4
 
 

@@ -227,6 +227,7 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
     """Wait for the job; stop everything when one task fails. Returns the job's exit code."""
     forwarded = False
     trainers = [t for t in tasks if t.task_type == "chief"] if parameter_server else tasks
+    failed_while_stopping: list[Task] = []
     while True:
         if stop.signum is not None and not forwarded:
             say(f"[launch] {signal.Signals(stop.signum).name}: asking every task to save a checkpoint and stop")
@@ -243,6 +244,11 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
                 say(f"[launch] {task.name} stopped before the chief finished")
                 code = 1
             if forwarded:
+                # A trainer that failed as the job stops (not 128 + SIGTERM: stopped as asked)
+                # leaves the others waiting for it where they agree on the step to stop at.
+                if task in trainers and code != 128 + signal.SIGTERM and task not in failed_while_stopping:
+                    failed_while_stopping.append(task)
+                    _tell_peer_lost(tasks, f"{task.name} {_describe_exit(code)}", exclude=task)
                 continue
             say(f"[launch] {task.name} {_describe_exit(code)}; stopping the other tasks")
             _tell_peer_lost(tasks, f"{task.name} {_describe_exit(code)}", exclude=task)
