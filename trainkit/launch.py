@@ -47,7 +47,7 @@ from trainkit.training import sinks
 
 #: After one process fails, how long the others get to stop by themselves. A
 #: worker blocked in a collective learns of the death from the launcher at once
-#: (``peer-lost`` on its standard input: it aborts its collectives and ends with
+#: (``peer-lost`` on a pipe of its own: it aborts its collectives and ends with
 #: its own one-line error and a final run.json status); this bounds the wait for
 #: one that does not (stalled, or busy outside TensorFlow) before it is killed.
 STOP_GRACE_SECONDS = 30.0
