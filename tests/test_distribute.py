@@ -272,14 +272,18 @@ def test_a_launched_task_hears_from_the_launcher_when_a_peer_died(monkeypatch):
 
 # A task of a launched job (no TensorFlow): worker 1 fails, worker 0 waits as if in a collective.
 _TASK = """
-import json, os, signal, sys, time
+import json, os, pathlib, signal, sys, time
 sys.path.insert(0, sys.argv[1])
 from trainkit.distribution import cluster
+ready = pathlib.Path(sys.argv[3])
 if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
-    time.sleep(float(sys.argv[2]))  # it fails at once, or when asked to stop (SIGTERM's default)
+    while not ready.exists():
+        time.sleep(0.05)
+    time.sleep(120 if sys.argv[2] == "stopping" else 0)  # then fails at once, or when asked to stop
     sys.exit(3)
 signal.signal(signal.SIGTERM, lambda *_: None)  # as a training records it, to stop at a step boundary
 cluster.watch_launcher(lambda why: (print("told:", why, flush=True), os._exit(4)))
+ready.touch()
 print("training", flush=True)
 time.sleep(120)
 """
@@ -301,7 +305,8 @@ def test_the_launcher_tells_the_other_tasks_at_once_when_one_fails(tmp_path, sto
 
     if stopping:
         threading.Thread(target=press_ctrl_c_once_training, daemon=True).start()
-    command = [sys.executable, str(script), str(ROOT), "60" if stopping else "0"]
+    mode = "stopping" if stopping else "training"
+    command = [sys.executable, str(script), str(ROOT), mode, str(tmp_path / "worker-0-ready")]
     try:
         code = launch._run_tasks(tasks, command, said.append, stop, None, parameter_server=False)
     finally:
