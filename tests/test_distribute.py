@@ -281,8 +281,14 @@ if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 1:
         time.sleep(0.05)
     time.sleep(120 if sys.argv[2] == "stopping" else 0)  # then fails at once, or when asked to stop
     sys.exit(3)
-signal.signal(signal.SIGTERM, lambda *_: None)  # as a training records it, to stop at a step boundary
-cluster.watch_launcher(lambda why: (print("told:", why, flush=True), os._exit(4)))
+signal.signal(signal.SIGTERM, lambda *_: print("asked to stop", flush=True))  # a training records it
+
+def told(why):
+    print("told:", why, flush=True)
+    time.sleep(1)  # (as a training reports it: any SIGTERM sent meanwhile shows)
+    os._exit(4)
+
+cluster.watch_launcher(told)
 ready.touch()
 print("training", flush=True)
 time.sleep(120)
@@ -319,6 +325,10 @@ def test_the_launcher_tells_the_other_tasks_at_once_when_one_fails(tmp_path, sto
     # Worker 0 was told why, and stopped by itself: it was not killed at the end of the grace period.
     assert f"[worker 0] told: worker 1 {why}" in said, "\n".join(said)
     assert tasks[0].process.returncode == 4
+    # Once told, it was not also asked to save and stop (which needs its dead peer): a SIGTERM
+    # there would end a training as it writes its status (SIGTERM's default, once the training
+    # has stopped recording it). Asked only when the job was stopping anyway.
+    assert ("[worker 0] asked to stop" in said) == stopping
 
 
 def _two_worker_strategy():

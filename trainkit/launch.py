@@ -10,9 +10,10 @@ job:
   N workers and ``--ps`` parameter servers;
 - every line a process prints is streamed with its name: ``[worker 1] ...``;
 - if any process fails, the others are told at once (a worker waiting for the
-  dead one in a collective aborts it and ends with one line) and stopped
-  (SIGTERM, then SIGKILL after :data:`STOP_GRACE_SECONDS`); the launcher exits
-  non-zero -- a job with a dead worker never hangs. Running the same command
+  dead one in a collective aborts it and ends with one line) and stopped: the
+  workers of a synchronous job stop by themselves, other tasks get SIGTERM, and
+  whatever is still alive after :data:`STOP_GRACE_SECONDS` is killed; the
+  launcher exits non-zero -- a job with a dead worker never hangs. Running the same command
   again resumes from the last checkpoint;
 - Ctrl-C (or SIGTERM) is passed on to every process: the workers agree on a
   step, save a checkpoint there and stop;
@@ -252,7 +253,10 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
                 continue
             say(f"[launch] {task.name} {_describe_exit(code)}; stopping the other tasks")
             _tell_peer_lost(tasks, f"{task.name} {_describe_exit(code)}", exclude=task)
-            _stop_all(tasks, say, exclude=task)
+            # The workers of a synchronous job were told, and stop by themselves; a SIGTERM
+            # (save and stop, which needs the dead peer) could only cut their exit short.
+            workers = [t for t in trainers if t.task_type != "evaluator"] if not parameter_server else []
+            _stop_all(tasks, say, exclude=task, told=workers)
             say(
                 f"[launch] the job failed: {task.name} {_describe_exit(code)}; "
                 "run the same command again to resume from the last checkpoint"
@@ -317,11 +321,15 @@ def _tell_peer_lost(tasks: list[Task], why: str, *, exclude: Task) -> None:
             pass
 
 
-def _stop_all(tasks: list[Task], say, *, exclude: Task | None, quiet: bool = False) -> None:
-    """SIGTERM every live task, SIGKILL those still alive after the grace period."""
+def _stop_all(
+    tasks: list[Task], say, *, exclude: Task | None, quiet: bool = False, told: Sequence[Task] = ()
+) -> None:
+    """SIGTERM every live task but those ``told`` of a peer's death (they stop by
+    themselves), SIGKILL those still alive after the grace period."""
     alive = [t for t in tasks if t is not exclude and t.process.poll() is None]
     for t in alive:
-        _signal(t, signal.SIGTERM)
+        if t not in told:
+            _signal(t, signal.SIGTERM)
     deadline = time.monotonic() + STOP_GRACE_SECONDS
     while time.monotonic() < deadline and any(t.process.poll() is None for t in alive):
         time.sleep(0.2)
