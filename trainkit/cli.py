@@ -237,11 +237,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainkit import api
-    from trainkit.distribution.cluster import cluster_info
+    from trainkit.distribution.cluster import CLUSTER_STRATEGIES, cluster_info
 
     recipe = _load(args)
     run = api.train(recipe, run_dir=args.run_dir, restart=args.restart, process_started=_STARTED)
-    cluster = cluster_info() if recipe.runtime.strategy in ("multi_worker_mirrored", "parameter_server") else None
+    cluster = cluster_info() if recipe.runtime.strategy in CLUSTER_STRATEGIES else None
     # trainer.progress: false silences everything but warnings and errors. Of a
     # cluster's tasks only the chief, which writes the run directory, says where it is.
     if not run.served_only and recipe.trainer.progress and (cluster is None or cluster.is_chief):

@@ -13,8 +13,8 @@ job:
   dead one in a collective aborts it and ends with one line) and stopped: the
   workers of a synchronous job stop by themselves, other tasks get SIGTERM, and
   whatever is still alive after :data:`STOP_GRACE_SECONDS` is killed; the
-  launcher exits non-zero -- a job with a dead worker never hangs. Running the same command
-  again resumes from the last checkpoint;
+  launcher exits non-zero -- a job with a dead worker never hangs. Running the
+  same command again resumes from the last checkpoint;
 - Ctrl-C (or SIGTERM) is passed on to every process: the workers agree on a
   step, save a checkpoint there and stop;
 - ``--evaluator`` adds an ``evaluator`` task: a sidecar that evaluates each
@@ -228,6 +228,8 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
     """Wait for the job; stop everything when one task fails. Returns the job's exit code."""
     forwarded = False
     trainers = [t for t in tasks if t.task_type == "chief"] if parameter_server else tasks
+    # The workers of a synchronous job act on the launcher's news of a death (cluster.watch_launcher).
+    listening = [] if parameter_server else [t for t in tasks if t.task_type != "evaluator"]
     failed_while_stopping: list[Task] = []
     while True:
         if stop.signum is not None and not forwarded:
@@ -244,23 +246,20 @@ def _supervise(tasks: list[Task], say, stop: SignalRecorder, *, parameter_server
             if code == 0 and not forwarded:  # a ps/worker server that stopped while its chief trains
                 say(f"[launch] {task.name} stopped before the chief finished")
                 code = 1
+            ended = f"{task.name} {_describe_exit(code)}"
             if forwarded:
                 # A trainer that failed as the job stops (not 128 + SIGTERM: stopped as asked)
                 # leaves the others waiting for it where they agree on the step to stop at.
                 if task in trainers and code != 128 + signal.SIGTERM and task not in failed_while_stopping:
                     failed_while_stopping.append(task)
-                    _tell_peer_lost(tasks, f"{task.name} {_describe_exit(code)}", exclude=task)
+                    _tell_peer_lost(tasks, ended, exclude=task)
                 continue
-            say(f"[launch] {task.name} {_describe_exit(code)}; stopping the other tasks")
-            _tell_peer_lost(tasks, f"{task.name} {_describe_exit(code)}", exclude=task)
-            # The workers of a synchronous job were told, and stop by themselves; a SIGTERM
-            # (save and stop, which needs the dead peer) could only cut their exit short.
-            workers = [t for t in trainers if t.task_type != "evaluator"] if not parameter_server else []
-            _stop_all(tasks, say, exclude=task, told=workers)
-            say(
-                f"[launch] the job failed: {task.name} {_describe_exit(code)}; "
-                "run the same command again to resume from the last checkpoint"
-            )
+            say(f"[launch] {ended}; stopping the other tasks")
+            _tell_peer_lost(tasks, ended, exclude=task)
+            # Those told stop by themselves; a SIGTERM (save and stop, which needs the
+            # dead peer) could only cut their exit short.
+            _stop_all(tasks, say, exclude=task, told=listening)
+            say(f"[launch] the job failed: {ended}; run the same command again to resume from the last checkpoint")
             return code if code > 0 else 128 - code
         if all(t.process.poll() is not None for t in trainers):
             return _end_of_job(tasks, trainers, say, stop, forwarded=forwarded)

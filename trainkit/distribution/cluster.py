@@ -24,6 +24,9 @@ from trainkit.errors import ConfigError, TrainkitError, first_line
 #: The docs that show how to describe a cluster.
 DOCS = "docs/distributed.md"
 
+#: The ``runtime.strategy`` values that span a cluster of processes.
+CLUSTER_STRATEGIES = ("multi_worker_mirrored", "parameter_server")
+
 #: How long the coordination service of a multi_worker_mirrored job waits for a
 #: task's heartbeat before it declares the task dead and aborts the job. A task
 #: sends one every half of it, with half of it as the call's deadline, so a task

@@ -16,6 +16,7 @@ from typing import Any
 
 from trainkit import compat
 from trainkit.distribution.cluster import (
+    CLUSTER_STRATEGIES,
     DOCS,
     HEARTBEAT_TIMEOUT_SECONDS,
     cluster_info,
@@ -267,7 +268,7 @@ def data_section_for(section: DataSection, strategy) -> DataSection:
 def in_one_process(recipe: Recipe) -> Recipe:
     """``recipe`` with a cluster strategy replaced by ``auto``: for one-process commands
     (``trainkit eval``) on the run of a cluster, which needs no cluster to be read."""
-    if recipe.runtime.strategy in ("multi_worker_mirrored", "parameter_server"):
+    if recipe.runtime.strategy in CLUSTER_STRATEGIES:
         runtime = recipe.runtime.model_copy(update={"strategy": "auto"})
         return recipe.model_copy(update={"runtime": runtime})
     return recipe
