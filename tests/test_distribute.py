@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _checkpoint_helpers import kept_steps
 from conftest import ROOT, checkout_env, cli, run_cli
 
 import trainkit
@@ -365,7 +366,7 @@ def test_a_killed_worker_fails_the_job_quickly_and_a_restart_resumes(tmp_path):
     checkpoints = tmp_path / "run" / "checkpoints"
 
     def newest_checkpoint() -> int:
-        return max((int(p.name.split("-")[1].split(".")[0]) for p in checkpoints.glob("ckpt-*.index")), default=0)
+        return max(kept_steps(checkpoints), default=0)
 
     def wait_for_a_checkpoint_after(step: int) -> int:
         deadline = time.monotonic() + 180

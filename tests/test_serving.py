@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from _checkpoint_helpers import kept_steps
 from conftest import ROOT, cli
 
 import trainkit
@@ -253,7 +254,7 @@ def test_image_folder_run_exports_and_predicts_a_folder_of_images(cases, tmp_pat
 def test_export_of_an_earlier_checkpoint_and_quantized_litert(cases, tmp_path):
     case = cases["digits_cnn"]
     run_dir = case.run.run_dir
-    kept = sorted(int(p.name[len("ckpt-") : -len(".index")]) for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
+    kept = kept_steps(run_dir / "checkpoints")
     first_epoch = str(kept[0])  # the end of epoch 1 of 2
     result = cli(
         "export", str(run_dir), "--checkpoint", first_epoch, "--format", "keras", "--format", "tflite",

@@ -9,15 +9,12 @@ import subprocess
 import time
 
 import pytest
+from _checkpoint_helpers import kept_steps
 from conftest import checkout_env, cli, one_error_line, run_cli, run_python
 
 SMOKE = ["digits_mlp", "-c", "digits_mlp_smoke"]
 # One checkpoint per epoch, all kept: every epoch is something to evaluate.
 EVERY_EPOCH = ["trainer.checkpoint.every_epoch=true", "trainer.checkpoint.every_seconds=null"]
-
-
-def _steps(ckpts) -> list[int]:
-    return sorted(int(p.name[len("ckpt-") : -len(".index")]) for p in ckpts.glob("ckpt-*.index"))
 
 
 def _history(run) -> list[dict]:
@@ -56,7 +53,7 @@ def _sidecar(run, lines=None, **kwargs):
 def test_each_checkpoint_is_evaluated_once_in_order_with_the_best_kept(run):
     import trainkit
 
-    kept = _steps(run / "checkpoints")
+    kept = kept_steps(run / "checkpoints")
     assert len(kept) == 4
     sidecar = _sidecar(run)
     assert sidecar.poll() == (4, True)  # evaluated, and the run has ended
@@ -70,7 +67,7 @@ def test_each_checkpoint_is_evaluated_once_in_order_with_the_best_kept(run):
     assert history[1]["metrics"] == pytest.approx(expected, rel=1e-5)
     # best_eval/ holds the checkpoint with the lowest validation loss (the recipe's monitor: auto).
     best = min(history, key=lambda r: r["metrics"]["loss"])
-    assert _steps(run / "checkpoints" / "best_eval") == [best["step"]]
+    assert kept_steps(run / "checkpoints" / "best_eval") == [best["step"]]
     assert [r["step"] for r in history if r.get("best")][-1] == best["step"]
     assert list((run / "tensorboard" / "eval").glob("events.out.tfevents.*"))
     assert not list((run / "checkpoints" / ".eval_reading").iterdir())  # no pinned links left behind
@@ -104,10 +101,10 @@ def test_a_poll_that_finds_nothing_changed_reads_nothing_and_sees_the_next_check
             patched.setattr(sidecar, name, unread)
         assert sidecar.poll() == (0, True)
     # A resumed training writes a newer checkpoint: the folder's stat shows it.
-    last = max(_steps(ckpts))
+    last = max(kept_steps(ckpts))
     for file in ckpts.glob(f"ckpt-{last}.*"):
         shutil.copy(file, ckpts / file.name.replace(f"ckpt-{last}.", f"ckpt-{last + 5}."))
-    write_state(ckpts, f"ckpt-{last + 5}", [f"ckpt-{s}" for s in [*_steps(ckpts)]])
+    write_state(ckpts, f"ckpt-{last + 5}", [f"ckpt-{s}" for s in [*kept_steps(ckpts)]])
     assert sidecar.poll() == (1, True)
     assert [r["step"] for r in _history(run)][-2:] == [last, last + 5]
 
@@ -187,12 +184,12 @@ def test_a_restarted_evaluator_continues_after_the_last_recorded_step(run):
     again = []
     assert _sidecar(run, evaluate=lambda path: again.append(path) or {"loss": 0.5}).poll() == (2, True)
     steps = [r["step"] for r in _history(run)]
-    assert steps == _steps(run / "checkpoints") and len(set(steps)) == len(steps)
+    assert steps == kept_steps(run / "checkpoints") and len(set(steps)) == len(steps)
     assert [p.rsplit("-", 1)[1] for p in again] == [str(s) for s in steps[2:]]
 
 
 def test_a_checkpoint_deleted_before_it_was_read_is_skipped_and_said(run):
-    kept = _steps(run / "checkpoints")
+    kept = kept_steps(run / "checkpoints")
     (run / "checkpoints" / f"ckpt-{kept[1]}.data-00000-of-00001").unlink()  # the rotation, midway
     lines = []
     assert _sidecar(run, lines, evaluate=lambda path: {"loss": 1.0}).poll() == (3, True)
@@ -204,7 +201,7 @@ def test_a_checkpoint_being_written_is_waited_for_never_read_torn(run):
     from trainkit.rundir import RunDir
     from trainkit.rundir.checkpoints import write_state
 
-    kept = _steps(run / "checkpoints")
+    kept = kept_steps(run / "checkpoints")
     ckpts = run / "checkpoints"
     RunDir(run).update_status(status="running", ended=None)  # the training goes on
     # The newest checkpoint's files are there but it is not listed yet (TensorFlow lists it last),
@@ -232,7 +229,7 @@ def test_an_end_recorded_before_the_evaluator_started_is_an_earlier_trainings(ru
 
 
 def test_a_damaged_checkpoint_is_skipped_with_a_warning(run, capsys):
-    kept = _steps(run / "checkpoints")
+    kept = kept_steps(run / "checkpoints")
     data = run / "checkpoints" / f"ckpt-{kept[0]}.data-00000-of-00001"
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -316,7 +313,7 @@ def test_a_sidecar_beside_a_real_training_killed_and_restarted_evaluates_each_ke
     history = _history(run)
     steps = [r["step"] for r in history]
     assert steps == sorted(set(steps))  # in order, none twice
-    assert set(_steps(run / "checkpoints")) <= set(steps)  # every kept checkpoint
+    assert set(kept_steps(run / "checkpoints")) <= set(steps)  # every kept checkpoint
     status = json.loads((run / "run.json").read_text())
     assert steps[-1] == status["step"]
     ended = time.mktime(time.strptime(status["ended"], "%Y-%m-%dT%H:%M:%S%z"))
@@ -341,7 +338,7 @@ def test_an_evaluator_started_before_its_training_waits_for_it_and_for_its_end(t
         if evaluator.poll() is None:
             evaluator.kill()
     steps = [r["step"] for r in _history(run)]
-    assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
+    assert steps == sorted(set(steps)) and set(kept_steps(run / "checkpoints")) <= set(steps)
     assert steps[-1] == json.loads((run / "run.json").read_text())["step"]
 
 
@@ -369,7 +366,7 @@ def test_launch_with_an_evaluator_validates_beside_two_workers_that_never_valida
     assert "[evaluator 0] watching" in result.stdout and "1 thread, nice 10)" in result.stdout
     assert "TensorFlow had started already" not in result.stdout + result.stderr  # its threads were set in time
     steps = [r["step"] for r in _history(run)]
-    assert steps == sorted(set(steps)) and set(_steps(run / "checkpoints")) <= set(steps)
+    assert steps == sorted(set(steps)) and set(kept_steps(run / "checkpoints")) <= set(steps)
     assert steps[-1] == json.loads((run / "run.json").read_text())["step"]
     events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert not [e for e in events if e["split"] == "validation" or "val_loss" in e]  # the workers never validated
