@@ -446,11 +446,14 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_stages(rates: dict[str, float | None]) -> None:
+def _print_stages(rates: dict[str, float | str | None]) -> None:
     """Examples per second after each stage; the stage that loses the most is the one to fix."""
     print("  by stage (each includes the ones before; examples/s):")
     previous, worst, worst_drop = None, None, 1.0
     for name, rate in rates.items():
+        if isinstance(rate, str):  # ran once, when the data was prepared
+            print(f"    {name:<10}   {rate}, before the first epoch")
+            continue
         print(f"    {name:<10} " + (f"{rate:>12,.0f}" if rate else "  too short to time"))
         if rate and previous and rate / previous < worst_drop:
             worst, worst_drop = name, rate / previous

@@ -366,12 +366,20 @@ class PreparedData:
         (decoding), ``transform`` (``data.transforms``, and ``eval_transforms`` or
         augmentation) and ``batch`` (the whole pipeline, shuffled and prefetched).
         Each includes the stages before it; ``batched`` says whether its elements are
-        batches. Parsing and transforms run per batch where the pipeline does so."""
+        batches. Parsing and transforms run per batch where the pipeline does so.
+
+        Where an epoch gathers whole batches from memory (:meth:`_gathers_batches`),
+        ``read`` is that gathering and ``parse`` and ``transform`` have no dataset
+        (None): they ran once, when the data was prepared."""
         import tensorflow as tf
 
         self._check_split(split)
         s = self._splits[split]
         _, batch_size = self._per_pipeline(None, None, training)
+        whole = self.dataset(split, training=training)
+        if self._gathers_batches(split, training=training):
+            gathered = self._epoch(split, 0, training=training, batch_size=batch_size)
+            return [("read", gathered, True), ("parse", None, True), ("transform", None, True), ("batch", whole, True)]
         read = self._records(split, None) if s.stream is not None else tf.data.Dataset.from_tensor_slices(self._columns(split))
         by_batch = self._batch_loader(split, None, training=training)
         if by_batch is not None:  # (in the blocks the pipeline parses: see _parsed_batches)
@@ -384,7 +392,7 @@ class PreparedData:
                 augment = self._augment
                 transform = self._map(transform.enumerate(), lambda i, e: augment(*e, tf.stack([i, tf.constant(0, tf.int64)])))
         batched = by_batch is not None
-        return [("read", read, False), ("parse", parse, batched), ("transform", transform, batched), ("batch", self.dataset(split, training=training), True)]
+        return [("read", read, False), ("parse", parse, batched), ("transform", transform, batched), ("batch", whole, True)]
 
     def distributed(self, strategy, split: str, *, take: int | None = None):
         """One epoch of an evaluation split, spread over the strategy's replicas.
@@ -656,7 +664,7 @@ class PreparedData:
 
         drop = self.section.drop_remainder and training
         s = self._splits[split]
-        if s.kind == "arrays" and not (training and self._augment is not None) and not self._evaluates(training):
+        if self._gathers_batches(split, training=training):
             # Fast path for in-memory arrays with no per-example work left: cut
             # the epoch's index order into batches with one reshape and gather
             # each batch whole. (Batching indices one element at a time cost
@@ -678,6 +686,12 @@ class PreparedData:
         if load is not None:
             return self._parsed_batches(split, epoch, shard, load, training=training, batch_size=batch_size)
         return self._elements(split, epoch, training=training, shard=shard).batch(batch_size, drop_remainder=drop)
+
+    def _gathers_batches(self, split: str, *, training: bool) -> bool:
+        """Whether an epoch of ``split`` gathers whole batches from memory: in-memory
+        arrays, transformed when the data was prepared, with no per-example work left."""
+        s = self._splits[split]
+        return s.kind == "arrays" and not (training and self._augment is not None) and not self._evaluates(training)
 
     def _records(self, split: str, shard):
         """The raw records of a streamed split (this pipeline's shard), built once."""
