@@ -129,7 +129,7 @@ def _tfrecord_recipe(files: str) -> dict:
 def test_a_truncated_tfrecord_file_is_refused_naming_it(tmp_path, extra):
     path = tmp_path / "data.tfrecord"
     _write_records(path, 30)
-    whole = trainkit.api.inspect_data(_tfrecord_recipe(str(path)), n=0, seconds=0.1)["examples"]
+    whole = trainkit.inspect_data(_tfrecord_recipe(str(path)), n=0, seconds=0.1)["examples"]
     assert whole == 24  # 80% of 30 for training
     record = os.path.getsize(path) // 30  # every record has the same size here
     # Cut two thirds of the way, inside a record. (A cut exactly between two
@@ -168,11 +168,11 @@ def _csv(tmp_path, label_values: list[str]):
 @pytest.mark.parametrize("bad", ["1e23", "2.5", "nan", "99999999999999999999999"])
 def test_class_labels_must_be_exact_integers(tmp_path, bad):
     with pytest.raises(ConfigError, match=rf"row 5, column 'label': '{bad}' is not an exact integer|too large"):
-        trainkit.api.inspect_data(_csv(tmp_path, ["0", "1", "2", bad, "1"] * 4), n=0, seconds=0.1)
+        trainkit.inspect_data(_csv(tmp_path, ["0", "1", "2", bad, "1"] * 4), n=0, seconds=0.1)
 
 
 def test_integral_float_labels_are_still_classes(tmp_path):
-    report = trainkit.api.inspect_data(_csv(tmp_path, ["0", "1.0", "2", "1e0"] * 5), n=0, seconds=0.1)
+    report = trainkit.inspect_data(_csv(tmp_path, ["0", "1.0", "2", "1e0"] * 5), n=0, seconds=0.1)
     assert report["classes"] == 3
 
 
