@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import time
 
 import pytest
@@ -19,6 +20,8 @@ from _checkpoint_helpers import (
     train_here,
     wait_for_training,
 )
+
+import trainkit
 
 
 def test_the_same_recipe_resumes_and_says_so(tmp_path, reference):
@@ -80,6 +83,7 @@ def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_ove
             assert lines[0].startswith(f"error: {run} is in use by process {first.pid} ")
             assert first.poll() is None  # the first one trains on
         assert not list(tmp_path.glob("run.old-*"))
+        assert trainkit.load_run(run).status == "running"  # (the lock is probed, not taken)
         deadline = time.monotonic() + 120
         while not kept_steps(run / "checkpoints") and time.monotonic() < deadline:
             time.sleep(0.1)  # a checkpoint to resume from
@@ -87,13 +91,38 @@ def test_a_second_process_is_refused_at_once_and_a_killed_ones_lock_is_taken_ove
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=60)
     assert (run / ".lock").is_file()  # left behind by the killed process: stale
+    # run.json still says running (a killed process writes nothing); the run is seen as killed.
+    assert json.loads((run / "run.json").read_text())["status"] == "running"
+    assert trainkit.load_run(run).status == "killed" and "status='killed'" in repr(trainkit.load_run(run))
 
     third = train_here(run)
     assert third.returncode == 0, third.stderr
     assert f"stale lock of process {first.pid}" in third.stderr
     assert "resumed from" in third.stdout
     assert_same_weights(run, reference)  # and the run ends as if nothing had happened
-    assert not (run / ".lock").exists()
+    assert not (run / ".lock").exists() and trainkit.load_run(run).status == "completed"
+
+
+def test_the_lock_is_probed_without_being_taken(tmp_path):
+    from trainkit.rundir import RunDir
+
+    directory = RunDir(tmp_path / "run")
+    directory.path.mkdir()
+    assert directory.in_use() is False  # no lock file
+    directory.acquire()
+    try:
+        assert directory.in_use() is True
+        assert directory.in_use() is True  # (the probe let go: it does not take the lock either)
+    finally:
+        directory.release()
+    assert directory.in_use() is False
+    directory.lock_file.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": "then"}))
+    assert directory.in_use() is False  # a killed process's file: no flock on it
+    directory.lock_file.write_text(json.dumps({"pid": 1, "host": "another-machine", "since": "then"}))
+    assert directory.in_use() is None  # cannot be told from here
+    directory.lock_file.unlink()
+    directory.lock_file.symlink_to(tmp_path / "elsewhere")
+    assert directory.in_use() is None  # never read through a link
 
 
 @pytest.mark.slow

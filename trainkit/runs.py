@@ -140,8 +140,14 @@ class Run:
 
     @property
     def status(self) -> str | None:
-        """``completed``, ``interrupted``, ``failed``, ``diverged`` or ``running``."""
-        return self.info.get("status")
+        """``completed``, ``interrupted``, ``failed``, ``diverged``, ``running``, or
+        ``killed``: run.json says running, but no process holds the run's lock (one
+        killed, or whose machine went down, writes no status of its own; ``trainkit
+        train`` resumes it)."""
+        status = self.info.get("status")
+        if status == "running" and RunDir(self.run_dir).in_use() is False:
+            return "killed"
+        return status
 
     @property
     def history(self) -> dict[str, list]:

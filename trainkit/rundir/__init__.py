@@ -57,6 +57,10 @@ class RunDir:
     model_file = property(lambda self: self.path / "model.keras")
     lock_file = property(lambda self: self.path / ".lock")
 
+    def in_use(self) -> bool | None:
+        """Whether a live process trains into this directory now (:meth:`RunLock.in_use`)."""
+        return self._lock.in_use()
+
     def exists(self) -> bool:
         return self.config.is_file()
 

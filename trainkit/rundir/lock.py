@@ -86,6 +86,32 @@ class RunLock:
             return None
         return holder if isinstance(holder, dict) else None
 
+    def in_use(self) -> bool | None:
+        """Whether a live process holds the lock, probed without taking it: a shared
+        ``flock`` that a live holder's exclusive one refuses, let go at once. False
+        where there is no lock file; None where another host took it (a ``flock``
+        over a network file system tells nothing of that host's processes)."""
+        import fcntl
+
+        holder = self.holder()
+        if holder is not None and holder.get("host") not in (None, socket.gethostname()):
+            return None
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        finally:
+            os.close(fd)  # (closing it lets go of the probe's lock)
+        return False
+
     def release(self, *, moved_to: Path | None = None) -> None:
         """Let go; the file goes first (no one locks a dying file). ``moved_to``: the
         run directory was moved (``--restart``) and the lock file with it."""
