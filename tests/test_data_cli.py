@@ -38,6 +38,7 @@ def test_inspect_data_on_mock_mnist():
     rates = report["stage_examples_per_second"]
     assert list(rates) == ["read", "parse", "transform", "batch"] and all(rate > 0 for rate in rates.values()), rates
     assert report["examples_per_second"] == rates["batch"]
+    assert report["cached"] is True  # (mnist_cnn keeps its decoded images: data.cache)
 
 
 def test_inspect_data_says_which_stages_an_in_memory_split_ran_when_it_was_prepared():
@@ -48,6 +49,7 @@ def test_inspect_data_says_which_stages_an_in_memory_split_ran_when_it_was_prepa
     rates = report["stage_examples_per_second"]
     assert rates["parse"] == rates["transform"] == api.PREPARED, rates
     assert rates["read"] > 0 and rates["batch"] > 0 and report["examples_per_second"] == rates["batch"]
+    assert report["cached"] is False
 
 
 @trainkit.register_transform("test_slow_transform", overwrite=True)
@@ -176,3 +178,9 @@ def test_trainkit_data_times_each_stage_of_a_streamed_pipeline_and_names_the_slo
     assert [stage[0] for stage in stages] == ["read", "parse", "transform", "batch"], result.stdout
     assert all(float(stage[1].replace(",", "")) > 0 for stage in stages), result.stdout  # each one timed
     assert lines[start + 5].startswith("  slowest stage: transform (to "), result.stdout
+    assert "cached:" not in result.stdout
+
+    # Cached, the slow transform is paid in the first epoch only, and the report says so.
+    cached = cli("data", recipe, "data.cache=memory", "--split", "train", "-n", "1", "--seconds", "1", cwd=tmp_path)
+    assert cached.returncode == 0, cached.stderr
+    assert "  cached: read, parse and transform run in the first epoch only; the epochs after it read the cache, as batch did here" in cached.stdout.splitlines()

@@ -194,7 +194,9 @@ def inspect_data(
     pipeline (the training pipeline for ``train``: shuffled and augmented as epoch
     0) cut after each of its stages (``stage_examples_per_second``: read, parse,
     transform, batch, a quarter of ``seconds`` each; ``examples_per_second`` is the
-    last, the whole pipeline). Writes nothing.
+    last, the whole pipeline). ``cached``: the split's examples are kept after their
+    first pass; where the label count read the split whole, that pass is made, and
+    ``batch`` reads the cache, as every epoch after the first does. Writes nothing.
     """
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
@@ -221,6 +223,7 @@ def inspect_data(
         "split": split,
         "source": recipe.data.source.type,
         "held_as": data.kind(split),
+        "cached": data.cached(split),
         "element_spec": spec,
         "examples": info.sizes[split],
         "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),

@@ -443,6 +443,9 @@ def cmd_data(args: argparse.Namespace) -> int:
     rate = report["examples_per_second"]
     print(f"  pipeline alone: {rate:,.0f} examples/s" if rate else "  pipeline alone: too few batches to time")
     _print_stages(report["stage_examples_per_second"])
+    if report["cached"]:
+        here = ", as batch did here" if report["label_distribution_complete"] else ""
+        print(f"  cached: read, parse and transform run in the first epoch only; the epochs after it read the cache{here}")
     return 0
 
 

@@ -517,6 +517,13 @@ class PreparedData:
         calls = tf.data.AUTOTUNE if self.section.parallel_calls == "auto" else self.section.parallel_calls
         return ds.map(plain(fn), num_parallel_calls=calls, deterministic=self.section.deterministic)
 
+    def cached(self, split: str) -> bool:
+        """Whether ``split``'s transformed examples are kept after their first pass
+        (``data.cache``, or a tokenized split kept in memory): later epochs read them
+        from the cache, not through the stages before it."""
+        self._check_split(split)
+        return self._cached(split)
+
     def _cached(self, split: str | None = None) -> bool:
         """Whether ``data.cache`` asks for a cache; with ``split``: whether that split's
         transformed examples are cached (by ``data.cache``, or kept in memory by
