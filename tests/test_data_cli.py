@@ -170,7 +170,7 @@ def test_trainkit_data_times_each_stage_of_a_streamed_pipeline_and_names_the_slo
               "features": {"x": {"dtype": "float32", "shape": [2]}, "label": {"dtype": "int64"}}}
     transforms = [{"type": "normalize", "mean": 1.0, "std": 2.0}, {"type": "test_slow_transform"}]
     recipe = write_recipe(tmp_path / "r.yaml", source, batch_size=8, transforms=transforms)
-    result = cli("data", recipe, "--split", "train", "-n", "1", "--seconds", "1", cwd=tmp_path)
+    result = cli("data", recipe, "--split", "train", "-n", "1", "--seconds", "4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     start = lines.index("  by stage (each includes the ones before; examples/s):")

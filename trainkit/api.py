@@ -246,8 +246,8 @@ PREPARED = "prepared in memory"
 
 def _stage_rates(data, split: str, seconds: float) -> dict[str, float | str | None]:
     """Examples per second of the pipeline of ``split`` cut after each stage (read,
-    parse, transform, batch: each includes the ones before), over one epoch or
-    ``seconds`` a stage; None where one element was all there was, :data:`PREPARED`
+    parse, transform, batch: each includes the ones before), over ``seconds`` a
+    stage (:func:`_examples_per_second`); None for an empty split, :data:`PREPARED`
     for a stage that an in-memory split ran once, before any epoch."""
     section = data.section
     batch_size = section.batch_size if split == "train" else (section.eval_batch_size or section.batch_size)
@@ -258,10 +258,12 @@ def _stage_rates(data, split: str, seconds: float) -> dict[str, float | str | No
 
 
 def _examples_per_second(ds, batch_size: int | None, *, seconds: float) -> float | None:
-    """Examples per second of ``ds``: over its whole pass where the pass ends within
-    ``seconds``, start-up included (threads, the first file, a shuffle buffer filling:
-    every epoch pays them, and a small split's buffer holds most of its work); else
-    after its first batch, the rate an epoch keeps once it has started.
+    """Examples per second of ``ds``, passes repeated, from its first batch (thread
+    start-up, the first file: paid once in a training) to ``seconds`` after it. What
+    every epoch pays again is counted: a short split's shuffle buffer filling anew
+    for each pass. (Timing one pass, start-up included, put a small split at a
+    tenth of its speed in training; leaving out only the first batch of one pass
+    left out the buffer's fill, a small split's whole work.)
 
     Read the way training reads: batches pulled inside a ``tf.function``, a few at a
     call. ``batch_size``: ``ds`` gives single examples, read in batches of this size
@@ -283,22 +285,16 @@ def _examples_per_second(ds, batch_size: int | None, *, seconds: float) -> float
             examples += _rows(tf.nest.flatten(element.get_value())[0])
         return examples
 
-    iterator = iter(ds if batch_size is None else ds.ragged_batch(batch_size))
-    pull(iterator, tf.constant(0, tf.int64))  # traced; nothing read yet
-    start = time.perf_counter()
-    first = int(pull(iterator, tf.constant(1, tf.int64)))
-    warm = time.perf_counter()
-    examples, calls, ended = 0, 1, first == 0
-    while not ended and (time.perf_counter() - start < seconds or not examples):
+    iterator = iter((ds if batch_size is None else ds.ragged_batch(batch_size)).repeat())
+    if not int(pull(iterator, tf.constant(1, tf.int64))):
+        return None  # an empty split
+    examples, calls, start = 0, 1, time.perf_counter()
+    while time.perf_counter() - start < seconds:
         before = time.perf_counter()
-        got = int(pull(iterator, tf.constant(calls, tf.int64)))
-        examples, ended = examples + got, got == 0
+        examples += int(pull(iterator, tf.constant(calls, tf.int64)))
         if time.perf_counter() - before < 0.05:
             calls *= 2  # (more batches a call, while a call stays short)
-    now = time.perf_counter()
-    if ended:
-        return (first + examples) / (now - start) if first else None
-    return examples / (now - warm)
+    return examples / (time.perf_counter() - start)
 
 
 def _rows(value):

@@ -381,18 +381,23 @@ class PreparedData:
             gathered = self._epoch(split, 0, training=training, batch_size=batch_size)
             return [("read", gathered, True), ("parse", None, True), ("transform", None, True), ("batch", whole, True)]
         read = self._records(split, None) if s.stream is not None else tf.data.Dataset.from_tensor_slices(self._columns(split))
-        by_batch = self._batch_loader(split, None, training=training)
+        # Parsed and transformed a batch at a time wherever the pipeline does so, a cached
+        # split's first pass included (see _make_base); bad records skipped as it skips them.
+        by_batch = self._on_batches_of(split, None, training=training)
         if by_batch is not None:  # (in the blocks the pipeline parses: see _parsed_batches)
             blocks = read.batch(self._parse_block(read, by_batch, batch_size))
             parse, transform = self._map(blocks, s.load_batch), self._map(blocks, by_batch)
         else:
             load = s.load or (lambda x, y: (x, y))
             parse, transform = self._map(read, lambda *raw: load(*raw)), self._map(read, self._loader(split, training=training))
-            if training and self._augment is not None:
-                augment = self._augment
-                transform = self._map(transform.enumerate(), lambda i, e: augment(*e, tf.stack([i, tf.constant(0, tf.int64)])))
-        batched = by_batch is not None
-        return [("read", read, False), ("parse", parse, batched), ("transform", transform, batched), ("batch", whole, True)]
+            if self._ignore_errors:
+                parse, transform = parse.ignore_errors(), transform.ignore_errors()
+        parsed = batched = by_batch is not None
+        if training and self._augment is not None:
+            augment, examples = self._augment, transform.unbatch() if batched else transform
+            transform = self._map(examples.enumerate(), lambda i, e: augment(*e, tf.stack([i, tf.constant(0, tf.int64)])))
+            batched = False
+        return [("read", read, False), ("parse", parse, parsed), ("transform", transform, batched), ("batch", whole, True)]
 
     def distributed(self, strategy, split: str, *, take: int | None = None):
         """One epoch of an evaluation split, spread over the strategy's replicas.
@@ -522,7 +527,7 @@ class PreparedData:
         (``data.cache``, or a tokenized split kept in memory): later epochs read them
         from the cache, not through the stages before it."""
         self._check_split(split)
-        return self._cached(split)
+        return self._splits[split].kind != "arrays" and self._cached(split)  # (arrays: see _gathers_batches)
 
     def _cached(self, split: str | None = None) -> bool:
         """Whether ``data.cache`` asks for a cache; with ``split``: whether that split's
