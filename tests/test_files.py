@@ -68,6 +68,9 @@ def test_reads_refuse_links_and_large_files(tmp_path):
         read_regular(tmp_path / "big", limit=1024)
     with pytest.raises(OSError):
         read_regular(tmp_path / "link")
+    os.mkfifo(tmp_path / "fifo")  # refused at once: opening or reading it would wait for a writer
+    with pytest.raises(OSError, match="not a regular file"):
+        read_regular(tmp_path / "fifo")
 
 
 def test_writers_of_one_file_at_once_each_rename_a_whole_file_of_their_own(tmp_path):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import time
@@ -123,6 +124,31 @@ def test_the_lock_is_probed_without_being_taken(tmp_path):
     directory.lock_file.unlink()
     directory.lock_file.symlink_to(tmp_path / "elsewhere")
     assert directory.in_use() is None  # never read through a link
+    directory.lock_file.unlink()
+    os.mkfifo(directory.lock_file)
+    assert directory.in_use() is None  # nor waited on: a FIFO would block the open and the read
+    directory.lock_file.unlink()
+
+
+def test_a_status_probe_at_the_moment_a_training_starts_does_not_have_it_refused(tmp_path):
+    """``in_use`` holds a shared flock for microseconds; taking the lock waits that out
+    (it refused at once before: 3 starts in 300 beside a polling ``load_run``)."""
+    import fcntl
+    import threading
+
+    from trainkit.rundir import RunDir
+
+    directory = RunDir(tmp_path / "run")
+    directory.path.mkdir()
+    directory.lock_file.write_text(json.dumps({"pid": 1, "host": socket.gethostname(), "since": "then"}))
+    probe = os.open(directory.lock_file, os.O_RDONLY)
+    fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe, caught in the middle
+    threading.Timer(0.05, os.close, [probe]).start()
+    directory.acquire()
+    try:
+        assert directory.in_use() is True
+    finally:
+        directory.release()
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -163,10 +164,15 @@ def open_for_append(path: str | os.PathLike) -> IO[str]:
 def read_regular(path: str | os.PathLike, limit: int = READ_LIMIT) -> bytes:
     """The bytes of a small regular file, never through a symlink, at most ``limit``.
 
-    Raises ``OSError`` (``ELOOP`` for a link, ``FileNotFoundError``) or
-    ``ValueError`` for a file larger than ``limit``.
+    Raises ``OSError`` (``ELOOP`` for a link, ``FileNotFoundError``, ``EINVAL`` for
+    what is not a regular file: a FIFO put there would block the open and the read
+    forever, so it is opened without waiting) or ``ValueError`` for a file larger
+    than ``limit``.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:

@@ -13,6 +13,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from typing import Any
 from trainkit.console import warn
 from trainkit.errors import RunDirError
 from trainkit.files import read_regular
+
+#: How long taking the lock waits before it refuses: longer than a status probe holds it.
+PROBE_GRACE_SECONDS = 0.2
 
 
 def now() -> str:
@@ -43,7 +47,9 @@ class RunLock:
 
         # thread_local off: a training in a notebook's background thread may end in another thread.
         # No soft (marker-file) fallback: only a kernel lock is dropped when its process is killed.
-        lock = filelock.FileLock(self.path, timeout=0, thread_local=False, fallback_to_soft=False)
+        # A short wait, not none: a status probe (in_use) holds a shared lock for microseconds,
+        # and must not have a training refused; a live holder holds it for the whole run.
+        lock = filelock.FileLock(self.path, timeout=PROBE_GRACE_SECONDS, thread_local=False, fallback_to_soft=False)
         try:
             lock.acquire()
         except filelock.Timeout:
@@ -97,12 +103,14 @@ class RunLock:
         if holder is not None and holder.get("host") not in (None, socket.gethostname()):
             return None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # (a FIFO: no wait)
         except FileNotFoundError:
             return False
         except OSError:
             return None
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
