@@ -121,3 +121,14 @@ def test_a_mirrored_strategy_splits_batches_parsed_in_blocks_as_it_splits_any_ba
         assert len(xs) == 2 and abs(len(ys[0]) - len(ys[1])) <= 1
         np.testing.assert_array_equal(np.concatenate(xs), x)
         np.testing.assert_array_equal(np.concatenate(ys), y)
+
+
+@pytest.mark.parametrize("cache", ["none", "memory"])
+def test_trainkit_data_times_the_parse_the_pipeline_runs(files, cache):
+    """Its stages parse whole batches where the pipeline does, a cached split's first
+    pass included (it was timed one record at a time: parse 21k against batch 147k)."""
+    stages = {name: (ds, batched) for name, ds, batched in _tfrecord(files, cache=cache).stages("train", training=True)}
+    for name in ("parse", "transform"):
+        ds, batched = stages[name]
+        x, _ = ds.element_spec
+        assert batched and x.shape.as_list() == [None, 4], (name, x)
