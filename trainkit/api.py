@@ -226,7 +226,7 @@ def inspect_data(
         "cached": data.cached(split),
         "element_spec": spec,
         "examples": info.sizes[split],
-        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // (recipe.data.eval_batch_size or recipe.data.batch_size)),
+        "batches": data.steps_per_epoch(split) if split == "train" else -(-info.sizes[split] // data.batch_size(training=False)),
         "task": info.task,
         "classes": info.num_classes,
         "label_distribution": scan["labels"],
@@ -249,8 +249,7 @@ def _stage_rates(data, split: str, seconds: float) -> dict[str, float | str | No
     parse, transform, batch: each includes the ones before), over ``seconds`` a
     stage (:func:`_examples_per_second`); None for an empty split, :data:`PREPARED`
     for a stage that an in-memory split ran once, before any epoch."""
-    section = data.section
-    batch_size = section.batch_size if split == "train" else (section.eval_batch_size or section.batch_size)
+    batch_size = data.batch_size(training=split == "train")
     return {
         name: PREPARED if ds is None else _examples_per_second(ds, None if batched else batch_size, seconds=seconds)
         for name, ds, batched in data.stages(split, training=split == "train")

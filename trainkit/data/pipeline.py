@@ -302,6 +302,11 @@ class PreparedData:
         self._check_split(split)
         return self._splits[split].kind
 
+    def batch_size(self, *, training: bool) -> int:
+        """The global batch size: ``data.batch_size`` for training, else
+        ``data.eval_batch_size`` where it is set."""
+        return self.section.batch_size if training else (self.section.eval_batch_size or self.section.batch_size)
+
     def steps_per_epoch(self, split: str = "train") -> int:
         n, batch = self.info.sizes[split], self.section.batch_size
         return n // batch if self.section.drop_remainder else -(-n // batch)
@@ -438,8 +443,7 @@ class PreparedData:
         kept = self._evaluation_sets.get(key)
         if kept is not None and kept[0] is strategy:
             return kept[1]
-        batch = self.section.eval_batch_size or self.section.batch_size
-        batches = -(-self.info.sizes[split] // batch)
+        batches = -(-self.info.sizes[split] // self.batch_size(training=False))
         if take is not None:
             batches = min(batches, take)
         if batches == 0:
@@ -473,7 +477,7 @@ class PreparedData:
             ds = self._map(ds, s.load or (lambda x, y: (x, y)))
             if self._ignore_errors:
                 ds = ds.ignore_errors()
-        return ds.batch(batch_size or self.section.eval_batch_size or self.section.batch_size)
+        return ds.batch(batch_size or self.batch_size(training=False))
 
     def examples(self, split: str, n: int) -> list[tuple[Any, Any]]:
         """The first ``n`` examples of ``split`` as evaluation sees them (NumPy), unbatched."""
@@ -507,9 +511,8 @@ class PreparedData:
     # -- building blocks ----------------------------------------------------------
 
     def _per_pipeline(self, input_context: Any, batch_size: int | None, training: bool):
-        section = self.section
         if batch_size is None:
-            batch_size = section.batch_size if training else (section.eval_batch_size or section.batch_size)
+            batch_size = self.batch_size(training=training)
         if input_context is None:
             return None, batch_size
         shard = (input_context.num_input_pipelines, input_context.input_pipeline_id)

@@ -343,8 +343,7 @@ class Controller:
         return results
 
     def _eval_batches(self, split: str, take: int | None) -> int:
-        batch = self.data.section.eval_batch_size or self.data.section.batch_size
-        batches = -(-self.data.info.sizes[split] // batch)
+        batches = -(-self.data.info.sizes[split] // self.data.batch_size(training=False))
         return max(1, min(batches, take) if take else batches)
 
     def _validate(self) -> dict[str, float]:
