@@ -161,19 +161,27 @@ def open_for_append(path: str | os.PathLike) -> IO[str]:
     return os.fdopen(fd, "a", buffering=1)
 
 
-def read_regular(path: str | os.PathLike, limit: int = READ_LIMIT) -> bytes:
-    """The bytes of a small regular file, never through a symlink, at most ``limit``.
+def open_regular(path: str | os.PathLike) -> int:
+    """A read-only descriptor of a regular file, never through a symlink.
 
-    Raises ``OSError`` (``ELOOP`` for a link, ``FileNotFoundError``, ``EINVAL`` for
-    what is not a regular file: a FIFO put there would block the open and the read
-    forever, so it is opened without waiting) or ``ValueError`` for a file larger
-    than ``limit``.
+    Raises ``OSError``: ``ELOOP`` for a link, ``FileNotFoundError``, ``EINVAL`` for
+    what is not a regular file (a FIFO put there would block the open and every
+    read forever, so it is opened without waiting).
     """
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(errno.EINVAL, "not a regular file", str(path))
-    with os.fdopen(fd, "rb") as f:
+    return fd
+
+
+def read_regular(path: str | os.PathLike, limit: int = READ_LIMIT) -> bytes:
+    """The bytes of a small regular file (:func:`open_regular`), at most ``limit``.
+
+    Raises ``OSError`` as :func:`open_regular` does, or ``ValueError`` for a file
+    larger than ``limit``.
+    """
+    with os.fdopen(open_regular(path), "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
         raise ValueError(f"it is larger than {limit // 1024} KiB, far more than trainkit writes there")

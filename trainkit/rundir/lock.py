@@ -13,14 +13,13 @@ import errno
 import json
 import os
 import socket
-import stat
 import time
 from pathlib import Path
 from typing import Any
 
 from trainkit.console import warn
 from trainkit.errors import RunDirError
-from trainkit.files import read_regular
+from trainkit.files import open_regular, read_regular
 
 #: How long taking the lock waits before it refuses: longer than a status probe holds it.
 PROBE_GRACE_SECONDS = 0.2
@@ -103,14 +102,12 @@ class RunLock:
         if holder is not None and holder.get("host") not in (None, socket.gethostname()):
             return None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # (a FIFO: no wait)
+            fd = open_regular(self.path)
         except FileNotFoundError:
             return False
-        except OSError:
+        except OSError:  # a link, a FIFO, ...
             return None
         try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             return True
