@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup train test test-fast lint bench bench-gpu clean
+.PHONY: setup train test test-slow test-all lint bench bench-gpu clean
 
 ## Bytecode: pip compiles every module of every package it installs, which took 42 of its 76 s here; most
 ## are never imported. So pip compiles nothing, the core that every command imports is compiled once below,
@@ -37,14 +37,21 @@ train: setup
 TEST_WORKERS ?= 3
 PYTEST := $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
-## The whole test suite, slow end-to-end tests included (what CI runs).
+## The tests a change is checked with: ruff, then every test not marked slow (about 6 minutes on 2 cores).
+## The slow ones -- whole recipes trained to their accuracy, clusters of processes, servers, every
+## documented command -- take as long again: `make test-slow` runs them, and CI runs both (.ci/run).
 test: setup
 	$(BIN)/ruff check .
-	$(PYTEST)
-
-## Only the fast tests.
-test-fast: setup
 	$(PYTEST) -m "not slow"
+
+## Only the tests marked slow (CI runs them after `make test`).
+test-slow: setup
+	$(PYTEST) -m slow
+
+## Everything in one pytest session: ruff, the fast tests and the slow ones.
+test-all: setup
+	$(BIN)/ruff check .
+	$(PYTEST)
 
 lint: setup
 	$(BIN)/ruff check .

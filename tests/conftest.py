@@ -33,21 +33,30 @@ def pytest_configure(config):
     tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
-#: The files that take longest (wall seconds under ``make test``, summed per file), heaviest first.
-#: ``make test`` hands whole files to its workers in collection order; starting
-#: with these leaves short files for the end, so that the workers finish together
-#: instead of one working alone on a long file picked up last.
-HEAVIEST_FILES = (
-    "test_sidecar.py", "test_exact_resume.py", "test_docs.py", "test_distribute.py", "test_sweeps.py",
-    "test_job_costs.py", "test_serving.py", "test_notebook.py", "test_text.py", "test_finetune_hub.py",
-    "test_training.py", "test_data_cli.py", "test_finetune.py", "test_bad_input.py", "test_hardening_surfaces.py",
-    "test_text_tokenizers.py", "test_checkpoints.py", "test_recipes.py", "test_run_dir_rules.py", "test_faults.py",
-)
+#: Wall seconds of each file's tests under xdist, (not marked slow, marked slow), for the files of 8 s or more.
+#: ``make test`` hands whole files to its workers in collection order; sending the
+#: heaviest of the selected part first leaves short files for the end, so that the
+#: workers finish together instead of one working alone on a long file picked up last.
+FILE_SECONDS = {
+    "test_distribute.py": (20, 229), "test_exact_resume.py": (47, 159), "test_sweeps.py": (2, 166),
+    "test_recipes.py": (16, 142), "test_sidecar.py": (73, 81), "test_docs.py": (0, 133),
+    "test_finetune_hub.py": (0, 108), "test_text.py": (20, 85), "test_notebook.py": (45, 41),
+    "test_training.py": (82, 0), "test_faults.py": (53, 21), "test_serving.py": (39, 34),
+    "test_data_cli.py": (69, 0), "test_finetune.py": (45, 23), "test_text_tokenizers.py": (6, 47),
+    "test_job_costs.py": (33, 18), "test_hardening_surfaces.py": (40, 9), "test_run_dir_rules.py": (15, 30),
+    "test_checkpoints.py": (32, 8), "test_bad_input.py": (32, 1), "test_tracking.py": (8, 24),
+    "test_timeseries.py": (1, 30), "test_data_pipeline.py": (23, 0), "test_data_batched_parse.py": (22, 0),
+    "test_callback_parity.py": (20, 0), "test_compat.py": (20, 0), "test_runs.py": (20, 0),
+    "test_data_cache.py": (20, 0), "test_hardening.py": (4, 14), "test_cli.py": (17, 0),
+    "test_sequence_builders.py": (13, 0), "test_launch_security.py": (1, 12), "test_data_sources.py": (10, 0),
+}
 
 
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(HEAVIEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
+def pytest_collection_modifyitems(config, items):
+    selected = config.getoption("markexpr").replace(" ", "")
+    part = {"notslow": (0,), "slow": (1,)}.get(selected, (0, 1))  # `make test`, `make test-slow`, else both
+    seconds = {name: sum(both[i] for i in part) for name, both in FILE_SECONDS.items()}
+    items.sort(key=lambda item: -seconds.get(item.path.name, 0))  # stable: file order kept otherwise
 
 
 @pytest.fixture(autouse=True)
