@@ -260,6 +260,19 @@ def test_csv_missing_and_empty_files(tmp_path):
         prepare(data({"type": "csv", "path": str(tmp_path / "empty.csv"), "label": "y"}), seed=0)
 
 
+def test_csv_rows_keep_their_numbers_a_bom_is_no_header_and_other_encodings_are_one_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes("\ufeffa,label\n1,0\n\n2,1\n3,0,9\n".encode())  # a BOM, a blank line, then a row of three cells
+    whole = {"train": 1.0, "validation": 0.0, "test": 0.0}
+    with pytest.raises(ConfigError, match=r"d.csv, row 5 has 3 values but the header has 2"):
+        prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0)
+    path.write_bytes("\ufeffa,label\n1,0\n\n2,1\n3,0\n\n".encode())
+    assert prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0).info.sizes["train"] == 3
+    path.write_bytes("a,label\ncaf\xe9,0\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"d.csv is not UTF-8 text \(invalid continuation byte\); save it as UTF-8$"):
+        prepare(data({"type": "csv", "path": str(path), "label": "label"}), seed=0)
+
+
 # --------------------------------------------------------------------- TFRecord
 
 

@@ -87,6 +87,31 @@ def test_configs_naming_each_other_as_base_are_a_loop_in_one_line(tmp_path):
     assert "loop_a.yaml -> loop_b.yaml -> loop_a.yaml" in line
 
 
+def test_a_config_built_on_a_config_layers_with_c_through_its_chain(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "on_smoke.yaml").write_text("base: digits_mlp_smoke\ntrainer: {epochs: 7}\n")
+    (tmp_path / "configs" / "on_cnn.yaml").write_text("base: digits_cnn_smoke\ntrainer: {epochs: 7}\n")
+    smoke = load_recipe("digits_mlp", configs=["digits_mlp_smoke"])
+    layered = load_recipe("digits_mlp", configs=["on_smoke"])
+    assert layered.trainer.epochs == 7 and layered.description == smoke.description  # the smoke layer applied too
+    assert load_recipe("digits_mlp_smoke", configs=["on_smoke"]).trainer.epochs == 7
+    line = _refused(lambda: load_recipe("digits_mlp", configs=["on_cnn"]), ConfigError, "is for recipe 'digits_cnn', not 'digits_mlp'")
+    assert "on_cnn.yaml, through digits_cnn_smoke.yaml" in line
+
+
+def test_a_chain_of_bases_too_deep_is_one_line(tmp_path):
+    from trainkit.loader import MAX_BASE_DEPTH
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "d0.yaml").write_text("base: digits_mlp\n")
+    for i in range(1, 2 * MAX_BASE_DEPTH):
+        (tmp_path / "configs" / f"d{i}.yaml").write_text(f"base: d{i - 1}\n")
+    assert load_recipe(f"d{MAX_BASE_DEPTH - 1}").name == "digits_mlp"
+    line = _refused(lambda: load_recipe(f"d{2 * MAX_BASE_DEPTH - 1}"), ConfigError, f"more than {MAX_BASE_DEPTH} deep")
+    _refused(lambda: load_recipe("digits_mlp", configs=[f"d{2 * MAX_BASE_DEPTH - 1}"]), ConfigError, f"more than {MAX_BASE_DEPTH} deep")
+    assert f"d{2 * MAX_BASE_DEPTH - 1}.yaml ->" in line
+
+
 # ----------------------------------------------------------------- YAML and overrides
 
 
@@ -242,6 +267,8 @@ def _npy_claiming(path: Path) -> Path:
         ("inf.jsonl", lambda p: p.write_text("[1, 2, 3, Infinity]\n"), "holds NaN or infinity"),
         ("overflow.csv", lambda p: p.write_text("1,2,3,1e300\n"), "holds NaN or infinity"),
         ("nan.npy", lambda p: np.save(p, np.full((2, 4), np.nan)), "holds NaN or infinity"),
+        ("empty.npy", lambda p: np.save(p, np.zeros((0, 4))), "no examples"),
+        ("complex.npy", lambda p: np.save(p, np.ones((2, 4), complex)), "holds complex128 values"),
         ("huge.npy", _npy_claiming, "its header claims shape"),
         ("fifo.csv", _fifo, "not a regular file"),
         ("header.csv", lambda p: p.write_text("x" * 1000 + ",b,c,d\n1,2,3,4\n"), "no column 'a'"),
@@ -256,6 +283,17 @@ def test_hostile_predict_inputs_are_one_short_line(tmp_path, name, make, expecte
 
 def test_a_device_file_is_not_read():
     _refused(lambda: read_inputs("/dev/zero", SPEC), ConfigError, "not a regular file")
+
+
+def test_csv_rows_to_predict_keep_their_numbers_and_an_empty_text_is_a_text(tmp_path):
+    (tmp_path / "gap.csv").write_text("a,b,c,d\n1,2,3,4\n\n5,6,7,8\n\n")
+    _refused(lambda: read_inputs(str(tmp_path / "gap.csv"), SPEC), ConfigError, "gap.csv, row 3: 0 values but the header has 4 columns")
+    (tmp_path / "blank.csv").write_text("\na,b,c,d\n1,2,3,4\n,,,\n5,6,7,8\n")
+    _refused(lambda: read_inputs(str(tmp_path / "blank.csv"), SPEC), ConfigError, "row 3, column 'a': '' is not a number")
+    texts = {"input": {"name": "features", "shape": [], "dtype": "string", "columns": ["review"], "image": None}}
+    (tmp_path / "texts.csv").write_text('review\n"two\nlines"\n""\nlast\n')
+    names, values = read_inputs(str(tmp_path / "texts.csv"), texts)
+    assert names == ["2", "3", "4"] and list(values) == ["two\nlines", "", "last"]
 
 
 def test_ordinary_predict_inputs_still_read(tmp_path):
@@ -395,19 +433,60 @@ def test_training_a_finished_run_again_keeps_its_measurements(tmp_path):
         (["export", "RUN", "-o", "a_file"], "a file is there"),
         (["plot", "RUN", "-o", "curves.xyz"], "'.xyz' is not an image format"),
         (["plot", "RUN", "-o", "missing/curves.png"], "does not exist"),
+        (["predict", "RUN", "in.csv", "-o", "RUN/config.yaml"], "a file of the run directory"),
+        (["predict", "RUN", "in.csv", "-o", "RUN/checkpoints/checkpoint"], "a file of the run directory"),
+        (["plot", "RUN", "-o", "RUN/metrics.jsonl"], "not an image format"),
+        (["export", "RUN", "-o", "RUN"], "it is a run directory"),
+        (["export", "RUN", "-o", "RUN/checkpoints"], "holds no export"),
     ],
-    ids=["predict-missing-folder", "predict-folder", "export-onto-file", "plot-format", "plot-missing-folder"],
+    ids=["predict-missing-folder", "predict-folder", "export-onto-file", "plot-format", "plot-missing-folder",
+         "predict-onto-config", "predict-onto-checkpoint-list", "plot-onto-metrics", "export-onto-the-run", "export-onto-checkpoints"],
 )
 def test_output_paths_are_checked_before_any_work(tmp_path, tiny_run, capsys, args, expected):
     from trainkit.cli import main
 
     (tmp_path / "a_file").write_text("keep\n")
     (tmp_path / "in.csv").write_text(",".join(["0"] * 64) + "\n")
-    before = sorted(p.name for p in tmp_path.iterdir())
-    assert main([str(tiny_run) if a == "RUN" else a for a in args]) == 2
+    before, run_before = sorted(p.name for p in tmp_path.iterdir()), _snapshot(tiny_run)
+    assert main([a.replace("RUN", str(tiny_run)) for a in args]) == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: -o ") and expected in line, line
     assert sorted(p.name for p in tmp_path.iterdir()) == before and (tmp_path / "a_file").read_text() == "keep\n"
+    assert _snapshot(tiny_run) == run_before
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_outputs_may_go_into_a_run_directory_as_new_files_of_their_own_kind(tmp_path, tiny_run):
+    run = _copy(tiny_run, tmp_path / "run")
+    (tmp_path / "in.csv").write_text(",".join(["0"] * 64) + "\n")
+    for _ in range(2):  # a file of predictions replaced by the same command again
+        assert cli("predict", str(run), "in.csv", "-o", str(run / "predictions.csv"), cwd=tmp_path).returncode == 0
+    assert cli("export", str(run), "--format", "keras", "-o", str(run / "export-final"), cwd=tmp_path).returncode == 0
+    assert cli("export", str(run), "--format", "keras", "-o", str(run / "export-final"), cwd=tmp_path).returncode == 0
+    assert trainkit.load_run(run).status == "completed"
+
+
+def test_a_run_trained_on_past_its_final_model_refuses_final_until_it_ends_again(tmp_path, tiny_run):
+    """A finished run resumed with a larger budget and killed keeps its earlier final/
+    and model.keras: neither is used as if it were the run's end."""
+    from trainkit.serving.predict import predict
+
+    run = _copy(tiny_run, tmp_path / "run")
+    (final,) = (run / "checkpoints" / "final").glob("ckpt-*.index")
+    ended = int(final.name[5:-6])
+    for part in final.parent.glob(f"ckpt-{ended}.*"):  # the killed resume's newer checkpoint
+        shutil.copy(part, run / "checkpoints" / part.name.replace(f"ckpt-{ended}", f"ckpt-{ended + 100}"))
+    x = np.zeros((1, 64))
+    for call in (lambda: predict(run, x), lambda: api.evaluate(run, checkpoint="final"),
+                 lambda: trainkit.export(run, formats=["keras"], out_dir=tmp_path / "out")):
+        line = _refused(call, RunDirError, f"was trained on past its final model (step {ended})")
+        assert f"newest checkpoint is step {ended + 100}" in line and f"or {ended} for the model of its earlier end" in line
+    assert not (tmp_path / "out").exists()
+    for checkpoint in ("last", str(ended)):
+        assert predict(run, x, checkpoint=checkpoint).probabilities.shape == (1, 10)
 
 
 def _can_mount_in_a_namespace() -> bool:

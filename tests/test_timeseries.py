@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli
+from conftest import cli, one_error_line
 
 import trainkit
 from trainkit.data.pipeline import prepare
@@ -95,10 +95,11 @@ def test_bad_series_settings_are_one_line(tmp_path, change, expected):
         prepare(section, seed=0)
 
 
-@pytest.mark.parametrize("gap", ["nan", ""])
+@pytest.mark.parametrize("gap", ["nan", "", ",", "\n"], ids=["nan", "empty-cell", "empty-row", "blank-line"])
 def test_a_gap_in_a_used_column_names_its_row(tmp_path, gap):
     path = tmp_path / "s.csv"
-    path.write_text(f"load,unused\n1,1\n2,\n{gap},3\n4,4\n")
+    row = f"{gap},3\n" if gap in ("nan", "") else gap if gap == "\n" else f"{gap}\n"  # a whole row missing: no closing up
+    path.write_text(f"load,unused\n1,1\n2,\n{row}4,4\n\n")
     section = DataSection.model_validate(
         {"source": {"type": "timeseries", "path": str(path), "columns": ["load"], "sequence_length": 1},
          "splits": {"train": 0.6, "validation": 0.2, "test": 0.2}}
@@ -209,6 +210,23 @@ def test_exports_take_the_raw_window_and_agree_with_the_trained_model(tmp_path):
         refused = cli("predict", "run", bad, "--output", "q.csv", cwd=tmp_path)
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
         assert len(refused.stderr.strip().splitlines()) == 1 and not (tmp_path / "q.csv").exists()
+
+    # The recurrent loop converts to neither LiteRT nor ONNX: asked for, one line; by default, left out.
+    for name in ("tflite", "onnx"):
+        refused = cli("export", "run", "--format", name, "-o", "out", cwd=tmp_path)
+        assert "cannot take this run's recurrent model" in one_error_line(refused) and not (tmp_path / "out").exists()
+    exported = cli("export", "run", "-o", "out", cwd=tmp_path)
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(json.loads((tmp_path / "out" / "export.json").read_text())["formats"]) == ["keras", "saved_model"]
+
+
+@pytest.mark.parametrize("name", ["tflite", "onnx"])
+def test_an_rnn_recipe_asking_for_litert_or_onnx_is_refused_before_training(tmp_path, name):
+    path = series_recipe(tmp_path)
+    with pytest.raises(ConfigError, match=f"export.formats: {name} cannot take the recurrent model of the rnn builder"):
+        trainkit.load_recipe(str(path), overrides={"export.formats": ["keras", name]})
+    other = trainkit.load_recipe(str(path), overrides={"export.formats": ["keras", name], "model": {"type": "transformer"}})
+    assert other.export.formats == ["keras", name]
 
 
 @pytest.mark.slow

@@ -309,12 +309,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(output: str, option: str, *, folder: bool = False) -> None:
+def _check_output(output: str, option: str, *, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
     """Refuse, before any work, an output path that cannot be written: its folder missing,
-    read-only or not a folder, or (for a file) a folder at its name."""
+    read-only or not a folder, (for a file) a folder at its name, or what a run directory
+    holds (:func:`trainkit.rundir.refuse_run_files`; ``suffixes``: the files this writes)."""
     from pathlib import Path
 
     from trainkit.errors import ConfigError
+    from trainkit.rundir import refuse_run_files
+
+    refuse_run_files(output, option, folder=folder, suffixes=suffixes)
 
     path = Path(output)
     if folder:
@@ -353,13 +357,15 @@ def _check_image_format(output: str) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from trainkit.files import atomic_path
     from trainkit.runs import load_run, plot_runs
     from trainkit.training.disk_full import writing
 
     output = args.output
-    _check_output(output, "-o")
     _check_image_format(output)
+    _check_output(output, "-o", suffixes=(Path(output).suffix.lower(),))
     runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
     figure = plot_runs(runs)
     with writing(output, "the plot", option="-o"), atomic_path(output) as tmp:
@@ -391,7 +397,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from trainkit.serving.predict import predict, write_csv
 
     if args.output:
-        _check_output(args.output, "-o")
+        _check_output(args.output, "-o", suffixes=(".csv",))
     predictions = predict(args.run_dir, args.input, checkpoint=args.checkpoint)
     if args.output:
         from trainkit.training.disk_full import writing

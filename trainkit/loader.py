@@ -508,10 +508,25 @@ def load_recipe(
     return validate(layered)
 
 
-def _load_file(layered: Layered, path: Path, chain: tuple[Path, ...] = ()) -> None:
+#: Configs built on configs, at most this deep: far more than a real chain, and a
+#: bound before Python's recursion limit.
+MAX_BASE_DEPTH = 32
+
+
+def _check_chain(path: Path, chain: tuple[Path, ...]) -> None:
+    """Refuse a chain of ``base:`` that loops or has grown past :data:`MAX_BASE_DEPTH`."""
     if path.resolve() in chain:
         loop = " -> ".join(p.name for p in (*chain, path.resolve()))
         raise ConfigError(f"base ({chain[-1]}): the configs name each other as base in a loop: {loop}")
+    if len(chain) > MAX_BASE_DEPTH:
+        raise ConfigError(
+            f"base ({chain[-1]}): configs built on configs more than {MAX_BASE_DEPTH} deep "
+            f"({chain[0].name} -> {chain[1].name} -> ... -> {path.name}); build on the recipe or a config nearer to it"
+        )
+
+
+def _load_file(layered: Layered, path: Path, chain: tuple[Path, ...] = ()) -> None:
+    _check_chain(path, chain)
     if path.suffix == ".py":
         layered.files.append(str(path))
         layered.merge(_recipe_from_python(path), str(path))
@@ -546,16 +561,24 @@ def _base_recipe(base: Any, path: Path) -> Path:
     return known[base]
 
 
-def _apply_config(layered: Layered, path: Path, *, base_expected: str | None, data: dict | None = None) -> None:
+def _apply_config(
+    layered: Layered, path: Path, *, base_expected: str | None, data: dict | None = None, chain: tuple[Path, ...] = ()
+) -> None:
+    """Merge the config at ``path`` as a layer; ``base_expected``: the recipe it must be
+    for (``-c``), reached directly or through the configs it builds on, which are
+    applied first."""
+    _check_chain(path, chain)
     data = _read_yaml(path) if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a mapping of recipe keys, got {_kind(data)}")
     data = dict(data)
     base = data.pop("base", None)
     if base_expected and base and Path(str(base)).stem != base_expected:
-        raise ConfigError(
-            f"base ({path}): this config is for recipe '{base}', not '{base_expected}'"
-        )
+        base_path = _base_recipe(base, path)
+        if base_path.suffix == ".py":
+            where = f"{chain[0]}, through {path.name}" if chain else path
+            raise ConfigError(f"base ({where}): this config is for recipe '{base}', not '{base_expected}'")
+        _apply_config(layered, base_path, base_expected=base_expected, chain=(*chain, path.resolve()))
     layered.files.append(str(path))
     layered.merge(data, str(path))
     layered.config_name = None if "name" in data else path.stem

@@ -1003,6 +1003,16 @@ NO_STRING_INPUTS = {
     "onnx": "ONNX has no string ops for the text tokenizer, so an ONNX model cannot take raw strings",
 }
 
+#: Why an export format cannot take a model of the ``rnn`` builder (Keras 3's recurrent
+#: layers run a while loop over a TensorList): measured with TF 2.21, tf2onnx 1.17 and ai-edge-litert.
+NO_RECURRENT = {
+    "tflite": (
+        "the LiteRT converter cannot lower the recurrent loop of Keras 3's LSTM and GRU layers (a TensorList of "
+        "dynamic shape), and converted with a fixed batch the interpreter fails on the loop's variables"
+    ),
+    "onnx": "tf2onnx leaves the recurrent loop of Keras 3's LSTM and GRU layers as TensorFlow ops (TensorListReserve) that onnxruntime cannot load",
+}
+
 
 # ------------------------------------------------------------------------- recipe
 
@@ -1055,6 +1065,11 @@ class Recipe(Section, _OmitsUnusedFields):
                 raise ValueError(
                     f"export.formats: {name} cannot take the raw text this run's exports take: {NO_STRING_INPUTS[name]}; "
                     "export keras and/or saved_model"
+                )
+            if self.model.type == "rnn" and name in NO_RECURRENT:
+                raise ValueError(
+                    f"export.formats: {name} cannot take the recurrent model of the rnn builder: {NO_RECURRENT[name]}; "
+                    "export keras and/or saved_model (or use the transformer builder)"
                 )
         return self
 

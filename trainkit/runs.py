@@ -290,7 +290,7 @@ class Comparison:
 
     def __str__(self) -> str:
         cells = self._cells()
-        widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(self.columns)]
+        widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(self.columns)]
         lines = ["  ".join(c.ljust(w) for c, w in zip(self.columns, widths, strict=True))]
         lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
         return "\n".join(lines)
@@ -326,6 +326,8 @@ _NOT_DIFFERENCES = ("description", "trainer.progress", "trainer.log_every_steps"
 
 def compare(runs: list[Run | str | os.PathLike]) -> Comparison:
     """A table of runs: name, status, final metrics per split, and the recipe fields that differ."""
+    if isinstance(runs, str | os.PathLike | Run):
+        raise TypeError(f"compare takes a list of runs or run directories, got one: compare([{str(runs)!r}, ...])")
     runs = [_as_run(r) for r in runs]
     flat = [_flatten(r.recipe.to_dict()) for r in runs]
     keys = sorted({k for f in flat for k in f})

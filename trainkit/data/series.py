@@ -85,7 +85,7 @@ def _read_series(source: TimeseriesSource) -> tuple[dict[str, np.ndarray], str, 
     call the series in errors, and the names of its text columns (a date, say)."""
     if source.path is None:
         return _registered(source), f"dataset '{source.name}'", []
-    path, header, rows = _read_csv(source.path, source)
+    path, header, rows = _read_csv(source.path, source, gaps=True)
     table, text = {}, []
     for j, name in enumerate(header):
         values = _numbers([row[j] for row in rows])

@@ -238,25 +238,42 @@ def _text_feature(features: list[str], types: dict[str, str], field_prefix: str)
     return text[0]
 
 
-def _read_csv(path: str, source: CsvSource) -> tuple[str, list[str], list[list[str]]]:
+def _read_csv(path: str, source: CsvSource, *, gaps: bool = False) -> tuple[str, list[str], list[list[str]]]:
+    """The header and rows of a UTF-8 CSV file (a byte-order mark is not part of the header).
+
+    ``gaps``: a blank row between rows stays, as a row of empty cells (a series
+    must not close up around a missing step); otherwise blank rows are left out,
+    and the rows keep their numbers in messages either way.
+    """
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"data.source.path: no such file: {path}")
-    with open(file, newline="") as f:
-        reader = csv.reader(f, delimiter=source.delimiter)
-        header = next(reader, None)
-        if not header:
-            raise ConfigError(f"data.source.path: {path} is empty (a header row is needed)")
-        header = [h.strip() for h in header]
-        rows = [row for row in reader if row and any(cell.strip() for cell in row)]
-    if not rows:
+    numbered = []
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=source.delimiter)
+            header = next(reader, None)
+            if not header:
+                raise ConfigError(f"data.source.path: {path} is empty (a header row is needed)")
+            header = [h.strip() for h in header]
+            numbered = [(number, row) for number, row in enumerate(reader, start=2)]
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"data.source.path: {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None
+    blank = [not (row and any(cell.strip() for cell in row)) for _, row in numbered]
+    while blank and blank[-1]:  # blank lines at the end of the file are no rows
+        blank.pop(), numbered.pop()
+    if gaps:
+        numbered = [(number, [""] * len(header) if empty else row) for (number, row), empty in zip(numbered, blank, strict=True)]
+    else:
+        numbered = [item for item, empty in zip(numbered, blank, strict=True) if not empty]
+    if not numbered:
         raise ConfigError(f"data.source.path: {path} has a header but no data rows: the dataset is empty")
-    for number, row in enumerate(rows, start=2):
+    for number, row in numbered:
         if len(row) != len(header):
             raise ConfigError(
                 f"data.source.path: {path}, row {number} has {len(row)} values but the header has {len(header)}"
             )
-    return path, header, rows
+    return path, header, [row for _, row in numbered]
 
 
 def _infer_type(values: list[str]) -> str:

@@ -296,6 +296,32 @@ def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
     )
 
 
+def refuse_run_files(output: str | os.PathLike, option: str, *, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse an output that would replace what a run directory holds.
+
+    A file output (``suffixes``: what the command writes) may be a new file
+    anywhere, and may replace a file of its own kind, but not another file of a
+    run -- ``-o RUN/config.yaml`` would leave the run unreadable. A folder output
+    (an export) may not be a run directory itself -- its ``model.keras`` and
+    ``export.json`` are its training's -- nor a folder of one that holds files
+    but no export (``checkpoints/``).
+    """
+    target = Path(output).absolute()
+    run = next((d for d in (target, *target.parents) if RunDir(d).exists() and RunDir(d).run_json.is_file()), None)
+    if run is None:
+        return
+    if folder and target == run:
+        raise ConfigError(
+            f"{option} {output}: it is a run directory, whose model.keras and export.json are its training's; "
+            f"name another folder (by default an export goes to {Path(output) / 'export-CHECKPOINT'})"
+        )
+    if folder and target.is_dir() and any(target.iterdir()) and not (target / "export.json").is_file():
+        raise ConfigError(f"{option} {output}: a folder of the run directory {run} that holds no export; name a new folder")
+    if not folder and target.exists() and target.suffix.lower() not in suffixes:
+        kind = " or ".join(suffixes)
+        raise ConfigError(f"{option} {output}: a file of the run directory {run}; name a new {kind} file")
+
+
 _SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
 """Pseudo file systems: writes there reach the kernel, not a disk."""
 

@@ -144,6 +144,8 @@ def load_weights(model: keras.Model, directory: RunDir, which: str | int, *, fie
     recipe field that named it, for error messages.
     """
     which = str(which)
+    if which == "final":
+        check_final_is_current(directory, field=f"{field} final")
     if which in ("last", "best", "final"):
         return _load_named(model, directory, which, field=field)
     ckpts = directory.checkpoints
@@ -160,6 +162,24 @@ def load_weights(model: keras.Model, directory: RunDir, which: str | int, *, fie
     if not Path(f"{path}.index").is_file():
         raise ConfigError(f"{field}: no checkpoint at {which}; {CHOICES}")
     return _load_path(model, path, field=field)
+
+
+def check_final_is_current(directory: RunDir, *, field: str) -> None:
+    """Refuse the final model of a run trained on past it and not finished again.
+
+    A finished run resumed with a larger budget, then killed (or still training),
+    keeps the ``final/`` checkpoint and ``model.keras`` of its earlier end: using
+    them without a word would serve a model the run has moved on from, where a
+    run killed in its first training is refused. ``--checkpoint STEP`` still reads
+    the earlier final one.
+    """
+    final, newest = candidates(directory.checkpoints / "final"), candidates(directory.checkpoints)
+    if final and newest and step_of(newest[0]) > step_of(final[0]):
+        ended, now = step_of(final[0]), step_of(newest[0])
+        raise RunDirError(
+            f"{field}: {directory.path} was trained on past its final model (step {ended}) and has not finished "
+            f"again (its newest checkpoint is step {now}); use last, best, or {ended} for the model of its earlier end"
+        )
 
 
 def _load_path(model: keras.Model, path: str, *, field: str) -> str:
@@ -206,5 +226,5 @@ def _load_named(model: keras.Model, directory: RunDir, which: str, *, field: str
             "set trainer.checkpoint.monitor (e.g. loss) to keep the best one"
         )
     if which == "final" and not skipped:
-        raise RunDirError(f"{field} final: {directory.path} has not finished training; {CHOICES}")
+        raise RunDirError(f"{field} final: {directory.path} has not finished training; use last, best, a step number or a checkpoint path")
     raise RunDirError(f"{field} {which}: {where} holds no readable checkpoint")

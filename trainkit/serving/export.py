@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainkit.errors import ConfigError, MissingExtra
-from trainkit.rundir import RunDir
+from trainkit.recipe import NO_RECURRENT, NO_STRING_INPUTS
+from trainkit.rundir import RunDir, refuse_run_files
 from trainkit.runtime import leaves_process_as_it_was
 from trainkit.serving import spec as inference_spec
 
@@ -145,29 +146,31 @@ def export(
             raise ConfigError(f"--format: unknown format '{name}'; {did_you_mean(name, FORMATS)}")
     if quantize is not None and quantize not in ("none", "dynamic_range"):
         raise ConfigError(f"--quantize: '{quantize}' is not a quantization; use none or dynamic_range")
+    if out_dir is not None:
+        refuse_run_files(out_dir, "-o", folder=True)
     recorded = inference_spec.read(Path(run_dir))
     if recorded is not None and recorded["input"]["dtype"] == "string":
-        formats = _string_formats(formats, explicit=formats_given)
+        formats = _formats_that_take(formats, NO_STRING_INPUTS, "this run's raw text", explicit=formats_given)
     require_writers(formats)
     if recorded is not None:
         inference_spec.check_exportable(recorded)  # before building anything
     built, spec, directory = restore_for_export(run_dir, checkpoint, recipe_file=recipe_file)
     inference_spec.check_exportable(spec)
+    if built.recipe.model.type == "rnn":
+        formats = _formats_that_take(formats, NO_RECURRENT, "this run's recurrent model", explicit=formats_given)
     label = Path(checkpoint).name if os.sep in checkpoint else checkpoint
     out = Path(out_dir) if out_dir is not None else directory.path / f"export-{label}"
     out.mkdir(parents=True, exist_ok=True)
     return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
 
 
-def _string_formats(formats: list[str], *, explicit: bool) -> list[str]:
-    """The formats of a run whose exports take raw strings: by default those that can;
-    one asked for by name that cannot is refused in one line."""
-    from trainkit.recipe import NO_STRING_INPUTS
-
-    refused = [name for name in formats if name in NO_STRING_INPUTS]
+def _formats_that_take(formats: list[str], refusing: dict[str, str], what: str, *, explicit: bool) -> list[str]:
+    """The formats that can take ``what`` (``refusing``: those that cannot, with why): by
+    default those that can; one asked for by name that cannot is refused in one line."""
+    refused = [name for name in formats if name in refusing]
     if refused and explicit:
-        raise ConfigError(f"--format: {refused[0]} cannot take this run's raw text: {NO_STRING_INPUTS[refused[0]]}; export keras or saved_model")
-    return [name for name in formats if name not in NO_STRING_INPUTS]
+        raise ConfigError(f"--format: {refused[0]} cannot take {what}: {refusing[refused[0]]}; export keras or saved_model")
+    return [name for name in formats if name not in refusing]
 
 
 def restore_for_export(

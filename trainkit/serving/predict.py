@@ -47,8 +47,10 @@ class Predictions:
     """Regression outputs, one row per example."""
 
     @property
-    def classes(self) -> list[str]:
-        """The predicted class of each example, by name."""
+    def classes(self) -> list[str] | None:
+        """The predicted class of each example, by name (None for a regression)."""
+        if self.class_ids is None:
+            return None
         return [self.class_names[int(i)] for i in self.class_ids]
 
     def rows(self) -> list[dict[str, Any]]:
@@ -100,7 +102,9 @@ def predict(run_dir: str | os.PathLike, inputs: Any, *, checkpoint: str | None =
 def write_csv(predictions: Predictions, path: str | os.PathLike) -> None:
     """The predictions as CSV at ``path``, written atomically."""
     from trainkit.files import write_text_atomic
+    from trainkit.rundir import refuse_run_files
 
+    refuse_run_files(path, "path", suffixes=(".csv",))
     write_text_atomic(path, predictions.to_csv())
 
 
@@ -111,6 +115,11 @@ def _model(directory: Path, spec: dict, checkpoint: str | None):
     saved = directory / "model.keras"
     if checkpoint is None and saved.is_file():
         import keras
+
+        from trainkit.rundir import RunDir
+        from trainkit.rundir.checkpoints import check_final_is_current
+
+        check_final_is_current(RunDir(directory), field=f"predict without --checkpoint ({saved.name})")
 
         from trainkit.keras_archive import check_keras_archive
 
@@ -150,6 +159,8 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
             names, array = _read_images(path, spec)
         elif kind == ".npy":
             names, array = _from_array(_read_npy(path), expected, str(path), dtype)
+            if not names:
+                raise ConfigError(f"{path}: no examples (an array of shape {[0, *expected]}); expected N > 0 examples of {_describe(expected)}")
         elif kind == ".csv" and spec["input"].get("series"):  # (a series run: the CSV is a series to cut)
             names, array = _read_series_csv(path, spec, dtype)
         elif kind == ".csv":
@@ -187,7 +198,7 @@ def _check_finite(names: list[str], array: np.ndarray, where: str) -> None:
     """NaN or infinity in features would give NaN probabilities and class 0, silently."""
     if not np.issubdtype(array.dtype, np.floating):
         return
-    finite = np.isfinite(array.reshape(len(array), -1)).all(axis=1)
+    finite = np.isfinite(array.reshape(len(array), math.prod(array.shape[1:]))).all(axis=1)
     if not finite.all():
         first = names[int(np.argmin(finite))]
         raise ConfigError(
@@ -257,7 +268,7 @@ def read_texts(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
         if suffix == ".txt":
             return [path.name], np.array([_text_of(path)], dtype=object)
         if suffix == ".csv":
-            return _text_column_of_csv(path, column)
+            return _text_column_of_csv(path, column, spec)
         if suffix in (".jsonl", ".json", ".ndjson"):
             return _texts_of_json_lines(path, column)
         raise ConfigError(f"{path}: unknown input kind '{suffix}'; give a .csv, .jsonl or .txt file or a folder of .txt files")
@@ -275,17 +286,24 @@ def _text_of(file: Path) -> str:
     return "".join(text for _, text in _text_lines(file))
 
 
-def _csv_rows(path: Path) -> list[list[str]]:
-    """The non-empty rows of a CSV input, read as bounded UTF-8 lines; a malformed one is one line."""
-    reader = csv.reader(text for _, text in _text_lines(path))
+def _csv_rows(path: Path, spec: dict) -> list[list[str]]:
+    """The rows of a CSV input, read as bounded UTF-8 lines and split by the training
+    source's delimiter; a malformed one is one line. Blank lines before the header and
+    at the end are left out; one between rows stays (an empty row), so that every row
+    keeps its number and a series never closes up around a missing step."""
+    reader = csv.reader((text for _, text in _text_lines(path)), delimiter=spec["input"].get("delimiter", ","))
     try:
-        return [row for row in reader if row and any(cell.strip() for cell in row)]
+        rows = list(reader)
     except csv.Error as err:
         raise ConfigError(f"{path}, line {reader.line_num}: not CSV ({err})") from None
+    blank = [not (row and any(cell.strip() for cell in row)) for row in rows]
+    first = blank.index(False) if False in blank else len(rows)
+    last = len(rows) - blank[::-1].index(False) if False in blank else first
+    return rows[first:last]
 
 
-def _text_column_of_csv(path: Path, column: str | None) -> tuple[list[str], np.ndarray]:
-    rows = _csv_rows(path)
+def _text_column_of_csv(path: Path, column: str | None, spec: dict) -> tuple[list[str], np.ndarray]:
+    rows = _csv_rows(path, spec)
     if not rows:
         raise ConfigError(f"{path}: empty; expected a header row and one text per row")
     header = [cell.strip() for cell in rows[0]]
@@ -335,7 +353,7 @@ def _describe(shape: tuple) -> str:
 
 
 def _from_array(array: np.ndarray, expected: tuple, where: str, dtype: np.dtype) -> tuple[list[str], np.ndarray]:
-    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
+    if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool) or np.issubdtype(array.dtype, np.complexfloating):
         raise ConfigError(f"{where}: holds {array.dtype} values; expected numbers, {_describe(expected)} per example")
     if tuple(array.shape) == expected:
         array = array[None]
@@ -360,7 +378,7 @@ def _one_example(values: list, expected: tuple, where: str) -> np.ndarray:
 def _read_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str], np.ndarray]:
     expected = tuple(spec["input"]["shape"])
     columns = spec["input"]["columns"]
-    rows = _csv_rows(path)
+    rows = _csv_rows(path, spec)
     if not rows:
         raise ConfigError(f"{path}: empty; expected rows of {_describe(expected)}")
     first = [cell.strip() for cell in rows[0]]
@@ -407,7 +425,7 @@ def _read_series_csv(path: Path, spec: dict, dtype: np.dtype) -> tuple[list[str]
     length = int(spec["input"]["shape"][0])
     columns = list(spec["input"]["series"]["columns"])
     wanted = f"a header naming {', '.join(columns)} and one row per time step, in time order"
-    rows = _csv_rows(path)
+    rows = _csv_rows(path, spec)
     if not rows:
         raise ConfigError(f"{path}: empty; expected {wanted}")
     header = [cell.strip() for cell in rows[0]]

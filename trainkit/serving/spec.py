@@ -53,6 +53,7 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
         columns = info.feature_names if info.feature_names and len(info.feature_names) == 1 else None
     source = section.source
     series = {"columns": list(info.feature_names)} if source.type == "timeseries" and info.feature_names else None
+    delimiter = getattr(source, "delimiter", ",")  # (a CSV to predict on is split like the training file)
     image = None
     if source.type == "image_folder":
         image = {"channels": source.channels, "size": shape[:2], "resize": source.image_size is not None}
@@ -72,7 +73,8 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
         "num_classes": info.num_classes,
         "class_names": _class_names(info),
         "input": {"name": INPUT_NAME, "shape": shape, "dtype": dtype, "columns": columns, "image": image,
-                  **({"series": series} if series else {})},  # (a window's columns: predict cuts a series CSV)
+                  **({"series": series} if series else {}),  # (a window's columns: predict cuts a series CSV)
+                  **({"delimiter": delimiter} if delimiter != "," else {})},
         "preprocessing": steps,
         "head": head,
         "outputs": ["probabilities", "class_ids"] if info.task == "classification" else ["predictions"],
@@ -134,6 +136,8 @@ class _Input(BaseModel):
     image: dict[str, Any] | None = None
     series: dict[str, list[str]] | None = None
     """A time-series run's input columns, in a window's order."""
+    delimiter: Annotated[str, Field(min_length=1, max_length=1)] = ","
+    """The CSV source's delimiter: a CSV to predict on is split by it."""
 
     @field_validator("dtype")
     @classmethod
