@@ -260,7 +260,7 @@ def test_csv_missing_and_empty_files(tmp_path):
         prepare(data({"type": "csv", "path": str(tmp_path / "empty.csv"), "label": "y"}), seed=0)
 
 
-def test_csv_rows_keep_their_numbers_a_bom_is_no_header_and_other_encodings_are_one_line(tmp_path):
+def test_csv_rows_keep_their_numbers_a_bom_is_no_header_a_column_is_named_once_and_other_encodings_are_one_line(tmp_path):
     path = tmp_path / "d.csv"
     path.write_bytes("\ufeffa,label\n1,0\n\n2,1\n3,0,9\n".encode())  # a BOM, a blank line, then a row of three cells
     whole = {"train": 1.0, "validation": 0.0, "test": 0.0}
@@ -268,6 +268,9 @@ def test_csv_rows_keep_their_numbers_a_bom_is_no_header_and_other_encodings_are_
         prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0)
     path.write_bytes("\ufeffa,label\n1,0\n\n2,1\n3,0\n\n".encode())
     assert prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0).info.sizes["train"] == 3
+    path.write_text("a,label,a\n1,0,2\n")
+    with pytest.raises(ConfigError, match=r"d.csv: the header names the column 'a' twice; rename one"):
+        prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0)
     path.write_bytes("a,label\ncaf\xe9,0\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"d.csv is not UTF-8 text \(invalid continuation byte\); save it as UTF-8$"):
         prepare(data({"type": "csv", "path": str(path), "label": "label"}), seed=0)

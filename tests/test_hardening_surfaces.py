@@ -129,13 +129,21 @@ def test_a_chain_of_bases_too_deep_is_one_line(tmp_path):
         ("optimizer.groups=[{match: dense, learning_rate_multiplier: .inf}]", "finite number"),
         ("model.freeze=['" + "a" * 201 + "']", "a regular expression of 201 characters"),
         ("model.freeze=['(']", "not a valid regular expression"),
+        ("trainer.epochs=true", "epochs: true is a boolean, not a number"),
+        ("data.batch_size=false", "batch_size: false is a boolean, not a number"),
     ],
     ids=["nul", "5000-digits", "superscript-index", "arabic-index", "into-scalar", "under-scalar",
-         "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex"],
+         "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex", "boolean-epochs", "boolean-batch"],
 )
 def test_hostile_overrides_are_one_short_line(override, expected):
     line = _refused(lambda: load_recipe("digits_mlp", overrides=[override]), ConfigError, expected)
     assert len(line) < 400 and "\x00" not in line
+
+
+@pytest.mark.parametrize("recipe", ["text_lstm", "text_transformer"])
+@pytest.mark.parametrize("mode", ["multi_hot", "tf_idf"])
+def test_a_sequence_model_on_a_bag_of_words_is_one_line(recipe, mode):
+    _refused(lambda: load_recipe(recipe, overrides=[f"data.text.output_mode={mode}"]), ConfigError, "takes token ids; use output_mode: int")
 
 
 @pytest.mark.parametrize(

@@ -40,12 +40,12 @@ def write_wordpiece_vocabulary(path: Path) -> list[str]:
     return list(vocabulary)
 
 
-def write_sentencepiece_model(path: Path) -> None:
+def write_sentencepiece_model(path: Path, **ids: int) -> None:
     spm = pytest.importorskip("sentencepiece", reason="the sentencepiece package (to train a tiny model) is not installed")
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts()), model_writer=buffer, vocab_size=60, pad_id=0, unk_id=1, bos_id=-1, eos_id=-1,
-        hard_vocab_limit=False, minloglevel=2,
+        sentence_iterator=iter(texts()), model_writer=buffer, vocab_size=60,
+        **({"pad_id": 0, "unk_id": 1, "bos_id": -1, "eos_id": -1} | ids), hard_vocab_limit=False, minloglevel=2,
     )
     path.write_bytes(buffer.getvalue())
 
@@ -103,6 +103,12 @@ def test_a_file_that_is_not_a_sentencepiece_model_is_one_line(tmp_path):
     section = tokenized(tmp_path, {"type": "sentencepiece", "proto": str(tmp_path / "sp.model")})
     with pytest.raises(ConfigError, match=r"data.text.proto: .*sp.model: not a SentencePiece model"):
         prepare(section, seed=0)
+
+
+def test_a_sentencepiece_model_whose_id_0_is_the_unknown_piece_is_one_line(tmp_path):
+    write_sentencepiece_model(tmp_path / "defaults.model", pad_id=-1, unk_id=0, bos_id=1, eos_id=2)  # the trainer's defaults
+    with pytest.raises(ConfigError, match="id 0 is the unknown piece, and trainkit pads with id 0 and masks it; train the model with pad_id=0"):
+        prepare(tokenized(tmp_path, {"type": "sentencepiece", "proto": str(tmp_path / "defaults.model"), "sequence_length": 8}), seed=0)
 
 
 def test_a_bad_tokenizer_file_stops_a_run_before_anything_is_written(tmp_path):

@@ -81,6 +81,26 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _a_boolean_is_no_number(cls, data: Any) -> Any:
+        """``epochs: true`` would be 1 epoch: YAML's booleans are refused where a number goes."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name) if isinstance(name, str) else None
+                if isinstance(value, bool) and field is not None and _takes_numbers_not_booleans(field.annotation):
+                    raise ValueError(f"{name}: {str(value).lower()} is a boolean, not a number")
+        return data
+
+
+def _takes_numbers_not_booleans(annotation: Any) -> bool:
+    import types
+    import typing
+
+    kinds = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else (annotation,)
+    kinds = tuple(typing.get_args(k)[0] if typing.get_origin(k) is Annotated else k for k in kinds)
+    return bool not in kinds and any(k in (int, float) for k in kinds)
+
 
 class _OmitsUnusedFields(BaseModel):
     """A section whose optional fields named in ``_omitted_when_default`` are left
@@ -1057,6 +1077,18 @@ class Recipe(Section, _OmitsUnusedFields):
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     export: ExportSection = Field(default_factory=ExportSection)
     tracking: TrackingSection | None = None
+
+    @model_validator(mode="after")
+    def _token_ids_for_sequence_models(self) -> Recipe:
+        """``rnn`` and ``transformer`` embed token ids: a multi-hot or TF-IDF vector would be
+        read as ids (silently meaningless, or an index error at the first step)."""
+        mode = getattr(self.data.text, "output_mode", "int")
+        if self.model.type in ("rnn", "transformer") and mode != "int":
+            raise ValueError(
+                f"data.text.output_mode: {mode} gives one value per vocabulary entry, and the {self.model.type} builder "
+                "takes token ids; use output_mode: int, or an mlp for a bag of words"
+            )
+        return self
 
     @model_validator(mode="after")
     def _text_exports(self) -> Recipe:

@@ -256,6 +256,9 @@ def _read_csv(path: str, source: CsvSource, *, gaps: bool = False) -> tuple[str,
             if not header:
                 raise ConfigError(f"data.source.path: {path} is empty (a header row is needed)")
             header = [h.strip() for h in header]
+            twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
+            if twice is not None:
+                raise ConfigError(f"data.source.path: {path}: the header names the column '{twice}' twice; rename one")
             numbered = [(number, row) for number, row in enumerate(reader, start=2)]
     except UnicodeDecodeError as err:
         raise ConfigError(f"data.source.path: {path} is not UTF-8 text ({err.reason}); save it as UTF-8") from None

@@ -201,11 +201,17 @@ def wordpiece_vocabulary(data: bytes, where: str) -> list[str]:
 def _sentencepiece_size(proto: bytes, where: str) -> int:
     """The vocabulary size of a sentencepiece model; a file that is not one is refused."""
     try:
-        size = int(sentencepiece_layer({"proto": proto, "sequence_length": None}, 1, "check").vocabulary_size())
+        layer = sentencepiece_layer({"proto": proto, "sequence_length": None}, 1, "check")
+        size = int(layer.vocabulary_size())
     except Exception:  # (TensorFlow's InternalError, or the proto library's own)
         raise ConfigError(f"{where}: not a SentencePiece model (a serialized model proto, the .model file its trainer writes)") from None
     if size < 2:
         raise ConfigError(f"{where}: the model has {size} piece(s); it needs padding (id 0) and at least one piece besides")
+    if _unknown_piece_id(layer) == 0:  # (the trainer's default: unknown pieces would be padding, masked out)
+        raise ConfigError(
+            f"{where}: id 0 is the unknown piece, and trainkit pads with id 0 and masks it; train the model with "
+            "pad_id=0 and another unk_id (e.g. --pad_id=0 --unk_id=1 --bos_id=-1 --eos_id=-1)"
+        )
     return size
 
 
