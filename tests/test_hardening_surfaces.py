@@ -477,6 +477,26 @@ def test_outputs_may_go_into_a_run_directory_as_new_files_of_their_own_kind(tmp_
     assert trainkit.load_run(run).status == "completed"
 
 
+@pytest.mark.parametrize(
+    "change, recurrent, formats, inputs",
+    [
+        ({}, False, "LiteRT, ONNX", "a CSV with the training columns"),
+        ({"dtype": "string", "shape": []}, False, ".keras, SavedModel\n", "a CSV or .jsonl with the text column"),
+        ({"series": {"columns": ["a"]}, "shape": [6, 1]}, True, ".keras, SavedModel\n", "a CSV of the series"),
+        ({"image": {"channels": 1, "size": [8, 8], "resize": False}, "shape": [8, 8, 1]}, False, "LiteRT, ONNX", "a folder of images"),
+    ],
+    ids=["table", "text", "recurrent-series", "images"],
+)
+def test_what_to_do_next_names_the_exports_and_inputs_of_the_run(tmp_path, tiny_run, change, recurrent, formats, inputs):
+    from trainkit.cli import next_steps
+
+    spec = json.loads((tiny_run / "inference.json").read_text())
+    spec["input"].update(change)
+    (tmp_path / "inference.json").write_text(json.dumps(spec))
+    shown = next_steps(tmp_path, recurrent=recurrent) + "\n"
+    assert formats in shown and f"INPUT: {inputs}" in shown, shown
+
+
 def test_a_run_trained_on_past_its_final_model_refuses_final_until_it_ends_again(tmp_path, tiny_run):
     """A finished run resumed with a larger budget and killed keeps its earlier final/
     and model.keras: neither is used as if it were the run's end."""
@@ -605,3 +625,9 @@ def test_predict_on_a_folder_of_images_for_a_table_model_prints_one_line_only(tm
     assert result.stderr.splitlines() == [
         "error: images: a folder of images, but this run's model takes 64 values per example, not images"
     ], result.stderr
+
+
+def test_quantizing_an_export_without_litert_is_one_line(tmp_path, tiny_run):
+    _refused(lambda: trainkit.export(tiny_run, formats=["keras"], quantize="dynamic_range", out_dir=tmp_path / "out"),
+             ConfigError, "quantizes the LiteRT model only, and the formats are keras; add --format tflite")
+    assert not (tmp_path / "out").exists()

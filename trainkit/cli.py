@@ -246,13 +246,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     # cluster's tasks only the chief, which writes the run directory, says where it is.
     if not run.served_only and recipe.trainer.progress and (cluster is None or cluster.is_chief):
         print(f"run directory: {run.run_dir}")
-        print(next_steps(run.run_dir))
+        print(next_steps(run.run_dir, recurrent=recipe.model.type == "rnn"))
     return 0
 
 
-def next_steps(run_dir) -> str:
+def _export_formats(spec: dict[str, Any], recurrent: bool) -> str:
+    """The formats a plain ``trainkit export`` writes for a run (raw text and recurrent loops: no LiteRT, ONNX)."""
+    return ".keras, SavedModel" if spec["input"]["dtype"] == "string" or recurrent else ".keras, SavedModel, LiteRT, ONNX"
+
+
+def _predict_inputs(spec: dict[str, Any]) -> str:
+    """What ``trainkit predict`` reads for a run, by the kind of its input."""
+    if spec["input"]["dtype"] == "string":
+        return "a CSV or .jsonl with the text column, a .txt file or a folder of .txt files"
+    if spec["input"].get("series"):
+        return "a CSV of the series (one row per time step), a .npy array of windows or .jsonl"
+    if spec["input"].get("image"):
+        return "a folder of images, a .npy array or .jsonl"
+    return "a CSV with the training columns, a .npy array or .jsonl"
+
+
+def next_steps(run_dir, *, recurrent: bool = False) -> str:
     """What to do with a trained run, as command lines to copy (named as this
-    command was run, e.g. ``.venv/bin/trainkit`` where ``trainkit`` is not on the PATH)."""
+    command was run, e.g. ``.venv/bin/trainkit`` where ``trainkit`` is not on the PATH);
+    ``recurrent``: a model of the ``rnn`` builder."""
     import shlex
     import shutil
     from pathlib import Path
@@ -268,8 +285,8 @@ def next_steps(run_dir) -> str:
     recorded = inference_spec.read(Path(run_dir))
     if recorded is not None and not recorded.get("unsupported"):
         lines += [
-            (f"{program} export {run}", "the model with its preprocessing: .keras, SavedModel, LiteRT, ONNX"),
-            (f"{program} predict {run} INPUT", "INPUT: a CSV with the training columns, a .npy array, .jsonl or a folder of images"),
+            (f"{program} export {run}", f"the model with its preprocessing: {_export_formats(recorded, recurrent)}"),
+            (f"{program} predict {run} INPUT", f"INPUT: {_predict_inputs(recorded)}"),
         ]
     width = max(len(command) for command, _ in lines)
     return "next:\n" + "\n".join(f"  {command:<{width}}  # {what}" for command, what in lines)

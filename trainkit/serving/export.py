@@ -146,6 +146,8 @@ def export(
             raise ConfigError(f"--format: unknown format '{name}'; {did_you_mean(name, FORMATS)}")
     if quantize is not None and quantize not in ("none", "dynamic_range"):
         raise ConfigError(f"--quantize: '{quantize}' is not a quantization; use none or dynamic_range")
+    if quantize not in (None, "none") and "tflite" not in formats:
+        raise ConfigError(f"--quantize {quantize}: quantizes the LiteRT model only, and the formats are {', '.join(formats)}; add --format tflite")
     if out_dir is not None:
         refuse_run_files(out_dir, "-o", folder=True)
     recorded = inference_spec.read(Path(run_dir))
