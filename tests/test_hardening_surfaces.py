@@ -631,3 +631,17 @@ def test_quantizing_an_export_without_litert_is_one_line(tmp_path, tiny_run):
     _refused(lambda: trainkit.export(tiny_run, formats=["keras"], quantize="dynamic_range", out_dir=tmp_path / "out"),
              ConfigError, "quantizes the LiteRT model only, and the formats are keras; add --format tflite")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_converter_that_fails_is_one_line_and_leaves_no_export(tmp_path, tiny_run, monkeypatch):
+    from trainkit.errors import ExportError
+    from trainkit.serving import formats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an op the converter cannot lower\nand the rest of its log")
+
+    monkeypatch.setattr(formats, "write_onnx", broken)
+    line = _refused(lambda: trainkit.export(tiny_run, formats=["onnx"], out_dir=tmp_path / "out"), ExportError,
+                    "export.formats: onnx could not be written (RuntimeError: an op the converter cannot lower)")
+    assert line.endswith("export keras and/or saved_model")
+    assert not (tmp_path / "out" / "export.json").exists()

@@ -218,6 +218,16 @@ def test_exports_take_the_raw_window_and_agree_with_the_trained_model(tmp_path):
     exported = cli("export", "run", "-o", "out", cwd=tmp_path)
     assert exported.returncode == 0, exported.stderr
     assert sorted(json.loads((tmp_path / "out" / "export.json").read_text())["formats"]) == ["keras", "saved_model"]
+    # Were it asked for anyway, the ONNX file tf2onnx writes is refused before it is saved, in one line.
+    from trainkit.errors import ExportError
+    from trainkit.runtime import preserved_process_state
+    from trainkit.serving.export import _write, restore_for_export
+
+    (tmp_path / "forced").mkdir()
+    with preserved_process_state(), pytest.raises(ExportError, match=r"^export.formats: onnx could not be written \(ValueError: "):
+        built, spec, _ = restore_for_export(tmp_path / "run", "final")
+        _write(built, spec, ["onnx"], tmp_path / "forced", quantize="none")
+    assert not list((tmp_path / "forced").iterdir())
 
 
 @pytest.mark.parametrize("name", ["tflite", "onnx"])

@@ -31,6 +31,12 @@ class MissingExtra(TrainkitError):
     exit_code = USAGE_EXIT_CODE
 
 
+class ExportError(TrainkitError):
+    """A converter (LiteRT, tf2onnx) could not write a format of a trained model."""
+
+    exit_code = 1
+
+
 class RunDirError(TrainkitError):
     """A run directory that cannot be used: another recipe lives there, or it is locked."""
 

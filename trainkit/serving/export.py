@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit.errors import ConfigError, MissingExtra
+from trainkit.errors import ConfigError, ExportError, MissingExtra, TrainkitError, first_line
 from trainkit.recipe import NO_RECURRENT, NO_STRING_INPUTS
 from trainkit.rundir import RunDir, refuse_run_files
 from trainkit.runtime import leaves_process_as_it_was
@@ -221,7 +221,15 @@ def _write(built: Built, spec: dict[str, Any], formats: list[str], out: Path, *,
 
     def timed(name: str, fn) -> None:
         start = time.perf_counter()
-        fn()
+        try:
+            fn()
+        except (TrainkitError, OSError):  # (a full disk keeps its own exit and message)
+            raise
+        except Exception as err:  # a converter's failure: one line, not its stack
+            raise ExportError(
+                f"export.formats: {name} could not be written ({type(err).__name__}: {first_line(err)[:240]}); "
+                "export keras and/or saved_model"
+            ) from err
         path = out / writers.FILES[name]
         written[name] = {"file": path.name, "bytes": writers.size_of(path), "seconds": round(time.perf_counter() - start, 3)}
 

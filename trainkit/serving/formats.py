@@ -94,6 +94,9 @@ def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata:
         )
     finally:
         logger.setLevel(level)
+    undefined = sorted({node.op_type for node in proto.graph.node if not onnx.defs.has(node.op_type, node.domain or "")})
+    if undefined:  # (tf2onnx leaves an op it cannot convert as the TensorFlow op: onnxruntime cannot load the file)
+        raise ValueError(f"tf2onnx left TensorFlow ops that ONNX does not define: {', '.join(undefined[:5])}")
     _strip_tensor_suffix(proto, [spec["input"]["name"], *names])
     for key, value in (("trainkit", json.dumps(metadata)),):
         entry = proto.metadata_props.add()
