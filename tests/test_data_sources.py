@@ -271,6 +271,9 @@ def test_csv_rows_keep_their_numbers_a_bom_is_no_header_a_column_is_named_once_a
     path.write_text("a,label,a\n1,0,2\n")
     with pytest.raises(ConfigError, match=r"d.csv: the header names the column 'a' twice; rename one"):
         prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0)
+    path.write_text("a;label\n1;0\n")
+    with pytest.raises(ConfigError, match=r"the header is one column, 'a;label', split by ';', not by ','; set data.source.delimiter: ';'"):
+        prepare(data({"type": "csv", "path": str(path), "label": "label"}, splits=whole), seed=0)
     path.write_bytes("a,label\ncaf\xe9,0\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"d.csv is not UTF-8 text \(invalid continuation byte\); save it as UTF-8$"):
         prepare(data({"type": "csv", "path": str(path), "label": "label"}), seed=0)

@@ -302,6 +302,8 @@ def test_csv_rows_to_predict_keep_their_numbers_and_an_empty_text_is_a_text(tmp_
     (tmp_path / "texts.csv").write_text('review\n"two\nlines"\n""\nlast\n')
     names, values = read_inputs(str(tmp_path / "texts.csv"), texts)
     assert names == ["2", "3", "4"] and list(values) == ["two\nlines", "", "last"]
+    (tmp_path / "no_header.csv").write_text('"a first text\nof two lines"\n')
+    _refused(lambda: read_inputs(str(tmp_path / "no_header.csv"), texts), ConfigError, "no column 'review' in the header")
 
 
 def test_ordinary_predict_inputs_still_read(tmp_path):

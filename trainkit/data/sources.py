@@ -256,6 +256,12 @@ def _read_csv(path: str, source: CsvSource, *, gaps: bool = False) -> tuple[str,
             if not header:
                 raise ConfigError(f"data.source.path: {path} is empty (a header row is needed)")
             header = [h.strip() for h in header]
+            other = next((c for c in ",;\t|" if len(header) == 1 and c != source.delimiter and c in header[0]), None)
+            if other is not None:  # (a one-column table is no dataset: the file is split by another character)
+                raise ConfigError(
+                    f"data.source.path: {path}: the header is one column, '{header[0][:60]}', split by {other!r}, not by "
+                    f"{source.delimiter!r}; set data.source.delimiter: {other!r}"
+                )
             twice = next((name for i, name in enumerate(header) if name in header[:i]), None)
             if twice is not None:
                 raise ConfigError(f"data.source.path: {path}: the header names the column '{twice}' twice; rename one")

@@ -313,7 +313,10 @@ def _text_column_of_csv(path: Path, column: str | None, spec: dict) -> tuple[lis
     if name not in header:
         from trainkit.errors import did_you_mean
 
-        raise ConfigError(f"{path}: no column '{name}' in the header (the text column the model trained on); {did_you_mean(name, header)}")
+        raise ConfigError(
+            f"{path}: no column '{_shown(name)}' in the header (the text column the model trained on); "
+            f"{did_you_mean(name, [_shown(h) for h in header])}"
+        )
     j = header.index(name)
     for number, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
