@@ -647,3 +647,12 @@ def test_a_converter_that_fails_is_one_line_and_leaves_no_export(tmp_path, tiny_
                     "export.formats: onnx could not be written (RuntimeError: an op the converter cannot lower)")
     assert line.endswith("export keras and/or saved_model")
     assert not (tmp_path / "out" / "export.json").exists()
+
+
+def test_exporting_again_into_a_folder_leaves_only_what_its_export_json_lists(tmp_path, tiny_run):
+    out = tmp_path / "out"
+    trainkit.export(tiny_run, formats=["keras", "onnx"], out_dir=out)
+    (out / "notes.txt").write_text("mine\n")
+    trainkit.export(tiny_run, formats=["keras"], checkpoint="last", out_dir=out)
+    assert sorted(json.loads((out / "export.json").read_text())["formats"]) == ["keras"]
+    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.keras", "notes.txt"]

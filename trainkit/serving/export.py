@@ -166,6 +166,30 @@ def export(
     return _write(built, spec, formats, out, quantize=quantize or built.recipe.export.quantize)
 
 
+def _remove_earlier_formats(out: Path, *, keep: list[str]) -> None:
+    """Remove what an earlier export into ``out`` wrote in formats this one does not
+    write: the folder must hold what its new ``export.json`` lists, never an older
+    checkpoint's model beside it. Only the files trainkit names for a format go."""
+    import json
+    import shutil
+
+    from trainkit.files import read_regular
+    from trainkit.serving.formats import FILES
+
+    try:
+        earlier = json.loads(read_regular(out / METADATA_FILE, 1 << 20))["formats"]
+    except (OSError, ValueError, KeyError, TypeError):  # none, or not one trainkit wrote: nothing is removed
+        return
+    for name in earlier if isinstance(earlier, dict) else ():
+        path = out / FILES.get(name, "")
+        if name in keep or name not in FILES or not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
 def _formats_that_take(formats: list[str], refusing: dict[str, str], what: str, *, explicit: bool) -> list[str]:
     """The formats that can take ``what`` (``refusing``: those that cannot, with why): by
     default those that can; one asked for by name that cannot is refused in one line."""
@@ -218,6 +242,7 @@ def _write(built: Built, spec: dict[str, Any], formats: list[str], out: Path, *,
     model = build_inference_model(built, spec)
     metadata = {k: spec[k] for k in ("recipe", "recipe_hash", "task", "num_classes", "class_names", "input", "outputs")}
     written: dict[str, Any] = {}
+    _remove_earlier_formats(out, keep=formats)
 
     def timed(name: str, fn) -> None:
         start = time.perf_counter()
