@@ -344,6 +344,10 @@ def test_a_killed_text_run_resumes_bit_identical_with_its_vocabulary(tmp_path, s
     assert "resumed from" in resumed.stdout and "at step 5 " in resumed.stdout
     assert (cached in resumed.stdout) == (source == "tfrecord")
     assert_same_weights(run, reference)
+    # predict takes the text under the name it had in the data: the CSV column, or the TFRecord key
+    (tmp_path / "new.jsonl").write_text('{"review": "a superb, lovely film"}\n')
+    predicted = cli("predict", str(run), "new.jsonl", cwd=tmp_path)
+    assert predicted.returncode == 0 and len(predicted.stdout.splitlines()) == 2, predicted.stderr
 
     # The kept vocabulary is what a continued run reads: one cut to nothing is refused in one line.
     (run / "vocabulary.txt").write_text("\n[UNK]\n")

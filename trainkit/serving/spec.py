@@ -49,9 +49,10 @@ def describe(recipe: Recipe, data: PreparedData, model: Any, loss: Any, *, ident
     steps = list(data.preprocessing)  # the layers the pipeline applies: one definition
     unsupported = unsupported or data.not_exportable
     columns = info.feature_names if len(shape) == 1 and info.feature_names and len(info.feature_names) == shape[0] else None
-    if dtype == "string":  # one text per example: the text column of a CSV or JSON lines, if it had a name
-        columns = info.feature_names if info.feature_names and len(info.feature_names) == 1 else None
     source = section.source
+    if dtype == "string":  # one text per example: the text column of a CSV or JSON lines, or a TFRecord's key
+        key = [source.inputs] if source.type == "tfrecord" and isinstance(source.inputs, str) else None
+        columns = info.feature_names if info.feature_names and len(info.feature_names) == 1 else key
     series = {"columns": list(info.feature_names)} if source.type == "timeseries" and info.feature_names else None
     delimiter = getattr(source, "delimiter", ",")  # (a CSV to predict on is split like the training file)
     image = None
