@@ -112,6 +112,17 @@ def test_the_reference_sweep_is_found_by_name_and_valid():
     ]
 
 
+def test_a_searched_key_set_on_the_command_line_is_fixed_and_leaves_the_search(tmp_path):
+    sweep = load_sweep("digits_mlp_sweep", ["model.hidden_units=[16]"])
+    assert "model.hidden_units" not in [d.key for d in sweep.dimensions] and sweep.fixed["model.hidden_units"] == [16]
+    assert sweep.recipe({"model.dropout": 0.1}).model.model_extra["hidden_units"] == [16]
+    path = write_sweep(tmp_path / "both.yaml", LR, overrides={"optimizer.learning_rate": 0.01})
+    with pytest.raises(ConfigError, match="optimizer.learning_rate is both fixed .overrides:. and searched .space:.; keep one of them"):
+        load_sweep(path)
+    with pytest.raises(ConfigError, match=r"the command line fixes every searched key \(optimizer.learning_rate\); nothing is left"):
+        load_sweep(write_sweep(tmp_path / "one.yaml", LR), ["optimizer.learning_rate=0.01"])
+
+
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid"])
 def test_each_sampler_and_pruner_is_optunas_seeded(tmp_path, sampler):
     import optuna

@@ -103,6 +103,16 @@ def test_an_unreachable_server_warns_once_and_never_raises(tmp_path, capsys):
     assert len(warnings) == 1 and "cannot be reached" in warnings[0] and "goes on untracked" in warnings[0]
 
 
+def test_a_file_where_the_local_store_goes_warns_once_and_the_training_goes_on(tmp_path):
+    (tmp_path / "mlruns").write_text("not a folder\n")
+    trained = cli("train", *SMOKE, "trainer.epochs=null", "trainer.steps=2", "tracking.mlflow.experiment=x",
+                  "--run-dir", "run", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (warning,) = [line for line in trained.stderr.splitlines() if "tracking" in line]
+    assert "mlruns/mlflow.db failed ([Errno 17] File exists" in warning and warning.endswith("the run goes on untracked")
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "completed"
+
+
 def test_without_mlflow_installed_tracking_warns_once(monkeypatch, capsys):
     from trainkit.tracking import _Client
 

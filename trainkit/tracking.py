@@ -78,9 +78,9 @@ class ParentRun:
 
 
 def local_store_uri(run_dir: str | os.PathLike) -> str:
-    """``sqlite:///.../mlruns/mlflow.db`` beside ``run_dir`` (the folder is made)."""
+    """``sqlite:///.../mlruns/mlflow.db`` beside ``run_dir`` (its folder is made on connecting,
+    where a failure turns tracking off instead of failing the training)."""
     store = Path(run_dir).absolute().parent / LOCAL_STORE
-    store.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{store / 'mlflow.db'}"
 
 
@@ -137,6 +137,8 @@ def _connect(uri: str):
         raise RuntimeError("mlflow is not installed: pip install 'trainkit[tracking]'") from None
     for name in ("mlflow.store.db.utils", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)  # its table-creation chatter
+    if uri.startswith("sqlite:///"):  # a local store: its folder first (a file in its place fails here, in one line)
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     if uri.startswith(("http://", "https://")):
         for key, value in HTTP_LIMITS.items():
             os.environ.setdefault(key, value)

@@ -53,7 +53,7 @@ def describe(sweep: Sweep, storage_url: str | None) -> dict[str, Any]:
         "sampler": spec.sampler,
         "pruner": spec.pruner,
         "seed": spec.seed,
-        "space": dict(spec.space),
+        "space": {d.key: spec.space[d.key] for d in sweep.dimensions},  # (a key fixed on the command line is not searched)
         "storage": storage_url,
     }
 

@@ -187,12 +187,19 @@ def load_sweep(name_or_path: str | os.PathLike, overrides: dict[str, Any] | list
         spec = SweepFile.model_validate(data)
     except ValidationError as err:
         raise ConfigError(f"{path}: {_explain(err)}") from None
+    both = [key for key in spec.overrides if key in spec.space]
+    if both:
+        raise ConfigError(f"{path}: {both[0]} is both fixed (overrides:) and searched (space:); keep one of them")
+    fixed = _as_mapping(overrides)  # a searched key set on the command line is fixed: it leaves the search
+    searched = {key: value for key, value in spec.space.items() if key not in fixed}
+    if not searched:
+        raise ConfigError(f"{path}: the command line fixes every searched key ({', '.join(spec.space)}); nothing is left to search")
     sweep = Sweep(
         name=spec.name or path.stem,
         source=str(path),
         spec=spec,
-        dimensions=[parse_dimension(key, value, source=str(path)) for key, value in spec.space.items()],
-        cli_overrides=_as_mapping(overrides),
+        dimensions=[parse_dimension(key, value, source=str(path)) for key, value in searched.items()],
+        cli_overrides=fixed,
     )
     check_space(sweep)
     return sweep
