@@ -51,6 +51,7 @@ LR = {"optimizer.learning_rate": {"loguniform": [1.0e-3, 1.0e-2]}}
         ({"optimizer.learning_rate": {"loguniform": [0.0, 0.1]}}, "loguniform needs low > 0"),
         ({"optimizer.learning_rate": {"logunifrom": [0.01, 0.1]}}, "did you mean 'loguniform'?"),
         ({"model.dropout": {"uniform": [0.5, 0.1]}}, "uniform needs low < high"),
+        ({"model.dropout": {"uniform": [float("nan"), 0.5]}}, "uniform takes two finite numbers [low, high]"),
     ],
 )
 def test_a_bad_space_key_is_one_line_naming_the_file_and_key(tmp_path, space, expected):
@@ -70,6 +71,7 @@ def test_a_bad_space_key_is_one_line_naming_the_file_and_key(tmp_path, space, ex
         ({"pruner": "asha"}, "pruner: Input should be 'median', 'hyperband' or 'none'"),
         ({"trails": 3}, "unknown key 'trails'; did you mean 'trials'?"),
         ({"sampler": "grid", "space": {"model.dropout": {"uniform": [0.0, 0.5]}}}, "sampler grid needs choice or int"),
+        ({"name": "../../elsewhere"}, "name: Value error, a sweep name is a name, not a path"),
     ],
 )
 def test_a_bad_sweep_setting_is_one_line(tmp_path, fields, expected):
@@ -77,6 +79,46 @@ def test_a_bad_sweep_setting_is_one_line(tmp_path, fields, expected):
     path = write_sweep(tmp_path / "bad.yaml", space, **fields)
     with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace("?", r"\?")):
         load_sweep(path)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["sweep", "show", "sd", "--best-config", "missing/best.yaml"], "--best-config missing/best.yaml: the folder missing does not exist"),
+        (["eval", "run", "--watch", "--every-seconds", "nan"], "--every-seconds: must be a number above 0 and at most 86,400"),
+        (["eval", "run", "--watch", "--every-seconds", "inf"], "--every-seconds: must be a number above 0 and at most 86,400"),
+    ],
+    ids=["best-config-folder", "every-nan", "every-inf"],
+)
+def test_bad_options_of_sweep_show_and_watch_are_one_line(tmp_path, args, expected):
+    result = cli(*args, cwd=tmp_path)
+    (line,) = messages(result.stderr)
+    assert result.returncode == 2 and expected in line, result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_sweep_continues_in_the_storage_its_directory_names_and_a_bad_one_writes_nothing(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", LR)
+    refused = cli("sweep", str(path), "--storage", "foo://bar", "--sweep-dir", "bad", cwd=tmp_path)
+    assert refused.returncode == 2 and "--storage foo://bar: cannot open it" in refused.stderr and not (tmp_path / "bad").exists()
+    small = [*SMALL, "trainer.epochs=1", "--sweep-dir", "sd"]
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    assert cli("sweep", str(path), *small, "--trials", "1", "--storage", url, cwd=tmp_path).returncode == 0
+    assert cli("sweep", str(path), *small, "--trials", "2", cwd=tmp_path).returncode == 0  # (no --storage: the recorded one)
+    assert not (tmp_path / "sd" / "study.journal").exists()
+    shown = cli("sweep", "show", "sd", cwd=tmp_path)
+    assert [line.split()[:2] for line in shown.stdout.splitlines()[1:3]] == [["0", "COMPLETE"], ["1", "COMPLETE"]], shown.stdout
+    other = cli("sweep", str(path), *small, "--trials", "3", "--storage", f"sqlite:///{tmp_path / 'other.db'}", cwd=tmp_path)
+    assert other.returncode == 2 and "holds another sweep (different storage)" in other.stderr
+
+
+def test_a_sweep_whose_trials_all_failed_exits_1_and_writes_no_best_config(tmp_path):
+    path = write_sweep(tmp_path / "s.yaml", {"model.activation": {"choice": ["reluu"]}})  # (a value the builder refuses)
+    failed = cli("sweep", str(path), *SMALL, "--trials", "1", "--sweep-dir", "sd", cwd=tmp_path)
+    assert failed.returncode == 1 and "error: no trial completed; 1 failed (why: trainkit sweep show sd)" in failed.stderr
+    shown = cli("sweep", "show", "sd", "--best-config", "best.yaml", cwd=tmp_path)
+    assert shown.returncode == 2 and "--best-config best.yaml: not written, as no trial has completed" in shown.stderr
+    assert not (tmp_path / "best.yaml").exists()
 
 
 @pytest.mark.parametrize("given_as", ["argument", "--space"])

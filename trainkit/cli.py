@@ -326,37 +326,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_output(output: str, option: str, *, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
-    """Refuse, before any work, an output path that cannot be written: its folder missing,
-    read-only or not a folder, (for a file) a folder at its name, or what a run directory
-    holds (:func:`trainkit.rundir.refuse_run_files`; ``suffixes``: the files this writes)."""
-    from pathlib import Path
-
-    from trainkit.errors import ConfigError
-    from trainkit.rundir import refuse_run_files
-
-    refuse_run_files(output, option, folder=folder, suffixes=suffixes)
-
-    path = Path(output)
-    if folder:
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"{option} {output}: a file is there; name a folder for the exported files")
-        existing = path
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-    else:
-        if path.is_dir():
-            raise ConfigError(f"{option} {output}: it is a folder; name a file in it (e.g. {path / 'out'}{path.suffix})")
-        existing = path.parent
-        if not existing.is_dir():
-            raise ConfigError(f"{option} {output}: the folder {existing} does not exist; create it first")
-    if not existing.is_dir():
-        raise ConfigError(f"{option} {output}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
-        raise ConfigError(f"{option} {output}: {existing} is {'on a read-only file system' if read_only else 'not writable'}")
-
-
 def _check_image_format(output: str) -> None:
     from pathlib import Path
 
@@ -377,12 +346,13 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from trainkit.files import atomic_path
+    from trainkit.rundir import check_output
     from trainkit.runs import load_run, plot_runs
     from trainkit.training.disk_full import writing
 
     output = args.output
     _check_image_format(output)
-    _check_output(output, "-o", suffixes=(Path(output).suffix.lower(),))
+    check_output(output, "-o", suffixes=(Path(output).suffix.lower(),))
     runs = [load_run(path) for path in args.run_dirs]  # every directory checked before drawing
     figure = plot_runs(runs)
     with writing(output, "the plot", option="-o"), atomic_path(output) as tmp:
@@ -392,11 +362,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from trainkit.rundir import check_output
     from trainkit.serving.export import export
     from trainkit.training.disk_full import writing
 
     if args.output:
-        _check_output(args.output, "-o", folder=True)
+        check_output(args.output, "-o", folder=True)
     with writing(args.output or args.run_dir, "the export", option="-o"):
         written = export(args.run_dir, formats=args.formats, checkpoint=args.checkpoint, out_dir=args.output, quantize=args.quantize, recipe_file=args.recipe)
     for name, entry in written["formats"].items():
@@ -411,10 +382,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from trainkit.rundir import check_output
     from trainkit.serving.predict import predict, write_csv
 
     if args.output:
-        _check_output(args.output, "-o", suffixes=(".csv",))
+        check_output(args.output, "-o", suffixes=(".csv",))
     predictions = predict(args.run_dir, args.input, checkpoint=args.checkpoint)
     if args.output:
         from trainkit.training.disk_full import writing

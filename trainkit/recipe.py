@@ -1055,7 +1055,8 @@ class TrackingSection(Section):
     mlflow: MlflowTracking | None = None
 
 
-_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
+#: What a recipe or sweep name may be: a name, never a path (it names a folder under runs/).
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 
 
 class Recipe(Section, _OmitsUnusedFields):
@@ -1108,7 +1109,7 @@ class Recipe(Section, _OmitsUnusedFields):
     @field_validator("name")
     @classmethod
     def _a_name_not_a_path(cls, value: str) -> str:
-        if not _NAME.fullmatch(value):
+        if not NAME_PATTERN.fullmatch(value):
             raise ValueError(
                 "a recipe name is a name, not a path: 1 to 100 letters, digits, '_', '-' or '.', "
                 "starting with a letter, digit or '_'"

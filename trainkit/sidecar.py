@@ -69,6 +69,8 @@ READING = ".eval_reading"
 LOCK = ".eval.lock"
 #: How often a cluster's ``evaluator`` task looks for new checkpoints.
 EVALUATOR_POLL_SECONDS = 2.0
+#: The longest ``--every-seconds``: a day.
+MAX_EVERY_SECONDS = 86_400
 #: TensorFlow's threads in an evaluator's process (intra-op, inter-op and tf.data's
 #: pool): the training beside it keeps the rest of the cores. 0: TensorFlow's default.
 DEFAULT_THREADS = 1
@@ -499,8 +501,8 @@ def watch(
     machine (:func:`limit_process`; it is the evaluator's process). Returns how
     many checkpoints this call evaluated.
     """
-    if every_seconds <= 0:
-        raise ConfigError(f"--every-seconds: must be above 0, got {every_seconds:g}")
+    if not 0 < every_seconds <= MAX_EVERY_SECONDS:  # (NaN fails too; time.sleep refuses inf and overflows far below it)
+        raise ConfigError(f"--every-seconds: must be a number above 0 and at most {MAX_EVERY_SECONDS:,} (a day), got {every_seconds:g}")
     nice = check_limits(threads, nice)
     directory = RunDir(run_dir)
     if wait_for_run and not directory.exists():  # the chief has not written the run directory yet

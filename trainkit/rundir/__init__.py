@@ -296,6 +296,31 @@ def with_recipe_file_hint(directory: RunDir, err: ConfigError) -> ConfigError:
     )
 
 
+def check_output(output: str | os.PathLike, option: str, *, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
+    """Refuse, before any work, an output path that cannot be written: its folder missing,
+    read-only or not a folder, (for a file) a folder at its name, or what a run directory
+    holds (:func:`refuse_run_files`; ``suffixes``: the files the command writes)."""
+    refuse_run_files(output, option, folder=folder, suffixes=suffixes)
+    path = Path(output)
+    if folder:
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{option} {output}: a file is there; name a folder for the exported files")
+        existing = path
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+    else:
+        if path.is_dir():
+            raise ConfigError(f"{option} {output}: it is a folder; name a file in it (e.g. {path / 'out'}{path.suffix})")
+        existing = path.parent
+        if not existing.is_dir():
+            raise ConfigError(f"{option} {output}: the folder {existing} does not exist; create it first")
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {output}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        read_only = _read_only(existing)
+        raise ConfigError(f"{option} {output}: {existing} is {'on a read-only file system' if read_only else 'not writable'}")
+
+
 def refuse_run_files(output: str | os.PathLike, option: str, *, folder: bool = False, suffixes: tuple[str, ...] = ()) -> None:
     """Refuse an output that would replace what a run directory holds.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from trainkit.errors import ConfigError, RunDirError
@@ -36,8 +37,12 @@ def main_for_cli(args: argparse.Namespace) -> int:
         argv += ["--trials", str(args.trials)] if args.trials else []
         return run_workers(sweep, argv, workers=args.workers, sweep_dir=sweep_dir, storage_url=args.storage, trials=args.trials)
     quiet_tensorflow()
-    run_sweep(sweep, sweep_dir=sweep_dir, storage_url=args.storage, trials=args.trials)
+    study = run_sweep(sweep, sweep_dir=sweep_dir, storage_url=args.storage, trials=args.trials)
     print(f"sweep directory: {sweep_dir}  (trainkit sweep show {sweep_dir})")
+    states = [trial.state.name for trial in study.trials]
+    if "COMPLETE" not in states and "FAIL" in states:  # (a script that reads the best trial next must not go on)
+        print(f"error: no trial completed; {states.count('FAIL')} failed (why: trainkit sweep show {sweep_dir})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -46,16 +51,22 @@ def show(args: argparse.Namespace) -> int:
 
     if len(args.overrides) != 1:
         raise ConfigError("usage: trainkit sweep show DIR [--best-config FILE]")
+    if args.best_config:
+        from trainkit.rundir import check_output
+
+        check_output(args.best_config, "--best-config")
     result = open_sweep(args.overrides[0])
     print(result.table())
     try:
         trial = result.best_trial()
     except RunDirError as err:  # no completed trial yet
         print(f"best: none ({err})")
+        if args.best_config:  # (a script that trains the file next must not go on)
+            raise RunDirError(f"--best-config {args.best_config}: not written, as no trial has completed") from None
         return 0
     shown = ", ".join(f"{key}={value}" for key, value in result.recipe_values(trial).items())
     print(f"best: trial {trial.number}  {result.metric} {trial.value:.6g}  ({shown})  {result.sweep_dir / trial.user_attrs['run_dir']}")
     if args.best_config:
         path = result.best_config(args.best_config)
-        print(f"wrote {path}  (trainkit train {path})")
+        print(f"wrote {path}  ({result.train_command(path)})")
     return 0

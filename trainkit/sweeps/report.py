@@ -104,11 +104,17 @@ class SweepResult:
             _set(changed, dotted, _get(data, dotted))
         head = (
             f"# The best trial ({trial.number}) of sweep {self.name}: {self.metric} {trial.value:.6g}.\n"
-            f"# Trained from {self.sweep_dir / trial.user_attrs['run_dir']}; `trainkit train {Path(path).name}` trains it again.\n"
+            f"# Trained from {self.sweep_dir / trial.user_attrs['run_dir']}; `{self.train_command(Path(path).name)}` trains it again.\n"
         )
         body = yaml.safe_dump({"base": self.record["base"], **changed}, sort_keys=False, default_flow_style=None)
         write_text_atomic(path, head + body)
         return Path(path)
+
+    def train_command(self, config: str | os.PathLike) -> str:
+        """The command that trains a best config: a base that is a recipe file is named
+        on the command line (a config's ``base:`` never names a file)."""
+        base = str(self.record["base"])
+        return f"trainkit train {base} -c {config}" if base.endswith(".py") else f"trainkit train {config}"
 
     def plot(self):
         """Optimization history, parallel coordinates and parameter importances, as one matplotlib Figure."""

@@ -58,13 +58,24 @@ def describe(sweep: Sweep, storage_url: str | None) -> dict[str, Any]:
     }
 
 
+def recorded_storage(sweep_dir: Path) -> str | None:
+    """The storage URL a sweep directory's ``sweep.json`` names (None: its own journal, or no sweep yet)."""
+    path = sweep_dir / SWEEP_JSON
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(read_regular(path)).get("storage")
+    except (OSError, ValueError, AttributeError):  # (a damaged record is prepare_dir's to refuse)
+        return None
+
+
 def prepare_dir(sweep: Sweep, sweep_dir: Path, storage_url: str | None) -> None:
     """Create the sweep directory, or check that it holds this very sweep."""
     record = describe(sweep, storage_url)
     path = sweep_dir / SWEEP_JSON
     if path.is_file():
         before = json.loads(read_regular(path))
-        changed = sorted(k for k in record if k not in ("source", "storage") and before.get(k) != record[k])
+        changed = sorted(k for k in record if k != "source" and before.get(k) != record[k])
         if changed:
             raise ConfigError(
                 f"{sweep_dir} holds another sweep (different {', '.join(changed)}); "
@@ -219,8 +230,10 @@ def run_sweep(
     fresh = not (directory / SWEEP_JSON).is_file()
     if fresh:
         check_metric(sweep)  # before anything is written
+    storage_url = storage_url or recorded_storage(directory)  # (continued where its study lives)
+    storage = studies.open_storage(storage_url, directory) if storage_url else None  # (a URL that fails: nothing written)
     prepare_dir(sweep, directory, storage_url)
-    storage = studies.open_storage(storage_url, directory)
+    storage = storage or studies.open_storage(None, directory)
     study = studies.open_study(sweep, storage, trials=trials)
     report = report or SweepReport(sweep, total=studies.queued_total(study))
     # A signal between trials (while a recipe builds) is kept, and stops the next
@@ -274,8 +287,10 @@ def run_workers(sweep: Sweep, argv: list[str], *, workers: int, sweep_dir: Path,
     """
     if not (sweep_dir / SWEEP_JSON).is_file():
         check_metric(sweep)
+    storage_url = storage_url or recorded_storage(sweep_dir)
+    storage = studies.open_storage(storage_url, sweep_dir) if storage_url else None
     prepare_dir(sweep, sweep_dir, storage_url)
-    studies.open_study(sweep, studies.open_storage(storage_url, sweep_dir), trials=trials)
+    studies.open_study(sweep, storage or studies.open_storage(None, sweep_dir), trials=trials)
     processes = []
     for gpu in gpu_assignment(workers, visible_gpus()):
         env = dict(os.environ)

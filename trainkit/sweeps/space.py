@@ -23,13 +23,14 @@ file and the key, and nothing is written.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.loader import parse_yaml, search_roots
@@ -53,6 +54,17 @@ class SweepFile(BaseModel):
     """Fixed settings of every trial, by dotted path (``trainer.epochs: 2``)."""
     name: str | None = None
     """The study's name and default directory (``runs/sweeps/NAME``); default: the file's name."""
+
+    @field_validator("name")
+    @classmethod
+    def _a_name_not_a_path(cls, value: str | None) -> str | None:
+        from trainkit.recipe import NAME_PATTERN
+
+        if value is not None and not NAME_PATTERN.fullmatch(value):  # (a downloaded sweep file never picks where it writes)
+            raise ValueError(
+                "a sweep name is a name, not a path: 1 to 100 letters, digits, '_', '-' or '.', starting with a letter, digit or '_'"
+            )
+        return value
     description: str = ""
     metric: Annotated[str, Field(min_length=1)]
     direction: Literal["max", "min"] | None = None
@@ -241,8 +253,8 @@ def parse_dimension(key: str, spec: dict[str, Any], *, source: str) -> Dimension
         raise ConfigError(f"{where}: {kind} takes [low, high], got {value!r}")
     low, high = value
     number = int if kind == "int" else (int, float)
-    if not all(isinstance(v, number) and not isinstance(v, bool) for v in value):
-        wanted = "integers" if kind == "int" else "numbers"
+    if not all(isinstance(v, number) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        wanted = "integers" if kind == "int" else "finite numbers"
         raise ConfigError(f"{where}: {kind} takes two {wanted} [low, high], got {value!r}")
     if low >= high:
         raise ConfigError(f"{where}: {kind} needs low < high, got {value!r}")
