@@ -72,6 +72,7 @@ def test_a_bad_space_key_is_one_line_naming_the_file_and_key(tmp_path, space, ex
         ({"trails": 3}, "unknown key 'trails'; did you mean 'trials'?"),
         ({"sampler": "grid", "space": {"model.dropout": {"uniform": [0.0, 0.5]}}}, "sampler grid needs choice or int"),
         ({"name": "../../elsewhere"}, "name: Value error, a sweep name is a name, not a path"),
+        ({"trials": 100_000_000}, "trials: Input should be less than or equal to 100000"),
     ],
 )
 def test_a_bad_sweep_setting_is_one_line(tmp_path, fields, expected):
@@ -85,10 +86,11 @@ def test_a_bad_sweep_setting_is_one_line(tmp_path, fields, expected):
     ("args", "expected"),
     [
         (["sweep", "show", "sd", "--best-config", "missing/best.yaml"], "--best-config missing/best.yaml: the folder missing does not exist"),
+        (["sweep", "digits_mlp_sweep", "--trials", "100000000"], "--trials: give 1 to 100,000, got 100,000,000"),
         (["eval", "run", "--watch", "--every-seconds", "nan"], "--every-seconds: must be a number above 0 and at most 86,400"),
         (["eval", "run", "--watch", "--every-seconds", "inf"], "--every-seconds: must be a number above 0 and at most 86,400"),
     ],
-    ids=["best-config-folder", "every-nan", "every-inf"],
+    ids=["best-config-folder", "trials", "every-nan", "every-inf"],
 )
 def test_bad_options_of_sweep_show_and_watch_are_one_line(tmp_path, args, expected):
     result = cli(*args, cwd=tmp_path)
@@ -163,6 +165,31 @@ def test_a_searched_key_set_on_the_command_line_is_fixed_and_leaves_the_search(t
         load_sweep(path)
     with pytest.raises(ConfigError, match=r"the command line fixes every searched key \(optimizer.learning_rate\); nothing is left"):
         load_sweep(write_sweep(tmp_path / "one.yaml", LR), ["optimizer.learning_rate=0.01"])
+
+
+def test_a_queue_its_creator_left_unfinished_is_finished_at_once_by_the_next_process(tmp_path, monkeypatch):
+    import socket
+
+    import optuna
+    from optuna.trial import TrialState, create_trial
+
+    from trainkit.sweeps import study as studies
+
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", LR, trials=5))
+    storage = studies.open_storage(None, tmp_path)
+    made = optuna.create_study(storage=storage, study_name=sweep.name, direction="maximize")
+    creator = subprocess.Popen(["true"])
+    creator.wait()  # (stopped while queueing: two of five trials queued, no total recorded)
+    made.set_user_attr(studies.QUEUER, f"{socket.gethostname()}:{creator.pid}")
+    for _ in range(2):
+        made.add_trial(create_trial(state=TrialState.WAITING))
+    monkeypatch.setattr(studies, "QUEUE_WAIT_SECONDS", 0.0)  # (a live creator's queue is waited for; this one is not)
+    again = studies.open_study(sweep, studies.open_storage(None, tmp_path))
+    assert again.user_attrs[studies.QUEUED] == 5 and len(again.get_trials(deepcopy=False)) == 5
+    live = optuna.create_study(storage=storage, study_name="live", direction="maximize")
+    live.set_user_attr(studies.QUEUER, f"{socket.gethostname()}:1")  # (alive: init) -- its queue is never taken over
+    with pytest.raises(ConfigError, match="its trials were never queued"):
+        studies.open_study(load_sweep(write_sweep(tmp_path / "t.yaml", LR, name="live")), storage)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "grid"])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from trainkit.errors import ConfigError, RunDirError
+from trainkit.sweeps.space import MAX_TRIALS
 
 
 def main_for_cli(args: argparse.Namespace) -> int:
@@ -24,8 +25,8 @@ def main_for_cli(args: argparse.Namespace) -> int:
         raise ConfigError("name a sweep file: trainkit sweep SWEEP [KEY=VALUE]... (or --space FILE)")
     if args.workers < 1:
         raise ConfigError(f"--workers: give 1 or more, got {args.workers}")
-    if args.trials is not None and args.trials < 1:
-        raise ConfigError(f"--trials: give 1 or more, got {args.trials}")
+    if args.trials is not None and not 1 <= args.trials <= MAX_TRIALS:
+        raise ConfigError(f"--trials: give 1 to {MAX_TRIALS:,}, got {args.trials:,}")
     from trainkit.runtime import quiet_tensorflow
     from trainkit.sweeps.runner import DEFAULT_SWEEPS, run_sweep, run_workers
     from trainkit.sweeps.space import load_sweep

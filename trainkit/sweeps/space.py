@@ -34,11 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from trainkit.errors import ConfigError, did_you_mean
 from trainkit.loader import parse_yaml, search_roots
-from trainkit.recipe import MAX_COUNT, Recipe
+from trainkit.recipe import Recipe
 
 KINDS = ("loguniform", "uniform", "int", "choice")
 #: Metric names whose smaller values are better (the direction is inferred from them).
 _LOSS_LIKE = re.compile(r"(^|_)(loss|error|mse|mae|mape|msle|rmse|crossentropy|hinge|perplexity)s?$")
+
+
+#: The most trials one sweep queues: each is a journal entry and a run directory.
+MAX_TRIALS = 100_000
 
 
 class SweepFile(BaseModel):
@@ -69,7 +73,7 @@ class SweepFile(BaseModel):
     metric: Annotated[str, Field(min_length=1)]
     direction: Literal["max", "min"] | None = None
     """Default: ``min`` for loss-like names (loss, error, mse, ...), else ``max``."""
-    trials: Annotated[int, Field(gt=0, le=MAX_COUNT)] = 20
+    trials: Annotated[int, Field(gt=0, le=MAX_TRIALS)] = 20
     sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0

@@ -24,13 +24,14 @@ of other hosts are left alone: their locks may live in another sweep directory.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from pathlib import Path
 from typing import Any
 
 from trainkit.errors import ConfigError, first_line
-from trainkit.sweeps.space import Sweep
+from trainkit.sweeps.space import MAX_TRIALS, Sweep
 
 #: The sweep directory's record of what it sweeps (read by ``sweep show`` and ``--best-config``).
 SWEEP_JSON = "sweep.json"
@@ -38,6 +39,8 @@ SWEEP_JSON = "sweep.json"
 JOURNAL = "study.journal"
 #: The study attribute holding the queued total; set once the queue is complete.
 QUEUED = "trainkit_trials"
+#: The study attribute naming the process that queues its trials (``host:pid``), set first.
+QUEUER = "trainkit_queuer"
 QUEUE_WAIT_SECONDS = 120.0
 #: The trial attribute naming the host whose process claimed it last.
 OWNER = "owner_host"
@@ -168,7 +171,7 @@ def open_study(sweep: Sweep, storage, *, trials: int | None = None):
                 f"{sweep.source}: the study '{sweep.name}' in this storage maximizes/minimizes the other way "
                 f"({study.direction.name.lower()}); give the sweep another name or directory"
             ) from None
-        queued = _wait_for_queue(study)
+        queued = _wait_for_queue(study, total)
         if total > queued:  # a longer sweep asked for: queue the rest (from one process at a time)
             _queue(study, total - queued, total)
         return study
@@ -179,24 +182,47 @@ def open_study(sweep: Sweep, storage, *, trials: int | None = None):
 def _queue(study, count: int, total: int) -> None:
     from optuna.trial import TrialState, create_trial
 
+    if total > MAX_TRIALS:
+        raise ConfigError(f"trials: {total:,} is more than one sweep queues (at most {MAX_TRIALS:,}); split it into several sweeps")
+    study.set_user_attr(QUEUER, f"{socket.gethostname()}:{os.getpid()}")
     for _ in range(count):
         study.add_trial(create_trial(state=TrialState.WAITING))
     study.set_user_attr(QUEUED, total)
 
 
-def _wait_for_queue(study) -> int:
-    """The queued total, once the creating process has queued every trial."""
+def _wait_for_queue(study, total: int) -> int:
+    """The queued total, once the creating process has queued every trial. A creator
+    that died while queueing (Ctrl-C on a long queue) is finished here, at once."""
     deadline = time.monotonic() + QUEUE_WAIT_SECONDS
     while True:
         queued = study.user_attrs.get(QUEUED)
         if queued is not None:
             return int(queued)
+        if _queuer_died(study.user_attrs.get(QUEUER)):
+            _queue(study, max(0, total - len(study.get_trials(deepcopy=False))), total)
+            return total
         if time.monotonic() > deadline:
             raise ConfigError(
                 f"the study '{study.study_name}' exists but its trials were never queued "
                 "(the process that created it died at once?); use another sweep name or directory"
             )
         time.sleep(0.5)
+
+
+def _queuer_died(queuer: str | None) -> bool:
+    """Whether the process named ``host:pid`` is known to have ended: on this host only."""
+    host, _, pid = (queuer or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    if int(pid) == os.getpid():  # this process, interrupted while queueing (a notebook's KeyboardInterrupt)
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def queued_total(study) -> int:
