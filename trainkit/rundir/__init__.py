@@ -343,8 +343,8 @@ def refuse_run_files(output: str | os.PathLike, option: str, *, folder: bool = F
     if folder and target.is_dir() and any(target.iterdir()) and not (target / "export.json").is_file():
         raise ConfigError(f"{option} {output}: a folder of the run directory {run} that holds no export; name a new folder")
     if not folder and target.exists() and target.suffix.lower() not in suffixes:
-        kind = " or ".join(suffixes)
-        raise ConfigError(f"{option} {output}: a file of the run directory {run}; name a new {kind} file")
+        kind = " or ".join(suffixes) + " " if suffixes else ""
+        raise ConfigError(f"{option} {output}: a file of the run directory {run}; name a new {kind}file")
 
 
 _SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
