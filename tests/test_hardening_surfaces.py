@@ -131,9 +131,10 @@ def test_a_chain_of_bases_too_deep_is_one_line(tmp_path):
         ("model.freeze=['(']", "not a valid regular expression"),
         ("trainer.epochs=true", "epochs: true is a boolean, not a number"),
         ("data.batch_size=false", "batch_size: false is a boolean, not a number"),
+        ("optimizer.learning_rate=true", "learning_rate: true is a boolean, not a number"),
     ],
     ids=["nul", "5000-digits", "superscript-index", "arabic-index", "into-scalar", "under-scalar",
-         "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex", "boolean-epochs", "boolean-batch"],
+         "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex", "boolean-epochs", "boolean-batch", "boolean-lr"],
 )
 def test_hostile_overrides_are_one_short_line(override, expected):
     line = _refused(lambda: load_recipe("digits_mlp", overrides=[override]), ConfigError, expected)

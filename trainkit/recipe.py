@@ -75,11 +75,8 @@ Pattern = Annotated[str, AfterValidator(_usable_pattern)]
 """A regular expression over layer names or variable paths: bounded in length, compilable."""
 
 
-class Section(BaseModel):
-    """A strict recipe section: unknown keys are errors. Numbers are finite: an infinite
-    learning rate or multiplier only fails at the first step, after the run directory exists."""
-
-    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+class _NumbersAreNumbers(BaseModel):
+    """A section whose number fields refuse YAML's booleans."""
 
     @model_validator(mode="before")
     @classmethod
@@ -93,6 +90,13 @@ class Section(BaseModel):
         return data
 
 
+class Section(_NumbersAreNumbers):
+    """A strict recipe section: unknown keys are errors. Numbers are finite: an infinite
+    learning rate or multiplier only fails at the first step, after the run directory exists."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
+
+
 def _takes_numbers_not_booleans(annotation: Any) -> bool:
     import types
     import typing
@@ -102,7 +106,7 @@ def _takes_numbers_not_booleans(annotation: Any) -> bool:
     return bool not in kinds and any(k in (int, float) for k in kinds)
 
 
-class _OmitsUnusedFields(BaseModel):
+class _OmitsUnusedFields(_NumbersAreNumbers):
     """A section whose optional fields named in ``_omitted_when_default`` are left
     out of its data while they hold their default: recipes that do not use them
     print and hash exactly as before the fields existed (runs stay resumable)."""
