@@ -99,6 +99,17 @@ def test_a_config_built_on_a_config_layers_with_c_through_its_chain(tmp_path):
     assert "on_cnn.yaml, through digits_cnn_smoke.yaml" in line
 
 
+def test_a_misspelt_argument_names_the_layer_that_set_it(tmp_path):
+    from trainkit.plan import check_components
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "typo.yaml").write_text("base: digits_mlp\noptimizer: {learning_rte: 0.1}\n")
+    line = _refused(lambda: check_components(load_recipe("typo")), ConfigError, "has no argument 'learning_rte'; did you mean 'learning_rate'?")
+    assert line.endswith(f"(set in {tmp_path / 'configs' / 'typo.yaml'})"), line
+    line = _refused(lambda: check_components(load_recipe("digits_mlp", overrides=["model.hiden_units=[3]"])), ConfigError)
+    assert line.endswith("(set in override model.hiden_units=[3])"), line
+
+
 def test_a_chain_of_bases_too_deep_is_one_line(tmp_path):
     from trainkit.loader import MAX_BASE_DEPTH
 

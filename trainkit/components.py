@@ -46,9 +46,9 @@ def check_arguments(
     defaults = _defaults(target)
     for key, value in kwargs.items():
         if key in provided:
-            raise ConfigError(f"{field}: '{key}' is set by trainkit from the data; remove it")
+            raise ConfigError(f"{field}: '{key}' is set by trainkit from the data; remove it", key=f"{field}.{key}")
         if key not in names:
-            raise ConfigError(f"{field}: {label} has no argument '{key}'; {did_you_mean(key, names - provided)}")
+            raise ConfigError(f"{field}: {label} has no argument '{key}'; {did_you_mean(key, names - provided)}", key=f"{field}.{key}")
         if key in defaults:
             _check_kind(value, defaults[key], field=f"{field}.{key}", label=label)
 

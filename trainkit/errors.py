@@ -20,9 +20,14 @@ class TrainkitError(Exception):
 
 
 class ConfigError(TrainkitError, ValueError):
-    """A recipe, config, override or dataset that cannot be used as given."""
+    """A recipe, config, override or dataset that cannot be used as given; ``key``: the
+    recipe key at fault, where one is (so that the layer that set it can be named)."""
 
     exit_code = USAGE_EXIT_CODE
+
+    def __init__(self, message: str = "", *, key: str | None = None):
+        super().__init__(message)
+        self.key = key
 
 
 class MissingExtra(TrainkitError):

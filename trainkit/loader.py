@@ -591,6 +591,7 @@ def validate(layered: Layered) -> Recipe:
         raise ConfigError(explain(err, layered)) from None
     recipe._source = str(layered.recipe_path) if layered.recipe_path else None
     recipe._config_name = layered.config_name
+    recipe._origins = {".".join(map(str, path)): source for path, (_, source) in layered.origin.items()}
     return recipe
 
 

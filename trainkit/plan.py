@@ -51,7 +51,18 @@ _ACCURACY_FOR_LOSS = {
 
 
 def check_components(recipe: Recipe) -> None:
-    """Every registered name and argument in the recipe, checked without building."""
+    """Every registered name and argument in the recipe, checked without building; an
+    error names the file or override that set the key at fault."""
+    try:
+        _check_components(recipe)
+    except ConfigError as err:
+        source = recipe.origin_of(err.key) if err.key else None
+        if source is None or source in str(err):
+            raise
+        raise ConfigError(f"{err} (set in {source})", key=err.key) from None
+
+
+def _check_components(recipe: Recipe) -> None:
     from trainkit.models.build import check_builder_arguments
 
     loss_cls = registry.losses.get(recipe.loss.type, field="loss.type")

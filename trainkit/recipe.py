@@ -1126,6 +1126,17 @@ class Recipe(Section, _OmitsUnusedFields):
     # The config layer this recipe was last varied by, when that layer left
     # ``name`` alone: its run gets its own default directory (see run_name).
     _config_name: str | None = PrivateAttr(default=None)
+    # Where each key was set ("model.units" -> a file, or an override), for messages.
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def origin_of(self, key: str) -> str | None:
+        """The file or override that set ``key`` (or the nearest section above it), if known."""
+        parts = key.split(".")
+        for n in range(len(parts), 0, -1):
+            found = self._origins.get(".".join(parts[:n]))
+            if found:
+                return found
+        return None
 
     @property
     def run_name(self) -> str:
