@@ -87,6 +87,17 @@ def test_configs_naming_each_other_as_base_are_a_loop_in_one_line(tmp_path):
     assert "loop_a.yaml -> loop_b.yaml -> loop_a.yaml" in line
 
 
+def test_a_config_named_like_the_recipe_it_builds_on_builds_on_that_recipe(tmp_path, monkeypatch):
+    monkeypatch.delenv("TRAINKIT_HOME")  # the working directory comes first, as for a user
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "digits_mlp.yaml").write_text("base: digits_mlp\ntrainer: {epochs: 7}\n")
+    recipe = load_recipe("digits_mlp")  # the working directory's config, over the recipe it hides
+    assert recipe.trainer.epochs == 7 and recipe.name == "digits_mlp" and recipe.model.type == "mlp"
+    assert load_recipe("digits_mlp", configs=["digits_mlp"]).trainer.epochs == 7
+    (tmp_path / "configs" / "alone.yaml").write_text("base: alone\n")  # nothing else has its name
+    _refused(lambda: load_recipe("alone"), ConfigError, "a config cannot be its own base")
+
+
 def test_a_config_built_on_a_config_layers_with_c_through_its_chain(tmp_path):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "on_smoke.yaml").write_text("base: digits_mlp_smoke\ntrainer: {epochs: 7}\n")

@@ -53,15 +53,33 @@ def search_roots() -> list[Path]:
     return unique
 
 
+def _every_file() -> list[Path]:
+    """Every recipe and config file in search order: the first of a name wins."""
+    files = []
+    for root in search_roots():
+        for sub, pattern in (("recipes", "*.py"), ("configs", "*.yaml"), ("configs", "*.yml")):
+            files.extend(p for p in sorted((root / sub).glob(pattern)) if not p.name.startswith("_"))
+    return files
+
+
 def available() -> dict[str, Path]:
     """Every recipe (``recipes/*.py``) and config (``configs/*.yaml``) by name."""
     found: dict[str, Path] = {}
-    for root in search_roots():
-        for sub, pattern in (("recipes", "*.py"), ("configs", "*.yaml"), ("configs", "*.yml")):
-            for path in sorted((root / sub).glob(pattern)):
-                if not path.name.startswith("_"):
-                    found.setdefault(path.stem, path)
+    for path in _every_file():
+        found.setdefault(path.stem, path)
     return found
+
+
+def shadowed(name: str, by: Path) -> Path | None:
+    """The file of ``name`` that ``by`` hides: the next one in search order. A config
+    ``configs/digits_cnn.yaml`` in the working directory with ``base: digits_cnn``
+    builds on the recipe it shadows, not on itself."""
+    same = [p for p in _every_file() if p.stem == name]
+    resolved = [p.resolve() for p in same]
+    if by.resolve() not in resolved:
+        return None
+    later = same[resolved.index(by.resolve()) + 1:]
+    return later[0] if later else None
 
 
 def find(name_or_path: str | os.PathLike) -> Path:
@@ -554,6 +572,8 @@ def _base_recipe(base: Any, path: Path) -> Path:
     if not isinstance(base, str):
         raise ConfigError(f"base ({path}): must be a recipe name (see trainkit ls), got {_shown(repr(base))}")
     known = available()
+    if base in known and known[base].resolve() == path.resolve():
+        return shadowed(base, path) or path  # the caller refuses a config that is its own base
     if base not in known:
         if base.endswith((".py", ".yaml", ".yml")) or "/" in base or os.sep in base:
             raise ConfigError(f"base ({path}): '{_shown(base)}' is a path; base: names a recipe in recipes/ or configs/ (see trainkit ls); {how}")
