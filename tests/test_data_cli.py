@@ -103,6 +103,13 @@ def test_bad_data_via_the_cli_is_one_line_exit_2_and_writes_nothing(tmp_path):
     assert result.returncode == 2 and "no such folder" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("option, value", [("-n", "-3"), ("--seconds", "0"), ("--seconds", "-1"), ("--seconds", "nan"), ("--seconds", "inf")])
+def test_trainkit_data_refuses_a_count_or_budget_that_would_show_or_time_nothing(tmp_path, option, value):
+    result = cli("data", "digits_mlp", option, value, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.count("error:") == 1 and f"(trainkit data {option}): must be" in result.stderr
+
+
 def test_trainkit_data_shows_the_evaluation_pipeline_of_a_split(tmp_path):
     import tensorflow as tf
 

@@ -19,6 +19,7 @@ from trainkit import tracking
 from trainkit.distribution.cluster import cluster_info, is_evaluator_task
 from trainkit.distribution.parameter_server import serve_if_server_task
 from trainkit.distribution.strategies import describe
+from trainkit.errors import ConfigError
 from trainkit.evaluation import evaluate as evaluate
 from trainkit.loader import load_recipe
 from trainkit.recipe import Recipe
@@ -179,6 +180,18 @@ def validate(recipe: Recipe | str | os.PathLike) -> dict[str, Any]:
     }
 
 
+#: ``trainkit data --seconds`` at most: an hour of timing is far more than a rate needs.
+MAX_INSPECT_SECONDS = 3600.0
+
+
+def _check_inspect_budget(n: Any, seconds: Any) -> None:
+    """Refuse, in one line, a count or time budget that would silently show or time nothing."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"n (trainkit data -n): must be a whole number of examples, 0 or more, got {n!r}")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= MAX_INSPECT_SECONDS:
+        raise ConfigError(f"seconds (trainkit data --seconds): must be a number above 0 and at most {MAX_INSPECT_SECONDS:g}, got {seconds!r}")
+
+
 def inspect_data(
     recipe: Recipe | str | os.PathLike,
     split: str = "train",
@@ -198,6 +211,7 @@ def inspect_data(
     first pass; where the label count read the split whole, that pass is made, and
     ``batch`` reads the cache, as every epoch after the first does. Writes nothing.
     """
+    _check_inspect_budget(n, seconds)
     quiet_tensorflow()
     recipe = _as_recipe(recipe)
     from trainkit.data.pipeline import prepare

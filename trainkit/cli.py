@@ -402,7 +402,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from trainkit import api
 
-    report = api.inspect_data(_load(args), split=args.split, n=max(args.n, 0), seconds=args.seconds)
+    report = api.inspect_data(_load(args), split=args.split, n=args.n, seconds=args.seconds)
     print(f"{report['recipe']}  split {report['split']}  ({report['source']} source, held as {report['held_as']})")
     spec = report["element_spec"]
     features = spec["features"]
