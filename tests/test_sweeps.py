@@ -52,10 +52,15 @@ LR = {"optimizer.learning_rate": {"loguniform": [1.0e-3, 1.0e-2]}}
         ({"optimizer.learning_rate": {"logunifrom": [0.01, 0.1]}}, "did you mean 'loguniform'?"),
         ({"model.dropout": {"uniform": [0.5, 0.1]}}, "uniform needs low < high"),
         ({"model.dropout": {"uniform": [float("nan"), 0.5]}}, "uniform takes two finite numbers [low, high]"),
+        ({"data.batch_size": {"choice": [32, 64, 32]}}, "space.data.batch_size: choice lists 32 more than once"),
+        ({"model.hidden_units": {"choice": [[8], [16], [8]]}}, "space.model.hidden_units: choice lists [8] more than once"),
+        ({}, "space: is empty; name at least one recipe key to search"),
+        ((LR, "grid"), "space.optimizer.learning_rate: sampler grid needs choice or int"),
     ],
 )
 def test_a_bad_space_key_is_one_line_naming_the_file_and_key(tmp_path, space, expected):
-    path = write_sweep(tmp_path / "bad.yaml", space)
+    space, sampler = space if isinstance(space, tuple) else (space, "tpe")
+    path = write_sweep(tmp_path / "bad.yaml", space, sampler=sampler)
     with pytest.raises(ConfigError) as err:
         load_sweep(path)
     text = str(err.value)

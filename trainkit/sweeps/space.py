@@ -206,6 +206,8 @@ def load_sweep(name_or_path: str | os.PathLike, overrides: dict[str, Any] | list
     both = [key for key in spec.overrides if key in spec.space]
     if both:
         raise ConfigError(f"{path}: {both[0]} is both fixed (overrides:) and searched (space:); keep one of them")
+    if not spec.space:
+        raise ConfigError(f"{path}: space: is empty; name at least one recipe key to search, for example optimizer.learning_rate: {{loguniform: [0.0001, 0.01]}}")
     fixed = _as_mapping(overrides)  # a searched key set on the command line is fixed: it leaves the search
     searched = {key: value for key, value in spec.space.items() if key not in fixed}
     if not searched:
@@ -252,6 +254,10 @@ def parse_dimension(key: str, spec: dict[str, Any], *, source: str) -> Dimension
     if kind == "choice":
         if not isinstance(value, list) or not value:
             raise ConfigError(f"{where}: choice takes a non-empty list of values, got {value!r}")
+        seen = [json.dumps(v, sort_keys=True, default=repr) for v in value]  # 1, 1.0 and true stay distinct
+        twice = [seen[i] for i in range(len(seen)) if seen[i] in seen[:i]]
+        if twice:
+            raise ConfigError(f"{where}: choice lists {twice[0]} more than once; list each value once")
         return Dimension(key, kind, choices=tuple(value))
     if not isinstance(value, list) or len(value) != 2:
         raise ConfigError(f"{where}: {kind} takes [low, high], got {value!r}")
@@ -280,7 +286,10 @@ def check_space(sweep: Sweep) -> None:
     check_components(base)
     for dimension in sweep.dimensions:
         if sweep.spec.sampler == "grid":
-            dimension.grid()
+            try:
+                dimension.grid()
+            except ConfigError as err:
+                raise ConfigError(f"{sweep.source}: {err}") from None
         for value in dimension.probes():
             recipe = _tried(sweep, {dimension.key: value}, dimension=dimension)
             try:
