@@ -113,6 +113,24 @@ def test_a_file_where_the_local_store_goes_warns_once_and_the_training_goes_on(t
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.parametrize("store", ["folder", "not_a_database"])
+def test_a_database_that_cannot_be_opened_warns_once_without_mlflows_retries(tmp_path, monkeypatch, capfd, store):
+    import mlflow.store.db.utils as db_utils
+
+    from trainkit.tracking import _Client
+
+    db = tmp_path / "mlflow.db"
+    db.mkdir() if store == "folder" else db.write_text("not a database\n")
+    waits: list[float] = []
+    monkeypatch.setattr(db_utils.time, "sleep", waits.append)  # MLflow retries 10 times, ~100 s of waits
+    client = _Client(f"sqlite:///{db}")
+    assert client.call(lambda c: c.search_experiments()) is None
+    assert waits == []
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip() and "cuda" not in line]
+    reason = "unable to open database file" if store == "folder" else "file is not a database"
+    assert lines == [f"warning: tracking: MLflow at sqlite:///{db} failed ({reason}); the run goes on untracked"]
+
+
 def test_without_mlflow_installed_tracking_warns_once(monkeypatch, capsys):
     from trainkit.tracking import _Client
 

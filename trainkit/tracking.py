@@ -23,7 +23,9 @@ legacy one).
 Tracking never fails a training: MLflow missing, a server that does not answer
 or any MLflow error prints one warning line, and the run goes on untracked.
 Requests to a server are bounded (:data:`HTTP_LIMITS`), so an unreachable one
-costs seconds, not minutes.
+costs seconds, not minutes; a database store (SQLite, PostgreSQL, MySQL) is
+opened once before MLflow opens it, because MLflow retries one that fails ten
+times, waiting about 100 s in all.
 
 Sweeps: :func:`start_parent` opens a parent run; a trial trained with
 ``trainkit.train(..., tracking_parent=parent)`` -- or in a process whose
@@ -143,7 +145,35 @@ def _connect(uri: str):
         for key, value in HTTP_LIMITS.items():
             os.environ.setdefault(key, value)
         _check_server(uri)
+    _check_database(uri)
     return MlflowClient(tracking_uri=uri)
+
+
+#: Database stores whose driver takes a ``connect_timeout`` (seconds).
+_TIMED_DRIVERS = ("postgresql", "mysql")
+
+
+def _check_database(uri: str, timeout: int = 5) -> None:
+    """Fail at once where MLflow would retry a database that cannot be opened ten
+    times, with doubling waits: about 100 s of warnings before the training starts."""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme == "sqlite":
+        path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+        if path and path != ":memory:":
+            import contextlib
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(path, timeout=timeout)) as db:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # a file that is not a database fails here
+    elif scheme in (*_TIMED_DRIVERS, "mssql"):
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": timeout} if scheme in _TIMED_DRIVERS else {})
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
 
 
 def _check_server(uri: str, timeout: float = 3.0) -> None:
