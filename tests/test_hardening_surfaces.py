@@ -522,6 +522,16 @@ def test_what_to_do_next_names_the_exports_and_inputs_of_the_run(tmp_path, tiny_
     assert formats in shown and f"INPUT: {inputs}" in shown, shown
 
 
+def test_a_run_json_list_edited_into_another_type_does_not_stop_a_resume(tmp_path, tiny_run):
+    run = _copy(tiny_run, tmp_path / "run")
+    status = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**status, "resumed_at": 5}))
+    recipe = load_recipe("digits_mlp", overrides=["trainer.epochs=null", "trainer.steps=4", "trainer.progress=false", "export.formats=[keras]"])
+    assert trainkit.train(recipe, run_dir=run).status == "completed"
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["step"] == 4 and len(resumed["resumed_at"]) == 1
+
+
 def test_a_run_trained_on_past_its_final_model_refuses_final_until_it_ends_again(tmp_path, tiny_run):
     """A finished run resumed with a larger budget and killed keeps its earlier final/
     and model.keras: neither is used as if it were the run's end."""

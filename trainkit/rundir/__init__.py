@@ -261,9 +261,14 @@ class RunDir:
             },
             host=socket.gethostname(),
             started=previous.get("started", now()) if resumed else now(),
-            resumed_at=[*previous.get("resumed_at", []), now()] if resumed else [],
+            resumed_at=[*_list_of(previous.get("resumed_at")), now()] if resumed else [],
             ended=None,
         )
+
+
+def _list_of(value: Any) -> list:
+    """A run.json list field as a list: an edited or damaged value is not a crash on resume."""
+    return list(value) if isinstance(value, list) else []
 
 
 def load_run_recipe(run_dir: str | os.PathLike, *, recipe_file: str | os.PathLike | None = None) -> Recipe:
