@@ -158,7 +158,7 @@ def _check_database(uri: str, timeout: int = 5) -> None:
     times, with doubling waits: about 100 s of warnings before the training starts."""
     scheme = uri.split(":", 1)[0].split("+", 1)[0].lower()
     if scheme == "sqlite":
-        path = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else ""
+        path = uri.removeprefix("sqlite:///").split("?", 1)[0] if uri.startswith("sqlite:///") else ""
         if path and path != ":memory:":
             import contextlib
             import sqlite3
