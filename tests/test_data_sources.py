@@ -154,15 +154,17 @@ def test_tfds_missing_split_lists_the_existing_ones(tfds_dir):
         prepare(section, seed=0)
 
 
-def test_tfds_not_prepared_fails_fast_offline_and_says_how_to_prepare(tmp_path):
-    section = data({"type": "tfds", "name": "mnist", "data_dir": str(tmp_path / "nowhere")})
+@pytest.mark.parametrize("name", ["mnist", "imdb_reviews"])  # imdb_reviews has a builder config: NAME/CONFIG/VERSION
+def test_tfds_not_prepared_fails_fast_offline_and_says_how_to_prepare(tmp_path, name):
+    section = data({"type": "tfds", "name": name, "data_dir": str(tmp_path / "nowhere")})
     start = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         prepare(section, seed=0)
     print(f"offline failure took {time.perf_counter() - start:.2f} s")
     message = str(err.value)
     assert "\n" not in message
-    assert "not prepared" in message and "tfds build mnist" in message and str(tmp_path / "nowhere") in message
+    assert "not prepared" in message and f"tfds build {name}" in message
+    assert f"in data_dir {tmp_path / 'nowhere'} and" in message and f"copy DIR/{name} to {tmp_path / 'nowhere'}/ or" in message
 
 
 def test_tfds_unknown_name_suggests_a_close_one(tmp_path):

@@ -685,8 +685,14 @@ def _tfds_load(keys: list[str] | None, label_key: str | None) -> Callable:
     return load
 
 
+def _tfds_root(builder: Any) -> Path:
+    """The data_dir a builder's files live under: ``ROOT/NAME[/CONFIG]/VERSION``."""
+    levels = 3 if getattr(builder, "builder_config", None) is not None else 2
+    return Path(builder.data_dir).parents[levels - 1]
+
+
 def _not_prepared(source: TfdsSource, builder: Any) -> str:
-    data_dir = Path(builder.data_dir).parents[1] if builder.data_dir else source.data_dir
+    data_dir = source.data_dir or (_tfds_root(builder) if builder.data_dir else None)
     where = f"data_dir {data_dir}" + ("" if source.data_dir else " (data.source.data_dir unset: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     return (
         f"data.source: TFDS dataset '{source.name}' is not prepared in {where} and trainkit never downloads; "
