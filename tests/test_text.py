@@ -191,6 +191,17 @@ def test_a_tokenized_stream_that_fits_is_cached_in_memory_and_gives_the_same_bat
     assert_same_batches(batches[steps + 2 :], resumed)
 
 
+def test_the_input_wait_hint_asks_for_a_cache_only_where_the_stream_has_none():
+    from trainkit.training.input_wait import InputWait
+
+    waiting = InputWait(fraction=0.8, step_seconds=0.010, compute_seconds=0.002, steps=100)  # 8 ms a step waiting
+    cached = waiting.hint(streamed_reviews())  # the tokenized split kept in memory by default
+    assert cached is not None and "data.cache" not in cached and "TFRecord" not in cached
+    off = waiting.hint(streamed_reviews(cache="none"))
+    assert "cache decoded examples (data.cache: memory, or a path for files; the recipe's data.cache: none turns it off)" in off
+    assert "store preprocessed examples as TFRecord" in off  # a generator source: its examples are made every epoch
+
+
 def test_tfds_text_is_tokenized_a_batch_at_a_time_before_its_cache_as_one_at_a_time_would():
     import tensorflow_datasets as tfds
 

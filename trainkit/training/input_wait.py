@@ -57,14 +57,19 @@ class InputWait:
         section = data.section
         in_memory = data.kind("train") == "arrays"
         mapped = bool(section.transforms or section.augment or not in_memory)
+        # A cached split (asked for, or a tokenized split kept by default) runs the
+        # stages before its cache in the first epoch only: neither a cache nor a
+        # preprocessed copy of the files shortens the epochs after it.
+        cached = not in_memory and data.cached("train")
         fixes = []
-        if not in_memory and section.cache is False:
-            fixes.append("cache decoded examples (data.cache: memory, or a path for files)")
+        if not in_memory and not cached:
+            off = "; the recipe's data.cache: none turns it off" if section.cache == "none" else ""
+            fixes.append(f"cache decoded examples (data.cache: memory, or a path for files{off})")
         if mapped and section.parallel_calls != "auto":
             fixes.append("let tf.data pick the parallelism (data.parallel_calls: auto)")
         if not section.prefetch:
             fixes.append("turn prefetching on (data.prefetch: true)")
-        if not in_memory:
+        if not in_memory and not cached and section.source.type not in ("tfrecord", "tfds"):
             fixes.append("store preprocessed examples as TFRecord")
         if section.augment:
             fixes.append("move heavy augmentation into the model as Keras preprocessing layers (they run on the accelerator)")
