@@ -5,7 +5,8 @@ Run with ``python benchmarks/accelerator.py [--steps 200] [--repeats 3] [--quick
 On a machine without a GPU it prints one line saying so and exits 0.
 
 For each recipe (``digits_cnn``, the CIFAR ResNet smoke config on TFDS mock data,
-and the text recipes ``text_lstm`` / ``text_transformer`` where they exist) and each
+and the text recipes ``text_lstm`` / ``text_transformer``; every TFDS recipe reads TFDS mock
+data of the same shapes, as the device machine has no network) and each
 mode (``runtime.precision`` float32 / mixed_float16 / mixed_bfloat16, and float32
 with ``runtime.jit_compile=true``), one fresh process per method times the same span
 with the same clock (``time.perf_counter``): from the recipe resolved to ``--steps``
@@ -32,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from machine import Others, provenance, ratio, spread
 from markdown_section import replace_section
 
@@ -103,7 +105,7 @@ def worker(method: str, name: str, mode: str, steps: int, repeats: int) -> None:
     import contextlib
 
     mock = contextlib.nullcontext()
-    if name.startswith(("cifar10", "mnist")):
+    if _recipe(name, mode, steps).data.source.type == "tfds":  # the device machine has no network
         import tensorflow_datasets as tfds
 
         mock = tfds.testing.mock_data(num_examples=max(256, steps * 4))
@@ -169,11 +171,11 @@ def report(results: dict, args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--budget", type=float, default=540.0, help="seconds for all the runs (default 540)")
-    parser.add_argument("--quick", action="store_true", help="20 steps, one repeat, no report: a check that it runs")
+    parser = options.parser(__doc__)
+    parser.add_argument("--steps", type=options.count, help="training steps of each job (default 200; 20 with --quick)")
+    parser.add_argument("--repeats", type=options.count, help="jobs per process, the first paying for tracing (default 3; 1 with --quick)")
+    parser.add_argument("--budget", type=options.seconds, default=540.0, help="seconds for all the runs (default 540)")
+    parser.add_argument("--quick", action="store_true", help="20 steps, one repeat, nothing written: a check that it runs")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -183,8 +185,8 @@ def main() -> None:
     if not has_gpu():
         print("accelerator.py: no GPU on this machine; nothing to time.")
         return
-    if args.quick:
-        args.steps, args.repeats = 20, 1
+    quick = (20, 1) if args.quick else (200, 3)  # defaults: what is named on the command line stays
+    args.steps, args.repeats = args.steps or quick[0], args.repeats or quick[1]
     results = run_all(args)
     if not args.quick:  # a check's numbers are not kept
         (HERE / "accelerator.json").write_text(json.dumps(results, indent=2))
@@ -192,4 +194,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

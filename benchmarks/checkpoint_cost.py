@@ -17,7 +17,6 @@ The issue's bar: at most 3% at the default policy.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -25,6 +24,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,15 +53,17 @@ def run_once(recipe: str, overrides: list[str], workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.parser(__doc__)
     parser.add_argument("recipe", nargs="?", default="digits_cnn")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides applied to every policy")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=options.count, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     args = parser.parse_args(argv)
 
     results = {}
-    print(f"{'policy':<32} {'saves':>5} {'save s':>8} {'train s':>8} {'cost':>7}")
+    print(f"{args.recipe} {' '.join(args.overrides)}".rstrip() + f": median of {args.repeats} runs per policy")
+    width = max(map(len, POLICIES)) + 2
+    print(f"{'policy':<{width}} {'saves':>5} {'save s':>8} {'train s':>8} {'cost':>7}")
     for name, policy in POLICIES.items():
         rows = []
         for _ in range(args.repeats):
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         results[name] = summary
         print(
-            f"{name:<32} {summary['saves']:>5} {summary['checkpoint_seconds']:>8.3f} "
+            f"{name:<{width}} {summary['saves']:>5} {summary['checkpoint_seconds']:>8.3f} "
             f"{summary['train_seconds']:>8.2f} {summary['cost_median']:>6.2%}  (max {summary['cost_max']:.2%})"
         )
     if args.json:

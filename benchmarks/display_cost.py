@@ -17,7 +17,6 @@ the front end). The issue's bar: at most 2%.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import json
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import options
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -89,9 +90,9 @@ def run_once(kind: str, epochs: int, workdir: Path, steps_per_execution) -> dict
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--epochs", type=int, default=10)
+    parser = options.parser(__doc__)
+    parser.add_argument("--repeats", type=options.count, default=3)
+    parser.add_argument("--epochs", type=options.count, default=10)
     parser.add_argument("--steps-per-execution", default="1", help="1 (the sink after every step) or auto")
     args = parser.parse_args()
     spe = int(args.steps_per_execution) if args.steps_per_execution.isdigit() else args.steps_per_execution
@@ -118,4 +119,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

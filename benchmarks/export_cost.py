@@ -18,7 +18,6 @@ inference model).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -28,6 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from markdown_section import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,8 +86,8 @@ def step_cost(run_dir: Path, steps: int = 200) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = options.parser(__doc__)
+    parser.add_argument("--repeats", type=options.count, default=3)
     parser.add_argument("recipe", nargs="?", default="digits_cnn")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
@@ -137,9 +137,12 @@ def main() -> None:
         END,
     ]
     section = "\n".join(lines)
-    replace_section(BEGIN, END, section)
     print(section)
+    if args.overrides:  # the reference section is the recipe as it is
+        print(f"(BENCHMARKS.md not written: the overrides {' '.join(args.overrides)} change the recipe)")
+    else:
+        replace_section(BEGIN, END, section)
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

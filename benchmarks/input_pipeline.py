@@ -17,24 +17,21 @@ Run:  PYTHONPATH=. python benchmarks/input_pipeline.py [--examples 2000] [--batc
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
+import options
 
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-import trainkit  # noqa: E402
-from trainkit.data.pipeline import prepare  # noqa: E402
-from trainkit.recipe import DataSection  # noqa: E402
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # (TensorFlow is imported after the options are read)
 
 
 def make_files(root: Path, n: int) -> tuple[Path, Path]:
+    import tensorflow as tf
+
     rng = np.random.default_rng(0)
     folder = root / "images"
     record = root / "data.tfrecord"
@@ -68,12 +65,16 @@ def rate_of_epoch(data, epoch: int) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=2000)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5, help="later epochs timed (their median is reported)")
+    parser = options.parser(__doc__)
+    parser.add_argument("--examples", type=options.count, default=2000)
+    parser.add_argument("--batch", type=options.count, default=64)
+    parser.add_argument("--repeats", type=options.count, default=5, help="later epochs timed (their median is reported)")
     args = parser.parse_args()
     n = args.examples
+
+    import trainkit
+    from trainkit.data.pipeline import prepare
+    from trainkit.recipe import DataSection
 
     @trainkit.register_dataset("bench_arrays", overwrite=True)
     def arrays():
@@ -97,13 +98,14 @@ def main() -> None:
                 "transforms": ["scale"],
             },
         }
-        print(f"{n} examples, batch {args.batch}, {os.cpu_count()} CPU cores; examples/s of the training pipeline alone")
+        print(f"{n} examples, batch {args.batch}, {os.cpu_count()} CPU cores; examples/s of the training pipeline alone; "
+              f"later: the median of {args.repeats} epochs after the first")
         print(f"{'source':36} {'cache':>7} {'epoch 1':>10} {'later (median)':>15} {'range':>18} {'CPU us/ex':>10}")
         for name, spec in cases.items():
             for cache in (False, "memory"):
                 data = prepare(DataSection.model_validate({**spec, **common, "cache": cache}), seed=0)
                 first, _ = rate_of_epoch(data, 0)
-                later = [rate_of_epoch(data, epoch) for epoch in range(1, 1 + max(args.repeats, 1))]
+                later = [rate_of_epoch(data, epoch) for epoch in range(1, 1 + args.repeats)]
                 rates = [rate for rate, _ in later]
                 spread = f"{min(rates):,.0f}-{max(rates):,.0f}"
                 cpu = statistics.median(c for _, c in later)
@@ -113,4 +115,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

@@ -38,6 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import options
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -85,9 +87,9 @@ def measure(name: str, examples: int, epochs: int, *, ready: bool = False) -> di
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--examples", type=int, default=12800, help="mock MNIST examples per split")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser = options.parser(__doc__)
+    parser.add_argument("--examples", type=options.count, default=12800, help="mock MNIST examples per split")
+    parser.add_argument("--epochs", type=options.count, default=3, help="epochs of mnist_cnn (digits_cnn trains its recipe's own)")
     parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -102,8 +104,11 @@ def main() -> None:
         run["handover_floor_after_first_epoch"] = floor["after_first_epoch"]
         run["pipeline_share"] = round(max(0.0, run["input_wait_fraction"] - floor["input_wait_fraction"]), 4)
         results[name] = run
-    (HERE / "input_wait.json").write_text(json.dumps(results, indent=2) + "\n")
     print(report(results))
+    if (args.examples, args.epochs) == (parser.get_default("examples"), parser.get_default("epochs")):
+        (HERE / "input_wait.json").write_text(json.dumps(results, indent=2) + "\n")
+    else:  # the kept figures are the reference sizes'
+        print("(input_wait.json not written: --examples or --epochs differ from the reference run)")
 
 
 def report(results: dict) -> str:
@@ -128,4 +133,4 @@ def report(results: dict) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

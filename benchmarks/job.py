@@ -36,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from machine import Others, provenance, ratio, verdict
 from markdown_section import replace_section
 
@@ -282,11 +283,11 @@ def _targets(table: dict) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = options.parser(__doc__)
+    parser.add_argument("--repeats", type=options.count, default=5)
     parser.add_argument("--jobs", nargs="+", default=list(JOBS), choices=list(JOBS))
     parser.add_argument("--note", default="", help="a sentence for the report, e.g. the machine's load")
-    parser.add_argument("--quick", action="store_true", help="one repeat of 3 epochs: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="one repeat of 3 epochs, nothing written: a check that it runs")
     parser.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -313,11 +314,11 @@ def main() -> None:
                 samples[name][method].append(result)
                 print(f"[{repeat + 1}/{repeats}] {name:10} {method:10} {result['seconds']:6.2f} s  {result['rss_mb']:.0f} MB", flush=True)
     table = summarise(samples)
-    (HERE / "job.json").write_text(json.dumps({"samples": samples, "table": table}, indent=2))
-    if not args.quick:
+    if not args.quick:  # a check's numbers are not kept
+        (HERE / "job.json").write_text(json.dumps({"samples": samples, "table": table}, indent=2))
         replace_section(BEGIN, END, report(table, repeats, args.note))
     print(json.dumps(table, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

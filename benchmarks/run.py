@@ -46,6 +46,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from machine import Others, provenance, ratio
 
 HERE = Path(__file__).resolve().parent
@@ -349,8 +350,8 @@ def plot(table: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = options.parser(__doc__)
+    parser.add_argument("--repeats", type=options.count, default=5)
     parser.add_argument("--quick", action="store_true", help="one repeat, fewer steps: a check that it runs")
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "WORKLOAD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -379,4 +380,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

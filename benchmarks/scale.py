@@ -31,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from machine import Others, provenance
 from markdown_section import replace_section
 
@@ -247,10 +248,10 @@ def report(table: dict, sizes: list[int], repeats: int, note: str, loads: list[f
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = options.parser(__doc__)
+    parser.add_argument("--repeats", type=options.count, default=3)
     parser.add_argument("--note", default="", help="a sentence added to the report")
-    parser.add_argument("--quick", action="store_true", help="one repeat at 10k and 100k: a check that it runs")
+    parser.add_argument("--quick", action="store_true", help="one repeat at 10k and 100k, nothing written: a check that it runs")
     parser.add_argument("--worker", nargs=3, metavar=("SOURCE", "N", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -276,12 +277,12 @@ def main() -> None:
                 flush=True,
             )
     table = summarise(samples)
-    (HERE / "scale.json").write_text(json.dumps({"samples": {s: {str(n): r for n, r in v.items()} for s, v in samples.items()}, "table": table}, indent=2))
-    if not args.quick:
+    if not args.quick:  # a check's numbers are not kept
+        (HERE / "scale.json").write_text(json.dumps({"samples": {s: {str(n): r for n, r in v.items()} for s, v in samples.items()}, "table": table}, indent=2))
         replace_section(BEGIN, END, report(table, sizes, repeats, args.note, [v for by in samples.values() for runs in by.values() for r in runs for v in r['loads']]))
         plot(table, sizes)
     print(json.dumps(table, indent=2))
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

@@ -38,7 +38,6 @@ run it on a quiet machine.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -48,6 +47,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from machine import Others, comparable, provenance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,10 +108,10 @@ def run_once(mode: str, recipe: str, overrides: list[str], workdir: Path, limits
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.parser(__doc__)
     parser.add_argument("recipe", nargs="?", default="digits_cnn")
     parser.add_argument("overrides", nargs="*", help="KEY=VALUE overrides applied to every mode")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=options.count, default=3)
     parser.add_argument("--json", metavar="FILE", help="also write the results here")
     parser.add_argument("--threads", type=int, default=1, help="the evaluator's TensorFlow threads (0: one per core)")
     parser.add_argument("--nice", default="10", help="the evaluator's priority: a niceness 0..19 (trainkit's default 10) or idle")

@@ -46,6 +46,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import options
 from machine import Others, provenance, ratio, spread
 from markdown_section import replace_section
 
@@ -238,20 +239,21 @@ def report(samples: dict, args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=None, help="steps of every case (default: STEPS, per case)")
-    parser.add_argument("--examples", type=int, default=20000)
+    parser = options.parser(__doc__)
+    parser.add_argument("--repeats", type=options.count, help="runs of each method (default 3; 1 with --quick)")
+    parser.add_argument("--steps", type=options.count, help="steps of every case (default: STEPS, per case; 10 with --quick)")
+    parser.add_argument("--examples", type=options.count, help="examples of each split's data (default 20000; 512 with --quick)")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
-    parser.add_argument("--quick", action="store_true", help="one repeat of 10 steps on 512 examples, no report")
+    parser.add_argument("--quick", action="store_true", help="one repeat of 10 steps on 512 examples, nothing written: a check that it runs")
     parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         name, method, steps, examples = args.worker
         worker(name, method, int(steps), int(examples))
         return
-    if args.quick:
-        args.repeats, args.steps, args.examples = 1, 10, 512
+    if args.quick:  # what is named on the command line stays
+        args.repeats, args.steps, args.examples = args.repeats or 1, args.steps or 10, args.examples or 512
+    args.repeats, args.examples = args.repeats or 3, args.examples or 20000
     samples = {name: {m: [] for m in CASES[name]} for name in args.cases}
     for repeat in range(args.repeats):
         for name in args.cases:
@@ -266,4 +268,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

@@ -23,7 +23,6 @@ The results replace this script's section of BENCHMARKS.md; raw numbers go to
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -34,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import options
 from markdown_section import replace_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,10 +144,10 @@ def section(results: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = options.parser(__doc__)
     parser.add_argument("--part", choices=["cost", "pruning", "both"], default="both")
-    parser.add_argument("--trials", type=int, default=20, help="trials of the cost part (default 20)")
-    parser.add_argument("--reference-trials", type=int, help="fewer trials of the reference sweep (a smoke run; default: its 20)")
+    parser.add_argument("--trials", type=options.count, default=20, help="trials of the cost part (default 20)")
+    parser.add_argument("--reference-trials", type=options.count, help="fewer trials of the reference sweep (a smoke run; default: its 20)")
     args = parser.parse_args()
     os.environ.update({"TRAINKIT_HOME": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"})
     results = {}
@@ -164,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    options.run(main)

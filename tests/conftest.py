@@ -49,6 +49,7 @@ FILE_SECONDS = {
     "test_callback_parity.py": (20, 0), "test_compat.py": (20, 0), "test_runs.py": (20, 0),
     "test_data_cache.py": (20, 0), "test_hardening.py": (4, 14), "test_cli.py": (17, 0),
     "test_sequence_builders.py": (13, 0), "test_launch_security.py": (1, 12), "test_data_sources.py": (10, 0),
+    "test_benchmarks.py": (8, 25),
 }
 
 
