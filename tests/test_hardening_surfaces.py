@@ -154,9 +154,12 @@ def test_a_chain_of_bases_too_deep_is_one_line(tmp_path):
         ("trainer.epochs=true", "epochs: true is a boolean, not a number"),
         ("data.batch_size=false", "batch_size: false is a boolean, not a number"),
         ("optimizer.learning_rate=true", "learning_rate: true is a boolean, not a number"),
+        ("data.prefetch=0", "data.prefetch (in override data.prefetch=0): Input should be a valid boolean or greater than 0, got 0"),
+        ("data.parallel_calls=fast", "Input should be a valid integer or 'auto', got 'fast'"),
     ],
     ids=["nul", "5000-digits", "superscript-index", "arabic-index", "into-scalar", "under-scalar",
-         "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex", "boolean-epochs", "boolean-batch", "boolean-lr"],
+         "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex", "boolean-epochs", "boolean-batch", "boolean-lr",
+         "prefetch-either", "parallel-either"],
 )
 def test_hostile_overrides_are_one_short_line(override, expected):
     line = _refused(lambda: load_recipe("digits_mlp", overrides=[override]), ConfigError, expected)

@@ -638,10 +638,23 @@ def explain(err: ValidationError, layered: Layered | None = None) -> str:
         return f"{_dotted(shown)}.type{where}: unknown type {_shown(repr(got), 80)}; {did_you_mean(str(got), tags)}"
     if kind == "missing":
         return f"{_dotted(shown)}{where}: required field is missing"
-    message = first["msg"].removeprefix("Value error, ")
+    message = _either(err, loc) or first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {_shown(repr(got), 80)}"
     return f"{_dotted(shown)}{where}: {message}{got_text}"
+
+
+def _either(err: ValidationError, loc: list[Any]) -> str | None:
+    """For a value that fits no branch of a union of scalars (``data.prefetch``: a
+    boolean or a count), every branch's demand in one message, not only the first's."""
+    wanted: list[str] = []
+    for error in err.errors(include_url=False):
+        if _display_loc(error["loc"])[0] != loc or error["type"] == "value_error":
+            continue
+        demand = error["msg"].removeprefix("Input should be ").split(", ")[0]  # (its reason: the branch's own)
+        if demand not in wanted:
+            wanted.append(demand)
+    return "Input should be " + " or ".join(wanted) if len(wanted) > 1 else None
 
 
 def _dotted(parts: Sequence[Any]) -> str:
