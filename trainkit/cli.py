@@ -409,7 +409,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if isinstance(features, dict):
         features = ", ".join(f"{k}: {v}" for k, v in features.items())
     print(f"  element spec: features {features}; label {spec['label']}")
-    print(f"  examples:     {report['examples']} ({report['batches']} batches)")
+    print(f"  examples:     {report['examples']} ({report['batches']} batch{'' if report['batches'] == 1 else 'es'})")
     if report["task"] == "classification":
         dist = report["label_distribution"]
         total = sum(dist.values()) or 1
