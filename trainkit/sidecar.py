@@ -18,7 +18,8 @@ What a sidecar meets, and what it does:
   exists, or once the run has ended. Before reading, its files are pinned with
   hard links (``checkpoints/.eval_reading/``), so the rotation (``keep``)
   deleting it meanwhile cannot tear the read; and each tensor's CRC is checked.
-- A checkpoint deleted by the rotation before it was pinned is skipped, with a line.
+- A checkpoint deleted by the rotation before it was pinned is skipped, with a line
+  (one deleted before the first look at the run was never seen, and is not named).
 - Killed and started again, it continues after the last step in
   ``eval_history.jsonl`` (rewritten whole, atomically, after each evaluation):
   nothing is lost and nothing evaluated twice. A training that restarts goes on
