@@ -128,6 +128,36 @@ def test_validate_shows_frozen_layers_groups_and_parameter_counts(tmp_path, sour
     assert summary["sources"]["model.source"].startswith(f"{source_run} (digest ")
 
 
+def test_any_multiplier_validates_and_a_failed_call_leaves_no_keras_name_scope_open(tmp_path, source_run):
+    import keras
+    import tensorflow as tf
+
+    import trainkit
+    from trainkit.runtime import preserved_process_state
+
+    # A failure inside a Keras scope whose name TensorFlow refuses left that scope open,
+    # so every variable made later in the process had the scope's name in its path.
+    @tf.function  # (a graph checks scope names; eager code does not)
+    def build_in_a_bad_scope():
+        with keras.name_scope("adam_x1e+30"):
+            return tf.constant(1)
+
+    with pytest.raises(ValueError, match="not a valid root scope name"), preserved_process_state():
+        build_in_a_bad_scope()
+    dense = keras.layers.Dense(2)
+    dense.build((None, 3))
+    assert dense.kernel.path == f"{dense.name}/kernel"
+    # 1e30 named its group's optimizer 'adam_x1e+30', which is not a scope name; close
+    # multipliers shared one name.
+    groups = [{"match": "^dense_0/", "learning_rate_multiplier": 1e30}, {"match": "^output/", "learning_rate_multiplier": 0.1234567}]
+    recipe = recipe_file(tmp_path, str(source_run), optimizer__groups=groups, runtime__deterministic=False)
+    summary = trainkit.validate(trainkit.load_recipe(recipe))
+    assert summary["learning_rate"]["dense_0/kernel"] == "group 0 (x1e+30)"
+    from trainkit.optim import _group_name
+
+    assert _group_name("adam", 1e30) == "adam_x1e30" and _group_name("adam", 0.1234567) != _group_name("adam", 0.1234568)
+
+
 def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_decay():
     import keras
 

@@ -47,6 +47,26 @@ def random_seed_state() -> tuple[Any, Any, Any]:
     )
 
 
+def name_scope_depth() -> int:
+    """How many Keras name scopes are open (``keras.name_scope``'s stack, which has
+    no public getter)."""
+    from keras.src.backend.common import global_state
+
+    return len(global_state.get_global_attribute("name_scope_stack") or [])
+
+
+def close_name_scopes_above(depth: int) -> None:
+    """Close the Keras name scopes opened above ``depth`` and left open. A scope
+    whose TensorFlow half refused its name is pushed on Keras's stack and never
+    popped; every variable made afterwards in the process then has its name in
+    front of its path (Keras 3.15)."""
+    from keras.src.backend.common import global_state
+
+    stack = global_state.get_global_attribute("name_scope_stack")
+    if stack:
+        del stack[depth:]
+
+
 def restore_random_seed_state(state: tuple[Any, Any, Any]) -> None:
     """Put back what :func:`random_seed_state` returned."""
     import tensorflow as tf

@@ -194,10 +194,16 @@ def group_learning_rates(optimizer, variables: list, multipliers: list[float]):
     groups = []
     for multiplier in scaled:
         group_rate = StagedLearningRate(inner=rate, boundaries=[], factors=[multiplier]) if callable(rate) else rate * multiplier
-        group = type(optimizer).from_config({**config, "learning_rate": group_rate, "name": f"{optimizer.name}_x{multiplier:g}"})
+        group = type(optimizer).from_config({**config, "learning_rate": group_rate, "name": _group_name(optimizer.name, multiplier)})
         paths = [v.path for v, m in zip(variables, multipliers, strict=True) if m == multiplier]
         groups.append((group, multiplier, paths))
     return GroupedOptimizer(optimizer, groups, global_clipnorm=clip)
+
+
+def _group_name(base: str, multiplier: float) -> str:
+    """``adam_x0.1``: a valid scope name for every multiplier (``1e+30`` is not one), and
+    one name per multiplier (``:g`` gave 0.1234567 and 0.1234568 the same)."""
+    return f"{base}_x{repr(float(multiplier)).replace('+', '')}"
 
 
 class _GroupMap:

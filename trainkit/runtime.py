@@ -179,7 +179,8 @@ def preserved_process_state() -> Iterator[None]:
     does its own work in between, should not inherit them. Keras serializables
     registered during the block are dropped again, except trainkit's own
     (registered once, when their module is first imported, and needed to load
-    every model trainkit saves).
+    every model trainkit saves); Keras name scopes that a failure left open are
+    closed (:func:`trainkit.compat.close_name_scopes_above`).
     """
     import random
 
@@ -192,9 +193,11 @@ def preserved_process_state() -> Iterator[None]:
     policy = keras.mixed_precision.global_policy()
     deterministic = op_determinism_enabled()
     custom_objects = dict(keras.saving.get_custom_objects())
+    scopes = compat.name_scope_depth()
     try:
         yield
     finally:
+        compat.close_name_scopes_above(scopes)
         random.setstate(python_random)
         np.random.set_state(numpy_random)
         compat.restore_random_seed_state(seeds)
