@@ -158,6 +158,22 @@ def test_any_multiplier_validates_and_a_failed_call_leaves_no_keras_name_scope_o
     assert _group_name("adam", 1e30) == "adam_x1e30" and _group_name("adam", 0.1234567) != _group_name("adam", 0.1234568)
 
 
+def test_a_kept_head_with_more_outputs_than_the_data_has_classes_is_one_line(tmp_path, source_run):
+    import trainkit
+    from trainkit.errors import ConfigError
+
+    recipe = trainkit.load_recipe("digits_transfer", configs=["digits_transfer_smoke"],
+                                  overrides={"model.source": str(source_run), "model.head": "keep", "runtime.deterministic": False})
+    for call in (lambda: trainkit.validate(recipe), lambda: trainkit.train(recipe, run_dir=tmp_path / "run")):
+        with pytest.raises(ConfigError) as caught:
+            call()
+        assert str(caught.value) == (
+            "model: the model outputs 10 values per example, but the data has 2 classes: the last layer needs 2 units "
+            "(a pretrained source with another number of classes: model.head: replace)"
+        )
+    assert not (tmp_path / "run").exists()
+
+
 def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_decay():
     import keras
 

@@ -452,6 +452,12 @@ def check_model_fits_data(recipe: Recipe, model, data) -> None:
                 f"model: labels go up to {top} ({info.num_classes} classes) but the model outputs "
                 f"{outputs} value(s) per example; the last layer needs {info.num_classes} units"
             )
+        if loss_name.startswith("SparseCategorical") and outputs > top + 1:
+            kept = " (a pretrained source with another number of classes: model.head: replace)" if _keeps_a_head(recipe) else ""
+            raise ConfigError(
+                f"model: the model outputs {outputs} values per example, but the data has {info.num_classes} classes: "
+                f"the last layer needs {info.num_classes} units{kept}"
+            )
         if loss_name.startswith("Binary") and top > 1:
             raise ConfigError(
                 f"loss: {loss_name} needs labels 0 or 1, but the data has {info.num_classes} classes "
@@ -568,6 +574,12 @@ def rehearse(built: Built) -> None:
         for variable, value in zip(unique, saved, strict=True):
             variable.assign(value)
         trainer.reset_train_metrics()
+
+
+def _keeps_a_head(recipe: Recipe) -> bool:
+    """Whether the model is a pretrained source with its own head (``head: keep``)."""
+    model = recipe.model.model_dump()
+    return model.get("type") == "pretrained" and model.get("head", "keep") == "keep"
 
 
 def _blame(err: BaseException) -> tuple[str, str]:
