@@ -65,6 +65,43 @@ def test_the_random_seed_state_round_trips():
     assert compat.random_seed_state()[:2] == before[:2]
 
 
+def test_keras_name_scopes_left_open_are_closed():
+    import keras
+
+    depth = compat.name_scope_depth()
+    scope = keras.name_scope("left_open")
+    scope.__enter__()  # (never exited, as when TensorFlow refuses the scope's name)
+    assert compat.name_scope_depth() == depth + 1
+    compat.close_name_scopes_above(depth)
+    assert compat.name_scope_depth() == depth
+    dense = keras.layers.Dense(1)
+    dense.build((None, 2))
+    assert dense.kernel.path == f"{dense.name}/kernel"
+
+
+def test_a_pending_restore_of_a_child_is_forgotten(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    def model():
+        inputs = keras.Input((2,))
+        return keras.Model(inputs, keras.layers.Dense(1, name="d")(inputs))
+
+    trained = model()
+    trained.compile(optimizer="adam", loss="mse")
+    trained.fit(tf.ones((4, 2)), tf.ones((4, 1)), verbose=0)  # the optimizer's moments are not 0
+    path = tf.train.Checkpoint(model=trained).write(str(tmp_path / "ckpt"))
+    restored = model()  # not compiled: the restore of its optimizer waits for one
+    tf.train.Checkpoint(model=restored).restore(path).expect_partial()
+    assert "optimizer" in restored._deferred_dependencies
+    compat.forget_pending_restore(restored, "optimizer")
+    assert "optimizer" not in restored._deferred_dependencies
+    restored.compile(optimizer="adam", loss="mse")
+    restored.optimizer.build(restored.trainable_variables)
+    moments = [v for v in restored.optimizer.variables if "momentum" in v.path]
+    assert moments and not any(v.numpy().any() for v in moments)
+
+
 def test_a_function_is_frozen_with_its_variables_as_constants():
     import tensorflow as tf
 

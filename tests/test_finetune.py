@@ -174,6 +174,21 @@ def test_a_kept_head_with_more_outputs_than_the_data_has_classes_is_one_line(tmp
     assert not (tmp_path / "run").exists()
 
 
+def test_a_kept_head_with_frozen_layers_trains_with_a_fresh_optimizer(tmp_path, source_run):
+    import trainkit
+    from trainkit.plan import build
+
+    # The source run's checkpoint holds its Adam's moments; restoring the source left
+    # them pending, and compiling the kept model with the fine-tuning's Adam poured them
+    # into it by position: with frozen layers, a (3, 3, 1, 32) moment into a (256, 128) one.
+    recipe = trainkit.load_recipe(recipe_file(tmp_path, str(source_run), model__head="keep", runtime__deterministic=False))
+    built = build(recipe)
+    moments = [v for v in built.trainer.optimizer.variables if "momentum" in v.path or "velocity" in v.path]
+    assert moments and all(not v.numpy().any() for v in moments)  # nothing of the source's optimizer
+    run = trainkit.train(recipe, run_dir=tmp_path / "run")
+    assert run.status == "completed"
+
+
 def test_per_group_rates_scale_adams_step_and_a_zero_group_holds_under_weight_decay():
     import keras
 

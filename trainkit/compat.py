@@ -47,6 +47,13 @@ def random_seed_state() -> tuple[Any, Any, Any]:
     )
 
 
+def forget_pending_restore(trackable: Any, child: str) -> None:
+    """Drop what a checkpoint restore left waiting for ``trackable``'s ``child`` (the
+    values TensorFlow keeps for objects not created yet, matched when they are);
+    TensorFlow has no public way to."""
+    getattr(trackable, "_deferred_dependencies", {}).pop(child, None)
+
+
 def name_scope_depth() -> int:
     """How many Keras name scopes are open (``keras.name_scope``'s stack, which has
     no public getter)."""

@@ -130,10 +130,17 @@ def repair_state(directory: Path, warn: Callable[[str], None] | None = None) -> 
 
 
 def restore_model_weights(model, path: str) -> None:
-    """Only the model's weights from a training checkpoint (for evaluation)."""
+    """Only the model's weights from a training checkpoint (for evaluation, and a
+    fine-tuning source)."""
     import tensorflow as tf
 
+    from trainkit import compat
+
     tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    # The checkpoint's model also holds the optimizer it was compiled with. Left
+    # pending, that state is poured into the next optimizer the model is compiled
+    # with, variable by variable in order: a fine-tuning with its own optimizer.
+    compat.forget_pending_restore(model, "optimizer")
 
 
 def load_weights(model: keras.Model, directory: RunDir, which: str | int, *, field: str = "--checkpoint") -> str:
