@@ -340,6 +340,30 @@ def test_ordinary_predict_inputs_still_read(tmp_path):
     assert read_inputs(str(tmp_path / "ok.jsonl"), SPEC)[1].tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
 
+def test_a_notebooks_array_likes_are_examples_and_anything_else_is_one_line():
+    import pandas as pd
+    import tensorflow as tf
+
+    rows = [[1, 2, 3, 4], [5, 6, 7, 8]]
+    for given in (rows, tuple(map(tuple, rows)), tf.constant(rows), pd.DataFrame(rows, columns=list("abcd"))):
+        assert read_inputs(given, SPEC)[1].tolist() == rows
+    reordered = pd.DataFrame([[4, 3, 2, 1]], columns=list("dcba"))  # taken by name, as a CSV's columns
+    assert read_inputs(reordered, SPEC)[1].tolist() == [[1, 2, 3, 4]]
+    assert read_inputs(pd.Series([1, 2, 3, 4]), SPEC)[1].tolist() == [[1, 2, 3, 4]]  # one example
+    _refused(lambda: read_inputs(pd.DataFrame(rows, columns=list("abcx")), SPEC), ConfigError, "the DataFrame has no column 'd'")
+    for other in (3.0, None, {"a": 1}):
+        _refused(lambda: read_inputs(other, SPEC), ConfigError, "is not examples; give a NumPy array, a list of examples")  # noqa: B023
+    _refused(lambda: read_inputs([[1, 2, 3, 4], [5]], SPEC), ConfigError, "cannot be read as one array of examples")
+
+
+def test_one_name_alone_is_a_list_of_one_in_the_python_api(tmp_path, tiny_run):
+    assert list(trainkit.export(tiny_run, formats="keras", out_dir=tmp_path / "out")["formats"]) == ["keras"]
+    assert load_recipe("digits_mlp", configs="digits_mlp_smoke").description == load_recipe("digits_mlp", configs=["digits_mlp_smoke"]).description
+    assert load_recipe("digits_mlp", overrides="trainer.epochs=3").trainer.epochs == 3
+    _refused(lambda: load_recipe("digits_mlp", overrides=5), ConfigError, "overrides: give a list (or one item alone), got int 5")
+    _refused(lambda: load_recipe("digits_mlp", overrides=[5]), ConfigError, "overrides: give KEY=VALUE texts or a mapping")
+
+
 # ------------------------------------------------------------- run directories as data
 
 

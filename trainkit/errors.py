@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Iterable
+from typing import Any
 
 USAGE_EXIT_CODE = 2
 
@@ -62,6 +63,20 @@ def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 12) -> str:
     shown = ", ".join(choices[:limit])
     more = f", ... ({len(choices)} in all)" if len(choices) > limit else ""
     return f"valid: {shown}{more}"
+
+
+def as_list(value: Any, field: str) -> list:
+    """A Python argument that takes several names as a list: one name alone is a list
+    of one (``configs="digits_cnn_smoke"`` was read a character at a time)."""
+    import os
+
+    if value is None:
+        return []
+    if isinstance(value, str | os.PathLike):
+        return [value]
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise ConfigError(f"{field}: give a list (or one item alone), got {type(value).__name__} {value!r}"[:300])
 
 
 def first_line(err: BaseException, *, limit: int | None = None) -> str:

@@ -29,7 +29,7 @@ from typing import Any, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from trainkit.errors import ConfigError, did_you_mean, first_line
+from trainkit.errors import ConfigError, as_list, did_you_mean, first_line
 from trainkit.recipe import Recipe
 
 Path_ = tuple[str | int, ...]
@@ -512,7 +512,7 @@ def load_recipe(
         layered.merge(name_or_path, "the recipe dict")
     else:
         _load_file(layered, find(name_or_path))
-    for config in configs:
+    for config in as_list(configs, "configs"):
         path = find(config)
         if path.suffix == ".py":
             raise ConfigError(f"-c {config}: a config must be a YAML file, not a Python recipe")
@@ -520,7 +520,10 @@ def load_recipe(
     if isinstance(overrides, Mapping):
         items = [(key, value, f"override {key}={value!r}") for key, value in overrides.items()]
     else:
-        items = [(*parse_override(text), f"override {_shown(text, 120)}") for text in overrides or ()]
+        texts = as_list(overrides, "overrides")
+        if not all(isinstance(text, str) for text in texts):
+            raise ConfigError(f"overrides: give KEY=VALUE texts or a mapping, got {_shown(repr(texts), 120)}")
+        items = [(*parse_override(text), f"override {_shown(text, 120)}") for text in texts]
     for key, value, source in items:
         layered.set_path(key, value, source)
     return validate(layered)

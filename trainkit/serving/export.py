@@ -23,7 +23,14 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainkit.errors import ConfigError, ExportError, MissingExtra, TrainkitError, first_line
+from trainkit.errors import (
+    ConfigError,
+    ExportError,
+    MissingExtra,
+    TrainkitError,
+    as_list,
+    first_line,
+)
 from trainkit.recipe import NO_RECURRENT, NO_STRING_INPUTS
 from trainkit.rundir import RunDir, refuse_run_files
 from trainkit.runtime import leaves_process_as_it_was
@@ -138,7 +145,7 @@ def export(
     to the recipe's ``export.quantize``.
     """
     formats_given = formats is not None
-    formats = list(formats or FORMATS)
+    formats = as_list(formats, "formats") or list(FORMATS)
     for name in formats:
         if name not in FORMATS:
             from trainkit.errors import did_you_mean

@@ -147,9 +147,9 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
         return read_texts(inputs, spec)
     expected = tuple(spec["input"]["shape"])
     dtype = np.dtype(spec["input"]["dtype"])
-    if isinstance(inputs, np.ndarray):
+    if not isinstance(inputs, str | os.PathLike):
         with np.errstate(over="ignore", invalid="ignore"):
-            names, array = _from_array(inputs, expected, "inputs", dtype)
+            names, array = _from_array(_as_array(inputs, spec), expected, "inputs", dtype)
         _check_finite(names, array, "inputs")
         return names, array
     path = Path(inputs)
@@ -169,6 +169,35 @@ def read_inputs(inputs: Any, spec: dict) -> tuple[list[str], np.ndarray]:
             names, array = _read_json_lines(path, spec, dtype)
     _check_finite(names, array, str(path))
     return names, array
+
+
+def _as_array(inputs: Any, spec: dict) -> np.ndarray:
+    """An array of examples from what a notebook holds: a NumPy array, a list of
+    examples, a tensor, or a pandas DataFrame (its columns taken by the names the
+    model was trained on, as a CSV's are)."""
+    columns = spec["input"].get("columns") or []
+    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # a DataFrame
+        have = [str(c) for c in inputs.columns]
+        if columns and have != [str(i) for i in range(len(have))]:
+            missing = [c for c in columns if c not in have]
+            if missing:
+                from trainkit.errors import did_you_mean
+
+                raise ConfigError(
+                    f"inputs: the DataFrame has no column '{missing[0]}' ({len(missing)} of the {len(columns)} training "
+                    f"columns missing; {did_you_mean(missing[0], have)})"
+                )
+            inputs = inputs[columns]
+        inputs = inputs.to_numpy()
+    if isinstance(inputs, np.ndarray | list | tuple) or hasattr(inputs, "__array__"):
+        try:
+            return np.asarray(inputs)  # (its values and shape are checked as a .npy file's are)
+        except (ValueError, TypeError) as err:  # ragged lists
+            raise ConfigError(f"inputs: cannot be read as one array of examples ({first_line(err, limit=150)})") from None
+    raise ConfigError(
+        f"inputs: a {type(inputs).__name__} is not examples; give a NumPy array, a list of examples, a pandas DataFrame, "
+        "or a path (CSV, .npy, JSON lines, a folder of images)"
+    )
 
 
 def _kind_of(path: Path) -> str:
