@@ -93,6 +93,19 @@ def test_input_wait_hint_never_proposes_a_larger_batch():
     assert InputWait(fraction=0.05, step_seconds=0.01, compute_seconds=0.0095, steps=100).hint(plain) is None
 
 
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_runs_head_computes_in_float32(tmp_path, precision):
+    import keras
+    import numpy as np
+
+    run = trainkit.train(recipe(**{"runtime.precision": precision, "trainer.epochs": None, "trainer.steps": 2}), run_dir=tmp_path / "run")
+    assert run.model.get_layer("output").dtype_policy.compute_dtype == "float32"
+    probabilities = run.predict(np.random.default_rng(0).random((5, 64))).probabilities
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)  # a bfloat16 softmax was 0.992..1.008
+    assert keras.models.load_model(tmp_path / "run" / "model.keras").outputs[0].dtype == "float32"
+
+
 @pytest.mark.slow  # float16 is emulated on a CPU: ~10 s idle, 25 s under load
 def test_mixed_float16_scales_the_loss_warns_on_cpu_and_resumes_exactly(tmp_path, capsys):
     import keras

@@ -112,14 +112,16 @@ def output_layer(
     With ``target_scale`` (the training targets' mean and std) a regression head
     predicts standardized targets and a fixed ``Rescaling`` returns them in the
     targets' units: the loss, metrics and exports never see the standardization.
+    The head computes in float32 under a mixed precision policy too, as Keras
+    advises: a softmax in bfloat16 sums to 1 only within about 1%.
     """
     if output_activation == "auto":
         output_activation = "softmax" if task == "classification" else None
-    y = keras.layers.Dense(num_outputs, activation=output_activation, name="output")(x)
+    y = keras.layers.Dense(num_outputs, activation=output_activation, name="output", dtype="float32")(x)
     if task == "regression" and target_scale is not None:
         mean, std = target_scale
         scalar = len(mean) == 1
-        y = keras.layers.Rescaling(std[0] if scalar else list(std), mean[0] if scalar else list(mean), name="target_units")(y)
+        y = keras.layers.Rescaling(std[0] if scalar else list(std), mean[0] if scalar else list(mean), name="target_units", dtype="float32")(y)
     return y
 
 

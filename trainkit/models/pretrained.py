@@ -286,7 +286,7 @@ def with_head(
         features = keras.layers.Flatten(name="head_flatten")(features)
     kept = names[: names.index(cut_at) + 1] if cut_at is not None else names[:-1]
     name = "new_output" if "output" in kept else "output"
-    outputs = keras.layers.Dense(num_outputs, activation=output_activation, name=name)(features)
+    outputs = keras.layers.Dense(num_outputs, activation=output_activation, name=name, dtype="float32")(features)  # (see builders.output_layer)
     # source_model.input is the structure the source declares (one tensor for one
     # input): its .inputs list would make every call with one tensor warn.
     return keras.Model(source_model.input, outputs, name=f"{source_model.name}_finetuned")
@@ -313,7 +313,7 @@ def _on_top(backbone, head: str, cut_at: str | None, num_outputs: int, activatio
         x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
     elif len(x.shape) == 3:
         x = keras.layers.GlobalAveragePooling1D(name="head_pool")(x)
-    outputs = keras.layers.Dense(num_outputs, activation=activation, name="output")(x)
+    outputs = keras.layers.Dense(num_outputs, activation=activation, name="output", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=f"{backbone.name}_finetuned")
 
 

@@ -17,7 +17,21 @@ from trainkit.data.transforms import preprocessing_layer
 
 
 def inference_model(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
-    """``model`` (the trained one, taking preprocessed features) behind ``spec``'s preprocessing."""
+    """``model`` (the trained one, taking preprocessed features) behind ``spec``'s preprocessing.
+
+    The layers around it compute in float32 whatever the precision policy of the
+    run: its preprocessing ran in tf.data in float32 during training, and a softmax
+    in bfloat16 sums to 1 only within about 1%. The trained model keeps its own.
+    """
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        return _around(model, spec)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _around(model: keras.Model, spec: dict[str, Any]) -> keras.Model:
     raw = spec["input"]
     inputs = keras.Input(tuple(raw["shape"]), dtype=raw["dtype"], name=raw["name"])
     x = inputs
