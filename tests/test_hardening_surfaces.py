@@ -156,10 +156,13 @@ def test_a_chain_of_bases_too_deep_is_one_line(tmp_path):
         ("optimizer.learning_rate=true", "learning_rate: true is a boolean, not a number"),
         ("data.prefetch=0", "data.prefetch (in override data.prefetch=0): Input should be a valid boolean or greater than 0, got 0"),
         ("data.parallel_calls=fast", "Input should be a valid integer or 'auto', got 'fast'"),
+        ("trainer.stages=[{epochs: 1}, {epochs: 1, unfreeze: ['*conv']}]", "trainer.stages.1.unfreeze.0 (in override"),
+        ("trainer.stages=[{epochs: 1}, {epoch: 1}]", "unknown key 'epoch' in trainer.stages.1"),
+        ("optimizer.groups=[{match: x, lr_mult: 0.1}]", "unknown key 'lr_mult' in optimizer.groups.0"),
     ],
     ids=["nul", "5000-digits", "superscript-index", "arabic-index", "into-scalar", "under-scalar",
          "inf-lr", "inf-stage-lr", "inf-multiplier", "long-regex", "bad-regex", "boolean-epochs", "boolean-batch", "boolean-lr",
-         "prefetch-either", "parallel-either"],
+         "prefetch-either", "parallel-either", "stage-regex", "stage-typo", "group-typo"],
 )
 def test_hostile_overrides_are_one_short_line(override, expected):
     line = _refused(lambda: load_recipe("digits_mlp", overrides=[override]), ConfigError, expected)

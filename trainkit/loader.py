@@ -24,7 +24,8 @@ import traceback
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -622,8 +623,13 @@ def validate(layered: Layered) -> Recipe:
 
 
 def explain(err: ValidationError, layered: Layered | None = None) -> str:
-    """The first error of a pydantic ValidationError as one actionable line."""
-    first = err.errors(include_url=False)[0]
+    """The first error of a pydantic ValidationError as one actionable line: a
+    validator's own message first (of a union, the branch that says what is wrong
+    with the value, not "Input should be 'all'" from the branch it is not), then an
+    unknown key (``lr_mult``, not the ``learning_rate_multiplier`` it left missing)."""
+    errors = err.errors(include_url=False)
+    rank = {"value_error": 0, "extra_forbidden": 1}
+    first = min(errors, key=lambda e: rank.get(e["type"], 2))  # (min keeps pydantic's order within a rank)
     loc, shown = _display_loc(first["loc"])
     where = f" (in {layered.source_of(loc)})" if layered else ""
     kind = first["type"]
@@ -690,6 +696,8 @@ def _fields_at(loc: Sequence[Any]) -> list[str]:
 
 
 def _child(annotation: Any, part: Any) -> Any:
+    if get_origin(annotation) in (Union, UnionType):  # ``list[Stage] | None``: the member that has ``part``
+        return next((c for c in (_child(a, part) for a in get_args(annotation)) if c is not None), None)
     model = _as_model(annotation)
     if model is not None and isinstance(part, str) and part in model.model_fields:
         return model.model_fields[part].annotation
