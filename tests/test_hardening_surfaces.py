@@ -562,6 +562,16 @@ def test_a_run_json_list_edited_into_another_type_does_not_stop_a_resume(tmp_pat
     assert resumed["step"] == 4 and len(resumed["resumed_at"]) == 1
 
 
+def test_a_smaller_budget_on_a_finished_run_evaluates_it_and_keeps_the_recipe_it_was_trained_with(tmp_path, tiny_run):
+    run = _copy(tiny_run, tmp_path / "run")
+    before = (json.loads((run / "run.json").read_text())["recipe_hash"], (run / "config.yaml").read_text())
+    recipe = load_recipe("digits_mlp", overrides=["trainer.epochs=null", "trainer.steps=2", "trainer.progress=false", "export.formats=[keras]"])
+    again = trainkit.train(recipe, run_dir=run)
+    assert again.status == "completed" and trainkit.load_run(run).recipe.trainer.steps == 3  # what it trained
+    after = json.loads((run / "run.json").read_text())
+    assert (after["recipe_hash"], (run / "config.yaml").read_text()) == before and after["step"] == 3
+
+
 def test_a_run_trained_on_past_its_final_model_refuses_final_until_it_ends_again(tmp_path, tiny_run):
     """A finished run resumed with a larger budget and killed keeps its earlier final/
     and model.keras: neither is used as if it were the run's end."""

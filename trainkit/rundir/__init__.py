@@ -237,15 +237,22 @@ class RunDir:
         return status
 
     def start(
-        self, recipe: Recipe, *, identity: str, command: list[str], recipe_source: str | None, resumed: bool
+        self, recipe: Recipe, *, identity: str, command: list[str], recipe_source: str | None, resumed: bool,
+        trained_past: bool = False,
     ) -> None:
         """Write the recipe and a running status; ``identity``: the run's
-        (:class:`trainkit.recipe.RunIdentity`), kept as ``recipe_hash``."""
+        (:class:`trainkit.recipe.RunIdentity`), kept as ``recipe_hash``.
+        ``trained_past``: the run already went past this recipe's budget (it is
+        only evaluated again), so its recorded recipe, the one it was trained
+        with, stays."""
         import keras
         import tensorflow as tf
 
         previous = self.read_status()
-        self.write_config(recipe)
+        if trained_past and self.config.is_file():
+            identity = previous.get("recipe_hash", identity)
+        else:
+            self.write_config(recipe)
         self.update_status(
             status="running",
             name=recipe.name,

@@ -190,7 +190,8 @@ def _begin(
     step = step_of(found[0]) if found else 0
     check_same_start(built.strategy, step)
     directory.start(
-        recipe, identity=built.identity.hash, command=command_line(), recipe_source=recipe_source, resumed=bool(found)
+        recipe, identity=built.identity.hash, command=command_line(), recipe_source=recipe_source, resumed=bool(found),
+        trained_past=bool(found) and step > built.total_steps,
     )
     if role.is_chief:
         keep_sources(built, directory, sink)
