@@ -111,6 +111,16 @@ def test_a_freeze_pattern_that_matches_nothing_is_one_line_listing_the_layers_an
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("patterns", [[""], [".*"], ["^conv_", "^dense_0$", "^output$"]])
+def test_freezing_every_layer_is_one_line(tmp_path, source_run, patterns):
+    import trainkit
+    from trainkit.errors import ConfigError
+
+    recipe = recipe_file(tmp_path, str(source_run), model__freeze=patterns, runtime__deterministic=False)
+    with pytest.raises(ConfigError, match=r"freezes every layer, the head too, so the first stage would train nothing"):
+        trainkit.validate(trainkit.load_recipe(recipe))
+
+
 def test_validate_shows_frozen_layers_groups_and_parameter_counts(tmp_path, source_run):
     import trainkit
 

@@ -399,6 +399,11 @@ def _fine_tuned_model(recipe: Recipe, info, stages, run_dir, keep_source_copy: b
         finetune.enable_lora(model, recipe.model.lora_rank)
     if recipe.model.freeze:
         finetune.freeze(model, recipe.model.freeze)
+        if not model.trainable_variables:  # ('' and '.*' match every layer, the new head too)
+            raise ConfigError(
+                f"model.freeze: {recipe.model.freeze} freezes every layer, the head too, so the first stage would "
+                "train nothing; name the layers to keep as they are (for example '^conv_')"
+            )
     unfreezes = bool(stages and any(stage.unfreeze for stage in stages.stages))
     if stages:
         stages.check(model)
