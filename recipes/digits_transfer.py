@@ -2,7 +2,8 @@
 
 Run:      trainkit train digits_cnn                 (the source: runs/digits_cnn)
           trainkit train digits_transfer
-Smoke:    trainkit train digits_transfer -c digits_transfer_smoke   (any runs/digits_cnn will do)
+Smoke:    trainkit train digits_cnn -c digits_cnn_smoke --run-dir runs/digits_cnn   (a short source)
+          trainkit train digits_transfer -c digits_transfer_smoke   (any runs/digits_cnn will do)
 Scratch:  trainkit train digits_transfer -c digits_transfer_scratch (the same CNN and data, random start)
 Reaches:  test accuracy 0.978 (seeds 0, 1, 2: 0.978 each) after 10 epochs, from a 30-epoch
           digits_cnn run (0.994); the same CNN from scratch on the same data and budget
