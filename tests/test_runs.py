@@ -69,8 +69,11 @@ def test_load_run_reads_everything_and_loads_the_model_lazily(two_runs):
 
 
 def test_load_run_of_a_directory_that_is_no_run_names_it(tmp_path):
-    with pytest.raises(trainkit.RunDirError, match="nowhere is not a trainkit run directory"):
+    with pytest.raises(trainkit.RunDirError, match="nowhere does not exist"):
         trainkit.load_run(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(trainkit.RunDirError, match="empty is not a trainkit run directory"):
+        trainkit.load_run(tmp_path / "empty")
 
 
 def test_plot_draws_train_against_validation_and_the_learning_rate(two_runs):

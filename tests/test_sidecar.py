@@ -240,7 +240,7 @@ def test_a_damaged_checkpoint_is_skipped_with_a_warning(run, capsys):
 
 def test_watch_refuses_what_it_cannot_watch(tmp_path, run):
     result = cli("eval", str(tmp_path / "nowhere"), "--watch")
-    assert result.returncode == 2 and "not a trainkit run directory" in result.stderr
+    assert result.returncode == 2 and "nowhere does not exist" in result.stderr
     result = cli("eval", str(run), "--until-finished")
     assert result.returncode == 2 and "--until-finished goes with --watch" in result.stderr
     result = cli("eval", str(run), "--watch", "--checkpoint", "best")

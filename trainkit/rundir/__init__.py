@@ -158,6 +158,8 @@ class RunDir:
         """For a verb that reads a run (eval, export, predict, plot, compare): refuse a folder
         that is not a run directory, or that holds a symbolic link (its files could point anywhere)."""
         if not self.exists():
+            if not os.path.lexists(self.path):
+                raise RunDirError(f"{self.path} does not exist (a run directory is made by trainkit train)")
             raise RunDirError(f"{self.path} is not a trainkit run directory (no config.yaml)")
         self.refuse_symlinks()
 
