@@ -359,6 +359,26 @@ def test_a_notebooks_array_likes_are_examples_and_anything_else_is_one_line():
     _refused(lambda: read_inputs([[1, 2, 3, 4], [5]], SPEC), ConfigError, "cannot be read as one array of examples")
 
 
+def test_a_saved_model_export_says_nothing_of_its_temporary_folder(tmp_path, tiny_run):
+    import logging
+
+    import tensorflow as tf
+
+    logger, heard = tf.get_logger(), []
+    handler = logging.Handler()
+    handler.emit = lambda record: heard.append(record.getMessage())
+    level = logger.level
+    logger.setLevel("INFO")  # (as in a notebook where absl logging is set up)
+    logger.addHandler(handler)
+    try:
+        trainkit.export(tiny_run, formats=["saved_model"], out_dir=tmp_path / "out")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert not [line for line in heard if "Assets written" in line]
+    assert logger.level == level
+
+
 def test_one_name_alone_is_a_list_of_one_in_the_python_api(tmp_path, tiny_run):
     assert list(trainkit.export(tiny_run, formats="keras", out_dir=tmp_path / "out")["formats"]) == ["keras"]
     assert load_recipe("digits_mlp", configs="digits_mlp_smoke").description == load_recipe("digits_mlp", configs=["digits_mlp_smoke"]).description

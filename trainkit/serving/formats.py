@@ -19,7 +19,9 @@ then renamed over it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +58,25 @@ def write_keras(model: keras.Model, target: Path) -> None:
         model.save(tmp)
 
 
+@contextlib.contextmanager
+def _tensorflow_logs_at(level: str) -> Iterator[None]:
+    """TensorFlow's Python logger at ``level`` for a block, then as it was."""
+    logger = tf.get_logger()
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def write_saved_model(model: keras.Model, spec: dict[str, Any], target: Path, metadata: dict) -> None:
     serve, signature = serving_function(model, spec)
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serving_default", serve, input_signature=signature)
-    with atomic_folder(target) as tmp:
+    # (its "Assets written to: ...tmp..." INFO line reached a notebook's cell)
+    with atomic_folder(target) as tmp, _tensorflow_logs_at("WARNING"):
         archive.write_out(str(tmp), verbose=False)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
@@ -81,10 +96,7 @@ def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata:
 
     serve, signature = serving_function(model, spec)
     names = list(spec["outputs"])
-    logger = tf.get_logger()
-    level = logger.level
-    logger.setLevel("ERROR")  # tf2onnx calls TF1 graph utilities that warn about their deprecation
-    try:
+    with _tensorflow_logs_at("ERROR"):  # tf2onnx calls TF1 graph utilities that warn about their deprecation
         frozen = compat.freeze_function(tf.function(serve, input_signature=signature).get_concrete_function())
         proto, _ = tf2onnx.convert.from_graph_def(
             frozen.graph.as_graph_def(),
@@ -92,8 +104,6 @@ def write_onnx(model: keras.Model, spec: dict[str, Any], target: Path, metadata:
             output_names=[f"{name}:0" for name in names],
             opset=ONNX_OPSET,
         )
-    finally:
-        logger.setLevel(level)
     undefined = sorted({node.op_type for node in proto.graph.node if not onnx.defs.has(node.op_type, node.domain or "")})
     if undefined:  # (tf2onnx leaves an op it cannot convert as the TensorFlow op: onnxruntime cannot load the file)
         raise ValueError(f"tf2onnx left TensorFlow ops that ONNX does not define: {', '.join(undefined[:5])}")
