@@ -123,7 +123,9 @@ def test_mixed_float16_scales_the_loss_warns_on_cpu_and_resumes_exactly(tmp_path
         assert "runtime.precision=mixed_float16 on a CPU: a small CNN trained about 150x slower" in capsys.readouterr().err
         optimizer = whole._built.trainer.optimizer
         assert isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        assert whole.model.get_layer(index=-1).compute_dtype == "float16"
+        hidden, head = whole.model.layers[1:-1], whole.model.get_layer(index=-1)
+        assert hidden and all(layer.compute_dtype == "float16" for layer in hidden if layer.weights)
+        assert head.compute_dtype == "float32"  # the head, as Keras advises (builders.output_layer)
         # The loss was scaled and the steps applied: the optimizer moved the weights.
         assert int(optimizer.iterations) == 8 and float(optimizer.dynamic_scale) > 1
         trainkit.train(recipe(**common, **{"trainer.steps": 4}), run_dir=tmp_path / "split")
