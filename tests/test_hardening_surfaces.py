@@ -385,6 +385,7 @@ def test_one_name_alone_is_a_list_of_one_in_the_python_api(tmp_path, tiny_run):
     assert load_recipe("digits_mlp", overrides="trainer.epochs=3").trainer.epochs == 3
     _refused(lambda: load_recipe("digits_mlp", overrides=5), ConfigError, "overrides: give a list (or one item alone), got int 5")
     _refused(lambda: load_recipe("digits_mlp", overrides=[5]), ConfigError, "overrides: give KEY=VALUE texts or a mapping")
+    _refused(lambda: load_recipe(None), ConfigError, "recipe: give a recipe name, a .py or YAML file, a Recipe or a dict, got NoneType")
 
 
 # ------------------------------------------------------------- run directories as data

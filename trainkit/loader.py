@@ -511,8 +511,12 @@ def load_recipe(
     elif isinstance(name_or_path, Mapping):
         layered.files.append("the recipe dict")
         layered.merge(name_or_path, "the recipe dict")
-    else:
+    elif isinstance(name_or_path, str | os.PathLike):
         _load_file(layered, find(name_or_path))
+    else:
+        raise ConfigError(
+            f"recipe: give a recipe name, a .py or YAML file, a Recipe or a dict, got {type(name_or_path).__name__}"
+        )
     for config in as_list(configs, "configs"):
         path = find(config)
         if path.suffix == ".py":
