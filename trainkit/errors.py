@@ -9,6 +9,7 @@ the Python API lets it propagate so notebooks show it too.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -68,8 +69,6 @@ def did_you_mean(name: str, choices: Iterable[str], *, limit: int = 12) -> str:
 def as_list(value: Any, field: str) -> list:
     """A Python argument that takes several names as a list: one name alone is a list
     of one (``configs="digits_cnn_smoke"`` was read a character at a time)."""
-    import os
-
     if value is None:
         return []
     if isinstance(value, str | os.PathLike):

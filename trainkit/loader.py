@@ -72,15 +72,10 @@ def available() -> dict[str, Path]:
 
 
 def shadowed(name: str, by: Path) -> Path | None:
-    """The file of ``name`` that ``by`` hides: the next one in search order. A config
-    ``configs/digits_cnn.yaml`` in the working directory with ``base: digits_cnn``
-    builds on the recipe it shadows, not on itself."""
-    same = [p for p in _every_file() if p.stem == name]
-    resolved = [p.resolve() for p in same]
-    if by.resolve() not in resolved:
-        return None
-    later = same[resolved.index(by.resolve()) + 1:]
-    return later[0] if later else None
+    """The file of ``name`` that ``by``, the first of that name, hides: the next one in
+    search order. A config ``configs/digits_cnn.yaml`` in the working directory with
+    ``base: digits_cnn`` builds on the recipe it shadows, not on itself."""
+    return next((p for p in _every_file() if p.stem == name and p.resolve() != by.resolve()), None)
 
 
 def find(name_or_path: str | os.PathLike) -> Path:
@@ -651,17 +646,17 @@ def explain(err: ValidationError, layered: Layered | None = None) -> str:
         return f"{_dotted(shown)}.type{where}: unknown type {_shown(repr(got), 80)}; {did_you_mean(str(got), tags)}"
     if kind == "missing":
         return f"{_dotted(shown)}{where}: required field is missing"
-    message = _either(err, loc) or first["msg"].removeprefix("Value error, ")
+    message = _either(errors, loc) or first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     got_text = "" if isinstance(got, dict | list) or kind == "value_error" else f", got {_shown(repr(got), 80)}"
     return f"{_dotted(shown)}{where}: {message}{got_text}"
 
 
-def _either(err: ValidationError, loc: list[Any]) -> str | None:
+def _either(errors: list[dict[str, Any]], loc: list[Any]) -> str | None:
     """For a value that fits no branch of a union of scalars (``data.prefetch``: a
     boolean or a count), every branch's demand in one message, not only the first's."""
     wanted: list[str] = []
-    for error in err.errors(include_url=False):
+    for error in errors:
         if _display_loc(error["loc"])[0] != loc or error["type"] == "value_error":
             continue
         demand = error["msg"].removeprefix("Input should be ").split(", ")[0]  # (its reason: the branch's own)

@@ -583,8 +583,7 @@ def rehearse(built: Built) -> None:
 
 def _keeps_a_head(recipe: Recipe) -> bool:
     """Whether the model is a pretrained source with its own head (``head: keep``)."""
-    model = recipe.model.model_dump()
-    return model.get("type") == "pretrained" and model.get("head", "keep") == "keep"
+    return recipe.model.type == "pretrained" and recipe.model.kwargs.get("head", "keep") == "keep"
 
 
 def _blame(err: BaseException) -> tuple[str, str]:

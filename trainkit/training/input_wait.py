@@ -60,7 +60,7 @@ class InputWait:
         # A cached split (asked for, or a tokenized split kept by default) runs the
         # stages before its cache in the first epoch only: neither a cache nor a
         # preprocessed copy of the files shortens the epochs after it.
-        cached = not in_memory and data.cached("train")
+        cached = data.cached("train")  # (never an in-memory split: those are gathered, not cached)
         fixes = []
         if not in_memory and not cached:
             off = "; the recipe's data.cache: none turns it off" if section.cache == "none" else ""
